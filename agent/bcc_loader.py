@@ -1,0 +1,194 @@
+"""The one module that imports BCC: compiles bpf/oom.c, attaches its hooks,
+polls its buffers and reads its loss counters.
+
+BCC ships no type information, so its untyped surface stays in here; the rest
+of the agent sees `BpfSession`, `HookStatus` and raw event objects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from oomtrace.agent.errors import BpfLoadError
+from oomtrace.agent.kernel_layout import KernelLayout
+
+log = structlog.get_logger(__name__)
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+KILLS_RING_PAGES = 64  # 256 KiB: ~120 kill events (2 KiB each) waiting at once
+NOTES_RING_PAGES = 16
+
+# Order matches LOST_* in bpf/oom.c.
+LOST_CAUSES = ("kills", "notes", "scratch")
+
+
+@dataclass(frozen=True, slots=True)
+class HookStatus:
+    name: str  # e.g. "raw_tracepoint/mark_victim"
+    attached: bool
+    required: bool
+    reason: str  # why it was skipped or failed; "" when attached
+
+
+def import_bcc() -> Any:
+    """BCC's Python module, or a BpfLoadError that says how to get it."""
+    try:
+        import bcc
+    except ImportError as exc:
+        raise BpfLoadError(
+            f"cannot import bcc ({exc}): install Debian's python3-bpfcc and run with a "
+            "python that sees it (make setup builds .venv with --system-site-packages)"
+        ) from None
+    return bcc
+
+
+def kprobes_available() -> tuple[bool, str]:
+    """Kprobes need CONFIG_KPROBES: the kprobe PMU or tracefs' kprobe_events."""
+    if Path("/sys/bus/event_source/devices/kprobe").exists():
+        return True, ""
+    for tracefs in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if Path(tracefs, "kprobe_events").exists():
+            return True, ""
+    return False, "this kernel has no kprobes (CONFIG_KPROBES off)"
+
+
+def _raw_tracepoint_exists(name: str) -> bool:
+    # BTF gives every raw tracepoint a btf_trace_<name> typedef; tracefs may be unmounted.
+    for tracefs in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        events = Path(tracefs, "events")
+        if events.is_dir():
+            return any(events.glob(f"*/{name}"))
+    return True  # cannot tell without tracefs; the attach itself will say
+
+
+class BpfSession:
+    """A compiled and attached bpf/oom.c."""
+
+    def __init__(self, layout: KernelLayout, *, with_exec: bool = True) -> None:
+        bcc = import_bcc()
+        self.layout = layout
+        self.hooks: list[HookStatus] = []
+        self.user_lost = {"kills": 0, "notes": 0}
+        want_kprobe, kprobe_reason = self._want_oom_kill_process(bcc)
+        cflags = [
+            *layout.cflags(),
+            f"-I{BPF_DIR}",
+            f"-DKILLS_RING_PAGES={KILLS_RING_PAGES}",
+            f"-DNOTES_RING_PAGES={NOTES_RING_PAGES}",
+        ]
+        if want_kprobe:
+            cflags.append("-DWITH_OOM_KILL_PROCESS=1")
+        src = (BPF_DIR / "oom.c").read_text()
+        try:
+            self._bpf = bcc.BPF(text=src, cflags=cflags)
+        except Exception as exc:  # BCC raises bare Exception on compile failure
+            raise BpfLoadError(
+                f"BCC could not compile bpf/oom.c: {exc}. Kernel headers for BCC must be "
+                f"at /lib/modules/{os.uname().release}/build (make setup links Debian's)"
+            ) from exc
+
+        self._attach_raw("mark_victim", "on_mark_victim", required=True)
+        self._attach_raw("sched_process_exit", "on_process_exit", required=True)
+        for tp in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping"):
+            self._attach_raw(tp, f"on_{tp}", required=False)
+        if with_exec:
+            self._attach_raw("sched_process_exec", "on_process_exec", required=False)
+        if want_kprobe:
+            try:
+                self._bpf.attach_kprobe(event=b"oom_kill_process", fn_name=b"on_oom_kill_process")
+                self._hook("kprobe/oom_kill_process", True, False, "")
+            except Exception as exc:  # BCC raises bare Exception on attach failure
+                self._hook("kprobe/oom_kill_process", False, False, str(exc))
+        else:
+            self._hook("kprobe/oom_kill_process", False, False, kprobe_reason)
+
+    def _want_oom_kill_process(self, bcc: Any) -> tuple[bool, str]:
+        if not self.layout.oom_control:
+            return False, "struct oom_control lacks a field the hook reads"
+        ok, reason = kprobes_available()
+        if not ok:
+            return False, reason
+        try:
+            if not bcc.BPF.get_kprobe_functions(b"^oom_kill_process$"):
+                return False, "oom_kill_process is not a kprobe-able function here (inlined?)"
+        except Exception as exc:  # reading available_filter_functions can fail
+            return False, f"cannot list kprobe-able functions: {exc}"
+        return True, ""
+
+    def _hook(self, name: str, attached: bool, required: bool, reason: str) -> None:
+        status = HookStatus(name, attached, required, reason)
+        self.hooks.append(status)
+        if attached:
+            log.info("bpf.hook_attached", hook=name)
+        else:
+            log.info("bpf.hook_skipped", hook=name, required=required, reason=reason)
+
+    def _attach_raw(self, tp: str, fn: str, *, required: bool) -> None:
+        name = f"raw_tracepoint/{tp}"
+        if not _raw_tracepoint_exists(tp):
+            self._hook(name, False, required, f"tracepoint {tp} does not exist on this kernel")
+        else:
+            try:
+                self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                self._hook(name, True, required, "")
+            except Exception as exc:  # BCC raises bare Exception on attach failure
+                self._hook(name, False, required, str(exc))
+        last = self.hooks[-1]
+        if required and not last.attached:
+            raise BpfLoadError(f"required hook {name} could not be attached: {last.reason}")
+
+    # -- events ----------------------------------------------------------
+
+    def open_buffers(
+        self, on_kill: Callable[[Any], None], on_note: Callable[[Any], None]
+    ) -> None:
+        """Calls on_kill / on_note with BCC's decoded struct for each event."""
+        kills = self._bpf["kills"]
+        notes = self._bpf["notes"]
+
+        def kill_cb(_cpu: Any, data: Any, _size: Any = None) -> None:
+            on_kill(kills.event(data))
+
+        def note_cb(_cpu: Any, data: Any, _size: Any = None) -> None:
+            on_note(notes.event(data))
+
+        if self.layout.has_ringbuf:
+            kills.open_ring_buffer(lambda ctx, data, size: kill_cb(None, data, size))
+            notes.open_ring_buffer(lambda ctx, data, size: note_cb(None, data, size))
+        else:
+
+            def lost(which: str) -> Callable[[int], None]:
+                def cb(count: int) -> None:
+                    self.user_lost[which] += count
+                    log.warning("bpf.events_lost", buffer=which, count=count)
+
+                return cb
+
+            kills.open_perf_buffer(kill_cb, page_cnt=KILLS_RING_PAGES, lost_cb=lost("kills"))
+            notes.open_perf_buffer(note_cb, page_cnt=NOTES_RING_PAGES, lost_cb=lost("notes"))
+        # Keep the callbacks alive as long as the session.
+        self._callbacks = (kill_cb, note_cb)
+
+    def poll(self, timeout_ms: int) -> None:
+        if self.layout.has_ringbuf:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self._bpf.perf_buffer_poll(timeout_ms)
+
+    def kernel_lost(self) -> dict[str, int]:
+        """Events the kernel side dropped, by cause (buffer full, no scratch)."""
+        table = self._bpf["lost"]
+        return {
+            cause: int(table[ctypes.c_int(i)].value) for i, cause in enumerate(LOST_CAUSES)
+        }
+
+    def close(self) -> None:
+        self._bpf.cleanup()

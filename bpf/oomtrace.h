@@ -1,0 +1,87 @@
+/* Event layouts shared by the BPF programs. Python reads them through BCC's
+ * table event() decoding of these very structs; there is no second copy.
+ *
+ * Every kernel struct field is read at an OFF_* offset that the agent resolves
+ * from the running kernel's BTF and passes in with -D, so the kernel headers
+ * BCC compiles against only have to supply helpers, never layouts.
+ */
+#ifndef OOMTRACE_H
+#define OOMTRACE_H
+
+#define OOMT_MEMCG_DEPTH 8      /* victim's memcg and up to 7 ancestors */
+#define OOMT_CGROUP_NAME_LEN 128 /* a systemd scope name with a 64-hex id fits */
+#define OOMT_CMDLINE_LEN 256
+#define OOMT_COMM_LEN 16
+#define OOMT_EXE_NAME_LEN 64
+
+enum oomt_kind {
+    OOMT_KILL = 1, /* oom:mark_victim */
+    OOMT_EXIT = 2, /* the victim's last thread exited */
+    OOMT_REAP = 3, /* oom reaper: start, finish or skip */
+    OOMT_EXEC = 4, /* a process called exec: user space caches its cmdline */
+};
+
+/* oomt_kill.flags */
+#define OOMT_F_OOM_CONTROL 0x1  /* oc_* fields came from oom_kill_process */
+#define OOMT_F_CMDLINE 0x2      /* cmdline read from the victim itself */
+#define OOMT_F_NO_MM 0x4        /* victim had no mm left: memory figures are 0 */
+#define OOMT_F_DEPTH_CUT 0x8    /* memcg ancestry deeper than OOMT_MEMCG_DEPTH */
+#define OOMT_F_TASK_UNKNOWN 0x10 /* old kernel, no kprobe: only the pid is known */
+
+/* oomt_reap.what */
+#define OOMT_REAP_START 1
+#define OOMT_REAP_FINISH 2
+#define OOMT_REAP_SKIP 3
+
+struct oomt_kill {
+    u32 kind;
+    u32 flags;
+    u64 boot_ns;             /* bpf_ktime_get_boot_ns() at mark_victim */
+    u32 victim_tgid;
+    u32 victim_tid;
+    u32 trigger_tgid;
+    u32 trigger_tid;
+    u32 victim_uid;
+    s32 oom_score_adj;
+    u32 nr_threads;
+    u32 memcg_depth;         /* filled entries of memcg[] */
+    char victim_comm[OOMT_COMM_LEN];
+    char trigger_comm[OOMT_COMM_LEN];
+    u64 total_vm_pages;
+    u64 anon_pages;
+    u64 file_pages;
+    u64 shmem_pages;
+    u64 swap_entries;
+    u64 pgtables_bytes;
+    u64 trigger_memcg_id;
+    /* From oom_kill_process's struct oom_control, when that hook runs. */
+    u32 oc_constraint;
+    s32 oc_order;
+    u64 oc_totalpages;
+    s64 oc_chosen_points;
+    u64 oc_memcg_id;
+    u32 oc_gfp_mask;
+    u32 cmdline_len;
+    char exe_name[OOMT_EXE_NAME_LEN];
+    u8 cmdline[OOMT_CMDLINE_LEN];  /* NUL-separated argv, cmdline_len bytes */
+    /* The victim's memory cgroup ([0]) and its ancestors, nearest first. Kept
+     * as parallel flat arrays because BCC's event() decodes only flat structs. */
+    u64 memcg_id[OOMT_MEMCG_DEPTH];         /* kernfs id = the cgroup dir's inode */
+    u64 memcg_usage_pages[OOMT_MEMCG_DEPTH];
+    u64 memcg_max_pages[OOMT_MEMCG_DEPTH];
+    u64 memcg_memsw_usage_pages[OOMT_MEMCG_DEPTH]; /* v1 memory+swap, v2 swap */
+    u64 memcg_memsw_max_pages[OOMT_MEMCG_DEPTH];
+    u64 memcg_failcnt[OOMT_MEMCG_DEPTH];
+    u8 memcg_names[OOMT_MEMCG_DEPTH * OOMT_CGROUP_NAME_LEN]; /* name i at i*LEN */
+};
+
+/* The short events share a header with the kill event: kind, then flags. */
+struct oomt_note {
+    u32 kind;
+    u32 what;                /* OOMT_REAP_* for OOMT_REAP */
+    u64 boot_ns;
+    u32 tgid;
+    u32 tid;
+};
+
+#endif

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs what `make run` and `make test` need, from nothing, and nothing more
+# when it is all there already. Safe to run again: every step checks first.
+#
+#   Debian packages: BCC's Python bindings (python3-bpfcc, not on PyPI), kernel
+#   headers that compile BCC's helpers, python3-venv.
+#   /lib/modules/$(uname -r)/{build,source}: BCC compiles against these. Kernels
+#   without a headers package (this VM's 6.18) get Debian's newest headers; the
+#   agent reads every struct offset from BTF, so they only have to compile.
+#   .venv: the system python3 (the one that has bcc) with system site-packages,
+#   plus the project installed editable with its dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: missing Debian packages: ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Kernel headers for BCC's compile step.
+release=$(uname -r)
+moddir=/lib/modules/$release
+if [ ! -e "$moddir/build/Makefile" ] && [ "$(id -u)" -eq 0 ]; then
+    exact=/usr/src/linux-headers-$release
+    if [ -d "$exact" ]; then
+        build=$exact
+    else
+        build=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+    fi
+    if [ -n "${build:-}" ]; then
+        common=${build%-amd64}-common
+        mkdir -p "$moddir"
+        ln -sfn "$build" "$moddir/build"
+        [ -d "$common" ] && ln -sfn "$common" "$moddir/source"
+        echo "bootstrap: linked $moddir/build -> $build (struct offsets come from BTF)" >&2
+    else
+        echo "bootstrap: no kernel headers under /usr/src; BCC cannot compile" >&2
+    fi
+fi
+
+# The virtualenv: system python3 because python3-bpfcc installs bcc there.
+py=/usr/bin/python3
+if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv --system-site-packages .venv
+fi
+stamp=.venv/.oomtrace-installed
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    echo "$want" > "$stamp"
+fi
+.venv/bin/python -c 'import bcc' 2>/dev/null || {
+    echo "bootstrap: .venv cannot import bcc; is python3-bpfcc installed for $py?" >&2
+    exit 1
+}
