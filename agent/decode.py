@@ -1,0 +1,196 @@
+"""Hop one of the event model: BCC's view of a bpf/oomtrace.h struct to a
+plain, typed kernel record. Pages become bytes here, because the page size is
+a fact of the kernel that produced them."""
+
+from __future__ import annotations
+
+import enum
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from oomtrace.agent.errors import DecodeError
+
+PAGE_SIZE = resource.getpagesize()
+
+# Mirrors bpf/oomtrace.h.
+MEMCG_DEPTH = 8
+CGROUP_NAME_LEN = 128
+KIND_KILL = 1
+KIND_EXIT = 2
+KIND_REAP = 3
+KIND_EXEC = 4
+F_OOM_CONTROL = 0x1
+F_CMDLINE = 0x2
+F_NO_MM = 0x4
+F_DEPTH_CUT = 0x8
+F_TASK_UNKNOWN = 0x10
+
+# The kernel's "unlimited" for a page counter is PAGE_COUNTER_MAX, which is
+# LONG_MAX / PAGE_SIZE; anything this large means no limit.
+_UNLIMITED_PAGES = (1 << 62) // PAGE_SIZE
+
+
+class OcConstraint(enum.IntEnum):
+    """enum oom_constraint in mm/oom_kill.c."""
+
+    NONE = 0
+    CPUSET = 1
+    MEMORY_POLICY = 2
+    MEMCG = 3
+
+
+@dataclass(frozen=True, slots=True)
+class MemcgLevel:
+    """One memory cgroup on the victim's path, read at the kill."""
+
+    cgroup_id: int
+    name: str
+    usage_bytes: int
+    limit_bytes: int | None  # None: unlimited
+    memsw_usage_bytes: int
+    memsw_limit_bytes: int | None
+    failcnt: int
+
+
+@dataclass(frozen=True, slots=True)
+class OomControl:
+    constraint: OcConstraint
+    totalpages: int
+    chosen_points: int
+    order: int
+    gfp_mask: int
+    memcg_id: int  # 0 for a global OOM
+
+
+@dataclass(frozen=True, slots=True)
+class KernelKill:
+    boot_ns: int
+    victim_tgid: int
+    victim_tid: int
+    victim_comm: str
+    victim_uid: int
+    oom_score_adj: int
+    threads: int
+    total_vm_bytes: int
+    anon_rss_bytes: int
+    file_rss_bytes: int
+    shmem_rss_bytes: int
+    swap_bytes: int
+    pgtables_bytes: int
+    exe_name: str
+    cmdline: str | None  # None when the victim was not the trigger
+    trigger_tgid: int
+    trigger_tid: int
+    trigger_comm: str
+    trigger_memcg_id: int
+    memcgs: tuple[MemcgLevel, ...]  # the victim's memcg first, then its ancestors
+    depth_cut: bool  # memcgs stops short of the hierarchy root
+    no_mm: bool
+    task_unknown: bool
+    oom_control: OomControl | None
+
+
+@dataclass(frozen=True, slots=True)
+class KernelNote:
+    """The short events: a victim's exit, the reaper's progress, an exec."""
+
+    kind: int
+    what: int
+    boot_ns: int
+    tgid: int
+    tid: int
+
+
+def _text(raw: Any) -> str:
+    data = bytes(raw)
+    return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _limit(pages: int) -> int | None:
+    return None if pages >= _UNLIMITED_PAGES or pages == 0 else pages * PAGE_SIZE
+
+
+def decode_cmdline(raw: bytes) -> str:
+    """argv as /proc/PID/cmdline holds it (NUL-separated) to one line."""
+    return " ".join(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0"))
+
+
+def decode_kill(ev: Any) -> KernelKill:
+    """An OOMT_KILL event (BCC's ctypes view, or anything with its fields)."""
+    if ev.kind != KIND_KILL:
+        raise DecodeError(f"expected a kill event (kind {KIND_KILL}), got kind {ev.kind}")
+    depth = int(ev.memcg_depth)
+    if not 0 <= depth <= MEMCG_DEPTH:
+        raise DecodeError(f"kill event has memcg_depth {depth}, outside 0..{MEMCG_DEPTH}")
+    names = bytes(ev.memcg_names)
+    memcgs = tuple(
+        MemcgLevel(
+            cgroup_id=int(ev.memcg_id[i]),
+            name=_text(names[i * CGROUP_NAME_LEN : (i + 1) * CGROUP_NAME_LEN]),
+            usage_bytes=int(ev.memcg_usage_pages[i]) * PAGE_SIZE,
+            limit_bytes=_limit(int(ev.memcg_max_pages[i])),
+            memsw_usage_bytes=int(ev.memcg_memsw_usage_pages[i]) * PAGE_SIZE,
+            memsw_limit_bytes=_limit(int(ev.memcg_memsw_max_pages[i])),
+            failcnt=int(ev.memcg_failcnt[i]),
+        )
+        for i in range(depth)
+    )
+    flags = int(ev.flags)
+    oc = None
+    if flags & F_OOM_CONTROL:
+        try:
+            constraint = OcConstraint(int(ev.oc_constraint))
+        except ValueError:
+            raise DecodeError(f"unknown oom constraint {ev.oc_constraint}") from None
+        oc = OomControl(
+            constraint=constraint,
+            totalpages=int(ev.oc_totalpages),
+            chosen_points=int(ev.oc_chosen_points),
+            order=int(ev.oc_order),
+            gfp_mask=int(ev.oc_gfp_mask),
+            memcg_id=int(ev.oc_memcg_id),
+        )
+    cmdline = None
+    if flags & F_CMDLINE:
+        n = max(0, min(int(ev.cmdline_len), len(bytes(ev.cmdline))))
+        cmdline = decode_cmdline(bytes(ev.cmdline)[:n])
+    return KernelKill(
+        boot_ns=int(ev.boot_ns),
+        victim_tgid=int(ev.victim_tgid),
+        victim_tid=int(ev.victim_tid),
+        victim_comm=_text(ev.victim_comm),
+        victim_uid=int(ev.victim_uid),
+        oom_score_adj=int(ev.oom_score_adj),
+        threads=int(ev.nr_threads),
+        total_vm_bytes=int(ev.total_vm_pages) * PAGE_SIZE,
+        anon_rss_bytes=int(ev.anon_pages) * PAGE_SIZE,
+        file_rss_bytes=int(ev.file_pages) * PAGE_SIZE,
+        shmem_rss_bytes=int(ev.shmem_pages) * PAGE_SIZE,
+        swap_bytes=int(ev.swap_entries) * PAGE_SIZE,
+        pgtables_bytes=int(ev.pgtables_bytes),
+        exe_name=_text(ev.exe_name),
+        cmdline=cmdline,
+        trigger_tgid=int(ev.trigger_tgid),
+        trigger_tid=int(ev.trigger_tid),
+        trigger_comm=_text(ev.trigger_comm),
+        trigger_memcg_id=int(ev.trigger_memcg_id),
+        memcgs=memcgs,
+        depth_cut=bool(flags & F_DEPTH_CUT),
+        no_mm=bool(flags & F_NO_MM),
+        task_unknown=bool(flags & F_TASK_UNKNOWN),
+        oom_control=oc,
+    )
+
+
+def decode_note(ev: Any) -> KernelNote:
+    kind = int(ev.kind)
+    if kind not in (KIND_EXIT, KIND_REAP, KIND_EXEC):
+        raise DecodeError(f"unknown note kind {kind}")
+    return KernelNote(
+        kind=kind,
+        what=int(ev.what),
+        boot_ns=int(ev.boot_ns),
+        tgid=int(ev.tgid),
+        tid=int(ev.tid),
+    )

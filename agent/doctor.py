@@ -1,0 +1,189 @@
+"""What this host supports, and therefore what the agent will record.
+
+`preflight()` is shared by `oomtrace doctor` and the agent's start, so both
+give the same reasons when the agent cannot run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from oomtrace.agent import cgroups
+from oomtrace.agent.btf import VMLINUX_BTF, Btf
+from oomtrace.agent.errors import AgentError, HostNotSupportedError
+from oomtrace.agent.kernel_layout import KernelLayout, resolve
+
+TRACEFS = Path("/sys/kernel/tracing")
+DEFAULT_STATUS_FILE = Path("/run/oomtrace/agent-status.json")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    required: bool
+    detail: str
+
+
+def ensure_tracefs(mount: bool) -> Check:
+    if (TRACEFS / "events").is_dir():
+        return Check("tracefs", True, True, f"mounted at {TRACEFS}")
+    if not mount:
+        return Check("tracefs", True, True, f"not mounted; the agent mounts it at {TRACEFS}")
+    try:
+        subprocess.run(
+            ["mount", "-t", "tracefs", "nodev", str(TRACEFS)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        return Check("tracefs", False, True, f"not mounted and mounting failed: {detail.strip()}")
+    return Check("tracefs", True, True, f"mounted it at {TRACEFS}")
+
+
+def preflight(*, mount_tracefs: bool) -> tuple[list[Check], KernelLayout | None]:
+    """Every precondition, each with its reason; the layout when BTF allows."""
+    checks: list[Check] = []
+    root = os.geteuid() == 0
+    checks.append(
+        Check("root", root, True, "running as root" if root else "the agent must run as root (BPF, tracefs, /proc of every process)")
+    )
+    layout = None
+    try:
+        layout = resolve(Btf.load(VMLINUX_BTF))
+        checks.append(Check("btf", True, True, f"{VMLINUX_BTF}: every struct offset resolved"))
+    except AgentError as exc:
+        checks.append(Check("btf", False, True, str(exc)))
+    try:
+        import bcc
+
+        checks.append(Check("bcc", True, True, f"bcc from {Path(bcc.__file__).parent}"))
+    except ImportError as exc:
+        checks.append(
+            Check("bcc", False, True, f"cannot import bcc ({exc}): apt-get install python3-bpfcc, and use a python that sees it")
+        )
+    build = Path(f"/lib/modules/{os.uname().release}/build")
+    if (build / "Makefile").exists():
+        checks.append(Check("kernel_headers", True, True, f"{build} -> {build.resolve()}"))
+    else:
+        checks.append(
+            Check("kernel_headers", False, True, f"{build} is missing: BCC compiles against kernel headers; run `make setup` (links Debian's linux-headers-amd64)")
+        )
+    checks.append(ensure_tracefs(mount_tracefs and root))
+    hierarchy = cgroups.memory_hierarchy()
+    checks.append(
+        Check(
+            "memory_cgroup",
+            hierarchy.version != 0,
+            False,
+            f"cgroup v{hierarchy.version} at {hierarchy.mount}" if hierarchy.version else "no hierarchy has the memory controller: kills are recorded without cgroup paths",
+        )
+    )
+    if layout is not None:
+        checks.append(
+            Check("ring_buffer", layout.has_ringbuf, False, "BPF ring buffer" if layout.has_ringbuf else "no BPF ring buffer: using perf buffers")
+        )
+        checks.append(
+            Check("mark_victim_task", layout.mark_victim_has_task, False, "oom:mark_victim hands over the victim task" if layout.mark_victim_has_task else "oom:mark_victim gives only a pid; the victim's details need the oom_kill_process kprobe")
+        )
+    return checks, layout
+
+
+def require(checks: list[Check]) -> None:
+    failed = [f"{c.name}: {c.detail}" for c in checks if c.required and not c.ok]
+    if failed:
+        raise HostNotSupportedError(failed)
+
+
+def read_status(path: Path = DEFAULT_STATUS_FILE) -> dict[str, Any] | None:
+    try:
+        status: dict[str, Any] = json.loads(path.read_text())
+        status["age_s"] = round(time.time() - path.stat().st_mtime, 1)
+        return status
+    except (OSError, ValueError):
+        return None
+
+
+def run_doctor(*, load: bool, as_json: bool, status_file: Path = DEFAULT_STATUS_FILE) -> int:
+    checks, layout = preflight(mount_tracefs=load)
+    hooks: list[dict[str, Any]] = []
+    load_error = ""
+    can_run = all(c.ok for c in checks if c.required)
+    if load and can_run and layout is not None:
+        from oomtrace.agent.bcc_loader import BpfSession
+
+        try:
+            session = BpfSession(layout)
+            hooks = [asdict(h) for h in session.hooks]
+            session.close()
+        except AgentError as exc:
+            load_error = str(exc)
+            can_run = False
+    status = read_status(status_file)
+    report: dict[str, Any] = {
+        "kernel": os.uname().release,
+        "can_run": can_run,
+        "checks": [asdict(c) for c in checks],
+        "hooks": hooks,
+        "load_error": load_error,
+        "layout_notes": layout.notes if layout else [],
+        "records": _what_is_recorded(layout, hooks),
+        "agent_status": status,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    return 0 if can_run else 1
+
+
+def _what_is_recorded(layout: KernelLayout | None, hooks: list[dict[str, Any]]) -> list[str]:
+    if layout is None:
+        return []
+    attached = {h["name"] for h in hooks if h["attached"]}
+    out = ["every OOM kill: victim memory figures, trigger, memcg path, usage and limit"]
+    if "kprobe/oom_kill_process" in attached:
+        out.append("constraint, oom memcg, totalpages and chosen points from the kernel's oom_control")
+    else:
+        out.append("constraint and oom memcg derived from the memcg page counters at the kill")
+    if "raw_tracepoint/finish_task_reaping" in attached:
+        out.append("reap time when the oom reaper frees a victim")
+    return out
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    mark = {True: "ok  ", False: "FAIL"}
+    print(f"oomtrace doctor — kernel {r['kernel']}")
+    for c in r["checks"]:
+        flag = mark[c["ok"]] if c["required"] else ("ok  " if c["ok"] else "note")
+        print(f"  [{flag}] {c['name']}: {c['detail']}")
+    if r["hooks"]:
+        print("hooks:")
+        for h in r["hooks"]:
+            state = "attached" if h["attached"] else f"skipped ({h['reason']})"
+            print(f"  {h['name']}: {state}")
+    if r["load_error"]:
+        print(f"loading the BPF programs failed: {r['load_error']}")
+    for note in r["layout_notes"]:
+        print(f"note: {note}")
+    if r["records"]:
+        print("the agent will record:")
+        for line in r["records"]:
+            print(f"  - {line}")
+    status = r["agent_status"]
+    if status:
+        c = status["counters"]
+        print(
+            f"running agent (status {status['age_s']}s old): {c['records_emitted']} records, "
+            f"lost in kernel {c['kernel_lost']}, lost in buffers {c['user_lost']}, "
+            f"decode errors {c['decode_errors']}"
+        )
+    print("verdict: the agent can run here" if r["can_run"] else "verdict: the agent cannot run here")

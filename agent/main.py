@@ -1,0 +1,64 @@
+"""`oomtrace agent`: wires preflight, the BPF session, the loop and the sinks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import structlog
+
+from oomtrace.agent import cgroups
+from oomtrace.agent.bcc_loader import BpfSession
+from oomtrace.agent.doctor import preflight, require
+from oomtrace.agent.procinfo import ProcessCache
+from oomtrace.agent.runner import Runner, Sink
+from oomtrace.agent.sinks import StdoutSink
+
+log = structlog.get_logger(__name__)
+
+
+def run_agent(
+    *,
+    stdout: bool,
+    extra_sinks: list[Sink] | None = None,
+    status_file: Path | None,
+    hold_s: float,
+    node: str | None,
+) -> None:
+    """Runs until SIGTERM or SIGINT. Raises HostNotSupportedError or
+    BpfLoadError, with every reason, when the agent cannot run here."""
+    started = time.monotonic()
+    checks, layout = preflight(mount_tracefs=True)
+    require(checks)
+    assert layout is not None  # require() fails without BTF
+    session = BpfSession(layout)
+    try:
+        processes = ProcessCache()
+        scanned = processes.scan()
+        sinks: list[Sink] = list(extra_sinks or [])
+        if stdout:
+            sinks.append(StdoutSink())
+        attached = tuple(h.name for h in session.hooks if h.attached)
+        runner = Runner(
+            session,
+            sinks,
+            hierarchy=cgroups.memory_hierarchy(),
+            hooks=attached,
+            hold_ns=int(hold_s * 1e9),
+            processes=processes,
+            status_file=status_file,
+            node=node,
+        )
+        log.info(
+            "agent.ready",
+            hooks=list(attached),
+            skipped=[h.name for h in session.hooks if not h.attached],
+            ring_buffer=layout.has_ringbuf,
+            cgroup_version=runner.hierarchy.version,
+            processes_cached=scanned,
+            start_s=round(time.monotonic() - started, 3),
+        )
+        runner.run()
+        log.info("agent.stopped", **runner.counters.as_dict())
+    finally:
+        session.close()

@@ -1,0 +1,88 @@
+"""What the kernel event cannot carry about a process: its full command line
+and executable path. Read from /proc while the process is alive: when the
+agent starts, at every exec, and at the kill (often too late: the victim is
+dying). Reads are bounded; nothing here raises for a vanished process."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from oomtrace.agent.decode import decode_cmdline
+
+PROC = Path("/proc")
+_CMDLINE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    comm: str
+    cmdline: str
+    exe: str
+
+
+def read_process(pid: int, proc: Path = PROC) -> ProcessInfo | None:
+    """The process's comm, cmdline and exe, or None if it is gone (or a kernel
+    thread, which has no cmdline)."""
+    base = proc / str(pid)
+    try:
+        with open(base / "cmdline", "rb") as f:
+            raw = f.read(_CMDLINE_MAX)
+        comm = (base / "comm").read_text(errors="replace").rstrip("\n")
+    except OSError:
+        return None
+    try:
+        exe = os.readlink(base / "exe")
+    except OSError:
+        exe = ""
+    if not raw:
+        return None
+    return ProcessInfo(comm=comm, cmdline=decode_cmdline(raw), exe=exe.removesuffix(" (deleted)"))
+
+
+class ProcessCache:
+    """Processes seen alive, by pid, least recently seen evicted first."""
+
+    def __init__(self, capacity: int = 32768, proc: Path = PROC) -> None:
+        self.capacity = capacity
+        self.proc = proc
+        self._by_pid: OrderedDict[int, ProcessInfo] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+    def remember(self, pid: int) -> ProcessInfo | None:
+        info = read_process(pid, self.proc)
+        if info is not None:
+            self._by_pid[pid] = info
+            self._by_pid.move_to_end(pid)
+            while len(self._by_pid) > self.capacity:
+                self._by_pid.popitem(last=False)
+                self.evicted += 1
+        return info
+
+    def scan(self) -> int:
+        """Remembers every process now running; returns how many."""
+        count = 0
+        try:
+            entries = os.listdir(self.proc)
+        except OSError:
+            return 0
+        for name in entries:
+            if name.isdigit() and self.remember(int(name)) is not None:
+                count += 1
+        return count
+
+    def lookup(self, pid: int, comm: str) -> ProcessInfo | None:
+        """The cached process with this pid, if its comm still matches (a
+        reused pid that never exec'd would keep a stale entry otherwise)."""
+        info = self._by_pid.get(pid)
+        if info is None or info.comm[:15] != comm[:15]:
+            return None
+        return info
+
+    def forget(self, pid: int) -> None:
+        self._by_pid.pop(pid, None)

@@ -1,0 +1,173 @@
+"""Hop two of the event model: a decoded kernel kill plus what user space
+knows (process details, cgroup paths, timings) becomes an oomtrace.v1.OomEvent.
+When a part cannot be resolved the record is still built and says why in
+`missing`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+
+from oomtrace import __version__
+from oomtrace.agent import cgroups
+from oomtrace.agent.decode import KernelKill, OcConstraint
+from oomtrace.agent.host import boot_ns_to_datetime
+from oomtrace.agent.procinfo import ProcessInfo
+from oomtrace.v1 import event_pb2
+
+_CONSTRAINTS = {
+    OcConstraint.NONE: event_pb2.OomEvent.GLOBAL,
+    OcConstraint.CPUSET: event_pb2.OomEvent.CPUSET,
+    OcConstraint.MEMORY_POLICY: event_pb2.OomEvent.MEMORY_POLICY,
+    OcConstraint.MEMCG: event_pb2.OomEvent.MEMCG,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KillContext:
+    """What the agent adds to the kernel's view of one kill."""
+
+    node: str
+    boot_id: str
+    hierarchy: cgroups.MemoryHierarchy
+    process: ProcessInfo | None  # the victim, read from /proc or the exec cache
+    trigger_cgroup_path: str = ""
+    exit_ns: int | None = None
+    reap_ns: int | None = None
+    hooks: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
+def event_id(boot_id: str, boot_ns: int, victim_tgid: int) -> str:
+    """Stable for one kill, whoever builds the record and however often."""
+    digest = hashlib.sha256(f"{boot_id}:{boot_ns}:{victim_tgid}".encode()).hexdigest()
+    return digest[:32]
+
+
+def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
+    ev = event_pb2.OomEvent(
+        id=event_id(ctx.boot_id, kill.boot_ns, kill.victim_tgid or kill.victim_tid),
+        node=ctx.node,
+        boot_id=ctx.boot_id,
+        killed_at_boot_ns=kill.boot_ns,
+        source=event_pb2.OomEvent.LIVE,
+        agent_version=__version__,
+    )
+    ev.killed_at.FromDatetime(boot_ns_to_datetime(kill.boot_ns))
+    missing = list(ctx.missing)
+
+    v = ev.victim
+    v.pid = kill.victim_tgid
+    v.tid = kill.victim_tid
+    v.comm = kill.victim_comm
+    v.uid = kill.victim_uid
+    v.threads = kill.threads
+    v.total_vm_bytes = kill.total_vm_bytes
+    v.anon_rss_bytes = kill.anon_rss_bytes
+    v.file_rss_bytes = kill.file_rss_bytes
+    v.shmem_rss_bytes = kill.shmem_rss_bytes
+    v.swap_bytes = kill.swap_bytes
+    v.pgtables_bytes = kill.pgtables_bytes
+    v.oom_score_adj = kill.oom_score_adj
+    if kill.cmdline is not None:
+        v.cmdline = kill.cmdline
+    elif ctx.process is not None:
+        v.cmdline = ctx.process.cmdline
+    else:
+        missing.append("victim.cmdline: the victim exited before /proc could be read")
+    if ctx.process is not None and ctx.process.exe:
+        v.exe = ctx.process.exe
+    elif kill.exe_name:
+        # Only the file name is known in the kernel without a path walk.
+        v.exe = kill.exe_name
+        missing.append("victim.exe: only the file name is known (the process was gone)")
+    if kill.task_unknown:
+        missing.append(
+            "victim: this kernel's mark_victim gives only a pid and oom_kill_process "
+            "could not be hooked; memory figures are unknown"
+        )
+    elif kill.no_mm:
+        missing.append("victim memory: the victim had already released its address space")
+
+    t = ev.trigger
+    t.pid = kill.trigger_tgid
+    t.tid = kill.trigger_tid
+    t.comm = kill.trigger_comm
+    t.cgroup_path = ctx.trigger_cgroup_path
+
+    _fill_cgroup(ev, kill, ctx, missing)
+
+    if ctx.exit_ns is not None:
+        ev.exit_ns = ctx.exit_ns
+    if ctx.reap_ns is not None:
+        ev.reap_ns = ctx.reap_ns
+    if kill.oom_control is not None:
+        oc = kill.oom_control
+        ev.oom_control.totalpages = oc.totalpages
+        ev.oom_control.chosen_points = oc.chosen_points
+        ev.oom_control.order = oc.order
+        ev.oom_control.gfp_mask = oc.gfp_mask
+    ev.hooks.extend(ctx.hooks)
+    ev.missing.extend(missing)
+    return ev
+
+
+def _fill_cgroup(
+    ev: event_pb2.OomEvent, kill: KernelKill, ctx: KillContext, missing: list[str]
+) -> None:
+    c = ev.cgroup
+    c.version = ctx.hierarchy.version
+    memcgs = kill.memcgs
+    if not memcgs:
+        missing.append("cgroup: the victim's memory cgroup could not be read")
+        ev.constraint = event_pb2.OomEvent.UNKNOWN
+        return
+    last_path = None
+    if kill.depth_cut:
+        last_path = ctx.hierarchy.find_by_id(memcgs[-1].cgroup_id)
+        if last_path is None:
+            missing.append("cgroup.path: nested deeper than 8 levels; shown relative")
+    paths = cgroups.level_paths(memcgs, kill.depth_cut, last_path)
+    own = memcgs[0]
+    c.path = paths[0]
+    c.id = own.cgroup_id
+    c.memory_usage_bytes = own.usage_bytes
+    c.memory_limit_bytes = cgroups.effective_limit(memcgs) or 0
+    c.memsw_usage_bytes = own.memsw_usage_bytes
+    c.memsw_limit_bytes = cgroups.effective_memsw_limit(memcgs) or 0
+
+    oom_index: int | None
+    if kill.oom_control is not None:
+        ev.constraint = _CONSTRAINTS[kill.oom_control.constraint]
+        ev.constraint_source = "kernel"
+        oom_id = kill.oom_control.memcg_id
+        oom_index = next((i for i, m in enumerate(memcgs) if m.cgroup_id == oom_id), None)
+        if oom_id and oom_index is None:
+            c.oom_memcg_id = oom_id
+            c.oom_memcg_path = ctx.hierarchy.find_by_id(oom_id) or ""
+    else:
+        oom_index = cgroups.derive_oom_level(memcgs, kill.trigger_memcg_id)
+        ev.constraint = (
+            event_pb2.OomEvent.MEMCG if oom_index is not None else event_pb2.OomEvent.GLOBAL
+        )
+        ev.constraint_source = "derived"
+    if oom_index is not None:
+        m = memcgs[oom_index]
+        c.oom_memcg_path = paths[oom_index]
+        c.oom_memcg_id = m.cgroup_id
+        c.oom_memcg_limit_bytes = m.limit_bytes or 0
+        c.oom_memcg_usage_bytes = m.usage_bytes
+        c.oom_memcg_failcnt = m.failcnt
+
+
+def to_json(ev: event_pb2.OomEvent) -> str:
+    """One line of protobuf JSON with the proto field names, every field shown."""
+    return json_format.MessageToJson(
+        ev,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        indent=None,
+        sort_keys=False,
+    )

@@ -1,0 +1,257 @@
+"""The agent's event loop: kernel events in, finished OomEvent records out.
+
+A kill is held until its victim's last thread has exited (or the oom reaper
+has finished with it), so the record can say how long freeing took; a victim
+that does not exit within `hold_ns` is recorded anyway, saying so. Records go
+to sinks in the order their kills happened."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from oomtrace.agent import cgroups, decode
+from oomtrace.agent.decode import KernelKill, KernelNote
+from oomtrace.agent.errors import DecodeError
+from oomtrace.agent.host import boot_id, boot_ns_now, node_name
+from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
+from oomtrace.agent.record import KillContext, build_event
+from oomtrace.v1 import event_pb2
+
+log = structlog.get_logger(__name__)
+
+
+class Sink(Protocol):
+    """Where finished records go: stdout, the spool, a test's list."""
+
+    def emit(self, event: event_pb2.OomEvent) -> None: ...
+
+
+class EventSource(Protocol):
+    """The BPF side, as the loop sees it (BpfSession, or a fake in tests)."""
+
+    def open_buffers(self, on_kill: Callable[[Any], None], on_note: Callable[[Any], None]) -> None: ...
+    def poll(self, timeout_ms: int) -> None: ...
+    def kernel_lost(self) -> dict[str, int]: ...
+
+    @property
+    def user_lost(self) -> dict[str, int]: ...
+
+
+@dataclass
+class _Pending:
+    kill: KernelKill
+    process: ProcessInfo | None
+    exit_ns: int | None = None
+    reap_ns: int | None = None
+    done: bool = False
+
+
+@dataclass
+class Counters:
+    """Everything the agent counts; logged when it changes, written to the
+    status file for `oomtrace doctor`."""
+
+    kills_seen: int = 0
+    records_emitted: int = 0
+    decode_errors: int = 0
+    held_too_long: int = 0
+    sink_errors: int = 0
+    kernel_lost: dict[str, int] = field(default_factory=dict)
+    user_lost: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kills_seen": self.kills_seen,
+            "records_emitted": self.records_emitted,
+            "decode_errors": self.decode_errors,
+            "held_too_long": self.held_too_long,
+            "sink_errors": self.sink_errors,
+            "kernel_lost": dict(self.kernel_lost),
+            "user_lost": dict(self.user_lost),
+        }
+
+
+class Runner:
+    def __init__(
+        self,
+        source: EventSource,
+        sinks: list[Sink],
+        *,
+        hierarchy: cgroups.MemoryHierarchy,
+        hooks: tuple[str, ...],
+        hold_ns: int = 3_000_000_000,
+        processes: ProcessCache | None = None,
+        status_file: Path | None = None,
+        node: str | None = None,
+    ) -> None:
+        self.source = source
+        self.sinks = sinks
+        self.hierarchy = hierarchy
+        self.hooks = hooks
+        self.hold_ns = hold_ns
+        self.processes = processes if processes is not None else ProcessCache()
+        self.status_file = status_file
+        self.node = node or node_name()
+        self.boot_id = boot_id()
+        self.counters = Counters()
+        self._pending: dict[int, _Pending] = {}  # by victim tgid, in kill order
+        self._stop = threading.Event()
+        self._last_status_ns = 0
+
+    # -- kernel callbacks --------------------------------------------------
+
+    def on_kill(self, raw: Any) -> None:
+        try:
+            kill = decode.decode_kill(raw)
+        except DecodeError as exc:
+            self.counters.decode_errors += 1
+            log.error("bpf.decode_failed", error=str(exc), kind="kill")
+            return
+        self.counters.kills_seen += 1
+        # The victim is dying: read /proc now, else take what was cached at exec.
+        process = None
+        if kill.victim_tgid:
+            process = self.processes.remember(kill.victim_tgid) or self.processes.lookup(
+                kill.victim_tgid, kill.victim_comm
+            )
+        key = kill.victim_tgid or kill.victim_tid
+        self._pending[key] = _Pending(kill, process)
+
+    def on_note(self, raw: Any) -> None:
+        try:
+            note = decode.decode_note(raw)
+        except DecodeError as exc:
+            self.counters.decode_errors += 1
+            log.error("bpf.decode_failed", error=str(exc), kind="note")
+            return
+        if note.kind == decode.KIND_EXEC:
+            self.processes.remember(note.tgid)
+        elif note.kind == decode.KIND_EXIT:
+            p = self._pending.get(note.tgid)
+            if p is not None:
+                p.exit_ns = note.boot_ns - p.kill.boot_ns
+                p.done = True
+            self.processes.forget(note.tgid)
+        elif note.kind == decode.KIND_REAP:
+            self._on_reap(note)
+
+    def _on_reap(self, note: KernelNote) -> None:
+        # The reaper names the marked thread, not the thread group.
+        for p in self._pending.values():
+            if p.kill.victim_tid == note.tid:
+                if note.what == 2:  # OOMT_REAP_FINISH
+                    p.reap_ns = note.boot_ns - p.kill.boot_ns
+                    p.done = True
+                return
+
+    # -- records -----------------------------------------------------------
+
+    def flush(self, now_ns: int | None = None) -> None:
+        """Emits every pending kill that is done, or held past hold_ns, in
+        kill order; a kill still waiting holds back the ones after it."""
+        now_ns = boot_ns_now() if now_ns is None else now_ns
+        while self._pending:
+            key, p = next(iter(self._pending.items()))
+            overdue = now_ns - p.kill.boot_ns >= self.hold_ns
+            if not (p.done or overdue):
+                break
+            del self._pending[key]
+            missing: tuple[str, ...] = ()
+            if not p.done:
+                self.counters.held_too_long += 1
+                missing = (
+                    f"exit_ns: the victim had not exited {self.hold_ns / 1e9:g}s after the kill",
+                )
+            self._emit(p, missing)
+
+    def _emit(self, p: _Pending, missing: tuple[str, ...]) -> None:
+        ctx = KillContext(
+            node=self.node,
+            boot_id=self.boot_id,
+            hierarchy=self.hierarchy,
+            process=p.process,
+            trigger_cgroup_path=self._trigger_path(p.kill),
+            exit_ns=p.exit_ns,
+            reap_ns=p.reap_ns,
+            hooks=self.hooks,
+            missing=missing,
+        )
+        event = build_event(p.kill, ctx)
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except OSError as exc:
+                self.counters.sink_errors += 1
+                log.error("record.sink_failed", sink=type(sink).__name__, error=str(exc))
+        self.counters.records_emitted += 1
+        log.info(
+            "oom.recorded",
+            id=event.id,
+            victim_pid=event.victim.pid,
+            comm=event.victim.comm,
+            cgroup=event.cgroup.path,
+            constraint=event_pb2.OomEvent.Constraint.Name(event.constraint),
+        )
+
+    def _trigger_path(self, kill: KernelKill) -> str:
+        if kill.trigger_tgid == kill.victim_tgid or not kill.memcgs:
+            return cgroups.level_paths(kill.memcgs, kill.depth_cut)[0] if kill.memcgs else ""
+        paths = cgroups.level_paths(kill.memcgs, kill.depth_cut)
+        for m, path in zip(kill.memcgs, paths, strict=True):
+            if m.cgroup_id == kill.trigger_memcg_id:
+                return path
+        return self.hierarchy.find_by_id(kill.trigger_memcg_id) or ""
+
+    # -- loop ---------------------------------------------------------------
+
+    def check_losses(self) -> None:
+        """Logs any new loss the kernel or the buffers report."""
+        kernel = self.source.kernel_lost()
+        user = dict(self.source.user_lost)
+        for cause, n in kernel.items():
+            before = self.counters.kernel_lost.get(cause, 0)
+            if n > before:
+                log.error("bpf.events_lost", where="kernel", cause=cause, lost=n - before, total=n)
+        self.counters.kernel_lost = kernel
+        self.counters.user_lost = user
+
+    def write_status(self) -> None:
+        if self.status_file is None:
+            return
+        status = {"counters": self.counters.as_dict(), "hooks": list(self.hooks)}
+        tmp = self.status_file.with_suffix(".tmp")
+        try:
+            self.status_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(status))
+            tmp.replace(self.status_file)
+        except OSError as exc:
+            log.warning("agent.status_unwritable", path=str(self.status_file), error=str(exc))
+
+    def stop(self, *_args: object) -> None:
+        self._stop.set()
+
+    def run(self, poll_ms: int = 50) -> None:
+        self.source.open_buffers(self.on_kill, self.on_note)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        while not self._stop.is_set():
+            self.source.poll(poll_ms)
+            self.flush()
+            now = boot_ns_now()
+            if now - self._last_status_ns >= 5_000_000_000:
+                self._last_status_ns = now
+                self.check_losses()
+                self.write_status()
+        # Drain: what the kernel already handed over is recorded before exit.
+        self.source.poll(0)
+        self.flush(now_ns=boot_ns_now() + self.hold_ns)
+        self.check_losses()
+        self.write_status()

@@ -1,0 +1,1 @@
+"""The central collector: stores OOM records and answers queries."""

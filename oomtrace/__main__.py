@@ -1,0 +1,5 @@
+import sys
+
+from oomtrace.cli import main
+
+sys.exit(main())
