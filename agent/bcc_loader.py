@@ -105,7 +105,7 @@ class BpfSession:
             try:
                 self._bpf.attach_kprobe(event=b"oom_kill_process", fn_name=b"on_oom_kill_process")
                 self._hook("kprobe/oom_kill_process", True, False, "")
-            except Exception as exc:  # BCC raises bare Exception on attach failure
+            except Exception as exc:  # noqa: BLE001 - BCC raises bare Exception on attach failure
                 self._hook("kprobe/oom_kill_process", False, False, str(exc))
         else:
             self._hook("kprobe/oom_kill_process", False, False, kprobe_reason)
@@ -119,7 +119,7 @@ class BpfSession:
         try:
             if not bcc.BPF.get_kprobe_functions(b"^oom_kill_process$"):
                 return False, "oom_kill_process is not a kprobe-able function here (inlined?)"
-        except Exception as exc:  # reading available_filter_functions can fail
+        except OSError as exc:  # reading available_filter_functions can fail
             return False, f"cannot list kprobe-able functions: {exc}"
         return True, ""
 
@@ -139,7 +139,7 @@ class BpfSession:
             try:
                 self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
                 self._hook(name, True, required, "")
-            except Exception as exc:  # BCC raises bare Exception on attach failure
+            except Exception as exc:  # noqa: BLE001 - BCC raises bare Exception on attach failure
                 self._hook(name, False, required, str(exc))
         last = self.hooks[-1]
         if required and not last.attached:
@@ -147,9 +147,7 @@ class BpfSession:
 
     # -- events ----------------------------------------------------------
 
-    def open_buffers(
-        self, on_kill: Callable[[Any], None], on_note: Callable[[Any], None]
-    ) -> None:
+    def open_buffers(self, on_kill: Callable[[Any], None], on_note: Callable[[Any], None]) -> None:
         """Calls on_kill / on_note with BCC's decoded struct for each event."""
         kills = self._bpf["kills"]
         notes = self._bpf["notes"]
@@ -186,9 +184,7 @@ class BpfSession:
     def kernel_lost(self) -> dict[str, int]:
         """Events the kernel side dropped, by cause (buffer full, no scratch)."""
         table = self._bpf["lost"]
-        return {
-            cause: int(table[ctypes.c_int(i)].value) for i, cause in enumerate(LOST_CAUSES)
-        }
+        return {cause: int(table[ctypes.c_int(i)].value) for i, cause in enumerate(LOST_CAUSES)}
 
     def close(self) -> None:
         self._bpf.cleanup()

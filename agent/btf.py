@@ -102,7 +102,9 @@ class Btf:
                 "and oomtrace reads every kernel struct layout from it"
             ) from None
         except PermissionError:
-            raise BtfError(f"cannot read {path}: permission denied (run the agent as root)") from None
+            raise BtfError(
+                f"cannot read {path}: permission denied (run the agent as root)"
+            ) from None
         return cls(data, str(path))
 
     # -- indexing --------------------------------------------------------
@@ -143,7 +145,9 @@ class Btf:
         """(name, kind, vlen, kind_flag, size_or_type) of a type."""
         if not 0 < type_id < len(self._offsets):
             raise BtfError(f"{self.source}: no type with id {type_id}")
-        name_off, info, size_or_type = struct.unpack_from("<III", self._types, self._offsets[type_id])
+        name_off, info, size_or_type = struct.unpack_from(
+            "<III", self._types, self._offsets[type_id]
+        )
         return (
             self._name(name_off),
             (info >> 24) & 0x1F,
@@ -287,11 +291,7 @@ class Btf:
 
     def enum_value(self, value_name: str, enum_name: str | None = None) -> int:
         """Value of an enumerator, from the named enum or from any enum."""
-        candidates = (
-            self.ids_named(enum_name)
-            if enum_name
-            else range(1, len(self._offsets))
-        )
+        candidates = self.ids_named(enum_name) if enum_name else range(1, len(self._offsets))
         for type_id in candidates:
             _n, kind, vlen, kind_flag, _size = self._header(type_id)
             if kind == KIND_ENUM:
@@ -299,13 +299,14 @@ class Btf:
                 for i in range(vlen):
                     name_off, val = struct.unpack_from("<Ii", self._types, base + 8 * i)
                     if self._name(name_off) == value_name:
-                        return val if kind_flag else val & 0xFFFFFFFF
+                        # kind_flag marks a signed enum; otherwise the bits are unsigned.
+                        return int(val) if kind_flag else int(val) & 0xFFFFFFFF
             elif kind == KIND_ENUM64:
                 base = self._offsets[type_id] + 12
                 for i in range(vlen):
                     name_off, lo, hi = struct.unpack_from("<III", self._types, base + 12 * i)
                     if self._name(name_off) == value_name:
-                        return (hi << 32) | lo
+                        return (int(hi) << 32) | int(lo)
         where = f"enum {enum_name}" if enum_name else "any enum"
         raise BtfError(f"{self.source}: no enumerator {value_name} in {where}")
 

@@ -110,9 +110,7 @@ def derive_oom_level(memcgs: tuple[MemcgLevel, ...], trigger_memcg_id: int) -> i
     not say (no oom_kill_process hook): the lowest memcg on the victim's path
     that sits at its limit and is also on the trigger's path (the trigger
     charged it). None means no memcg was at its limit: a global OOM."""
-    trigger_index = next(
-        (i for i, m in enumerate(memcgs) if m.cgroup_id == trigger_memcg_id), None
-    )
+    trigger_index = next((i for i, m in enumerate(memcgs) if m.cgroup_id == trigger_memcg_id), None)
     start = trigger_index if trigger_index is not None else 0
     # The trigger charges its own memcg and every ancestor; any at-limit one
     # from there up can have failed the charge, and the lowest is the first hit.

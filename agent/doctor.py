@@ -54,7 +54,14 @@ def preflight(*, mount_tracefs: bool) -> tuple[list[Check], KernelLayout | None]
     checks: list[Check] = []
     root = os.geteuid() == 0
     checks.append(
-        Check("root", root, True, "running as root" if root else "the agent must run as root (BPF, tracefs, /proc of every process)")
+        Check(
+            "root",
+            root,
+            True,
+            "running as root"
+            if root
+            else "the agent must run as root (BPF, tracefs, /proc of every process)",
+        )
     )
     layout = None
     try:
@@ -68,14 +75,24 @@ def preflight(*, mount_tracefs: bool) -> tuple[list[Check], KernelLayout | None]
         checks.append(Check("bcc", True, True, f"bcc from {Path(bcc.__file__).parent}"))
     except ImportError as exc:
         checks.append(
-            Check("bcc", False, True, f"cannot import bcc ({exc}): apt-get install python3-bpfcc, and use a python that sees it")
+            Check(
+                "bcc",
+                False,
+                True,
+                f"cannot import bcc ({exc}): apt-get install python3-bpfcc, and use a python that sees it",
+            )
         )
     build = Path(f"/lib/modules/{os.uname().release}/build")
     if (build / "Makefile").exists():
         checks.append(Check("kernel_headers", True, True, f"{build} -> {build.resolve()}"))
     else:
         checks.append(
-            Check("kernel_headers", False, True, f"{build} is missing: BCC compiles against kernel headers; run `make setup` (links Debian's linux-headers-amd64)")
+            Check(
+                "kernel_headers",
+                False,
+                True,
+                f"{build} is missing: BCC compiles against kernel headers; run `make setup` (links Debian's linux-headers-amd64)",
+            )
         )
     checks.append(ensure_tracefs(mount_tracefs and root))
     hierarchy = cgroups.memory_hierarchy()
@@ -84,15 +101,31 @@ def preflight(*, mount_tracefs: bool) -> tuple[list[Check], KernelLayout | None]
             "memory_cgroup",
             hierarchy.version != 0,
             False,
-            f"cgroup v{hierarchy.version} at {hierarchy.mount}" if hierarchy.version else "no hierarchy has the memory controller: kills are recorded without cgroup paths",
+            f"cgroup v{hierarchy.version} at {hierarchy.mount}"
+            if hierarchy.version
+            else "no hierarchy has the memory controller: kills are recorded without cgroup paths",
         )
     )
     if layout is not None:
         checks.append(
-            Check("ring_buffer", layout.has_ringbuf, False, "BPF ring buffer" if layout.has_ringbuf else "no BPF ring buffer: using perf buffers")
+            Check(
+                "ring_buffer",
+                layout.has_ringbuf,
+                False,
+                "BPF ring buffer"
+                if layout.has_ringbuf
+                else "no BPF ring buffer: using perf buffers",
+            )
         )
         checks.append(
-            Check("mark_victim_task", layout.mark_victim_has_task, False, "oom:mark_victim hands over the victim task" if layout.mark_victim_has_task else "oom:mark_victim gives only a pid; the victim's details need the oom_kill_process kprobe")
+            Check(
+                "mark_victim_task",
+                layout.mark_victim_has_task,
+                False,
+                "oom:mark_victim hands over the victim task"
+                if layout.mark_victim_has_task
+                else "oom:mark_victim gives only a pid; the victim's details need the oom_kill_process kprobe",
+            )
         )
     return checks, layout
 
@@ -151,7 +184,9 @@ def _what_is_recorded(layout: KernelLayout | None, hooks: list[dict[str, Any]]) 
     attached = {h["name"] for h in hooks if h["attached"]}
     out = ["every OOM kill: victim memory figures, trigger, memcg path, usage and limit"]
     if "kprobe/oom_kill_process" in attached:
-        out.append("constraint, oom memcg, totalpages and chosen points from the kernel's oom_control")
+        out.append(
+            "constraint, oom memcg, totalpages and chosen points from the kernel's oom_control"
+        )
     else:
         out.append("constraint and oom memcg derived from the memcg page counters at the kill")
     if "raw_tracepoint/finish_task_reaping" in attached:
@@ -186,4 +221,6 @@ def _print_report(r: dict[str, Any]) -> None:
             f"lost in kernel {c['kernel_lost']}, lost in buffers {c['user_lost']}, "
             f"decode errors {c['decode_errors']}"
         )
-    print("verdict: the agent can run here" if r["can_run"] else "verdict: the agent cannot run here")
+    print(
+        "verdict: the agent can run here" if r["can_run"] else "verdict: the agent cannot run here"
+    )

@@ -26,9 +26,7 @@ def boot_ns_to_datetime(boot_ns: int) -> datetime:
     """The wall-clock time of a bpf_ktime_get_boot_ns() reading. Both clocks
     are read now, so a wall-clock step since the event shifts the answer by
     that step, never by the time since boot."""
-    offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(
-        time.CLOCK_BOOTTIME
-    )
+    offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     return datetime.fromtimestamp((boot_ns + offset) / 1e9, tz=UTC)
 
 

@@ -85,7 +85,9 @@ def resolve(btf: Btf) -> KernelLayout:
 
     # mem_cgroup must begin with its css: the programs use one pointer for both.
     if btf.field("mem_cgroup", "css").offset != 0:
-        raise BtfError("struct mem_cgroup does not start with its css; this kernel is not supported")
+        raise BtfError(
+            "struct mem_cgroup does not start with its css; this kernel is not supported"
+        )
 
     defines["MEMORY_CGRP_ID"] = btf.enum_value("memory_cgrp_id", "cgroup_subsys_id")
     for macro, name in (

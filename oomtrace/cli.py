@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("agent", help="record OOM kills on this node (root)")
-    a.add_argument("--stdout", action="store_true", help="print each record as one JSON line on stdout")
+    a.add_argument(
+        "--stdout", action="store_true", help="print each record as one JSON line on stdout"
+    )
     a.add_argument("--node", help="node name in records (default: $NODE_NAME or the hostname)")
     a.add_argument(
         "--hold",
@@ -52,12 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait at most this long for a victim to exit before recording it (default 3)",
     )
-    a.add_argument("--status-file", type=Path, default=DEFAULT_STATUS_FILE, help="where the agent writes its counters for `doctor`")
+    a.add_argument(
+        "--status-file",
+        type=Path,
+        default=DEFAULT_STATUS_FILE,
+        help="where the agent writes its counters for `doctor`",
+    )
     a.set_defaults(func=_agent)
 
     d = sub.add_parser("doctor", help="what this host supports, and what the agent will record")
     d.add_argument("--json", action="store_true", help="machine-readable report")
-    d.add_argument("--no-load", action="store_true", help="do not compile and attach the BPF programs")
+    d.add_argument(
+        "--no-load", action="store_true", help="do not compile and attach the BPF programs"
+    )
     d.add_argument("--status-file", type=Path, default=DEFAULT_STATUS_FILE)
     d.set_defaults(func=_doctor)
     return p

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import OOMTRACE, AgentProcess, KmsgReader, hierarchy, is_root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reason = ""
+    if not is_root():
+        reason = "privileged: needs root to load BPF and make memory cgroups (CI runs as root)"
+    elif not OOMTRACE.exists():
+        reason = f"{OOMTRACE} is missing: run `make setup`"
+    elif hierarchy().version == 0:
+        reason = "no memory cgroup hierarchy on this host to make scratch cgroups in"
+    for item in items:
+        if "integration" in str(item.path):
+            item.add_marker(pytest.mark.privileged)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """One agent for the session's kill tests; each test takes its own records."""
+    status = Path(tmp_path_factory.mktemp("agent")) / "status.json"
+    a = AgentProcess(status_file=status)
+    a.wait_ready()
+    yield a
+    rc = a.stop()
+    assert rc == 0, f"agent exited {rc}; log: {a.logs[-20:]}"
+
+
+@pytest.fixture
+def kmsg() -> Iterator[KmsgReader]:
+    r = KmsgReader()
+    yield r
+    r.close()

@@ -1,0 +1,144 @@
+"""Real OOM kills in scratch memory cgroups, each record compared with the
+kernel's own report of the same kill."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.integration.harness import (
+    ALLOCATE_FOREVER,
+    MIB,
+    AgentProcess,
+    KmsgReader,
+    assert_matches_kernel,
+    scratch_cgroup,
+)
+
+
+def by_pid(pid: int) -> Any:
+    return lambda r: r["victim"]["pid"] == pid
+
+
+def test_allocator_killed_by_its_limit_is_recorded_as_the_kernel_reports_it(
+    agent: AgentProcess, kmsg: KmsgReader
+) -> None:
+    with scratch_cgroup(64 * MIB) as cg:
+        p = cg.spawn(ALLOCATE_FOREVER)
+        assert p.wait(30) == -9
+        (rec,) = agent.take(1, where=by_pid(p.pid))
+        kernel = kmsg.wait_kills({p.pid})[p.pid]
+        _usage_after, limit = cg.usage_and_limit()
+
+    assert_matches_kernel(rec, kernel)
+    assert rec["trigger"]["pid"] == p.pid
+    assert rec["victim"]["cmdline"].endswith("-c " + ALLOCATE_FOREVER.replace("\n", "\n"))
+    assert rec["victim"]["exe"].startswith("/usr/bin/python3")
+    c = rec["cgroup"]
+    assert int(c["memory_limit_bytes"]) == limit == 64 * MIB
+    assert int(c["oom_memcg_limit_bytes"]) == 64 * MIB
+    # At the kill the cgroup sat at its limit; it cannot be above it.
+    assert 60 * MIB <= int(c["memory_usage_bytes"]) <= 64 * MIB
+    assert c["version"] == cg.version
+    assert rec["constraint_source"] == "derived" or "kprobe/oom_kill_process" in rec["hooks"]
+    assert int(rec["exit_ns"]) > 0
+    assert rec["missing"] == []
+    assert len(rec["id"]) == 32
+
+
+def test_victim_that_is_not_the_trigger(agent: AgentProcess, kmsg: KmsgReader) -> None:
+    """A big idle process (oom_score_adj 500) dies for a small allocator's charge."""
+    hog = "import time\nb = bytearray(40 << 20)\nprint(flush=True)\ntime.sleep(600)"
+    with scratch_cgroup(96 * MIB) as cg:
+        big = cg.spawn(hog, oom_score_adj=500)
+        _wait_usage(cg, 40 * MIB)
+        small = cg.spawn(ALLOCATE_FOREVER)
+        assert big.wait(30) == -9
+        (rec,) = agent.take(1, where=by_pid(big.pid))
+        kernel = kmsg.wait_kills({big.pid})[big.pid]
+        small.kill()
+        small.wait()
+
+    assert_matches_kernel(rec, kernel)
+    assert rec["trigger"]["pid"] == small.pid
+    assert rec["trigger"]["pid"] != rec["victim"]["pid"]
+    assert rec["victim"]["oom_score_adj"] == 500
+    # The victim was not the task in mark_victim, so its argv came from /proc.
+    assert "time.sleep(600)" in rec["victim"]["cmdline"]
+
+
+def test_multithreaded_victim_is_recorded_by_thread_group(
+    agent: AgentProcess, kmsg: KmsgReader
+) -> None:
+    threaded = (
+        "import threading, time\n"
+        "def grow():\n"
+        "    a = []\n"
+        "    while True:\n"
+        "        a.append(bytearray(1 << 20)); time.sleep(0.001)\n"
+        "for _ in range(4): threading.Thread(target=grow).start()\n"
+        "time.sleep(600)\n"
+    )
+    with scratch_cgroup(64 * MIB) as cg:
+        p = cg.spawn(threaded)
+        assert p.wait(30) == -9
+        (rec,) = agent.take(1, where=by_pid(p.pid))
+        kernel = kmsg.wait_kills({p.pid})[p.pid]
+
+    assert_matches_kernel(rec, kernel)
+    assert rec["victim"]["pid"] == p.pid
+    assert rec["victim"]["threads"] == 5
+    # One of the allocating threads (not the main one) ran into the limit.
+    assert rec["trigger"]["pid"] == p.pid
+    assert rec["trigger"]["tid"] != p.pid
+
+
+def test_limit_on_parent_victim_in_child(agent: AgentProcess, kmsg: KmsgReader) -> None:
+    with scratch_cgroup(64 * MIB) as parent:
+        child = parent.child("workload")
+        p = child.spawn(ALLOCATE_FOREVER)
+        assert p.wait(30) == -9
+        (rec,) = agent.take(1, where=by_pid(p.pid))
+        kernel = kmsg.wait_kills({p.pid})[p.pid]
+        parent_rel, child_rel = parent.rel, child.rel
+
+    assert_matches_kernel(rec, kernel)
+    assert rec["cgroup"]["path"] == child_rel
+    assert rec["cgroup"]["oom_memcg_path"] == parent_rel
+    assert int(rec["cgroup"]["memory_limit_bytes"]) == 64 * MIB
+    assert int(rec["cgroup"]["oom_memcg_limit_bytes"]) == 64 * MIB
+
+
+def test_burst_of_fifty_kills_none_lost(agent: AgentProcess, kmsg: KmsgReader) -> None:
+    """50 kills within a few seconds: as many records as the kernel's own
+    oom_kill counters, each matching the kernel's report."""
+    n_cgroups, per_cgroup = 10, 5
+    with scratch_cgroup(None) as top:
+        groups = []
+        for i in range(n_cgroups):
+            g = top.child(f"g{i}")
+            g.limit(32 * MIB)
+            groups.append(g)
+        procs = [g.spawn(ALLOCATE_FOREVER) for g in groups for _ in range(per_cgroup)]
+        for p in procs:
+            assert p.wait(60) == -9
+        pids = {p.pid for p in procs}
+        records = agent.take(len(pids), timeout=60, where=lambda r: r["victim"]["pid"] in pids)
+        kernel = kmsg.wait_kills(pids)
+        counted = sum(g.oom_kill_count() for g in groups)
+
+    assert counted == len(pids) == 50
+    assert {r["victim"]["pid"] for r in records} == pids
+    assert len({r["id"] for r in records}) == 50
+    for r in records:
+        assert_matches_kernel(r, kernel[r["victim"]["pid"]], full_report=False)
+    status_lost = [e for e in agent.logs if e.get("event") == "bpf.events_lost"]
+    assert status_lost == []
+
+
+def _wait_usage(cg: Any, nbytes: int, timeout: float = 20) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while cg.usage_and_limit()[0] < nbytes:
+        assert time.monotonic() < deadline, "the hog never reached its size"
+        time.sleep(0.02)

@@ -1,0 +1,99 @@
+"""Kernel record plus context to the OomEvent message and its JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from oomtrace.agent import decode
+from oomtrace.agent.cgroups import MemoryHierarchy
+from oomtrace.agent.procinfo import ProcessInfo
+from oomtrace.agent.record import KillContext, build_event, event_id, to_json
+from tests.unit.fixtures import kernel_lines, load, raw_event
+
+V1 = MemoryHierarchy(1, Path("/sys/fs/cgroup/memory"))
+
+
+def kills() -> list[decode.KernelKill]:
+    return [decode.decode_kill(raw_event(f)) for f in load()["kills"]]
+
+
+def ctx(**kw: object) -> KillContext:
+    base: dict[str, object] = {"node": "n1", "boot_id": "b-1", "hierarchy": V1, "process": None}
+    base.update(kw)
+    return KillContext(**base)  # type: ignore[arg-type]
+
+
+def test_json_uses_proto_field_names_and_matches_the_kernel_report() -> None:
+    data = load()
+    kernel = kernel_lines(data)
+    for kill in kills():
+        rec = json.loads(to_json(build_event(kill, ctx())))
+        k = kernel[kill.victim_tgid]
+        v = rec["victim"]
+        assert int(v["total_vm_bytes"]) == int(k["total_vm"]) * 1024
+        assert int(v["anon_rss_bytes"]) == int(k["anon"]) * 1024
+        assert int(v["file_rss_bytes"]) == int(k["file"]) * 1024
+        assert int(v["pgtables_bytes"]) == int(k["pgtables"]) * 1024
+        assert v["oom_score_adj"] == int(k["adj"])
+        assert rec["cgroup"]["path"] == k["task_memcg"]
+        assert rec["cgroup"]["oom_memcg_path"] == k["oom_memcg"]
+        assert rec["constraint"] == "MEMCG"
+        assert rec["constraint_source"] == "derived"
+        assert rec["cgroup"]["version"] == 1
+        assert int(rec["cgroup"]["memory_limit_bytes"]) == 48 * 1024 * 1024
+        assert rec["killed_at"].endswith("Z")
+        assert rec["source"] == "LIVE"
+
+
+def test_id_is_stable_and_distinct_per_kill() -> None:
+    a, b = kills()
+    assert (
+        build_event(a, ctx()).id
+        == build_event(a, ctx()).id
+        == event_id("b-1", a.boot_ns, a.victim_tgid)
+    )
+    assert build_event(a, ctx()).id != build_event(b, ctx()).id
+    assert build_event(a, ctx()).id != build_event(a, ctx(boot_id="b-2")).id
+
+
+def test_victim_that_was_not_the_trigger_takes_cmdline_from_proc() -> None:
+    _own, other = kills()
+    info = ProcessInfo(comm="python3", cmdline="/usr/bin/python3 -c hog", exe="/usr/bin/python3.11")
+    rec = build_event(other, ctx(process=info))
+    assert rec.victim.cmdline == "/usr/bin/python3 -c hog"
+    assert rec.victim.exe == "/usr/bin/python3.11"
+    assert rec.trigger.pid != rec.victim.pid
+    assert list(rec.missing) == []
+
+
+def test_what_could_not_be_resolved_is_listed_not_dropped() -> None:
+    _own, other = kills()
+    rec = build_event(other, ctx(process=None))
+    assert rec.victim.cmdline == ""
+    assert rec.victim.exe == "python3.11"  # the kernel's file name
+    assert any(m.startswith("victim.cmdline:") for m in rec.missing)
+    assert any(m.startswith("victim.exe:") for m in rec.missing)
+    assert rec.victim.anon_rss_bytes > 0  # the rest of the record is intact
+
+
+def test_timings_are_optional_fields() -> None:
+    own, _ = kills()
+    plain = json.loads(to_json(build_event(own, ctx())))
+    assert "exit_ns" not in plain
+    assert "reap_ns" not in plain
+    timed = json.loads(to_json(build_event(own, ctx(exit_ns=1500, reap_ns=0))))
+    assert (timed["exit_ns"], timed["reap_ns"]) == ("1500", "0")
+
+
+def test_constraint_from_the_kernel_wins_over_derivation() -> None:
+    fields = {
+        **load()["kills"][0],
+        "flags": decode.F_OOM_CONTROL | decode.F_CMDLINE,
+        "oc_constraint": 0,
+        "oc_memcg_id": 0,
+    }
+    rec = build_event(decode.decode_kill(raw_event(fields)), ctx())
+    assert rec.constraint == rec.GLOBAL
+    assert rec.constraint_source == "kernel"
+    assert rec.cgroup.oom_memcg_path == ""
