@@ -10,11 +10,15 @@ dir=${1:-proto/oomtrace/v1}
 bin=.venv/bin
 out=proto
 if ((check)); then out=$(mktemp -d); trap 'rm -rf "$out"' EXIT; mkdir -p "$out/oomtrace/v1"; fi
-"$bin/python" -m grpc_tools.protoc -Iproto \
+# protoc-gen-mypy chats about every file it writes; keep its output for failures only.
+if ! log=$("$bin/python" -m grpc_tools.protoc -Iproto \
     --python_out="$out" --grpc_python_out="$out" \
     --plugin=protoc-gen-mypy="$bin/protoc-gen-mypy" --mypy_out="$out" \
     --plugin=protoc-gen-mypy_grpc="$bin/protoc-gen-mypy_grpc" --mypy_grpc_out="$out" \
-    "$dir"/*.proto | grep -v "^Writing mypy" || true
+    "$dir"/*.proto 2>&1); then
+    echo "$log" >&2
+    exit 1
+fi
 if ((check)); then
     for f in "$out"/oomtrace/v1/*; do
         name=$(basename "$f")
