@@ -240,12 +240,14 @@ class Runner:
     def stop(self, *_args: object) -> None:
         self._stop.set()
 
-    def run(self, poll_ms: int = 50) -> None:
+    def run(self, poll_ms: int = 50, idle_poll_ms: int = 1000) -> None:
+        """Polls until stopped. Events wake the poll at once; the timeout only
+        paces hold deadlines (poll_ms while kills are pending) and housekeeping."""
         self.source.open_buffers(self.on_kill, self.on_note)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         while not self._stop.is_set():
-            self.source.poll(poll_ms)
+            self.source.poll(poll_ms if self._pending else idle_poll_ms)
             self.flush()
             now = boot_ns_now()
             if now - self._last_status_ns >= 5_000_000_000:
