@@ -10,9 +10,11 @@ import structlog
 from oomtrace.agent import cgroups
 from oomtrace.agent.bcc_loader import BpfSession
 from oomtrace.agent.doctor import preflight, require
+from oomtrace.agent.export import Exporter, SpoolSink
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
 from oomtrace.agent.sinks import StdoutSink
+from oomtrace.agent.spool import Spool
 
 log = structlog.get_logger(__name__)
 
@@ -20,7 +22,8 @@ log = structlog.get_logger(__name__)
 def run_agent(
     *,
     stdout: bool,
-    extra_sinks: list[Sink] | None = None,
+    collector: str | None,
+    spool_dir: Path,
     status_file: Path | None,
     hold_s: float,
     node: str | None,
@@ -35,7 +38,14 @@ def run_agent(
     try:
         processes = ProcessCache()
         scanned = processes.scan()
-        sinks: list[Sink] = list(extra_sinks or [])
+        sinks: list[Sink] = []
+        exporter = None
+        if collector:
+            # The spool comes first: a record is on disk before anything else.
+            spool = Spool(spool_dir)
+            sinks.append(SpoolSink(spool))
+            exporter = Exporter(spool, collector)
+            exporter.start()
         if stdout:
             sinks.append(StdoutSink())
         attached = tuple(h.name for h in session.hooks if h.attached)
@@ -59,6 +69,8 @@ def run_agent(
             start_s=round(time.monotonic() - started, 3),
         )
         runner.run()
+        if exporter is not None:
+            exporter.stop()
         log.info("agent.stopped", **runner.counters.as_dict())
     finally:
         session.close()

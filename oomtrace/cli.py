@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from oomtrace import logs
+from oomtrace.client import add_filter_args
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -14,8 +17,13 @@ def _agent(args: argparse.Namespace) -> int:
     from oomtrace.agent.main import run_agent
 
     try:
+        if not args.stdout and not args.collector:
+            print("oomtrace agent: give --stdout, --collector HOST:PORT, or both", file=sys.stderr)
+            return 2
         run_agent(
             stdout=args.stdout,
+            collector=args.collector,
+            spool_dir=args.spool,
             status_file=args.status_file,
             hold_s=args.hold,
             node=args.node,
@@ -35,6 +43,37 @@ def _doctor(args: argparse.Namespace) -> int:
     return run_doctor(load=not args.no_load, as_json=args.json, status_file=args.status_file)
 
 
+def _collector(args: argparse.Namespace) -> int:
+    from oomtrace.collector.errors import CollectorError
+    from oomtrace.collector.main import parse_duration, run_collector
+
+    try:
+        retention = parse_duration(args.retention)
+    except ValueError as exc:
+        print(f"oomtrace collector: --retention: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_collector(args.listen, args.db, retention)
+    except (CollectorError, RuntimeError) as exc:
+        print(f"oomtrace collector: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _query(command: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from oomtrace import client
+
+        try:
+            rc: int = getattr(client, command)(args)
+        except client.ClientError as exc:
+            print(f"oomtrace {command}: {exc}", file=sys.stderr)
+            return 1
+        return rc
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     from oomtrace.agent.doctor import DEFAULT_STATUS_FILE
 
@@ -45,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("agent", help="record OOM kills on this node (root)")
     a.add_argument(
         "--stdout", action="store_true", help="print each record as one JSON line on stdout"
+    )
+    a.add_argument(
+        "--collector",
+        default=os.environ.get("OOMTRACE_COLLECTOR"),
+        metavar="HOST:PORT",
+        help="stream records to this collector (default: $OOMTRACE_COLLECTOR)",
+    )
+    a.add_argument(
+        "--spool",
+        type=Path,
+        default=Path("/var/lib/oomtrace/spool"),
+        help="records wait here, on disk, until the collector acknowledges them",
     )
     a.add_argument("--node", help="node name in records (default: $NODE_NAME or the hostname)")
     a.add_argument(
@@ -69,6 +120,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--status-file", type=Path, default=DEFAULT_STATUS_FILE)
     d.set_defaults(func=_doctor)
+
+    c = sub.add_parser("collector", help="store records from agents and answer queries")
+    c.add_argument("--listen", default="127.0.0.1:50051", metavar="ADDR")
+    c.add_argument(
+        "--db", type=Path, default=Path("/var/lib/oomtrace/collector.db"), help="SQLite file"
+    )
+    c.add_argument("--retention", default="30d", help="drop records older than this (30d, 12h)")
+    c.set_defaults(func=_collector)
+
+    collector_default = os.environ.get("OOMTRACE_COLLECTOR", "127.0.0.1:50051")
+
+    h = sub.add_parser("history", help="OOM kills, newest first")
+    h.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
+    add_filter_args(h, default_since="7d")
+    h.add_argument("--limit", type=int, default=50)
+    h.add_argument("--json", action="store_true", help="records as protobuf JSON, one per line")
+    h.set_defaults(func=_query("history"))
+
+    s = sub.add_parser("show", help="the full report of one kill")
+    s.add_argument("id")
+    s.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_query("show"))
+
+    t = sub.add_parser("top", help="who gets OOM-killed most")
+    t.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
+    t.add_argument(
+        "--by",
+        default="cgroup",
+        choices=["cgroup", "container", "pod", "namespace", "node", "image", "comm"],
+    )
+    add_filter_args(t, default_since="7d")
+    t.add_argument("--limit", type=int, default=10)
+    t.set_defaults(func=_query("top"))
+
+    w = sub.add_parser("watch", help="OOM kills as the collector records them")
+    w.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
+    add_filter_args(w, default_since=None)
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=_query("watch"))
     return p
 
 

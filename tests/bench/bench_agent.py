@@ -14,12 +14,14 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.integration.harness import (  # noqa: E402
+from tests.integration.harness import (
     ALLOCATE_FOREVER,
     MIB,
     AgentProcess,
@@ -46,12 +48,16 @@ def start_times(n: int) -> list[float]:
     return out
 
 
+def victim_is(pid: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: bool(r["victim"]["pid"] == pid)
+
+
 def kill_latencies(agent: AgentProcess, kills: int) -> list[float]:
     latencies = []
     with scratch_cgroup(32 * MIB) as cg:
         for _ in range(kills):
             p = cg.spawn(ALLOCATE_FOREVER)
-            (rec,) = agent.take(1, timeout=30, where=lambda r, pid=p.pid: r["victim"]["pid"] == pid)
+            (rec,) = agent.take(1, timeout=30, where=victim_is(p.pid))
             seen = time.time()
             p.wait()
             killed = datetime.fromisoformat(rec["killed_at"].replace("Z", "+00:00")).timestamp()
@@ -81,7 +87,9 @@ def main() -> None:
         sys.exit("bench_agent: run as root (loads BPF, OOM-kills processes in scratch cgroups)")
 
     starts = start_times(args.starts)
-    print(f"start-to-ready   median {statistics.median(starts):.2f} s  (n={len(starts)}, max {max(starts):.2f} s; goal < 3 s)")
+    print(
+        f"start-to-ready   median {statistics.median(starts):.2f} s  (n={len(starts)}, max {max(starts):.2f} s; goal < 3 s)"
+    )
 
     agent = AgentProcess()
     agent.wait_ready()
@@ -95,7 +103,9 @@ def main() -> None:
         c0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(args.idle)
         c1, t1 = cpu_seconds(pid), time.monotonic()
-        print(f"idle CPU         {100 * (c1 - c0) / (t1 - t0):.3f} % of one core over {t1 - t0:.0f} s (goal < 0.5 %)")
+        print(
+            f"idle CPU         {100 * (c1 - c0) / (t1 - t0):.3f} % of one core over {t1 - t0:.0f} s (goal < 0.5 %)"
+        )
         print(f"agent RSS        {rss_kib(pid) / 1024:.1f} MiB")
     finally:
         agent.stop()

@@ -47,18 +47,24 @@ class IngestAck(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     STORED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     stored: _builtins.bool
     """False when the id was already stored: the record was a resend."""
+    rejected: _builtins.str
+    """Set when the record was refused for good (no id, no kill time): it will
+    never be stored, so the agent drops it from its spool and counts it.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         stored: _builtins.bool = ...,
+        rejected: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "stored", b"stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "rejected", b"rejected", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,134 @@
+"""Streams spooled records to the collector and deletes each one from the
+spool when the collector acknowledges it. At-least-once: a record whose ack
+was lost is sent again on the next connection, and the collector stores it
+once (records have stable ids). Reconnects with capped exponential backoff."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+
+import grpc
+import structlog
+
+from oomtrace import rpc
+from oomtrace.agent.spool import Spool
+from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
+
+log = structlog.get_logger(__name__)
+
+
+class SpoolSink:
+    """The runner's first sink: a record is on disk before anything else."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def emit(self, event: event_pb2.OomEvent) -> None:
+        self.spool.put(event)
+
+
+class Exporter:
+    def __init__(
+        self,
+        spool: Spool,
+        target: str,
+        *,
+        window: int = 256,
+        min_backoff_s: float = 0.2,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.spool = spool
+        self.target = target
+        self.window = window
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.acked = 0
+        self.rejected = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="exporter")
+        self._thread.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = self.min_backoff_s
+        while not self._stop.is_set():
+            try:
+                self._session()
+                backoff = self.min_backoff_s
+            except grpc.RpcError as exc:
+                code, detail = rpc.status(exc)
+                log.warning(
+                    "export.reconnecting",
+                    collector=self.target,
+                    status=code.name if code else "UNKNOWN",
+                    detail=detail,
+                    pending=len(self.spool),
+                    retry_in_s=round(backoff, 2),
+                )
+            except grpc.FutureTimeoutError:
+                log.warning(
+                    "export.collector_unreachable",
+                    collector=self.target,
+                    pending=len(self.spool),
+                    retry_in_s=round(backoff, 2),
+                )
+            self.connected.clear()
+            self._stop.wait(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _session(self) -> None:
+        with grpc.insecure_channel(self.target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=5)
+            stub = collector_pb2_grpc.IngestServiceStub(channel)
+            in_flight: set[str] = set()
+            cond = threading.Condition()
+            done = threading.Event()
+
+            def requests() -> Iterator[collector_pb2.IngestRequest]:
+                sent_seq = 0
+                while not (self._stop.is_set() or done.is_set()):
+                    batch = self.spool.pending_after(sent_seq)
+                    if not batch:
+                        self.spool.wait_for_more(sent_seq, 0.5)
+                        continue
+                    for entry in batch:
+                        with cond:
+                            cond.wait_for(
+                                lambda: len(in_flight) < self.window or done.is_set(), 1.0
+                            )
+                            if done.is_set():
+                                return
+                            in_flight.add(entry.event.id)
+                        sent_seq = entry.seq
+                        yield collector_pb2.IngestRequest(event=entry.event)
+
+            responses = stub.Ingest(requests())
+            self.connected.set()
+            log.info("export.connected", collector=self.target, pending=len(self.spool))
+            try:
+                for ack in responses:
+                    if ack.rejected:
+                        self.rejected += 1
+                        log.error("export.rejected", id=ack.id, reason=ack.rejected)
+                    self.spool.ack(ack.id)
+                    self.acked += 1
+                    with cond:
+                        in_flight.discard(ack.id)
+                        cond.notify_all()
+                    if self._stop.is_set():
+                        responses.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+                        return
+            finally:
+                done.set()
+                with cond:
+                    cond.notify_all()

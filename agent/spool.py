@@ -1,0 +1,138 @@
+"""The agent's durable spool: every record is written here (and fsynced)
+before it goes anywhere else, and deleted only when the collector has
+acknowledged it. Pending records survive the agent being killed, the
+collector being down, and reboots. Bounded; overflow is counted and logged."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from google.protobuf.message import DecodeError
+
+from oomtrace.v1 import event_pb2
+
+log = structlog.get_logger(__name__)
+
+_SUFFIX = ".rec"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    event: event_pb2.OomEvent
+
+
+class Spool:
+    def __init__(
+        self, directory: Path, max_records: int = 100_000, max_bytes: int = 256 << 20
+    ) -> None:
+        self.dir = directory
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.overflowed = 0
+        self.corrupt = 0
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._entries: OrderedDict[int, tuple[event_pb2.OomEvent, int]] = OrderedDict()
+        self._seq_by_id: dict[str, int] = {}
+        self._bytes = 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._next_seq = self._load() + 1
+
+    def _load(self) -> int:
+        last = 0
+        for path in sorted(self.dir.glob(f"*{_SUFFIX}")):
+            try:
+                seq = int(path.stem)
+                ev = event_pb2.OomEvent()
+                ev.ParseFromString(path.read_bytes())
+            except (ValueError, DecodeError, OSError) as exc:
+                # Keep it for a person to look at; never delete what we cannot read.
+                self.corrupt += 1
+                aside = self.dir / "corrupt"
+                aside.mkdir(exist_ok=True)
+                path.rename(aside / path.name)
+                log.error(
+                    "spool.corrupt_record", path=str(path), error=str(exc), moved_to=str(aside)
+                )
+                continue
+            size = path.stat().st_size
+            self._entries[seq] = (ev, size)
+            self._seq_by_id[ev.id] = seq
+            self._bytes += size
+            last = max(last, seq)
+        for tmp in self.dir.glob("*.tmp"):
+            tmp.unlink()  # a write the agent died in the middle of; never acknowledged
+        if self._entries:
+            log.info("spool.replaying", pending=len(self._entries), dir=str(self.dir))
+        return last
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def put(self, ev: event_pb2.OomEvent) -> bool:
+        """Writes the record durably; False (counted, logged) when full."""
+        data = ev.SerializeToString()
+        with self._lock:
+            if len(self._entries) >= self.max_records or self._bytes + len(data) > self.max_bytes:
+                self.overflowed += 1
+                log.error(
+                    "spool.full",
+                    id=ev.id,
+                    pending=len(self._entries),
+                    bytes=self._bytes,
+                    overflowed=self.overflowed,
+                )
+                return False
+            seq = self._next_seq
+            self._next_seq += 1
+        path = self.dir / f"{seq:020d}{_SUFFIX}"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.rename(path)
+        self._fsync_dir()
+        with self._changed:
+            self._entries[seq] = (ev, len(data))
+            self._seq_by_id[ev.id] = seq
+            self._bytes += len(data)
+            self._changed.notify_all()
+        return True
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def ack(self, event_id: str) -> None:
+        """The collector has the record: forget it."""
+        with self._lock:
+            seq = self._seq_by_id.pop(event_id, None)
+            if seq is None:
+                return
+            _ev, size = self._entries.pop(seq)
+            self._bytes -= size
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / f"{seq:020d}{_SUFFIX}").unlink()
+
+    def pending_after(self, seq: int) -> list[Entry]:
+        with self._lock:
+            return [Entry(s, ev) for s, (ev, _size) in self._entries.items() if s > seq]
+
+    def wait_for_more(self, seq: int, timeout: float) -> bool:
+        """Blocks until an entry newer than seq exists, or timeout."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: bool(self._entries) and next(reversed(self._entries)) > seq, timeout
+            )

@@ -1,0 +1,59 @@
+"""`oomtrace collector`: the store, the server, retention; stops on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from oomtrace.collector.service import create_server
+from oomtrace.collector.store import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in `30d`, `12h`, `90m`, `45s`, `2w`; raises ValueError."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h or 90m")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def run_collector(listen: str, db: Path, retention_s: int, prune_every_s: float = 3600) -> None:
+    store = SqliteStore(db)
+    server, port, health = create_server(listen, store)
+    stop = threading.Event()
+
+    def prune() -> None:
+        while not stop.is_set():
+            cutoff = time.time_ns() - retention_s * 1_000_000_000
+            removed = store.prune(cutoff)
+            if removed:
+                log.info("store.pruned", removed=removed, retention_s=retention_s)
+            stop.wait(prune_every_s)
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    threading.Thread(target=prune, daemon=True, name="retention").start()
+    log.info(
+        "collector.ready",
+        listen=listen,
+        port=port,
+        db=str(db),
+        records=store.count(),
+        schema_version=store.schema_version,
+        retention_s=retention_s,
+    )
+    stop.wait()
+    health.enter_graceful_shutdown()
+    server.stop(grace=5).wait()
+    store.close()
+    log.info("collector.stopped")

@@ -1,0 +1,218 @@
+"""The gRPC face of the collector: thin servicers over the store and the
+query logic, the health service beside them, and create_server()."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from oomtrace.collector.errors import InvalidQueryError, NotFoundError
+from oomtrace.collector.query import (
+    GROUP_COLUMNS,
+    Filter,
+    PageToken,
+    columns_of,
+    page_size,
+    validate,
+)
+from oomtrace.collector.store import Store
+from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
+
+log = structlog.get_logger(__name__)
+
+# One record is a few KiB; anything near this is not a record.
+MAX_MESSAGE_BYTES = 1024 * 1024
+# Records stored in one transaction at most (group commit: one fsync for all).
+BATCH = 512
+_END = object()
+
+
+class Broadcast:
+    """New records to every watcher. A watcher that falls behind by more than
+    its queue holds is dropped (told so), never allowed to block ingest."""
+
+    def __init__(self, depth: int = 10000) -> None:
+        self.depth = depth
+        self._lock = threading.Lock()
+        self._watchers: set[queue.Queue[event_pb2.OomEvent | None]] = set()
+
+    def subscribe(self) -> queue.Queue[event_pb2.OomEvent | None]:
+        q: queue.Queue[event_pb2.OomEvent | None] = queue.Queue(self.depth)
+        with self._lock:
+            self._watchers.add(q)
+        return q
+
+    def unsubscribe(self, q: queue.Queue[event_pb2.OomEvent | None]) -> None:
+        with self._lock:
+            self._watchers.discard(q)
+
+    def publish(self, events: list[event_pb2.OomEvent]) -> None:
+        with self._lock:
+            watchers = list(self._watchers)
+        for q in watchers:
+            for ev in events:
+                try:
+                    q.put_nowait(ev)
+                except queue.Full:
+                    self.unsubscribe(q)
+                    # Wake the watcher so it can end its stream with a reason.
+                    while True:
+                        try:
+                            q.get_nowait()
+                        except queue.Empty:
+                            break
+                    q.put_nowait(None)
+                    break
+
+
+class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
+    def __init__(self, store: Store, broadcast: Broadcast) -> None:
+        self.store = store
+        self.broadcast = broadcast
+
+    def Ingest(
+        self, request_iterator: Iterator[collector_pb2.IngestRequest], context: grpc.ServicerContext
+    ) -> Iterator[collector_pb2.IngestAck]:
+        # A reader thread takes requests off the stream, so that whatever
+        # has arrived while the last batch was committed goes in one commit.
+        inbox: queue.Queue[object] = queue.Queue(BATCH * 2)
+
+        def read() -> None:
+            try:
+                for req in request_iterator:
+                    inbox.put(req)
+            except grpc.RpcError:
+                pass  # the peer went away; the acks loop ends on _END
+            finally:
+                inbox.put(_END)
+
+        threading.Thread(target=read, daemon=True, name="ingest-reader").start()
+        while True:
+            first = inbox.get()
+            if first is _END:
+                return
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    item = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _END:
+                    inbox.put(_END)
+                    break
+                batch.append(item)
+            yield from self._store(batch)  # type: ignore[arg-type]
+
+    def _store(self, batch: list[collector_pb2.IngestRequest]) -> Iterator[collector_pb2.IngestAck]:
+        good: list[event_pb2.OomEvent] = []
+        acks: list[collector_pb2.IngestAck] = []
+        for req in batch:
+            reason = validate(req.event)
+            if reason:
+                log.warning("ingest.rejected", id=req.event.id[:128], reason=reason)
+                acks.append(collector_pb2.IngestAck(id=req.event.id[:128], rejected=reason))
+            else:
+                good.append(req.event)
+        stored = self.store.put_many(good) if good else []
+        new = [ev for ev, s in zip(good, stored, strict=True) if s]
+        if new:
+            self.broadcast.publish(new)
+        acks += [
+            collector_pb2.IngestAck(id=ev.id, stored=s) for ev, s in zip(good, stored, strict=True)
+        ]
+        return iter(acks)
+
+
+class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
+    def __init__(self, store: Store, broadcast: Broadcast) -> None:
+        self.store = store
+        self.broadcast = broadcast
+
+    def ListEvents(
+        self, request: collector_pb2.ListEventsRequest, context: grpc.ServicerContext
+    ) -> collector_pb2.ListEventsResponse:
+        try:
+            after = PageToken.decode(request.page_token) if request.page_token else None
+        except InvalidQueryError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        events, token = self.store.list_events(
+            Filter.from_proto(request.filter), page_size(request.page_size), after
+        )
+        return collector_pb2.ListEventsResponse(
+            events=events, next_page_token=token.encode() if token else ""
+        )
+
+    def GetEvent(
+        self, request: collector_pb2.GetEventRequest, context: grpc.ServicerContext
+    ) -> event_pb2.OomEvent:
+        try:
+            return self.store.get(request.id)
+        except NotFoundError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    def WatchEvents(
+        self, request: collector_pb2.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[event_pb2.OomEvent]:
+        f = Filter.from_proto(request.filter)
+        q = self.broadcast.subscribe()
+        context.add_callback(lambda: q.put(None))
+        try:
+            while context.is_active():
+                ev = q.get()
+                if ev is None:
+                    if context.is_active():
+                        context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            "watcher fell too far behind; reconnect and list what was missed",
+                        )
+                    return
+                if f.matches(columns_of(ev)):
+                    yield ev
+        finally:
+            self.broadcast.unsubscribe(q)
+
+    def Top(
+        self, request: collector_pb2.TopRequest, context: grpc.ServicerContext
+    ) -> collector_pb2.TopResponse:
+        column = GROUP_COLUMNS.get(request.group_by)
+        if column is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown group_by {request.group_by}")
+        rows = self.store.top(column, Filter.from_proto(request.filter), request.limit or 10)
+        resp = collector_pb2.TopResponse()
+        for r in rows:
+            row = resp.rows.add(key=r.key, kills=r.kills, max_rss_bytes=r.max_rss_bytes)
+            row.last_killed_at.FromNanoseconds(r.last_killed_at_ns)
+        return resp
+
+
+def create_server(
+    address: str, store: Store, *, max_workers: int = 32
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A started-ready (not yet started) server bound to address; port 0
+    picks a free port, returned. Raises RuntimeError when it cannot bind."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", 64 * MAX_MESSAGE_BYTES),
+        ],
+    )
+    broadcast = Broadcast()
+    collector_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(store, broadcast), server)
+    collector_pb2_grpc.add_HistoryServiceServicer_to_server(
+        HistoryServicer(store, broadcast), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", "oomtrace.v1.IngestService", "oomtrace.v1.HistoryService"):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    return server, port, health_servicer

@@ -1,0 +1,261 @@
+"""Where the collector keeps records: the `Store` protocol the service is
+written against, and its embedded SQLite implementation. A PostgreSQL store
+implements the same protocol; the service code does not change."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from oomtrace.collector.errors import NotFoundError, StoreError
+from oomtrace.collector.query import Filter, PageToken, TopRow, columns_of
+from oomtrace.v1 import event_pb2
+
+
+class Store(Protocol):
+    def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
+        """Stores each event durably unless its id is already stored; True
+        for each one stored now. Returns only once all are on disk."""
+        ...
+
+    def get(self, event_id: str) -> event_pb2.OomEvent:
+        """Raises NotFoundError."""
+        ...
+
+    def list_events(
+        self, f: Filter, limit: int, after: PageToken | None
+    ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
+        """Newest first; the token continues after the last one returned."""
+        ...
+
+    def top(self, column: str, f: Filter, limit: int) -> list[TopRow]: ...
+
+    def prune(self, older_than_ns: int) -> int:
+        """Deletes records killed before the time; returns how many."""
+        ...
+
+    def count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# Each entry moves the schema one version up; PRAGMA user_version says where a
+# file is. Never edit a released step: add one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE events (
+        id TEXT NOT NULL UNIQUE,
+        killed_at_ns INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        pod TEXT NOT NULL,
+        container TEXT NOT NULL,
+        image TEXT NOT NULL,
+        comm TEXT NOT NULL,
+        oom_constraint INTEGER NOT NULL,
+        cgroup TEXT NOT NULL,
+        rss_bytes INTEGER NOT NULL,
+        stored_at_ns INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX events_time ON events (killed_at_ns, id);
+    CREATE INDEX events_node ON events (node, killed_at_ns);
+    CREATE INDEX events_namespace ON events (namespace, killed_at_ns);
+    CREATE INDEX events_pod ON events (pod, killed_at_ns);
+    CREATE INDEX events_container ON events (container, killed_at_ns);
+    CREATE INDEX events_image ON events (image, killed_at_ns);
+    CREATE INDEX events_comm ON events (comm, killed_at_ns);
+    """,
+]
+
+_TOP_COLUMNS = {"cgroup", "container", "pod", "namespace", "node", "image", "comm"}
+
+
+def _where(f: Filter) -> tuple[list[str], list[object]]:
+    conds: list[str] = []
+    args: list[object] = []
+    if f.since_ns is not None:
+        conds.append("killed_at_ns >= ?")
+        args.append(f.since_ns)
+    if f.until_ns is not None:
+        conds.append("killed_at_ns < ?")
+        args.append(f.until_ns)
+    for column, value in (
+        ("node", f.node),
+        ("namespace", f.namespace),
+        ("pod", f.pod),
+        ("container", f.container),
+        ("image", f.image),
+        ("comm", f.comm),
+    ):
+        if value:
+            conds.append(f"{column} = ?")
+            args.append(value)
+    if f.constraint:
+        conds.append("oom_constraint = ?")
+        args.append(f.constraint)
+    if f.cgroup_prefix:
+        conds.append("substr(cgroup, 1, ?) = ?")
+        args += [len(f.cgroup_prefix), f.cgroup_prefix]
+    return conds, args
+
+
+class SqliteStore:
+    """SQLite in WAL mode with synchronous=FULL: a commit is on disk when it
+    returns. One writer connection (SQLite has one writer anyway), and a
+    reader connection per thread, which WAL lets run beside the writer."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        try:
+            self._writer = self._connect()
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _migrate(self) -> None:
+        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this collector "
+                f"knows ({len(MIGRATIONS)}): upgrade oomtrace"
+            )
+        for step in range(version, len(MIGRATIONS)):
+            # One transaction per step (SQLite's DDL is transactional): a
+            # failed step leaves the file at the version before it.
+            with self._write_lock:
+                try:
+                    self._writer.executescript(
+                        f"BEGIN IMMEDIATE; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;"
+                    )
+                except sqlite3.Error:
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                    raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._writer.execute("PRAGMA user_version").fetchone()[0])
+
+    def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
+        now = time.time_ns()
+        stored: list[bool] = []
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for ev in events:
+                    c = columns_of(ev)
+                    cur.execute(
+                        "INSERT OR IGNORE INTO events (id, killed_at_ns, node, namespace, pod, "
+                        "container, image, comm, oom_constraint, cgroup, rss_bytes, stored_at_ns, body) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            c.id,
+                            c.killed_at_ns,
+                            c.node,
+                            c.namespace,
+                            c.pod,
+                            c.container,
+                            c.image,
+                            c.comm,
+                            c.constraint,
+                            c.cgroup,
+                            c.rss_bytes,
+                            now,
+                            ev.SerializeToString(),
+                        ),
+                    )
+                    stored.append(cur.rowcount == 1)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return stored
+
+    def get(self, event_id: str) -> event_pb2.OomEvent:
+        row = self._reader().execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(event_id)
+        return _parse(row[0])
+
+    def list_events(
+        self, f: Filter, limit: int, after: PageToken | None
+    ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
+        conds, args = _where(f)
+        if after is not None:
+            conds.append("(killed_at_ns < ? OR (killed_at_ns = ? AND id < ?))")
+            args += [after.killed_at_ns, after.killed_at_ns, after.id]
+        where = " WHERE " + " AND ".join(conds) if conds else ""
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT killed_at_ns, id, body FROM events{where} "
+                "ORDER BY killed_at_ns DESC, id DESC LIMIT ?",
+                [*args, limit + 1],
+            )
+            .fetchall()
+        )
+        events = [_parse(r[2]) for r in rows[:limit]]
+        token = PageToken(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
+        return events, token
+
+    def top(self, column: str, f: Filter, limit: int) -> list[TopRow]:
+        if column not in _TOP_COLUMNS:
+            raise ValueError(f"cannot group by {column}")
+        conds, args = _where(f)
+        where = " WHERE " + " AND ".join(conds) if conds else ""
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT {column}, count(*), max(killed_at_ns), max(rss_bytes) FROM events{where} "
+                f"GROUP BY {column} ORDER BY count(*) DESC, max(killed_at_ns) DESC LIMIT ?",
+                [*args, limit],
+            )
+            .fetchall()
+        )
+        return [TopRow(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def prune(self, older_than_ns: int) -> int:
+        with self._write_lock:
+            cur = self._writer.execute(
+                "DELETE FROM events WHERE killed_at_ns < ?", (older_than_ns,)
+            )
+            return cur.rowcount
+
+    def count(self) -> int:
+        return int(self._reader().execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        self._writer.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+
+def _parse(body: bytes) -> event_pb2.OomEvent:
+    ev = event_pb2.OomEvent()
+    ev.ParseFromString(body)
+    return ev

@@ -1,0 +1,154 @@
+"""Records for people: sizes in MiB, times relative and absolute, tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from oomtrace.v1 import collector_pb2, event_pb2
+
+MIB = 1024 * 1024
+
+
+def size(n: int) -> str:
+    if n == 0:
+        return "-"
+    if n >= 10 * 1024 * MIB:
+        return f"{n / 1024 / MIB:.1f} GiB"
+    if n >= MIB:
+        return f"{n / MIB:.1f} MiB"
+    return f"{n / 1024:.0f} KiB"
+
+
+def ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= span:
+            return f"{s // span}{unit} ago"
+    return f"{s}s ago"
+
+
+def when(ts_seconds: float, now: float) -> str:
+    absolute = datetime.fromtimestamp(ts_seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{absolute} ({ago(now - ts_seconds)})"
+
+
+def rss(ev: event_pb2.OomEvent) -> int:
+    v = ev.victim
+    return v.anon_rss_bytes + v.file_rss_bytes + v.shmem_rss_bytes
+
+
+def where(ev: event_pb2.OomEvent) -> str:
+    if ev.pod.name:
+        return f"{ev.pod.namespace}/{ev.pod.name}/{ev.container.name or '?'}"
+    if ev.container.name or ev.container.id:
+        return f"{ev.container.runtime}:{ev.container.name or ev.container.id[:12]}"
+    return ev.cgroup.path or "-"
+
+
+def constraint(ev: event_pb2.OomEvent) -> str:
+    return event_pb2.OomEvent.Constraint.Name(ev.constraint)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def history_table(events: list[event_pb2.OomEvent], now: float) -> str:
+    if not events:
+        return "no OOM kills match"
+    rows = []
+    for ev in events:
+        limit = ev.cgroup.oom_memcg_limit_bytes or ev.cgroup.memory_limit_bytes
+        rows.append(
+            [
+                when(ev.killed_at.ToNanoseconds() / 1e9, now),
+                ev.node,
+                where(ev),
+                f"{ev.victim.comm}[{ev.victim.pid}]",
+                f"{size(rss(ev))} / {size(limit)}",
+                constraint(ev),
+                ev.id[:12],
+            ]
+        )
+    return _table(["WHEN", "NODE", "WHERE", "VICTIM", "RSS / LIMIT", "KIND", "ID"], rows)
+
+
+def one_line(ev: event_pb2.OomEvent) -> str:
+    limit = ev.cgroup.oom_memcg_limit_bytes or ev.cgroup.memory_limit_bytes
+    t = datetime.fromtimestamp(ev.killed_at.ToNanoseconds() / 1e9, tz=UTC).strftime("%H:%M:%S")
+    return (
+        f"{t} OOM kill on {ev.node}: {ev.victim.comm}[{ev.victim.pid}] in {where(ev)}, "
+        f"rss {size(rss(ev))} of limit {size(limit)} ({constraint(ev)}) id={ev.id}"
+    )
+
+
+def report(ev: event_pb2.OomEvent, now: float) -> str:
+    """The full forensic report of one kill."""
+    v, c, t = ev.victim, ev.cgroup, ev.trigger
+    out = [
+        f"OOM kill {ev.id}",
+        f"  when        {when(ev.killed_at.ToNanoseconds() / 1e9, now)} on {ev.node} (boot {ev.boot_id[:8]})",
+        f"  kind        {constraint(ev)} ({ev.constraint_source or 'unknown'})",
+        "",
+        "victim",
+        f"  process     {v.comm}[{v.pid}] uid {v.uid}, {v.threads} thread(s), oom_score_adj {v.oom_score_adj}",
+        f"  command     {v.cmdline or '-'}",
+        f"  executable  {v.exe or '-'}",
+        f"  memory      rss {size(rss(ev))} = anon {size(v.anon_rss_bytes)} + file {size(v.file_rss_bytes)} "
+        f"+ shmem {size(v.shmem_rss_bytes)}; virtual {size(v.total_vm_bytes)}, "
+        f"page tables {size(v.pgtables_bytes)}, swap {size(v.swap_bytes)}",
+        "",
+        "cgroup",
+        f"  path        {c.path or '-'} (v{c.version}, id {c.id})",
+        f"  memory      usage {size(c.memory_usage_bytes)} of limit {size(c.memory_limit_bytes)}",
+    ]
+    if c.oom_memcg_path:
+        out.append(
+            f"  limit hit   {c.oom_memcg_path}: usage {size(c.oom_memcg_usage_bytes)} of "
+            f"{size(c.oom_memcg_limit_bytes)}, failcnt {c.oom_memcg_failcnt}"
+        )
+    if ev.pod.name or ev.container.id:
+        out += [
+            "",
+            "workload",
+            f"  pod         {ev.pod.namespace}/{ev.pod.name} ({ev.pod.qos_class or '?'})",
+            f"  container   {ev.container.name} {ev.container.id[:12]} ({ev.container.runtime})",
+            f"  image       {ev.container.image}",
+        ]
+    out += ["", "trigger"]
+    same = t.pid == v.pid
+    out.append(
+        f"  task        {t.comm}[{t.pid}] thread {t.tid}"
+        + (" (the victim itself)" if same else f" in {t.cgroup_path or '?'}")
+    )
+    timing = []
+    if ev.HasField("exit_ns"):
+        timing.append(f"victim exited {ev.exit_ns / 1e6:.1f} ms after the kill")
+    if ev.HasField("reap_ns"):
+        timing.append(f"oom reaper finished {ev.reap_ns / 1e6:.1f} ms after the kill")
+    if timing:
+        out += ["", "after the kill", *(f"  {x}" for x in timing)]
+    if ev.missing:
+        out += ["", "not known", *(f"  {m}" for m in ev.missing)]
+    return "\n".join(out)
+
+
+def top_table(resp: collector_pb2.TopResponse, by: str, now: float) -> str:
+    if not resp.rows:
+        return "no OOM kills match"
+    rows = [
+        [
+            r.key or "-",
+            str(r.kills),
+            when(r.last_killed_at.ToNanoseconds() / 1e9, now),
+            size(r.max_rss_bytes),
+        ]
+        for r in resp.rows
+    ]
+    return _table([by.upper(), "KILLS", "LAST", "MAX RSS"], rows)
