@@ -20,7 +20,7 @@ run: setup
 # Provoke one real OOM kill in a scratch memory cgroup (64 MiB limit), then show
 # its record from the collector that `make run` started.
 oom: setup
-	@$(BIN)/python -m oomtrace.tools.provoke --collector "$(LISTEN)"
+	@$(BIN)/python tools/provoke_oom.py --collector "$(LISTEN)"
 
 # Everything CI runs: lint, types, generated-code freshness, unit and
 # privileged tests (the latter skip with their reason when not root).

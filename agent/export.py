@@ -87,8 +87,16 @@ class Exporter:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def _session(self) -> None:
-        with grpc.insecure_channel(self.target) as channel:
-            grpc.channel_ready_future(channel).result(timeout=5)
+        # Our own backoff paces reconnects: keep gRPC's inside a channel short
+        # and its subchannel private, so a collector that is back is seen at once.
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        with grpc.insecure_channel(self.target, options=options) as channel:
+            grpc.channel_ready_future(channel).result(timeout=2)
             stub = collector_pb2_grpc.IngestServiceStub(channel)
             in_flight: set[str] = set()
             cond = threading.Condition()

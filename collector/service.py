@@ -87,14 +87,21 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
             try:
                 for req in request_iterator:
                     inbox.put(req)
-            except grpc.RpcError:
-                pass  # the peer went away; the acks loop ends on _END
+            except Exception as exc:  # noqa: BLE001 - any end of the stream ends this call
+                # The peer went away, or sent bytes that are no request (grpc
+                # then fails the call itself); either way the acks loop ends.
+                log.info("ingest.stream_ended", reason=type(exc).__name__)
             finally:
                 inbox.put(_END)
 
         threading.Thread(target=read, daemon=True, name="ingest-reader").start()
         while True:
-            first = inbox.get()
+            try:
+                first = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if not context.is_active():
+                    return  # cancelled or failed underneath us; free the worker
+                continue
             if first is _END:
                 return
             batch = [first]
@@ -164,7 +171,10 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
         context.add_callback(lambda: q.put(None))
         try:
             while context.is_active():
-                ev = q.get()
+                try:
+                    ev = q.get(timeout=1.0)
+                except queue.Empty:
+                    continue
                 if ev is None:
                     if context.is_active():
                         context.abort(

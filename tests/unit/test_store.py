@@ -1,0 +1,117 @@
+"""The SQLite store: durable dedup, filters, pages, top, retention, schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from oomtrace.collector.errors import NotFoundError, StoreError
+from oomtrace.collector.query import Filter, PageToken
+from oomtrace.collector.store import MIGRATIONS, SqliteStore
+from oomtrace.v1 import event_pb2
+from tests.unit.events import BASE_NS, make_event
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(tmp_path / "c.db")
+
+
+def test_a_record_is_stored_once_whatever_how_often_it_is_sent(store: SqliteStore) -> None:
+    ev = make_event()
+    assert store.put_many([ev, ev]) == [True, False]
+    assert store.put_many([ev]) == [False]
+    assert store.count() == 1
+    assert store.get(ev.id) == ev
+
+
+def test_records_survive_reopening(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "c.db")
+    ev = make_event()
+    s.put_many([ev])
+    s.close()
+    again = SqliteStore(tmp_path / "c.db")
+    assert again.get(ev.id) == ev
+    assert again.schema_version == len(MIGRATIONS)
+
+
+def test_unknown_id_is_not_found(store: SqliteStore) -> None:
+    with pytest.raises(NotFoundError, match="no record with id 'x'"):
+        store.get("x")
+
+
+def test_filters_select_on_every_column(store: SqliteStore) -> None:
+    a = make_event(
+        namespace="shop", pod="cart-1", container="cart", image="cart:1", node="n1", comm="java"
+    )
+    b = make_event(namespace="shop", pod="web-1", container="web", image="web:2", node="n2")
+    c = make_event(namespace="infra", cgroup="/system.slice/x.service")
+    store.put_many([a, b, c])
+
+    def ids(**kw: object) -> list[str]:
+        return [e.id for e in store.list_events(Filter(**kw), 100, None)[0]]  # type: ignore[arg-type]
+
+    assert ids(namespace="shop") == [b.id, a.id]  # newest first
+    assert ids(pod="cart-1") == [a.id]
+    assert ids(container="web") == [b.id]
+    assert ids(image="cart:1") == [a.id]
+    assert ids(node="n2") == [b.id]
+    assert ids(comm="java") == [a.id]
+    assert ids(cgroup_prefix="/system.slice") == [c.id]
+    assert ids(constraint=event_pb2.OomEvent.GLOBAL) == []
+    t_b = b.killed_at.ToNanoseconds()
+    assert ids(since_ns=t_b) == [c.id, b.id]
+    assert ids(until_ns=t_b) == [a.id]
+
+
+def test_pages_walk_every_record_once_even_with_equal_times(store: SqliteStore) -> None:
+    same = BASE_NS - 10**9
+    evs = [make_event(killed_at_ns=same if i % 3 == 0 else None) for i in range(25)]
+    store.put_many(evs)
+    seen: list[str] = []
+    token: PageToken | None = None
+    while True:
+        page, token = store.list_events(Filter(), 7, token)
+        seen += [e.id for e in page]
+        if token is None:
+            break
+        assert PageToken.decode(token.encode()) == token
+    assert sorted(seen) == sorted(e.id for e in evs)
+    assert len(seen) == len(set(seen))
+
+
+def test_top_counts_by_group(store: SqliteStore) -> None:
+    store.put_many(
+        [make_event(container="cart", rss_mib=r) for r in (10, 70)] + [make_event(container="web")]
+    )
+    rows = store.top("container", Filter(), 10)
+    assert [(r.key, r.kills) for r in rows] == [("cart", 2), ("web", 1)]
+    assert rows[0].max_rss_bytes == (70 << 20) + (5 << 20)
+    with pytest.raises(ValueError, match="cannot group by"):
+        store.top("body; DROP TABLE events", Filter(), 1)
+
+
+def test_retention_prunes_old_records(store: SqliteStore) -> None:
+    old, new = make_event(killed_at_ns=BASE_NS - 10**15), make_event()
+    store.put_many([old, new])
+    assert store.prune(BASE_NS) == 1
+    assert [e.id for e in store.list_events(Filter(), 10, None)[0]] == [new.id]
+
+
+def test_a_newer_schema_is_refused_not_damaged(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    SqliteStore(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this collector knows"):
+        SqliteStore(db)
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    db.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="cannot open the store"):
+        SqliteStore(db)
