@@ -124,14 +124,15 @@ class Exporter:
             self.connected.set()
             log.info("export.connected", collector=self.target, pending=len(self.spool))
             try:
-                for ack in responses:
-                    if ack.rejected:
-                        self.rejected += 1
-                        log.error("export.rejected", id=ack.id, reason=ack.rejected)
-                    self.spool.ack(ack.id)
-                    self.acked += 1
+                for resp in responses:
+                    for ack in resp.acks:
+                        if ack.rejected:
+                            self.rejected += 1
+                            log.error("export.rejected", id=ack.id, reason=ack.rejected)
+                        self.spool.ack(ack.id)
+                        self.acked += 1
                     with cond:
-                        in_flight.discard(ack.id)
+                        in_flight.difference_update(a.id for a in resp.acks)
                         cond.notify_all()
                     if self._stop.is_set():
                         responses.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped

@@ -78,7 +78,7 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
 
     def Ingest(
         self, request_iterator: Iterator[collector_pb2.IngestRequest], context: grpc.ServicerContext
-    ) -> Iterator[collector_pb2.IngestAck]:
+    ) -> Iterator[collector_pb2.IngestResponse]:
         # A reader thread takes requests off the stream, so that whatever
         # has arrived while the last batch was committed goes in one commit.
         inbox: queue.Queue[object] = queue.Queue(BATCH * 2)
@@ -114,9 +114,9 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
                     inbox.put(_END)
                     break
                 batch.append(item)
-            yield from self._store(batch)  # type: ignore[arg-type]
+            yield self._store(batch)  # type: ignore[arg-type]
 
-    def _store(self, batch: list[collector_pb2.IngestRequest]) -> Iterator[collector_pb2.IngestAck]:
+    def _store(self, batch: list[collector_pb2.IngestRequest]) -> collector_pb2.IngestResponse:
         good: list[event_pb2.OomEvent] = []
         acks: list[collector_pb2.IngestAck] = []
         for req in batch:
@@ -133,7 +133,7 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
         acks += [
             collector_pb2.IngestAck(id=ev.id, stored=s) for ev, s in zip(good, stored, strict=True)
         ]
-        return iter(acks)
+        return collector_pb2.IngestResponse(acks=acks)
 
 
 class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):

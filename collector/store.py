@@ -161,38 +161,56 @@ class SqliteStore:
 
     def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
         now = time.time_ns()
-        stored: list[bool] = []
+        rows = []
+        for ev in events:
+            c = columns_of(ev)
+            rows.append(
+                (
+                    c.id,
+                    c.killed_at_ns,
+                    c.node,
+                    c.namespace,
+                    c.pod,
+                    c.container,
+                    c.image,
+                    c.comm,
+                    c.constraint,
+                    c.cgroup,
+                    c.rss_bytes,
+                    now,
+                    ev.SerializeToString(),
+                )
+            )
         with self._write_lock:
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                for ev in events:
-                    c = columns_of(ev)
-                    cur.execute(
-                        "INSERT OR IGNORE INTO events (id, killed_at_ns, node, namespace, pod, "
-                        "container, image, comm, oom_constraint, cgroup, rss_bytes, stored_at_ns, body) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            c.id,
-                            c.killed_at_ns,
-                            c.node,
-                            c.namespace,
-                            c.pod,
-                            c.container,
-                            c.image,
-                            c.comm,
-                            c.constraint,
-                            c.cgroup,
-                            c.rss_bytes,
-                            now,
-                            ev.SerializeToString(),
-                        ),
+                # Which ids are here already: one query for the batch, then one
+                # executemany, instead of a statement and a rowcount per record.
+                present: set[str] = set()
+                ids = [r[0] for r in rows]
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    present.update(
+                        r[0]
+                        for r in cur.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk)
                     )
-                    stored.append(cur.rowcount == 1)
+                cur.executemany(
+                    "INSERT OR IGNORE INTO events (id, killed_at_ns, node, namespace, pod, "
+                    "container, image, comm, oom_constraint, cgroup, rss_bytes, stored_at_ns, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+        stored: list[bool] = []
+        for ident in ids:
+            # A duplicate inside one batch is stored once: the first one counts.
+            stored.append(ident not in present)
+            present.add(ident)
         return stored
 
     def get(self, event_id: str) -> event_pb2.OomEvent:

@@ -240,8 +240,8 @@ def test_bad_grpc_input_gets_status_codes_and_the_collector_keeps_serving(
         assert rpc.status(garbage.value)[0] == grpc.StatusCode.INTERNAL
 
         no_id = event_pb2.OomEvent()
-        (ack,) = ingest.Ingest(iter([collector_pb2.IngestRequest(event=no_id)]), timeout=10)
-        assert ack.rejected == "record has no id"
+        (resp,) = ingest.Ingest(iter([collector_pb2.IngestRequest(event=no_id)]), timeout=10)
+        assert [a.rejected for a in resp.acks] == ["record has no id"]
 
         health = health_pb2_grpc.HealthStub(ch)
         assert (
@@ -250,8 +250,8 @@ def test_bad_grpc_input_gets_status_codes_and_the_collector_keeps_serving(
         )
         ok = event_pb2.OomEvent(id="fine")
         ok.killed_at.GetCurrentTime()
-        (ack,) = ingest.Ingest(iter([collector_pb2.IngestRequest(event=ok)]), timeout=10)
-        assert ack.stored
+        (resp,) = ingest.Ingest(iter([collector_pb2.IngestRequest(event=ok)]), timeout=10)
+        assert [a.stored for a in resp.acks] == [True]
     assert col.proc.poll() is None
     assert col.stop() == 0
 

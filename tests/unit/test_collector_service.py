@@ -39,9 +39,10 @@ def ingest(
     channel: grpc.Channel, events: list[event_pb2.OomEvent]
 ) -> list[collector_pb2.IngestAck]:
     stub = collector_pb2_grpc.IngestServiceStub(channel)
-    return list(
-        stub.Ingest(iter([collector_pb2.IngestRequest(event=e) for e in events]), timeout=10)
+    responses = stub.Ingest(
+        iter([collector_pb2.IngestRequest(event=e) for e in events]), timeout=10
     )
+    return [ack for resp in responses for ack in resp.acks]
 
 
 def test_each_record_is_acked_after_it_is_stored_and_resends_are_not_stored_twice(

@@ -42,6 +42,28 @@ class IngestRequest(_message.Message):
 Global___IngestRequest: _TypeAlias = IngestRequest  # noqa: Y015
 
 @_typing.final
+class IngestResponse(_message.Message):
+    """The acks of one commit: every record in it is durably stored (or refused)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestAck]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___IngestAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
+
+@_typing.final
 class IngestAck(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -41,7 +41,7 @@ class IngestServiceStub:
         self.Ingest = channel.stream_stream(
                 '/oomtrace.v1.IngestService/Ingest',
                 request_serializer=oomtrace_dot_v1_dot_collector__pb2.IngestRequest.SerializeToString,
-                response_deserializer=oomtrace_dot_v1_dot_collector__pb2.IngestAck.FromString,
+                response_deserializer=oomtrace_dot_v1_dot_collector__pb2.IngestResponse.FromString,
                 _registered_method=True)
 
 
@@ -63,7 +63,7 @@ def add_IngestServiceServicer_to_server(servicer, server):
             'Ingest': grpc.stream_stream_rpc_method_handler(
                     servicer.Ingest,
                     request_deserializer=oomtrace_dot_v1_dot_collector__pb2.IngestRequest.FromString,
-                    response_serializer=oomtrace_dot_v1_dot_collector__pb2.IngestAck.SerializeToString,
+                    response_serializer=oomtrace_dot_v1_dot_collector__pb2.IngestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -95,7 +95,7 @@ class IngestService:
             target,
             '/oomtrace.v1.IngestService/Ingest',
             oomtrace_dot_v1_dot_collector__pb2.IngestRequest.SerializeToString,
-            oomtrace_dot_v1_dot_collector__pb2.IngestAck.FromString,
+            oomtrace_dot_v1_dot_collector__pb2.IngestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,7 +37,7 @@ class IngestServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IngestServiceAsyncStub: ...
-    Ingest: _grpc.StreamStreamMultiCallable[_collector_pb2.IngestRequest, _collector_pb2.IngestAck]
+    Ingest: _grpc.StreamStreamMultiCallable[_collector_pb2.IngestRequest, _collector_pb2.IngestResponse]
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -47,7 +47,7 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Ingest: _aio.StreamStreamMultiCallable[_collector_pb2.IngestRequest, _collector_pb2.IngestAck]  # type: ignore[assignment]
+    Ingest: _aio.StreamStreamMultiCallable[_collector_pb2.IngestRequest, _collector_pb2.IngestResponse]  # type: ignore[assignment]
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     """The agent streams records; the collector acknowledges each one only after it
@@ -60,7 +60,7 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_collector_pb2.IngestRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_collector_pb2.IngestAck], _abc.AsyncIterator[_collector_pb2.IngestAck]]: ...
+    ) -> _typing.Union[_abc.Iterator[_collector_pb2.IngestResponse], _abc.AsyncIterator[_collector_pb2.IngestResponse]]: ...
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
