@@ -27,7 +27,7 @@ KILLS_RING_PAGES = 64  # 256 KiB: ~120 kill events (2 KiB each) waiting at once
 NOTES_RING_PAGES = 16
 
 # Order matches LOST_* in bpf/oom.c.
-LOST_CAUSES = ("kills", "notes", "scratch")
+LOST_CAUSES = ("kills", "notes", "scratch", "cgroup_notes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +72,22 @@ def _raw_tracepoint_exists(name: str) -> bool:
 class BpfSession:
     """A compiled and attached bpf/oom.c."""
 
-    def __init__(self, layout: KernelLayout, *, with_exec: bool = True) -> None:
+    def __init__(
+        self, layout: KernelLayout, *, memcg_hierarchy_id: int = -1, with_exec: bool = True
+    ) -> None:
+        """memcg_hierarchy_id: the memory controller's hierarchy (v1: from
+        /proc/cgroups; v2: 0); cgroup notes are sent for that one only."""
         bcc = import_bcc()
         self.layout = layout
         self.hooks: list[HookStatus] = []
-        self.user_lost = {"kills": 0, "notes": 0}
+        self.user_lost = {"kills": 0, "notes": 0, "cgroup_notes": 0}
         want_kprobe, kprobe_reason = self._want_oom_kill_process(bcc)
         cflags = [
             *layout.cflags(),
             f"-I{BPF_DIR}",
             f"-DKILLS_RING_PAGES={KILLS_RING_PAGES}",
             f"-DNOTES_RING_PAGES={NOTES_RING_PAGES}",
+            f"-DMEMCG_HIERARCHY_ID={memcg_hierarchy_id}",
         ]
         if want_kprobe:
             cflags.append("-DWITH_OOM_KILL_PROCESS=1")
@@ -101,6 +106,8 @@ class BpfSession:
             self._attach_raw(tp, f"on_{tp}", required=False)
         if with_exec:
             self._attach_raw("sched_process_exec", "on_process_exec", required=False)
+            self._attach_raw("cgroup_mkdir", "on_cgroup_mkdir", required=False)
+            self._attach_raw("cgroup_rmdir", "on_cgroup_rmdir", required=False)
         if want_kprobe:
             try:
                 self._bpf.attach_kprobe(event=b"oom_kill_process", fn_name=b"on_oom_kill_process")
@@ -147,10 +154,16 @@ class BpfSession:
 
     # -- events ----------------------------------------------------------
 
-    def open_buffers(self, on_kill: Callable[[Any], None], on_note: Callable[[Any], None]) -> None:
-        """Calls on_kill / on_note with BCC's decoded struct for each event."""
+    def open_buffers(
+        self,
+        on_kill: Callable[[Any], None],
+        on_note: Callable[[Any], None],
+        on_cgroup: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Calls the callbacks with BCC's decoded struct for each event."""
         kills = self._bpf["kills"]
         notes = self._bpf["notes"]
+        cgroup_notes = self._bpf["cgroup_notes"]
 
         def kill_cb(_cpu: Any, data: Any, _size: Any = None) -> None:
             on_kill(kills.event(data))
@@ -158,9 +171,14 @@ class BpfSession:
         def note_cb(_cpu: Any, data: Any, _size: Any = None) -> None:
             on_note(notes.event(data))
 
+        def cgroup_cb(_cpu: Any, data: Any, _size: Any = None) -> None:
+            if on_cgroup is not None:
+                on_cgroup(cgroup_notes.event(data))
+
         if self.layout.has_ringbuf:
             kills.open_ring_buffer(lambda ctx, data, size: kill_cb(None, data, size))
             notes.open_ring_buffer(lambda ctx, data, size: note_cb(None, data, size))
+            cgroup_notes.open_ring_buffer(lambda ctx, data, size: cgroup_cb(None, data, size))
         else:
 
             def lost(which: str) -> Callable[[int], None]:
@@ -172,8 +190,11 @@ class BpfSession:
 
             kills.open_perf_buffer(kill_cb, page_cnt=KILLS_RING_PAGES, lost_cb=lost("kills"))
             notes.open_perf_buffer(note_cb, page_cnt=NOTES_RING_PAGES, lost_cb=lost("notes"))
+            cgroup_notes.open_perf_buffer(
+                cgroup_cb, page_cnt=NOTES_RING_PAGES, lost_cb=lost("cgroup_notes")
+            )
         # Keep the callbacks alive as long as the session.
-        self._callbacks = (kill_cb, note_cb)
+        self._callbacks = (kill_cb, note_cb, cgroup_cb)
 
     def poll(self, timeout_ms: int) -> None:
         if self.layout.has_ringbuf:

@@ -21,6 +21,22 @@ class MemoryHierarchy:
     version: int  # 1 or 2; 0 when no hierarchy has the memory controller
     mount: Path | None
 
+    @property
+    def hierarchy_id(self) -> int:
+        """The kernel's id of this hierarchy (cgroup_root.hierarchy_id): v2's
+        is 0; v1's is in /proc/cgroups; -1 when there is none."""
+        if self.version == 2:
+            return 0
+        if self.version == 1:
+            try:
+                for line in Path("/proc/cgroups").read_text().splitlines():
+                    fields = line.split()
+                    if fields and fields[0] == "memory":
+                        return int(fields[1])
+            except (OSError, ValueError, IndexError):
+                return -1
+        return -1
+
     def find_by_id(self, cgroup_id: int, limit: int = 20000) -> str | None:
         """Path of the cgroup whose directory inode is cgroup_id (the kernfs id),
         by a bounded walk. Used only when the in-kernel name chain was cut."""

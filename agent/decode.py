@@ -20,6 +20,8 @@ KIND_KILL = 1
 KIND_EXIT = 2
 KIND_REAP = 3
 KIND_EXEC = 4
+KIND_CGROUP_MKDIR = 5
+KIND_CGROUP_RMDIR = 6
 F_OOM_CONTROL = 0x1
 F_CMDLINE = 0x2
 F_NO_MM = 0x4
@@ -193,4 +195,26 @@ def decode_note(ev: Any) -> KernelNote:
         boot_ns=int(ev.boot_ns),
         tgid=int(ev.tgid),
         tid=int(ev.tid),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KernelCgroupNote:
+    kind: int  # KIND_CGROUP_MKDIR or KIND_CGROUP_RMDIR
+    cgroup_id: int
+    level: int
+    boot_ns: int
+    path: str  # relative to the hierarchy root, as the kernel passes it
+
+
+def decode_cgroup_note(ev: Any) -> KernelCgroupNote:
+    kind = int(ev.kind)
+    if kind not in (KIND_CGROUP_MKDIR, KIND_CGROUP_RMDIR):
+        raise DecodeError(f"unknown cgroup note kind {kind}")
+    return KernelCgroupNote(
+        kind=kind,
+        cgroup_id=int(ev.cgroup_id),
+        level=int(ev.level),
+        boot_ns=int(ev.boot_ns),
+        path=_text(ev.path),
     )

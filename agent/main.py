@@ -13,8 +13,10 @@ from oomtrace.agent.doctor import preflight, require
 from oomtrace.agent.export import Exporter, SpoolSink
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
+from oomtrace.agent.runtimes import RuntimeRoots
 from oomtrace.agent.sinks import StdoutSink
 from oomtrace.agent.spool import Spool
+from oomtrace.agent.workloads import WorkloadCache
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +29,7 @@ def run_agent(
     status_file: Path | None,
     hold_s: float,
     node: str | None,
+    runtime_roots: RuntimeRoots | None = None,
 ) -> None:
     """Runs until SIGTERM or SIGINT. Raises HostNotSupportedError or
     BpfLoadError, with every reason, when the agent cannot run here."""
@@ -34,10 +37,13 @@ def run_agent(
     checks, layout = preflight(mount_tracefs=True)
     require(checks)
     assert layout is not None  # require() fails without BTF
-    session = BpfSession(layout)
+    hierarchy = cgroups.memory_hierarchy()
+    session = BpfSession(layout, memcg_hierarchy_id=hierarchy.hierarchy_id)
     try:
         processes = ProcessCache()
         scanned = processes.scan()
+        workloads = WorkloadCache(hierarchy.mount, runtime_roots or RuntimeRoots())
+        containers = workloads.scan()
         sinks: list[Sink] = []
         exporter = None
         if collector:
@@ -52,12 +58,13 @@ def run_agent(
         runner = Runner(
             session,
             sinks,
-            hierarchy=cgroups.memory_hierarchy(),
+            hierarchy=hierarchy,
             hooks=attached,
             hold_ns=int(hold_s * 1e9),
             processes=processes,
             status_file=status_file,
             node=node,
+            workloads=workloads,
         )
         log.info(
             "agent.ready",
@@ -66,6 +73,7 @@ def run_agent(
             ring_buffer=layout.has_ringbuf,
             cgroup_version=runner.hierarchy.version,
             processes_cached=scanned,
+            containers_known=containers,
             start_s=round(time.monotonic() - started, 3),
         )
         runner.run()

@@ -15,6 +15,7 @@ from oomtrace.agent import cgroups
 from oomtrace.agent.decode import KernelKill, OcConstraint
 from oomtrace.agent.host import boot_ns_to_datetime
 from oomtrace.agent.procinfo import ProcessInfo
+from oomtrace.agent.workloads import Workload
 from oomtrace.v1 import event_pb2
 
 _CONSTRAINTS = {
@@ -38,6 +39,8 @@ class KillContext:
     reap_ns: int | None = None
     hooks: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    workload: Workload | None = None
+    incident_id: str = ""
 
 
 def event_id(boot_id: str, boot_ns: int, victim_tgid: int) -> str:
@@ -109,9 +112,38 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
         ev.oom_control.chosen_points = oc.chosen_points
         ev.oom_control.order = oc.order
         ev.oom_control.gfp_mask = oc.gfp_mask
+    if ctx.workload is not None:
+        _fill_workload(ev, ctx.workload, missing)
+    ev.incident_id = ctx.incident_id or ev.id
     ev.hooks.extend(ctx.hooks)
     ev.missing.extend(missing)
     return ev
+
+
+def _fill_workload(ev: event_pb2.OomEvent, w: Workload, missing: list[str]) -> None:
+    ident, info = w.identity, w.container
+    if not ident.is_container:
+        return
+    c, p = ev.container, ev.pod
+    c.id = ident.container_id
+    c.runtime = info.runtime if info else ident.runtime
+    p.uid = ident.pod_uid or (info.pod_uid if info else "")
+    p.qos_class = ident.qos_class
+    if info is None:
+        missing.append("container: " + "; ".join(w.reasons or ("no runtime state found",)))
+        if p.uid:
+            missing.append("pod.name: the container's runtime state was not found")
+        return
+    c.name = info.name
+    c.image = info.image
+    c.memory_limit_bytes = info.memory_limit_bytes
+    c.labels.update(info.labels)
+    p.name = info.pod_name
+    p.namespace = info.pod_namespace
+    if not c.image:
+        missing.append(f"container.image: not in {info.source}")
+    if p.uid and not p.name:
+        missing.append(f"pod.name: no Kubernetes annotations in {info.source}")
 
 
 def _fill_cgroup(

@@ -22,7 +22,8 @@ from oomtrace.agent.decode import KernelKill, KernelNote
 from oomtrace.agent.errors import DecodeError
 from oomtrace.agent.host import boot_id, boot_ns_now, node_name
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
-from oomtrace.agent.record import KillContext, build_event
+from oomtrace.agent.record import KillContext, build_event, event_id
+from oomtrace.agent.workloads import WorkloadCache
 from oomtrace.v1 import event_pb2
 
 log = structlog.get_logger(__name__)
@@ -38,7 +39,10 @@ class EventSource(Protocol):
     """The BPF side, as the loop sees it (BpfSession, or a fake in tests)."""
 
     def open_buffers(
-        self, on_kill: Callable[[Any], None], on_note: Callable[[Any], None]
+        self,
+        on_kill: Callable[[Any], None],
+        on_note: Callable[[Any], None],
+        on_cgroup: Callable[[Any], None] | None = None,
     ) -> None: ...
     def poll(self, timeout_ms: int) -> None: ...
     def kernel_lost(self) -> dict[str, int]: ...
@@ -93,6 +97,7 @@ class Runner:
         processes: ProcessCache | None = None,
         status_file: Path | None = None,
         node: str | None = None,
+        workloads: WorkloadCache | None = None,
     ) -> None:
         self.source = source
         self.sinks = sinks
@@ -103,7 +108,12 @@ class Runner:
         self.status_file = status_file
         self.node = node or node_name()
         self.boot_id = boot_id()
+        self.workloads = workloads
         self.counters = Counters()
+        # The OOM killer invocation the last kill belonged to, for incident ids.
+        self._incident: tuple[int, int, int, str] | None = (
+            None  # trigger tid, oom memcg, boot ns, id
+        )
         self._pending: dict[int, _Pending] = {}  # by victim tgid, in kill order
         self._stop = threading.Event()
         self._last_status_ns = 0
@@ -145,6 +155,20 @@ class Runner:
         elif note.kind == decode.KIND_REAP:
             self._on_reap(note)
 
+    def on_cgroup(self, raw: Any) -> None:
+        if self.workloads is None:
+            return
+        try:
+            note = decode.decode_cgroup_note(raw)
+        except DecodeError as exc:
+            self.counters.decode_errors += 1
+            log.error("bpf.decode_failed", error=str(exc), kind="cgroup")
+            return
+        if note.kind == decode.KIND_CGROUP_MKDIR:
+            self.workloads.learn(note.cgroup_id, note.path)
+        else:
+            self.workloads.removed(note.cgroup_id)
+
     def _on_reap(self, note: KernelNote) -> None:
         # The reaper names the marked thread, not the thread group.
         for p in self._pending.values():
@@ -174,7 +198,38 @@ class Runner:
                 )
             self._emit(p, missing)
 
+    def _incident_id(self, kill: KernelKill, own_id: str) -> str:
+        """One OOM-killer invocation (a memory.oom.group kill takes several
+        victims) marks its victims back to back from the same trigger thread,
+        for the same memcg: those records share the first one's id."""
+        oom_memcg = (
+            kill.oom_control.memcg_id
+            if kill.oom_control
+            else kill.memcgs[-1].cgroup_id
+            if kill.memcgs
+            else 0
+        )
+        if kill.oom_control is None and kill.memcgs:
+            level = cgroups.derive_oom_level(kill.memcgs, kill.trigger_memcg_id)
+            oom_memcg = kill.memcgs[level].cgroup_id if level is not None else 0
+        last = self._incident
+        if (
+            last is not None
+            and last[0] == kill.trigger_tid
+            and last[1] == oom_memcg
+            and 0 <= kill.boot_ns - last[2] < 1_000_000_000
+        ):
+            self._incident = (kill.trigger_tid, oom_memcg, kill.boot_ns, last[3])
+            return last[3]
+        self._incident = (kill.trigger_tid, oom_memcg, kill.boot_ns, own_id)
+        return own_id
+
     def _emit(self, p: _Pending, missing: tuple[str, ...]) -> None:
+        own_id = event_id(self.boot_id, p.kill.boot_ns, p.kill.victim_tgid or p.kill.victim_tid)
+        workload = None
+        if self.workloads is not None and p.kill.memcgs:
+            path = cgroups.level_paths(p.kill.memcgs, p.kill.depth_cut)[0]
+            workload = self.workloads.lookup(p.kill.memcgs[0].cgroup_id, path)
         ctx = KillContext(
             node=self.node,
             boot_id=self.boot_id,
@@ -185,6 +240,8 @@ class Runner:
             reap_ns=p.reap_ns,
             hooks=self.hooks,
             missing=missing,
+            workload=workload,
+            incident_id=self._incident_id(p.kill, own_id),
         )
         event = build_event(p.kill, ctx)
         for sink in self.sinks:
@@ -243,12 +300,14 @@ class Runner:
     def run(self, poll_ms: int = 50, idle_poll_ms: int = 1000) -> None:
         """Polls until stopped. Events wake the poll at once; the timeout only
         paces hold deadlines (poll_ms while kills are pending) and housekeeping."""
-        self.source.open_buffers(self.on_kill, self.on_note)
+        self.source.open_buffers(self.on_kill, self.on_note, self.on_cgroup)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         while not self._stop.is_set():
             self.source.poll(poll_ms if self._pending else idle_poll_ms)
             self.flush()
+            if self.workloads is not None:
+                self.workloads.tick()
             now = boot_ns_now()
             if now - self._last_status_ns >= 5_000_000_000:
                 self._last_status_ns = now

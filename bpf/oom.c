@@ -5,6 +5,8 @@
  *   raw_tracepoint/sched_process_exit  OOMT_EXIT when a victim's last thread is gone
  *   raw_tracepoint/{start,finish,skip}_task_reaping  OOMT_REAP from the oom reaper
  *   raw_tracepoint/sched_process_exec  OOMT_EXEC so user space can cache cmdlines
+ *   raw_tracepoint/cgroup_{mkdir,rmdir} OOMT_CGROUP_* for memory-hierarchy cgroups, so
+ *                                      containers are known before they die
  *   kprobe/oom_kill_process            optional: struct oom_control (constraint,
  *                                      totalpages, chosen points, the memcg whose
  *                                      limit was hit); loaded only where kprobes work
@@ -24,15 +26,18 @@
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(kills, KILLS_RING_PAGES);
 BPF_RINGBUF_OUTPUT(notes, NOTES_RING_PAGES);
+BPF_RINGBUF_OUTPUT(cgroup_notes, NOTES_RING_PAGES);
 #else
 BPF_PERF_OUTPUT(kills);
 BPF_PERF_OUTPUT(notes);
+BPF_PERF_OUTPUT(cgroup_notes);
 #endif
 
 /* Events the kernel side could not hand over, by cause; user space reads them. */
 #define LOST_KILLS 0
 #define LOST_NOTES 1
 #define LOST_SCRATCH 2
+#define LOST_CGROUP_NOTES 3
 BPF_ARRAY(lost, u64, 4);
 
 /* Victims between mark_victim and their exit, by tgid: value is mark_victim's time. */
@@ -75,6 +80,7 @@ static __always_inline int emit_note_buf(void *ctx, struct oomt_note *n)
 #endif
 }
 
+#define ctx_arg(ctx, i) (((struct bpf_raw_tracepoint_args *)(ctx))->args[i])
 #define KREAD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
 
 static __always_inline void count_lost(int why)
@@ -313,6 +319,53 @@ int on_process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     return emit_note(ctx, OOMT_EXEC, 0, id >> 32, (u32)id);
+}
+
+BPF_PERCPU_ARRAY(cgroup_scratch, struct oomt_cgroup_note, 1);
+
+static __always_inline int emit_cgroup_note(void *ctx, u32 kind)
+{
+    void *cgrp = (void *)ctx_arg(ctx, 0);
+    void *root = (void *)read_ptr(cgrp, OFF_CGROUP_ROOT);
+    int hierarchy = -1;
+    if (root)
+        KREAD(hierarchy, root, OFF_CGROUP_ROOT_HIERARCHY_ID);
+    if (hierarchy != MEMCG_HIERARCHY_ID)
+        return 0;
+    u32 zero = 0;
+    struct oomt_cgroup_note *n = cgroup_scratch.lookup(&zero);
+    if (!n) {
+        count_lost(LOST_SCRATCH);
+        return 0;
+    }
+    n->kind = kind;
+    n->boot_ns = bpf_ktime_get_boot_ns();
+    n->cgroup_id = 0;
+    n->level = 0;
+    void *kn = (void *)read_ptr(cgrp, OFF_CGROUP_KN);
+    if (kn)
+        KREAD(n->cgroup_id, kn, OFF_KERNFS_NODE_ID);
+    KREAD(n->level, cgrp, OFF_CGROUP_LEVEL);
+    n->path[0] = 0;
+    bpf_probe_read_kernel_str(n->path, sizeof(n->path), (void *)ctx_arg(ctx, 1));
+#ifdef USE_RINGBUF
+    if (cgroup_notes.ringbuf_output(n, sizeof(*n), 0) < 0)
+#else
+    if (cgroup_notes.perf_submit(ctx, n, sizeof(*n)) < 0)
+#endif
+        count_lost(LOST_CGROUP_NOTES);
+    return 0;
+}
+
+/* cgroup_mkdir / cgroup_rmdir (struct cgroup *cgrp, const char *path) */
+int on_cgroup_mkdir(struct bpf_raw_tracepoint_args *ctx)
+{
+    return emit_cgroup_note(ctx, OOMT_CGROUP_MKDIR);
+}
+
+int on_cgroup_rmdir(struct bpf_raw_tracepoint_args *ctx)
+{
+    return emit_cgroup_note(ctx, OOMT_CGROUP_RMDIR);
 }
 
 #ifdef WITH_OOM_KILL_PROCESS

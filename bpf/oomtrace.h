@@ -19,7 +19,11 @@ enum oomt_kind {
     OOMT_EXIT = 2, /* the victim's last thread exited */
     OOMT_REAP = 3, /* oom reaper: start, finish or skip */
     OOMT_EXEC = 4, /* a process called exec: user space caches its cmdline */
+    OOMT_CGROUP_MKDIR = 5, /* a memory cgroup appeared: user space learns its container */
+    OOMT_CGROUP_RMDIR = 6, /* ...and went: its entry is kept for a grace period */
 };
+
+#define OOMT_CGROUP_PATH_LEN 256
 
 /* oomt_kill.flags */
 #define OOMT_F_OOM_CONTROL 0x1  /* oc_* fields came from oom_kill_process */
@@ -82,6 +86,15 @@ struct oomt_note {
     u64 boot_ns;
     u32 tgid;
     u32 tid;
+};
+
+/* Memory-hierarchy cgroups coming and going. */
+struct oomt_cgroup_note {
+    u32 kind;
+    u32 level;
+    u64 cgroup_id;
+    u64 boot_ns;
+    char path[OOMT_CGROUP_PATH_LEN]; /* relative to the hierarchy root */
 };
 
 #endif

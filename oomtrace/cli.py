@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from oomtrace import logs
@@ -20,7 +21,23 @@ def _agent(args: argparse.Namespace) -> int:
         if not args.stdout and not args.collector:
             print("oomtrace agent: give --stdout, --collector HOST:PORT, or both", file=sys.stderr)
             return 2
+        from oomtrace.agent.runtimes import RuntimeRoots
+
+        roots = RuntimeRoots()
+        if args.host_root:
+            roots = roots.under(args.host_root)
+        if args.containerd_state:
+            roots = replace(roots, containerd_tasks=tuple(args.containerd_state))
+        if args.docker_root:
+            roots = replace(
+                roots, docker_containers=tuple(d / "containers" for d in args.docker_root)
+            )
+        if args.runc_root:
+            roots = replace(roots, runc_state=tuple(args.runc_root))
+        if args.crio_containers:
+            roots = replace(roots, crio_containers=tuple(args.crio_containers))
         run_agent(
+            runtime_roots=roots,
             stdout=args.stdout,
             collector=args.collector,
             spool_dir=args.spool,
@@ -110,6 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=DEFAULT_STATUS_FILE,
         help="where the agent writes its counters for `doctor`",
+    )
+    roots = a.add_argument_group("container runtime state (read-only)")
+    roots.add_argument(
+        "--host-root",
+        type=Path,
+        help="the host's / as mounted in the agent's container, e.g. /host",
+    )
+    roots.add_argument(
+        "--containerd-state",
+        type=Path,
+        action="append",
+        help="containerd's io.containerd.runtime.v2.task directory (repeatable)",
+    )
+    roots.add_argument(
+        "--docker-root", type=Path, action="append", help="a dockerd --data-root (repeatable)"
+    )
+    roots.add_argument("--runc-root", type=Path, action="append", help="a runc --root (repeatable)")
+    roots.add_argument(
+        "--crio-containers",
+        type=Path,
+        action="append",
+        help="CRI-O's overlay-containers directory (repeatable)",
     )
     a.set_defaults(func=_agent)
 

@@ -70,7 +70,10 @@ def kernel_btf(*, new: bool) -> bytes:
     b.struct(
         "kernfs_node", 136, [(parent_name, kn_ptr, 8), ("name", char_ptr, 16), ("id", u64, 96)]
     )
-    cgroup = b.struct("cgroup", 900, [("kn", kn_ptr, 280)])
+    croot = b.struct("cgroup_root", 4096, [("hierarchy_id", int_, 12)])
+    cgroup = b.struct(
+        "cgroup", 900, [("level", int_, 100), ("kn", kn_ptr, 280), ("root", b.ptr(croot), 600)]
+    )
     cgroup_ptr = b.ptr(cgroup)
     css = b.fwd_struct("cgroup_subsys_state")
     css_ptr = b.ptr(css)

@@ -27,7 +27,12 @@ class FakeSource:
     def __init__(self) -> None:
         self.lost = {"kills": 0, "notes": 0, "scratch": 0}
 
-    def open_buffers(self, on_kill: Callable[[Any], None], on_note: Callable[[Any], None]) -> None:
+    def open_buffers(
+        self,
+        on_kill: Callable[[Any], None],
+        on_note: Callable[[Any], None],
+        on_cgroup: Callable[[Any], None] | None = None,
+    ) -> None:
         pass
 
     def poll(self, timeout_ms: int) -> None:

@@ -90,6 +90,7 @@ class OomEvent(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
     POD_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -111,6 +112,10 @@ class OomEvent(_message.Message):
     """Time from mark_victim until the victim's last thread exited."""
     source: Global___OomEvent.Source.ValueType
     agent_version: _builtins.str
+    incident_id: _builtins.str
+    """Kills made by one invocation of the OOM killer (a memory.oom.group kill
+    takes a whole cgroup) share this: the id of the incident's first record.
+    """
     @_builtins.property
     def killed_at(self) -> _timestamp_pb2.Timestamp:
         """From the kernel's boot clock at mark_victim, converted to UTC."""
@@ -163,10 +168,11 @@ class OomEvent(_message.Message):
         agent_version: _builtins.str = ...,
         container: Global___Container | None = ...,
         pod: Global___Pod | None = ...,
+        incident_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "container", b"container", "exit_ns", b"exit_ns", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "hooks", b"hooks", "id", b"id", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
