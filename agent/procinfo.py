@@ -83,6 +83,3 @@ class ProcessCache:
         if info is None or info.comm[:15] != comm[:15]:
             return None
         return info
-
-    def forget(self, pid: int) -> None:
-        self._by_pid.pop(pid, None)

