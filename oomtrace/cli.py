@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_filter_args(h, default_since="7d")
     h.add_argument("--limit", type=int, default=50)
     h.add_argument("--json", action="store_true", help="records as protobuf JSON, one per line")
+    h.add_argument(
+        "--incidents",
+        action="store_true",
+        help="one row per OOM-killer invocation (group kills folded)",
+    )
     h.set_defaults(func=_query("history"))
 
     s = sub.add_parser("show", help="the full report of one kill")

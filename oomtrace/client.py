@@ -120,6 +120,8 @@ def history(args: argparse.Namespace) -> int:
     if args.json:
         for ev in events:
             print(to_json(ev))
+    elif args.incidents:
+        print(render.incidents_table(events, now=time.time()))
     else:
         print(render.history_table(events, now=time.time()))
     return 0

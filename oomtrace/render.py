@@ -79,6 +79,40 @@ def history_table(events: list[event_pb2.OomEvent], now: float) -> str:
     return _table(["WHEN", "NODE", "WHERE", "VICTIM", "RSS / LIMIT", "KIND", "ID"], rows)
 
 
+def fold_incidents(events: list[event_pb2.OomEvent]) -> list[tuple[event_pb2.OomEvent, int]]:
+    """One row per incident (a memory.oom.group kill takes several victims):
+    its first record, and how many victims it had."""
+    order: list[str] = []
+    rows: dict[str, tuple[event_pb2.OomEvent, int]] = {}
+    for ev in events:
+        key = ev.incident_id or ev.id
+        if key in rows:
+            first, n = rows[key]
+            rows[key] = (first, n + 1)
+        else:
+            order.append(key)
+            rows[key] = (ev, 1)
+    return [rows[k] for k in order]
+
+
+def incidents_table(events: list[event_pb2.OomEvent], now: float) -> str:
+    if not events:
+        return "no OOM kills match"
+    rows = []
+    for ev, n in fold_incidents(events):
+        rows.append(
+            [
+                when(ev.killed_at.ToNanoseconds() / 1e9, now),
+                ev.node,
+                where(ev),
+                f"{ev.victim.comm}[{ev.victim.pid}]" + (f" +{n - 1} more" if n > 1 else ""),
+                constraint(ev),
+                (ev.incident_id or ev.id)[:12],
+            ]
+        )
+    return _table(["WHEN", "NODE", "WHERE", "VICTIMS", "KIND", "INCIDENT"], rows)
+
+
 def one_line(ev: event_pb2.OomEvent) -> str:
     limit = ev.cgroup.oom_memcg_limit_bytes or ev.cgroup.memory_limit_bytes
     t = datetime.fromtimestamp(ev.killed_at.ToNanoseconds() / 1e9, tz=UTC).strftime("%H:%M:%S")
