@@ -11,6 +11,8 @@ from oomtrace.agent import cgroups
 from oomtrace.agent.bcc_loader import BpfSession
 from oomtrace.agent.doctor import preflight, require
 from oomtrace.agent.export import Exporter, SpoolSink
+from oomtrace.agent.host import boot_id
+from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
 from oomtrace.agent.runtimes import RuntimeRoots
@@ -25,7 +27,9 @@ def run_agent(
     *,
     stdout: bool,
     collector: str | None,
-    spool_dir: Path,
+    state_dir: Path,
+    spool_dir: Path | None,
+    backfill: bool = True,
     status_file: Path | None,
     hold_s: float,
     node: str | None,
@@ -38,7 +42,11 @@ def run_agent(
     require(checks)
     assert layout is not None  # require() fails without BTF
     hierarchy = cgroups.memory_hierarchy()
+    kernel_log = KernelLog(state_dir / "kmsg-checkpoint.json", boot_id(), backfill=backfill)
+    kernel_log.start()
+    kernel_log.note_kill_count()
     session = BpfSession(layout, memcg_hierarchy_id=hierarchy.hierarchy_id)
+    kernel_log.mark_attached()
     try:
         processes = ProcessCache()
         scanned = processes.scan()
@@ -48,7 +56,7 @@ def run_agent(
         exporter = None
         if collector:
             # The spool comes first: a record is on disk before anything else.
-            spool = Spool(spool_dir)
+            spool = Spool(spool_dir or state_dir / "spool")
             sinks.append(SpoolSink(spool))
             exporter = Exporter(spool, collector)
             exporter.start()
@@ -65,6 +73,7 @@ def run_agent(
             status_file=status_file,
             node=node,
             workloads=workloads,
+            kernel_log=kernel_log,
         )
         log.info(
             "agent.ready",
@@ -82,3 +91,4 @@ def run_agent(
         log.info("agent.stopped", **runner.counters.as_dict())
     finally:
         session.close()
+        kernel_log.stop()

@@ -12,8 +12,9 @@ from google.protobuf import json_format
 
 from oomtrace import __version__
 from oomtrace.agent import cgroups
-from oomtrace.agent.decode import KernelKill, OcConstraint
-from oomtrace.agent.host import boot_ns_to_datetime
+from oomtrace.agent.decode import PAGE_SIZE, KernelKill, OcConstraint
+from oomtrace.agent.host import boot_ns_now, boot_ns_to_datetime
+from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.procinfo import ProcessInfo
 from oomtrace.agent.workloads import Workload
 from oomtrace.v1 import event_pb2
@@ -41,6 +42,7 @@ class KillContext:
     missing: tuple[str, ...] = ()
     workload: Workload | None = None
     incident_id: str = ""
+    report: ParsedReport | None = None
 
 
 def event_id(boot_id: str, boot_ns: int, victim_tgid: int) -> str:
@@ -57,6 +59,7 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
         killed_at_boot_ns=kill.boot_ns,
         source=event_pb2.OomEvent.LIVE,
         agent_version=__version__,
+        kills=1,
     )
     ev.killed_at.FromDatetime(boot_ns_to_datetime(kill.boot_ns))
     missing = list(ctx.missing)
@@ -114,6 +117,8 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
         ev.oom_control.gfp_mask = oc.gfp_mask
     if ctx.workload is not None:
         _fill_workload(ev, ctx.workload, missing)
+    if ctx.report is not None:
+        ev.kernel_report.CopyFrom(kernel_report(ctx.report))
     ev.incident_id = ctx.incident_id or ev.id
     ev.hooks.extend(ctx.hooks)
     ev.missing.extend(missing)
@@ -203,3 +208,139 @@ def to_json(ev: event_pb2.OomEvent) -> str:
         indent=None,
         sort_keys=False,
     )
+
+
+# -- records from the kernel's log ---------------------------------------------------
+
+_REPORT_CONSTRAINTS = {
+    "CONSTRAINT_NONE": event_pb2.OomEvent.GLOBAL,
+    "CONSTRAINT_CPUSET": event_pb2.OomEvent.CPUSET,
+    "CONSTRAINT_MEMORY_POLICY": event_pb2.OomEvent.MEMORY_POLICY,
+    "CONSTRAINT_MEMCG": event_pb2.OomEvent.MEMCG,
+}
+KIB = 1024
+
+
+def kernel_report(r: ParsedReport) -> event_pb2.KernelReport:
+    """The parsed report as the wire carries it, with its raw lines."""
+    kr = event_pb2.KernelReport(
+        first_seq=r.first_seq,
+        last_seq=r.last_seq,
+        ratelimited=r.ratelimited,
+        invoker_comm=r.invoker_comm,
+        invoker_pid=r.invoker_pid,
+        gfp_mask=r.gfp_mask,
+        order=r.order,
+        invoker_oom_score_adj=r.invoker_oom_score_adj,
+        stats_cgroup=r.stats_cgroup,
+        constraint=r.constraint,
+        oom_memcg=r.constraint_fields.get("oom_memcg", ""),
+        task_memcg=r.constraint_fields.get("task_memcg", ""),
+        raw="\n".join(r.lines),
+    )
+    if "memory" in r.counters:
+        usage, limit, failcnt = r.counters["memory"]
+        kr.memcg_usage_bytes, kr.memcg_limit_bytes, kr.memcg_failcnt = (
+            usage * KIB,
+            limit * KIB,
+            failcnt,
+        )
+    if "memory+swap" in r.counters:
+        usage, limit, _ = r.counters["memory+swap"]
+        kr.memsw_usage_bytes, kr.memsw_limit_bytes = usage * KIB, limit * KIB
+    kr.memcg_stats.update(r.stats)
+    for t in r.tasks:
+        v = t.values
+        kr.tasks.add(
+            pid=t.pid,
+            uid=v.get("uid", 0),
+            tgid=v.get("tgid", t.pid),
+            total_vm_pages=v.get("total_vm_pages", 0),
+            rss_pages=v.get("rss_pages", 0),
+            rss_anon_pages=v.get("rss_anon_pages", 0),
+            rss_file_pages=v.get("rss_file_pages", 0),
+            rss_shmem_pages=v.get("rss_shmem_pages", 0),
+            pgtables_bytes=v.get("pgtables_bytes", 0),
+            swapents=v.get("swapents", 0),
+            oom_score_adj=v.get("oom_score_adj", 0),
+            name=t.name,
+        )
+    return kr
+
+
+def event_from_report(r: ParsedReport, ctx: KillContext) -> event_pb2.OomEvent:
+    """A kill known only from the kernel's log (it happened while no agent
+    ran, or the BPF side lost it): what the report says, no more."""
+    digest = hashlib.sha256(f"kmsg:{ctx.boot_id}:{r.last_seq}:{r.victim_pid}".encode()).hexdigest()
+    ev = event_pb2.OomEvent(
+        id=digest[:32],
+        node=ctx.node,
+        boot_id=ctx.boot_id,
+        killed_at_boot_ns=r.ts_us * 1000,
+        source=event_pb2.OomEvent.KMSG,
+        agent_version=__version__,
+        kills=1,
+    )
+    ev.incident_id = ev.id
+    ev.killed_at.FromDatetime(boot_ns_to_datetime(r.ts_us * 1000))
+    v = ev.victim
+    v.pid = r.victim_pid
+    v.comm = r.victim_comm
+    k = r.killed
+    v.total_vm_bytes = k.get("total_vm", 0) * KIB
+    v.anon_rss_bytes = k.get("anon", 0) * KIB
+    v.file_rss_bytes = k.get("file", 0) * KIB
+    v.shmem_rss_bytes = k.get("shmem", 0) * KIB
+    v.pgtables_bytes = k.get("pgtables", 0) * KIB
+    v.uid = k.get("uid", 0)
+    v.oom_score_adj = k.get("adj", 0)
+    row = next((t for t in r.tasks if t.pid == r.victim_pid), None)
+    if row is not None:
+        v.swap_bytes = row.values.get("swapents", 0) * PAGE_SIZE
+    ev.trigger.comm = r.invoker_comm
+    ev.trigger.tid = r.invoker_pid
+    ev.constraint = _REPORT_CONSTRAINTS.get(r.constraint, event_pb2.OomEvent.UNKNOWN)
+    ev.constraint_source = "kernel" if r.constraint else ""
+    c = ev.cgroup
+    c.version = ctx.hierarchy.version
+    c.path = r.constraint_fields.get("task_memcg", "")
+    c.oom_memcg_path = r.constraint_fields.get("oom_memcg", "")
+    if "memory" in r.counters:
+        usage, limit, failcnt = r.counters["memory"]
+        c.oom_memcg_usage_bytes, c.oom_memcg_limit_bytes, c.oom_memcg_failcnt = (
+            usage * KIB,
+            limit * KIB,
+            failcnt,
+        )
+    ev.kernel_report.CopyFrom(kernel_report(r))
+    missing = [
+        "killed_at: from the kernel log's clock",
+        "victim.cmdline, victim.exe, victim.tid, trigger.pid: not in the kernel's log",
+    ]
+    if r.ratelimited:
+        missing.append("cgroup, constraint, trigger: the kernel ratelimited this report")
+    if ctx.workload is not None:
+        _fill_workload(ev, ctx.workload, missing)
+    ev.missing.extend([*ctx.missing, *missing])
+    return ev
+
+
+def counter_event(n: int, ctx: KillContext, seq: int) -> event_pb2.OomEvent:
+    """Kills the kernel counted (/proc/vmstat oom_kill) whose log lines had
+    rolled out before any agent read them: one record standing for all n."""
+    digest = hashlib.sha256(f"counter:{ctx.boot_id}:{seq}:{n}".encode()).hexdigest()
+    ev = event_pb2.OomEvent(
+        id=digest[:32],
+        node=ctx.node,
+        boot_id=ctx.boot_id,
+        source=event_pb2.OomEvent.COUNTER,
+        agent_version=__version__,
+        kills=n,
+    )
+    ev.incident_id = ev.id
+    ev.killed_at.FromDatetime(boot_ns_to_datetime(boot_ns_now()))
+    ev.missing.append(
+        f"everything but the count: {n} kill(s) counted in /proc/vmstat whose kernel log "
+        "lines were gone before an agent could read them; killed_at is when this was noticed"
+    )
+    return ev

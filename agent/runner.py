@@ -11,7 +11,7 @@ import json
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,8 +21,16 @@ from oomtrace.agent import cgroups, decode
 from oomtrace.agent.decode import KernelKill, KernelNote
 from oomtrace.agent.errors import DecodeError
 from oomtrace.agent.host import boot_id, boot_ns_now, node_name
+from oomtrace.agent.kernel_log import KernelLog
+from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
-from oomtrace.agent.record import KillContext, build_event, event_id
+from oomtrace.agent.record import (
+    KillContext,
+    build_event,
+    counter_event,
+    event_from_report,
+    event_id,
+)
 from oomtrace.agent.workloads import WorkloadCache
 from oomtrace.v1 import event_pb2
 
@@ -58,6 +66,7 @@ class _Pending:
     exit_ns: int | None = None
     reap_ns: int | None = None
     done: bool = False
+    report: ParsedReport | None = None
 
 
 @dataclass
@@ -98,6 +107,8 @@ class Runner:
         status_file: Path | None = None,
         node: str | None = None,
         workloads: WorkloadCache | None = None,
+        kernel_log: KernelLog | None = None,
+        report_wait_ns: int = 300_000_000,
     ) -> None:
         self.source = source
         self.sinks = sinks
@@ -109,6 +120,8 @@ class Runner:
         self.node = node or node_name()
         self.boot_id = boot_id()
         self.workloads = workloads
+        self.kernel_log = kernel_log
+        self.report_wait_ns = report_wait_ns
         self.counters = Counters()
         # The OOM killer invocation the last kill belonged to, for incident ids.
         self._incident: tuple[int, int, int, str] | None = (
@@ -188,6 +201,16 @@ class Runner:
             overdue = now_ns - p.kill.boot_ns >= self.hold_ns
             if not (p.done or overdue):
                 break
+            if self.kernel_log is not None and p.report is None:
+                p.report = self.kernel_log.claim(p.kill.victim_tgid or p.kill.victim_tid)
+                # The kernel prints "Killed process" right after mark_victim;
+                # give the log reader a moment to see it.
+                if (
+                    p.report is None
+                    and now_ns - p.kill.boot_ns < self.report_wait_ns
+                    and not overdue
+                ):
+                    break
             del self._pending[key]
             missing: tuple[str, ...] = ()
             if not p.done:
@@ -246,8 +269,39 @@ class Runner:
             missing=missing,
             workload=workload,
             incident_id=self._incident_id(p.kill, own_id),
+            report=p.report,
         )
-        event = build_event(p.kill, ctx)
+        if p.report is None and self.kernel_log is not None:
+            ctx = replace(
+                ctx, missing=(*ctx.missing, "kernel_report: not found in the kernel's log")
+            )
+        self._send(build_event(p.kill, ctx))
+
+    def record_from_log(self, now_ns: int | None = None) -> None:
+        """Kills only the kernel's log (or only its counter) knows of."""
+        if self.kernel_log is None:
+            return
+        for report in self.kernel_log.orphans(now_ns):
+            workload = None
+            path = report.constraint_fields.get("task_memcg", "")
+            if self.workloads is not None and path:
+                workload = self.workloads.by_path(path)
+            ctx = KillContext(
+                node=self.node,
+                boot_id=self.boot_id,
+                hierarchy=self.hierarchy,
+                process=None,
+                workload=workload,
+            )
+            self._send(event_from_report(report, ctx))
+        n = self.kernel_log.take_counter()
+        if n:
+            ctx = KillContext(
+                node=self.node, boot_id=self.boot_id, hierarchy=self.hierarchy, process=None
+            )
+            self._send(counter_event(n, ctx, self.kernel_log.checkpoint.seq), kills=n)
+
+    def _send(self, event: event_pb2.OomEvent, kills: int = 1) -> None:
         for sink in self.sinks:
             try:
                 sink.emit(event)
@@ -255,9 +309,12 @@ class Runner:
                 self.counters.sink_errors += 1
                 log.error("record.sink_failed", sink=type(sink).__name__, error=str(exc))
         self.counters.records_emitted += 1
+        if self.kernel_log is not None:
+            self.kernel_log.recorded(kills)
         log.info(
             "oom.recorded",
             id=event.id,
+            source=event_pb2.OomEvent.Source.Name(event.source),
             victim_pid=event.victim.pid,
             comm=event.victim.comm,
             cgroup=event.cgroup.path,
@@ -310,6 +367,7 @@ class Runner:
         while not self._stop.is_set():
             self.source.poll(poll_ms if self._pending else idle_poll_ms)
             self.flush()
+            self.record_from_log()
             if self.workloads is not None:
                 self.workloads.tick()
             now = boot_ns_now()

@@ -100,6 +100,14 @@ class WorkloadCache:
             return fresh
         return entry.workload
 
+    def by_path(self, path: str) -> Workload:
+        """For a kill known only from the kernel's log, which names the cgroup
+        by path: a cached entry of that path (even removed), else read now."""
+        for entry in self._entries.values():
+            if entry.workload.path == path:
+                return entry.workload
+        return self._resolve(path)
+
     def tick(self, now_ns: int | None = None) -> None:
         """Retries pending resolutions and forgets entries past their grace."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns

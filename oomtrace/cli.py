@@ -40,7 +40,9 @@ def _agent(args: argparse.Namespace) -> int:
             runtime_roots=roots,
             stdout=args.stdout,
             collector=args.collector,
+            state_dir=args.state_dir,
             spool_dir=args.spool,
+            backfill=args.backfill,
             status_file=args.status_file,
             hold_s=args.hold,
             node=args.node,
@@ -109,10 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream records to this collector (default: $OOMTRACE_COLLECTOR)",
     )
     a.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/oomtrace"),
+        help="the agent's durable state: the spool and the kernel-log checkpoint",
+    )
+    a.add_argument(
         "--spool",
         type=Path,
-        default=Path("/var/lib/oomtrace/spool"),
-        help="records wait here, on disk, until the collector acknowledges them",
+        help="records wait here, on disk, until the collector acknowledges them (default STATE_DIR/spool)",
+    )
+    a.add_argument(
+        "--no-backfill",
+        dest="backfill",
+        action="store_false",
+        help="do not record kills that happened before this agent started",
     )
     a.add_argument("--node", help="node name in records (default: $NODE_NAME or the hostname)")
     a.add_argument(

@@ -16,6 +16,7 @@ import re
 import secrets
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -158,8 +159,15 @@ def scratch_cgroup(limit: int | None = 64 * MIB) -> Iterator[ScratchCgroup]:
 class AgentProcess:
     """`oomtrace agent --stdout` in a subprocess; records arrive on a queue."""
 
-    def __init__(self, *extra: str, status_file: Path | None = None) -> None:
-        args = [str(OOMTRACE), "agent", "--stdout", *extra]
+    def __init__(
+        self, *extra: str, status_file: Path | None = None, state_dir: Path | None = None
+    ) -> None:
+        """Without a state_dir the agent gets a fresh one and does not backfill:
+        kills of earlier tests are not this test's business."""
+        if state_dir is None:
+            state_dir = Path(tempfile.mkdtemp(prefix="oomtrace-agent-"))
+            extra = ("--no-backfill", *extra)
+        args = [str(OOMTRACE), "agent", "--stdout", "--state-dir", str(state_dir), *extra]
         if status_file is not None:
             args += ["--status-file", str(status_file)]
         self.proc = subprocess.Popen(

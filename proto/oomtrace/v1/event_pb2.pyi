@@ -91,6 +91,8 @@ class OomEvent(_message.Message):
     CONTAINER_FIELD_NUMBER: _builtins.int
     POD_FIELD_NUMBER: _builtins.int
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    KERNEL_REPORT_FIELD_NUMBER: _builtins.int
+    KILLS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -115,6 +117,10 @@ class OomEvent(_message.Message):
     incident_id: _builtins.str
     """Kills made by one invocation of the OOM killer (a memory.oom.group kill
     takes a whole cgroup) share this: the id of the incident's first record.
+    """
+    kills: _builtins.int
+    """How many kills this record stands for: 1, except for a COUNTER record,
+    which stands for kills the kernel counted but whose details are gone.
     """
     @_builtins.property
     def killed_at(self) -> _timestamp_pb2.Timestamp:
@@ -146,6 +152,10 @@ class OomEvent(_message.Message):
 
     @_builtins.property
     def pod(self) -> Global___Pod: ...
+    @_builtins.property
+    def kernel_report(self) -> Global___KernelReport:
+        """The kernel's own report of this kill, from its log (/dev/kmsg)."""
+
     def __init__(
         self,
         *,
@@ -169,10 +179,12 @@ class OomEvent(_message.Message):
         container: Global___Container | None = ...,
         pod: Global___Pod | None = ...,
         incident_id: _builtins.str = ...,
+        kernel_report: Global___KernelReport | None = ...,
+        kills: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "container", b"container", "exit_ns", b"exit_ns", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "container", b"container", "exit_ns", b"exit_ns", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
@@ -184,6 +196,165 @@ class OomEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reap_ns) -> _WhichOneofReturnType__reap_ns | None: ...
 
 Global___OomEvent: _TypeAlias = OomEvent  # noqa: Y015
+
+@_typing.final
+class KernelReport(_message.Message):
+    """What the kernel printed about one OOM kill: parsed, and the raw lines.
+    The kernel ratelimits all but the "Killed process" line (10 reports per 5 s),
+    so a report may hold only that line; `ratelimited` says so.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MemcgStatsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    RATELIMITED_FIELD_NUMBER: _builtins.int
+    INVOKER_COMM_FIELD_NUMBER: _builtins.int
+    GFP_MASK_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    INVOKER_OOM_SCORE_ADJ_FIELD_NUMBER: _builtins.int
+    MEMCG_USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MEMCG_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    MEMCG_FAILCNT_FIELD_NUMBER: _builtins.int
+    MEMSW_USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MEMSW_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    STATS_CGROUP_FIELD_NUMBER: _builtins.int
+    MEMCG_STATS_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    CONSTRAINT_FIELD_NUMBER: _builtins.int
+    OOM_MEMCG_FIELD_NUMBER: _builtins.int
+    TASK_MEMCG_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    INVOKER_PID_FIELD_NUMBER: _builtins.int
+    first_seq: _builtins.int
+    """kmsg sequence numbers of the report's first and last line"""
+    last_seq: _builtins.int
+    ratelimited: _builtins.bool
+    invoker_comm: _builtins.str
+    gfp_mask: _builtins.str
+    order: _builtins.int
+    invoker_oom_score_adj: _builtins.int
+    memcg_usage_bytes: _builtins.int
+    memcg_limit_bytes: _builtins.int
+    memcg_failcnt: _builtins.int
+    memsw_usage_bytes: _builtins.int
+    memsw_limit_bytes: _builtins.int
+    stats_cgroup: _builtins.str
+    """"Memory cgroup stats for <path>" """
+    constraint: _builtins.str
+    """CONSTRAINT_MEMCG, CONSTRAINT_NONE, ..."""
+    oom_memcg: _builtins.str
+    task_memcg: _builtins.str
+    raw: _builtins.str
+    invoker_pid: _builtins.int
+    """the thread in dump_stack's "PID:" line"""
+    @_builtins.property
+    def memcg_stats(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportTask]: ...
+    def __init__(
+        self,
+        *,
+        first_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        ratelimited: _builtins.bool = ...,
+        invoker_comm: _builtins.str = ...,
+        gfp_mask: _builtins.str = ...,
+        order: _builtins.int = ...,
+        invoker_oom_score_adj: _builtins.int = ...,
+        memcg_usage_bytes: _builtins.int = ...,
+        memcg_limit_bytes: _builtins.int = ...,
+        memcg_failcnt: _builtins.int = ...,
+        memsw_usage_bytes: _builtins.int = ...,
+        memsw_limit_bytes: _builtins.int = ...,
+        stats_cgroup: _builtins.str = ...,
+        memcg_stats: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        tasks: _abc.Iterable[Global___ReportTask] | None = ...,
+        constraint: _builtins.str = ...,
+        oom_memcg: _builtins.str = ...,
+        task_memcg: _builtins.str = ...,
+        raw: _builtins.str = ...,
+        invoker_pid: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraint", b"constraint", "first_seq", b"first_seq", "gfp_mask", b"gfp_mask", "invoker_comm", b"invoker_comm", "invoker_oom_score_adj", b"invoker_oom_score_adj", "invoker_pid", b"invoker_pid", "last_seq", b"last_seq", "memcg_failcnt", b"memcg_failcnt", "memcg_limit_bytes", b"memcg_limit_bytes", "memcg_stats", b"memcg_stats", "memcg_usage_bytes", b"memcg_usage_bytes", "memsw_limit_bytes", b"memsw_limit_bytes", "memsw_usage_bytes", b"memsw_usage_bytes", "oom_memcg", b"oom_memcg", "order", b"order", "ratelimited", b"ratelimited", "raw", b"raw", "stats_cgroup", b"stats_cgroup", "task_memcg", b"task_memcg", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KernelReport: _TypeAlias = KernelReport  # noqa: Y015
+
+@_typing.final
+class ReportTask(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    TGID_FIELD_NUMBER: _builtins.int
+    TOTAL_VM_PAGES_FIELD_NUMBER: _builtins.int
+    RSS_PAGES_FIELD_NUMBER: _builtins.int
+    RSS_ANON_PAGES_FIELD_NUMBER: _builtins.int
+    RSS_FILE_PAGES_FIELD_NUMBER: _builtins.int
+    RSS_SHMEM_PAGES_FIELD_NUMBER: _builtins.int
+    PGTABLES_BYTES_FIELD_NUMBER: _builtins.int
+    SWAPENTS_FIELD_NUMBER: _builtins.int
+    OOM_SCORE_ADJ_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    pid: _builtins.int
+    uid: _builtins.int
+    tgid: _builtins.int
+    total_vm_pages: _builtins.int
+    rss_pages: _builtins.int
+    rss_anon_pages: _builtins.int
+    rss_file_pages: _builtins.int
+    rss_shmem_pages: _builtins.int
+    pgtables_bytes: _builtins.int
+    swapents: _builtins.int
+    oom_score_adj: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        pid: _builtins.int = ...,
+        uid: _builtins.int = ...,
+        tgid: _builtins.int = ...,
+        total_vm_pages: _builtins.int = ...,
+        rss_pages: _builtins.int = ...,
+        rss_anon_pages: _builtins.int = ...,
+        rss_file_pages: _builtins.int = ...,
+        rss_shmem_pages: _builtins.int = ...,
+        pgtables_bytes: _builtins.int = ...,
+        swapents: _builtins.int = ...,
+        oom_score_adj: _builtins.int = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "oom_score_adj", b"oom_score_adj", "pgtables_bytes", b"pgtables_bytes", "pid", b"pid", "rss_anon_pages", b"rss_anon_pages", "rss_file_pages", b"rss_file_pages", "rss_pages", b"rss_pages", "rss_shmem_pages", b"rss_shmem_pages", "swapents", b"swapents", "tgid", b"tgid", "total_vm_pages", b"total_vm_pages", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportTask: _TypeAlias = ReportTask  # noqa: Y015
 
 @_typing.final
 class Container(_message.Message):

@@ -1,0 +1,261 @@
+"""The kernel's log (/dev/kmsg): its records, and the OOM reports in them.
+
+An OOM report runs from "<comm> invoked oom-killer:" to "Killed process
+<pid>": memcg usage and limit, the memory statistics, the task table, the
+`oom-kill:` constraint line. The kernel ratelimits all of it but the
+"Killed process" line (oom_rs: 10 reports per 5 s). Formats differ between
+kernel versions (the task table gained rss_anon/rss_file/rss_shmem in 6.x);
+the table is read by its header, so columns are found by name. Lines of other
+subsystems may fall between a report's lines; they are ignored, and a
+report cut short (a lost record, a wrapped ring) is still returned with what
+it had."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+KMSG = "/dev/kmsg"
+
+
+@dataclass(frozen=True, slots=True)
+class KmsgRecord:
+    seq: int
+    ts_us: int  # the kernel's printk clock (local_clock), microseconds since boot
+    text: str
+
+
+def parse_record(raw: bytes) -> KmsgRecord | None:
+    """One /dev/kmsg record: `prio,seq,ts_us,flags[,...];text` plus optional
+    continuation lines (` KEY=value`), which are dropped. None when malformed."""
+    head, sep, rest = raw.partition(b";")
+    if not sep:
+        return None
+    fields = head.split(b",")
+    if len(fields) < 3:
+        return None
+    try:
+        seq, ts_us = int(fields[1]), int(fields[2])
+    except ValueError:
+        return None
+    text = rest.split(b"\n", 1)[0].decode("utf-8", "replace")
+    # kmsg escapes non-printable bytes as \xNN; keep them as they are.
+    return KmsgRecord(seq, ts_us, text)
+
+
+class KmsgReader:
+    """Reads /dev/kmsg records; counts what the ring overwrote before we read it."""
+
+    def __init__(self, path: str = KMSG, *, from_start: bool = True) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        if not from_start:
+            os.lseek(self.fd, 0, os.SEEK_END)
+        self.overwritten = 0
+        self.malformed = 0
+
+    def read_available(self) -> Iterator[KmsgRecord]:
+        """Every record available now, oldest first; returns when none is left."""
+        while True:
+            try:
+                raw = os.read(self.fd, 16384)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    # The ring wrapped past our position; the next read resumes
+                    # at the oldest record still there.
+                    self.overwritten += 1
+                    continue
+                raise
+            if not raw:
+                return
+            rec = parse_record(raw)
+            if rec is None:
+                self.malformed += 1
+                continue
+            yield rec
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# -- OOM reports --------------------------------------------------------------------
+
+_INVOKED = re.compile(
+    r"^(?P<comm>.*?) invoked oom-killer: gfp_mask=(?P<gfp>[^,]+),"
+    r"(?:.*? )?order=(?P<order>-?\d+), oom_score_adj=(?P<adj>-?\d+)"
+)
+_STACK_HEAD = re.compile(r"^CPU: \d+ (?:UID: \d+ )?PID: (?P<tid>\d+) Comm: ")
+_COUNTER = re.compile(
+    r"^(?P<name>memory|memory\+swap|swap|kmem): usage (?P<usage>\d+)kB, limit (?P<limit>\d+)kB, failcnt (?P<failcnt>\d+)"
+)
+_STATS_HEAD = re.compile(r"^Memory cgroup stats for (?P<path>[^:]*):(?P<rest>.*)$")
+_STAT_LINE = re.compile(r"^(?P<key>[a-z_]+)[ :](?P<value>\d+)(?P<unit>KB|kB)?$")
+_TASKS_HEAD = re.compile(r"^\[\s*pid\s*\]\s+(?P<cols>.*)$")
+_TASK_ROW = re.compile(r"^\[\s*(?P<pid>\d+)\]\s+(?P<rest>.*)$")
+_CONSTRAINT = re.compile(r"^oom-kill:constraint=(?P<constraint>[A-Z_]+),(?P<rest>.*)$")
+_KILLED = re.compile(
+    r"Killed process (?P<pid>\d+) \((?P<comm>.*)\) total-vm:(?P<total_vm>\d+)kB, "
+    r"anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB, shmem-rss:(?P<shmem>\d+)kB"
+    r"(?:, UID:(?P<uid>\d+))?(?: pgtables:(?P<pgtables>\d+)kB)?(?: oom_score_adj:(?P<adj>-?\d+))?"
+)
+
+# Task-table header words, as the kernel prints them, to ReportTask fields.
+_TASK_COLUMNS = {
+    "uid": "uid",
+    "tgid": "tgid",
+    "total_vm": "total_vm_pages",
+    "rss": "rss_pages",
+    "rss_anon": "rss_anon_pages",
+    "rss_file": "rss_file_pages",
+    "rss_shmem": "rss_shmem_pages",
+    "pgtables_bytes": "pgtables_bytes",
+    "nr_ptes": "nr_ptes",  # 4.x printed page-table pages; kept apart
+    "swapents": "swapents",
+    "oom_score_adj": "oom_score_adj",
+    "name": "name",
+}
+
+
+@dataclass
+class ParsedTask:
+    pid: int
+    values: dict[str, int] = field(default_factory=dict)
+    name: str = ""
+
+
+@dataclass
+class ParsedReport:
+    """One OOM report as the kernel printed it."""
+
+    first_seq: int
+    last_seq: int = 0
+    ts_us: int = 0  # the Killed line's printk time
+    ratelimited: bool = True  # until an "invoked oom-killer" line is seen
+    invoker_comm: str = ""
+    invoker_pid: int = 0
+    gfp_mask: str = ""
+    order: int = 0
+    invoker_oom_score_adj: int = 0
+    counters: dict[str, tuple[int, int, int]] = field(
+        default_factory=dict
+    )  # name -> kB usage, limit, failcnt
+    stats_cgroup: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+    tasks: list[ParsedTask] = field(default_factory=list)
+    constraint: str = ""
+    constraint_fields: dict[str, str] = field(default_factory=dict)
+    victim_pid: int = 0
+    victim_comm: str = ""
+    killed: dict[str, int] = field(default_factory=dict)  # kB figures and uid, adj
+    lines: list[str] = field(default_factory=list)
+    unparsed: int = 0  # lines inside the report that matched nothing known
+
+
+class ReportParser:
+    """Feeds on kmsg records; yields each report when its Killed line arrives."""
+
+    def __init__(self) -> None:
+        self._current: ParsedReport | None = None
+        self._columns: list[str] | None = None
+        self._in_stats = False
+
+    def feed(self, rec: KmsgRecord) -> ParsedReport | None:
+        text = rec.text
+        if m := _INVOKED.match(text):
+            # A new report; one left open (cut short) is dropped for this one.
+            new = ParsedReport(first_seq=rec.seq, ratelimited=False)
+            self._current = new
+            new.invoker_comm = m.group("comm")
+            new.gfp_mask = m.group("gfp")
+            new.order = int(m.group("order"))
+            new.invoker_oom_score_adj = int(m.group("adj"))
+            new.lines.append(text)
+            self._columns = None
+            self._in_stats = False
+            return None
+        killed = _KILLED.search(text)
+        if killed:
+            done = self._current or ParsedReport(first_seq=rec.seq)
+            self._current = None
+            done.lines.append(text)
+            done.last_seq = rec.seq
+            done.ts_us = rec.ts_us
+            done.victim_pid = int(killed.group("pid"))
+            done.victim_comm = killed.group("comm")
+            for key in ("total_vm", "anon", "file", "shmem", "uid", "pgtables", "adj"):
+                if killed.group(key) is not None:
+                    done.killed[key] = int(killed.group(key))
+            return done
+        r = self._current
+        if r is None:
+            if m := _CONSTRAINT.match(text):
+                # A ratelimit window can suppress the header yet print this line.
+                self._current = r = ParsedReport(first_seq=rec.seq)
+                self._constraint(r, m)
+                r.lines.append(text)
+            return None
+        r.lines.append(text)
+        if (m := _STACK_HEAD.match(text)) and not r.invoker_pid:
+            r.invoker_pid = int(m.group("tid"))
+        elif m := _COUNTER.match(text):
+            r.counters[m.group("name")] = (
+                int(m.group("usage")),
+                int(m.group("limit")),
+                int(m.group("failcnt")),
+            )
+            self._in_stats = False
+        elif m := _STATS_HEAD.match(text):
+            r.stats_cgroup = m.group("path")
+            self._in_stats = True
+            # Old kernels print the stats on the header line: "cache:0KB rss:4KB ..."
+            for part in m.group("rest").split():
+                if sm := _STAT_LINE.match(part):
+                    r.stats[sm.group("key")] = int(sm.group("value")) * (
+                        1024 if sm.group("unit") else 1
+                    )
+        elif m := _TASKS_HEAD.match(text):
+            self._columns = m.group("cols").split()
+            self._in_stats = False
+        elif (m := _TASK_ROW.match(text)) and self._columns:
+            self._task(r, int(m.group("pid")), m.group("rest"))
+        elif m := _CONSTRAINT.match(text):
+            self._constraint(r, m)
+        elif self._in_stats and (sm := _STAT_LINE.match(text)):
+            r.stats[sm.group("key")] = int(sm.group("value"))
+        else:
+            self._in_stats = False
+            r.unparsed += 1
+        return None
+
+    def _task(self, r: ParsedReport, pid: int, rest: str) -> None:
+        assert self._columns is not None
+        words = rest.split(None, len(self._columns) - 1)
+        if len(words) != len(self._columns):
+            r.unparsed += 1
+            return
+        task = ParsedTask(pid)
+        for col, word in zip(self._columns, words, strict=True):
+            name = _TASK_COLUMNS.get(col)
+            if name == "name":
+                task.name = word
+            elif name is not None:
+                try:
+                    task.values[name] = int(word)
+                except ValueError:
+                    r.unparsed += 1
+                    return
+        r.tasks.append(task)
+
+    @staticmethod
+    def _constraint(r: ParsedReport, m: re.Match[str]) -> None:
+        r.constraint = m.group("constraint")
+        for part in m.group("rest").split(","):
+            k, _, v = part.partition("=")
+            r.constraint_fields[k] = v
