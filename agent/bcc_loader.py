@@ -108,6 +108,10 @@ class BpfSession:
             self._attach_raw("sched_process_exec", "on_process_exec", required=False)
             self._attach_raw("cgroup_mkdir", "on_cgroup_mkdir", required=False)
             self._attach_raw("cgroup_rmdir", "on_cgroup_rmdir", required=False)
+            self._attach_raw(
+                "mm_vmscan_memcg_reclaim_begin", "on_memcg_reclaim_begin", required=False
+            )
+            self._attach_raw("mm_vmscan_memcg_reclaim_end", "on_memcg_reclaim_end", required=False)
         if want_kprobe:
             try:
                 self._bpf.attach_kprobe(event=b"oom_kill_process", fn_name=b"on_oom_kill_process")
@@ -206,6 +210,13 @@ class BpfSession:
         """Events the kernel side dropped, by cause (buffer full, no scratch)."""
         table = self._bpf["lost"]
         return {cause: int(table[ctypes.c_int(i)].value) for i, cause in enumerate(LOST_CAUSES)}
+
+    def reclaim_stats(self) -> dict[int, tuple[int, int, int]]:
+        """Memcg reclaim so far, by memcg id: (count, stall ns, longest stall ns)."""
+        return {
+            int(k.value): (int(v.count), int(v.stall_ns), int(v.max_stall_ns))
+            for k, v in self._bpf["reclaim"].items()
+        }
 
     def close(self) -> None:
         self._bpf.cleanup()

@@ -28,6 +28,9 @@ class SpoolSink:
     def emit(self, event: event_pb2.OomEvent) -> None:
         self.spool.put(event)
 
+    def emit_pressure(self, record: event_pb2.PressureRecord) -> None:
+        self.spool.put_pressure(record)
+
 
 class Exporter:
     def __init__(
@@ -116,9 +119,9 @@ class Exporter:
                             )
                             if done.is_set():
                                 return
-                            in_flight.add(entry.event.id)
+                            in_flight.add(entry.id)
                         sent_seq = entry.seq
-                        yield collector_pb2.IngestRequest(event=entry.event)
+                        yield entry.request
 
             responses = stub.Ingest(requests())
             self.connected.set()

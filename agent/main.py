@@ -13,6 +13,7 @@ from oomtrace.agent.doctor import preflight, require
 from oomtrace.agent.export import Exporter, SpoolSink
 from oomtrace.agent.host import boot_id
 from oomtrace.agent.kernel_log import KernelLog
+from oomtrace.agent.pressure import PressureSampler
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
 from oomtrace.agent.runtimes import RuntimeRoots
@@ -52,6 +53,8 @@ def run_agent(
         scanned = processes.scan()
         workloads = WorkloadCache(hierarchy.mount, runtime_roots or RuntimeRoots())
         containers = workloads.scan()
+        sampler = PressureSampler(hierarchy, session.reclaim_stats)
+        sampler.scan()
         sinks: list[Sink] = []
         exporter = None
         if collector:
@@ -74,6 +77,7 @@ def run_agent(
             node=node,
             workloads=workloads,
             kernel_log=kernel_log,
+            sampler=sampler,
         )
         log.info(
             "agent.ready",

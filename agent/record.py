@@ -15,6 +15,7 @@ from oomtrace.agent import cgroups
 from oomtrace.agent.decode import PAGE_SIZE, KernelKill, OcConstraint
 from oomtrace.agent.host import boot_ns_now, boot_ns_to_datetime
 from oomtrace.agent.kmsg import ParsedReport
+from oomtrace.agent.pressure import Point, WindowReport
 from oomtrace.agent.procinfo import ProcessInfo
 from oomtrace.agent.workloads import Workload
 from oomtrace.v1 import event_pb2
@@ -43,6 +44,8 @@ class KillContext:
     workload: Workload | None = None
     incident_id: str = ""
     report: ParsedReport | None = None
+    timeline: tuple[Point, ...] = ()
+    timeline_cgroup: str = ""
 
 
 def event_id(boot_id: str, boot_ns: int, victim_tgid: int) -> str:
@@ -119,6 +122,9 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
         _fill_workload(ev, ctx.workload, missing)
     if ctx.report is not None:
         ev.kernel_report.CopyFrom(kernel_report(ctx.report))
+    if ctx.timeline:
+        ev.timeline.extend(timeline(list(ctx.timeline), kill.boot_ns))
+        ev.timeline_cgroup = ctx.timeline_cgroup
     ev.incident_id = ctx.incident_id or ev.id
     ev.hooks.extend(ctx.hooks)
     ev.missing.extend(missing)
@@ -344,3 +350,59 @@ def counter_event(n: int, ctx: KillContext, seq: int) -> event_pb2.OomEvent:
         "lines were gone before an agent could read them; killed_at is when this was noticed"
     )
     return ev
+
+
+# -- pressure ---------------------------------------------------------------------------
+
+
+def timeline(points: list[Point], kill_boot_ns: int) -> list[event_pb2.TimelinePoint]:
+    return [
+        event_pb2.TimelinePoint(
+            offset_ms=(p.boot_ns - kill_boot_ns) // 1_000_000,
+            usage_bytes=p.usage_bytes,
+            limit_bytes=p.limit_bytes,
+            reclaims=p.reclaims,
+            reclaim_stall_ns=p.reclaim_stall_ns,
+            psi_some_avg10=p.psi_some_avg10,
+            psi_full_avg10=p.psi_full_avg10,
+        )
+        for p in points
+    ]
+
+
+def pressure_record(
+    r: WindowReport, node: str, workload: Workload | None
+) -> event_pb2.PressureRecord:
+    w = r.window
+    rec = event_pb2.PressureRecord(
+        id=r.id,
+        node=node,
+        cgroup=r.path,
+        cgroup_id=r.cgroup_id,
+        cgroup_version=r.version,
+        usage_max_bytes=w.usage_max,
+        limit_bytes=w.limit,
+        reclaims=w.reclaims,
+        reclaim_stall_ns=w.stall_ns,
+        reclaim_max_stall_ns=w.max_stall_ns,
+        psi_some_avg10_max=w.psi_some_max,
+        psi_full_avg10_max=w.psi_full_max,
+        psi_source=r.psi_source,
+        pressure_level_events=w.level_events,
+        psi_trigger_events=w.trigger_events,
+        reasons=list(r.reasons),
+    )
+    rec.start.FromDatetime(boot_ns_to_datetime(r.start_ns))
+    rec.end.FromDatetime(boot_ns_to_datetime(r.end_ns))
+    rec.counters.update(r.counters)
+    if workload is not None and workload.identity.is_container:
+        rec.container.id = workload.identity.container_id
+        rec.container.runtime = workload.identity.runtime
+        rec.pod.uid = workload.identity.pod_uid
+        rec.pod.qos_class = workload.identity.qos_class
+        if workload.container is not None:
+            info = workload.container
+            rec.container.runtime = info.runtime
+            rec.container.name, rec.container.image = info.name, info.image
+            rec.pod.name, rec.pod.namespace = info.pod_name, info.pod_namespace
+    return rec

@@ -23,6 +23,7 @@ from oomtrace.agent.errors import DecodeError
 from oomtrace.agent.host import boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kmsg import ParsedReport
+from oomtrace.agent.pressure import PressureSampler
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
 from oomtrace.agent.record import (
     KillContext,
@@ -30,6 +31,7 @@ from oomtrace.agent.record import (
     counter_event,
     event_from_report,
     event_id,
+    pressure_record,
 )
 from oomtrace.agent.workloads import WorkloadCache
 from oomtrace.v1 import event_pb2
@@ -79,6 +81,7 @@ class Counters:
     decode_errors: int = 0
     held_too_long: int = 0
     sink_errors: int = 0
+    pressure_records: int = 0
     kernel_lost: dict[str, int] = field(default_factory=dict)
     user_lost: dict[str, int] = field(default_factory=dict)
 
@@ -89,6 +92,7 @@ class Counters:
             "decode_errors": self.decode_errors,
             "held_too_long": self.held_too_long,
             "sink_errors": self.sink_errors,
+            "pressure_records": self.pressure_records,
             "kernel_lost": dict(self.kernel_lost),
             "user_lost": dict(self.user_lost),
         }
@@ -109,6 +113,7 @@ class Runner:
         workloads: WorkloadCache | None = None,
         kernel_log: KernelLog | None = None,
         report_wait_ns: int = 300_000_000,
+        sampler: PressureSampler | None = None,
     ) -> None:
         self.source = source
         self.sinks = sinks
@@ -122,6 +127,7 @@ class Runner:
         self.workloads = workloads
         self.kernel_log = kernel_log
         self.report_wait_ns = report_wait_ns
+        self.sampler = sampler
         self.counters = Counters()
         # The OOM killer invocation the last kill belonged to, for incident ids.
         self._incident: tuple[int, int, int, str] | None = (
@@ -168,8 +174,6 @@ class Runner:
             self._on_reap(note)
 
     def on_cgroup(self, raw: Any) -> None:
-        if self.workloads is None:
-            return
         try:
             note = decode.decode_cgroup_note(raw)
         except DecodeError as exc:
@@ -177,9 +181,15 @@ class Runner:
             log.error("bpf.decode_failed", error=str(exc), kind="cgroup")
             return
         if note.kind == decode.KIND_CGROUP_MKDIR:
-            self.workloads.learn(note.cgroup_id, note.path)
+            if self.workloads is not None:
+                self.workloads.learn(note.cgroup_id, note.path)
+            if self.sampler is not None:
+                self.sampler.learn(note.cgroup_id, note.path)
         else:
-            self.workloads.removed(note.cgroup_id)
+            if self.workloads is not None:
+                self.workloads.removed(note.cgroup_id)
+            if self.sampler is not None:
+                self.sampler.forget(note.cgroup_id)
 
     def _on_reap(self, note: KernelNote) -> None:
         # The reaper names the marked thread, not the thread group.
@@ -270,12 +280,48 @@ class Runner:
             workload=workload,
             incident_id=self._incident_id(p.kill, own_id),
             report=p.report,
+            **self._timeline(p.kill),
         )
         if p.report is None and self.kernel_log is not None:
             ctx = replace(
                 ctx, missing=(*ctx.missing, "kernel_report: not found in the kernel's log")
             )
         self._send(build_event(p.kill, ctx))
+
+    def _timeline(self, kill: KernelKill) -> dict[str, Any]:
+        """The points of the memcg whose limit was hit (else the victim's)."""
+        if self.sampler is None or not kill.memcgs:
+            return {}
+        level = cgroups.derive_oom_level(kill.memcgs, kill.trigger_memcg_id)
+        if kill.oom_control is not None:
+            level = next(
+                (i for i, m in enumerate(kill.memcgs) if m.cgroup_id == kill.oom_control.memcg_id),
+                level,
+            )
+        for i in ([level] if level is not None else []) + [0]:
+            points = self.sampler.timeline(kill.memcgs[i].cgroup_id, kill.boot_ns)
+            if points:
+                path = cgroups.level_paths(kill.memcgs, kill.depth_cut)[i]
+                return {"timeline": tuple(points), "timeline_cgroup": path}
+        return {}
+
+    def sample_pressure(self, now_ns: int | None = None) -> None:
+        if self.sampler is None:
+            return
+        now_ns = boot_ns_now() if now_ns is None else now_ns
+        if not self.sampler.due(now_ns):
+            return
+        for report in self.sampler.sample(now_ns):
+            workload = (
+                self.workloads.lookup(report.cgroup_id, report.path) if self.workloads else None
+            )
+            record = pressure_record(report, self.node, workload)
+            self.counters.pressure_records += 1
+            for sink in self.sinks:
+                emit = getattr(sink, "emit_pressure", None)
+                if emit is not None:
+                    emit(record)
+            log.info("pressure.recorded", cgroup=report.path, reasons=list(report.reasons))
 
     def record_from_log(self, now_ns: int | None = None) -> None:
         """Kills only the kernel's log (or only its counter) knows of."""
@@ -368,6 +414,7 @@ class Runner:
             self.source.poll(poll_ms if self._pending else idle_poll_ms)
             self.flush()
             self.record_from_log()
+            self.sample_pressure()
             if self.workloads is not None:
                 self.workloads.tick()
             now = boot_ns_now()

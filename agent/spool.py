@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 from google.protobuf.message import DecodeError
 
-from oomtrace.v1 import event_pb2
+from oomtrace.v1 import collector_pb2, event_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +25,15 @@ _SUFFIX = ".rec"
 @dataclass(frozen=True, slots=True)
 class Entry:
     seq: int
-    event: event_pb2.OomEvent
+    request: collector_pb2.IngestRequest
+
+    @property
+    def id(self) -> str:
+        return request_id(self.request)
+
+
+def request_id(req: collector_pb2.IngestRequest) -> str:
+    return req.event.id if req.HasField("event") else req.pressure.id
 
 
 class Spool:
@@ -39,7 +47,7 @@ class Spool:
         self.corrupt = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._entries: OrderedDict[int, tuple[event_pb2.OomEvent, int]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[collector_pb2.IngestRequest, int]] = OrderedDict()
         self._seq_by_id: dict[str, int] = {}
         self._bytes = 0
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -50,8 +58,10 @@ class Spool:
         for path in sorted(self.dir.glob(f"*{_SUFFIX}")):
             try:
                 seq = int(path.stem)
-                ev = event_pb2.OomEvent()
+                ev = collector_pb2.IngestRequest()
                 ev.ParseFromString(path.read_bytes())
+                if not request_id(ev):
+                    raise ValueError("no record in it")
             except (ValueError, DecodeError, OSError) as exc:
                 # Keep it for a person to look at; never delete what we cannot read.
                 self.corrupt += 1
@@ -64,7 +74,7 @@ class Spool:
                 continue
             size = path.stat().st_size
             self._entries[seq] = (ev, size)
-            self._seq_by_id[ev.id] = seq
+            self._seq_by_id[request_id(ev)] = seq
             self._bytes += size
             last = max(last, seq)
         for tmp in self.dir.glob("*.tmp"):
@@ -78,14 +88,26 @@ class Spool:
             return len(self._entries)
 
     def put(self, ev: event_pb2.OomEvent) -> bool:
-        """Writes the record durably; False (counted, logged) when full."""
-        data = ev.SerializeToString()
+        """Writes a kill record durably; False (counted, logged) when full."""
+        return self._put(collector_pb2.IngestRequest(event=ev), share=1.0)
+
+    def put_pressure(self, rec: event_pb2.PressureRecord) -> bool:
+        """Pressure records may use half the spool: the rest is kept for kills."""
+        return self._put(collector_pb2.IngestRequest(pressure=rec), share=0.5)
+
+    def _put(self, req: collector_pb2.IngestRequest, share: float) -> bool:
+        data = req.SerializeToString()
+        ident = request_id(req)
         with self._lock:
-            if len(self._entries) >= self.max_records or self._bytes + len(data) > self.max_bytes:
+            if (
+                len(self._entries) >= self.max_records * share
+                or self._bytes + len(data) > self.max_bytes * share
+            ):
                 self.overflowed += 1
                 log.error(
                     "spool.full",
-                    id=ev.id,
+                    id=ident,
+                    kind="pressure" if share < 1 else "kill",
                     pending=len(self._entries),
                     bytes=self._bytes,
                     overflowed=self.overflowed,
@@ -102,8 +124,8 @@ class Spool:
         tmp.rename(path)
         self._fsync_dir()
         with self._changed:
-            self._entries[seq] = (ev, len(data))
-            self._seq_by_id[ev.id] = seq
+            self._entries[seq] = (req, len(data))
+            self._seq_by_id[ident] = seq
             self._bytes += len(data)
             self._changed.notify_all()
         return True
@@ -128,7 +150,7 @@ class Spool:
 
     def pending_after(self, seq: int) -> list[Entry]:
         with self._lock:
-            return [Entry(s, ev) for s, (ev, _size) in self._entries.items() if s > seq]
+            return [Entry(s, req) for s, (req, _size) in self._entries.items() if s > seq]
 
     def wait_for_more(self, seq: int, timeout: float) -> bool:
         """Blocks until an entry newer than seq exists, or timeout."""

@@ -119,13 +119,24 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
     def _store(self, batch: list[collector_pb2.IngestRequest]) -> collector_pb2.IngestResponse:
         good: list[event_pb2.OomEvent] = []
         acks: list[collector_pb2.IngestAck] = []
+        pressure: list[event_pb2.PressureRecord] = []
         for req in batch:
+            if req.HasField("pressure"):
+                if req.pressure.id and req.pressure.HasField("end"):
+                    pressure.append(req.pressure)
+                else:
+                    reason = "pressure record has no id or end"
+                    acks.append(collector_pb2.IngestAck(id=req.pressure.id[:128], rejected=reason))
+                continue
             reason = validate(req.event)
             if reason:
                 log.warning("ingest.rejected", id=req.event.id[:128], reason=reason)
                 acks.append(collector_pb2.IngestAck(id=req.event.id[:128], rejected=reason))
             else:
                 good.append(req.event)
+        if pressure:
+            for rec, s in zip(pressure, self.store.put_pressure(pressure), strict=True):
+                acks.append(collector_pb2.IngestAck(id=rec.id, stored=s))
         stored = self.store.put_many(good) if good else []
         new = [ev for ev, s in zip(good, stored, strict=True) if s]
         if new:
@@ -186,6 +197,20 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
                     yield ev
         finally:
             self.broadcast.unsubscribe(q)
+
+    def ListPressure(
+        self, request: collector_pb2.ListPressureRequest, context: grpc.ServicerContext
+    ) -> collector_pb2.ListPressureResponse:
+        try:
+            after = PageToken.decode(request.page_token) if request.page_token else None
+        except InvalidQueryError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        records, token = self.store.list_pressure(
+            Filter.from_proto(request.filter), page_size(request.page_size), after
+        )
+        return collector_pb2.ListPressureResponse(
+            records=records, next_page_token=token.encode() if token else ""
+        )
 
     def Top(
         self, request: collector_pb2.TopRequest, context: grpc.ServicerContext

@@ -34,6 +34,12 @@ class Store(Protocol):
 
     def top(self, column: str, f: Filter, limit: int) -> list[TopRow]: ...
 
+    def put_pressure(self, records: Sequence[event_pb2.PressureRecord]) -> list[bool]: ...
+
+    def list_pressure(
+        self, f: Filter, limit: int, after: PageToken | None
+    ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]: ...
+
     def prune(self, older_than_ns: int) -> int:
         """Deletes records killed before the time; returns how many."""
         ...
@@ -70,32 +76,52 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_image ON events (image, killed_at_ns);
     CREATE INDEX events_comm ON events (comm, killed_at_ns);
     """,
+    """
+    CREATE TABLE pressure (
+        id TEXT NOT NULL UNIQUE,
+        end_ns INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        pod TEXT NOT NULL,
+        container TEXT NOT NULL,
+        image TEXT NOT NULL,
+        cgroup TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX pressure_time ON pressure (end_ns, id);
+    CREATE INDEX pressure_namespace ON pressure (namespace, end_ns);
+    CREATE INDEX pressure_cgroup ON pressure (cgroup, end_ns);
+    """,
 ]
 
 _TOP_COLUMNS = {"cgroup", "container", "pod", "namespace", "node", "image", "comm"}
 
 
-def _where(f: Filter) -> tuple[list[str], list[object]]:
+def _where(
+    f: Filter, time_column: str = "killed_at_ns", with_event_columns: bool = True
+) -> tuple[list[str], list[object]]:
     conds: list[str] = []
     args: list[object] = []
     if f.since_ns is not None:
-        conds.append("killed_at_ns >= ?")
+        conds.append(f"{time_column} >= ?")
         args.append(f.since_ns)
     if f.until_ns is not None:
-        conds.append("killed_at_ns < ?")
+        conds.append(f"{time_column} < ?")
         args.append(f.until_ns)
-    for column, value in (
+    columns = [
         ("node", f.node),
         ("namespace", f.namespace),
         ("pod", f.pod),
         ("container", f.container),
         ("image", f.image),
-        ("comm", f.comm),
-    ):
+    ]
+    if with_event_columns:
+        columns.append(("comm", f.comm))
+    for column, value in columns:
         if value:
             conds.append(f"{column} = ?")
             args.append(value)
-    if f.constraint:
+    if f.constraint and with_event_columns:
         conds.append("oom_constraint = ?")
         args.append(f.constraint)
     if f.cgroup_prefix:
@@ -261,7 +287,62 @@ class SqliteStore:
             cur = self._writer.execute(
                 "DELETE FROM events WHERE killed_at_ns < ?", (older_than_ns,)
             )
-            return cur.rowcount
+            removed = cur.rowcount
+            self._writer.execute("DELETE FROM pressure WHERE end_ns < ?", (older_than_ns,))
+            return removed
+
+    def put_pressure(self, records: Sequence[event_pb2.PressureRecord]) -> list[bool]:
+        stored: list[bool] = []
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for r in records:
+                    cur.execute(
+                        "INSERT OR IGNORE INTO pressure (id, end_ns, node, namespace, pod, container, "
+                        "image, cgroup, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            r.id,
+                            r.end.ToNanoseconds(),
+                            r.node,
+                            r.pod.namespace,
+                            r.pod.name,
+                            r.container.name,
+                            r.container.image,
+                            r.cgroup,
+                            r.SerializeToString(),
+                        ),
+                    )
+                    stored.append(cur.rowcount == 1)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return stored
+
+    def list_pressure(
+        self, f: Filter, limit: int, after: PageToken | None
+    ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]:
+        conds, args = _where(f, time_column="end_ns", with_event_columns=False)
+        if after is not None:
+            conds.append("(end_ns < ? OR (end_ns = ? AND id < ?))")
+            args += [after.killed_at_ns, after.killed_at_ns, after.id]
+        where = " WHERE " + " AND ".join(conds) if conds else ""
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT end_ns, id, body FROM pressure{where} ORDER BY end_ns DESC, id DESC LIMIT ?",
+                [*args, limit + 1],
+            )
+            .fetchall()
+        )
+        out = []
+        for r in rows[:limit]:
+            rec = event_pb2.PressureRecord()
+            rec.ParseFromString(r[2])
+            out.append(rec)
+        token = PageToken(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
+        return out, token
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT count(*) FROM events").fetchone()[0])

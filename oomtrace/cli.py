@@ -212,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, default=10)
     t.set_defaults(func=_query("top"))
 
+    pr = sub.add_parser("pressure", help="memory pressure records, newest first")
+    pr.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
+    add_filter_args(pr, default_since="1h")
+    pr.add_argument("--limit", type=int, default=50)
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_query("pressure"))
+
     w = sub.add_parser("watch", help="OOM kills as the collector records them")
     w.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
     add_filter_args(w, default_since=None)

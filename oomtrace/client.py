@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 
 import grpc
+from google.protobuf import json_format
 
 from oomtrace import render, rpc
 from oomtrace.agent.record import to_json
@@ -124,6 +125,33 @@ def history(args: argparse.Namespace) -> int:
         print(render.incidents_table(events, now=time.time()))
     else:
         print(render.history_table(events, now=time.time()))
+    return 0
+
+
+def pressure(args: argparse.Namespace) -> int:
+    channel = _channel(args.collector)
+    stub = collector_pb2_grpc.HistoryServiceStub(channel)
+    try:
+        resp = stub.ListPressure(
+            collector_pb2.ListPressureRequest(
+                filter=build_filter(args), page_size=min(1000, args.limit)
+            ),
+            timeout=30,
+        )
+    except grpc.RpcError as exc:
+        raise _explain(exc, args.collector) from None
+    if args.json:
+        for r in resp.records:
+            print(
+                json_format.MessageToJson(
+                    r,
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
+                    indent=None,
+                )
+            )
+    else:
+        print(render.pressure_table(list(resp.records), now=time.time()))
     return 0
 
 

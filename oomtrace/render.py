@@ -168,9 +168,95 @@ def report(ev: event_pb2.OomEvent, now: float) -> str:
         timing.append(f"oom reaper finished {ev.reap_ns / 1e6:.1f} ms after the kill")
     if timing:
         out += ["", "after the kill", *(f"  {x}" for x in timing)]
+    if ev.timeline:
+        out += ["", *timeline_block(ev)]
+    if ev.HasField("kernel_report") and ev.kernel_report.tasks:
+        out += ["", *task_table(ev.kernel_report)]
     if ev.missing:
         out += ["", "not known", *(f"  {m}" for m in ev.missing)]
     return "\n".join(out)
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], top: float | None = None) -> str:
+    """One character a value, scaled to top (default: the largest)."""
+    top = top if top else max(values, default=0)
+    if not values or top <= 0:
+        return "".join(_BARS[0] for _ in values)
+    return "".join(
+        _BARS[min(len(_BARS) - 1, int(v / top * (len(_BARS) - 1) + 0.5))] for v in values
+    )
+
+
+def timeline_block(ev: event_pb2.OomEvent) -> list[str]:
+    pts = list(ev.timeline)
+    span = -pts[0].offset_ms / 1000 if pts[0].offset_ms < 0 else 0
+    limit = max((p.limit_bytes for p in pts), default=0)
+    usage = [float(p.usage_bytes) for p in pts]
+    lines = [
+        f"the last {span:.0f} s of {ev.timeline_cgroup} (one mark a second, the kill at the right)",
+        f"  usage      {sparkline(usage, float(limit) or None)}  {size(int(usage[0]))} → {size(int(usage[-1]))} of {size(limit)}",
+    ]
+    reclaims = [float(p.reclaims) for p in pts]
+    if any(reclaims):
+        stall_ms = sum(p.reclaim_stall_ns for p in pts) / 1e6
+        lines.append(
+            f"  reclaims   {sparkline(reclaims)}  {int(sum(reclaims))} reclaims, {stall_ms:.1f} ms stalled"
+        )
+    psi = [p.psi_some_avg10 for p in pts]
+    if any(psi):
+        lines.append(f"  psi some   {sparkline(psi, 100.0)}  avg10 up to {max(psi):.1f} %")
+    return lines
+
+
+def task_table(kr: event_pb2.KernelReport) -> list[str]:
+    tasks = sorted(kr.tasks, key=lambda t: t.rss_pages, reverse=True)
+    rows = [
+        [
+            str(t.pid),
+            str(t.uid),
+            size(t.rss_pages * 4096),
+            size(t.rss_anon_pages * 4096) if t.rss_anon_pages else "-",
+            size(t.total_vm_pages * 4096),
+            size(t.pgtables_bytes),
+            str(t.swapents),
+            str(t.oom_score_adj),
+            t.name,
+        ]
+        for t in tasks
+    ]
+    head = ["PID", "UID", "RSS", "ANON", "VIRT", "PGTABLES", "SWAPENTS", "ADJ", "NAME"]
+    title = "the kernel's task table at the kill, by RSS" + (
+        f" (memcg {size(kr.memcg_usage_bytes)} of {size(kr.memcg_limit_bytes)})"
+        if kr.memcg_limit_bytes
+        else ""
+    )
+    return [title, *("  " + line for line in _table(head, rows).splitlines())]
+
+
+def pressure_table(records: list[event_pb2.PressureRecord], now: float) -> str:
+    if not records:
+        return "no pressure records match"
+    rows = []
+    for r in records:
+        where_ = f"{r.pod.namespace}/{r.pod.name}/{r.container.name}" if r.pod.name else r.cgroup
+        rows.append(
+            [
+                when(r.end.ToNanoseconds() / 1e9, now),
+                r.node,
+                where_,
+                f"{size(r.usage_max_bytes)} / {size(r.limit_bytes)}",
+                str(r.reclaims),
+                f"{r.reclaim_stall_ns / 1e6:.1f} ms",
+                f"{r.psi_some_avg10_max:.1f}",
+                ",".join(r.reasons),
+            ]
+        )
+    return _table(
+        ["WINDOW END", "NODE", "WHERE", "PEAK / LIMIT", "RECLAIMS", "STALLED", "PSI10", "WHY"], rows
+    )
 
 
 def top_table(resp: collector_pb2.TopResponse, by: str, now: float) -> str:

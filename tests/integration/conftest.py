@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,19 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     yield a
     rc = a.stop()
     assert rc == 0, f"agent exited {rc}; log: {a.logs[-20:]}"
+
+
+@pytest.fixture
+def started() -> Iterator[list[Any]]:
+    """Processes a test starts (agents, collectors), stopped at the end
+    whatever happened: agents by SIGINT, collectors killed, each by pid."""
+    procs: list[Any] = []
+    yield procs
+    for p in procs:
+        if isinstance(p, AgentProcess):
+            p.stop()
+        else:
+            p.kill()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,18 +110,6 @@ def kill_in(cg: Any, n: int) -> list[int]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
-
-
-@pytest.fixture
-def started() -> Iterator[list[AgentProcess | CollectorProcess]]:
-    """Everything a test starts, stopped by pid at the end whatever happened."""
-    procs: list[AgentProcess | CollectorProcess] = []
-    yield procs
-    for p in procs:
-        if isinstance(p, AgentProcess):
-            p.stop()
-        else:
-            p.kill()
 
 
 def start_agent(started: list[Any], addr: str, spool: Path) -> AgentProcess:

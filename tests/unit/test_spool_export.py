@@ -27,11 +27,11 @@ def test_spooled_records_survive_a_restart_until_acked(tmp_path: Path) -> None:
     assert spool.put(b)
     spool.ack(a.id)
     again = Spool(tmp_path)
-    assert [e.event.id for e in again.pending_after(0)] == [b.id]
+    assert [e.id for e in again.pending_after(0)] == [b.id]
     # New records continue the sequence after the replayed ones.
     c = make_event()
     again.put(c)
-    assert [e.event.id for e in again.pending_after(0)] == [b.id, c.id]
+    assert [e.id for e in again.pending_after(0)] == [b.id, c.id]
 
 
 def test_a_full_spool_counts_what_it_could_not_keep(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_corrupt_and_half_written_files_are_set_aside_not_lost(tmp_path: Path) -
     (tmp_path / "00000000000000000099.rec").write_bytes(b"\xff\xff\xff not a record")
     (tmp_path / "00000000000000000100.tmp").write_bytes(b"half")
     again = Spool(tmp_path)
-    assert [e.event.id for e in again.pending_after(0)] == [good.id]
+    assert [e.id for e in again.pending_after(0)] == [good.id]
     assert again.corrupt == 1
     assert (tmp_path / "corrupt" / "00000000000000000099.rec").exists()
     assert not (tmp_path / "00000000000000000100.tmp").exists()

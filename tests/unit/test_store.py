@@ -115,3 +115,20 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     db.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="cannot open the store"):
         SqliteStore(db)
+
+
+def test_pressure_records_are_stored_once_and_listed_by_cgroup(store: SqliteStore) -> None:
+    def rec(i: int, cgroup: str) -> event_pb2.PressureRecord:
+        r = event_pb2.PressureRecord(id=f"p{i}", node="n1", cgroup=cgroup, reasons=["reclaim"])
+        r.end.FromNanoseconds(BASE_NS + i * 10**10)
+        return r
+
+    a, b, c = rec(1, "/team/a"), rec(2, "/team/b"), rec(3, "/other")
+    assert store.put_pressure([a, b, c, a]) == [True, True, True, False]
+    got, token = store.list_pressure(Filter(cgroup_prefix="/team"), 1, None)
+    assert [r.id for r in got] == ["p2"]
+    assert token is not None
+    got, token = store.list_pressure(Filter(cgroup_prefix="/team"), 1, token)
+    assert [r.id for r in got] == ["p1"]
+    assert store.prune(BASE_NS + 25 * 10**9) == 0  # no kills; pressure pruned beside them
+    assert [r.id for r in store.list_pressure(Filter(), 10, None)[0]] == ["p3"]

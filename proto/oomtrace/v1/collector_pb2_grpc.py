@@ -136,6 +136,11 @@ class HistoryServiceStub:
                 request_serializer=oomtrace_dot_v1_dot_collector__pb2.TopRequest.SerializeToString,
                 response_deserializer=oomtrace_dot_v1_dot_collector__pb2.TopResponse.FromString,
                 _registered_method=True)
+        self.ListPressure = channel.unary_unary(
+                '/oomtrace.v1.HistoryService/ListPressure',
+                request_serializer=oomtrace_dot_v1_dot_collector__pb2.ListPressureRequest.SerializeToString,
+                response_deserializer=oomtrace_dot_v1_dot_collector__pb2.ListPressureResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -166,6 +171,14 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPressure(self, request, context):
+        """Pressure records, newest first, filtered like ListEvents (comm and
+        constraint do not apply).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +201,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.Top,
                     request_deserializer=oomtrace_dot_v1_dot_collector__pb2.TopRequest.FromString,
                     response_serializer=oomtrace_dot_v1_dot_collector__pb2.TopResponse.SerializeToString,
+            ),
+            'ListPressure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPressure,
+                    request_deserializer=oomtrace_dot_v1_dot_collector__pb2.ListPressureRequest.FromString,
+                    response_serializer=oomtrace_dot_v1_dot_collector__pb2.ListPressureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -298,6 +316,33 @@ class HistoryService:
             '/oomtrace.v1.HistoryService/Top',
             oomtrace_dot_v1_dot_collector__pb2.TopRequest.SerializeToString,
             oomtrace_dot_v1_dot_collector__pb2.TopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPressure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oomtrace.v1.HistoryService/ListPressure',
+            oomtrace_dot_v1_dot_collector__pb2.ListPressureRequest.SerializeToString,
+            oomtrace_dot_v1_dot_collector__pb2.ListPressureResponse.FromString,
             options,
             channel_credentials,
             insecure,

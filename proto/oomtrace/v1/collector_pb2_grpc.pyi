@@ -74,6 +74,10 @@ class HistoryServiceStub:
     WatchEvents: _grpc.UnaryStreamMultiCallable[_collector_pb2.WatchEventsRequest, _event_pb2.OomEvent]
     """New records as they are stored, filtered like ListEvents."""
     Top: _grpc.UnaryUnaryMultiCallable[_collector_pb2.TopRequest, _collector_pb2.TopResponse]
+    ListPressure: _grpc.UnaryUnaryMultiCallable[_collector_pb2.ListPressureRequest, _collector_pb2.ListPressureResponse]
+    """Pressure records, newest first, filtered like ListEvents (comm and
+    constraint do not apply).
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -83,6 +87,10 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_collector_pb2.WatchEventsRequest, _event_pb2.OomEvent]  # type: ignore[assignment]
     """New records as they are stored, filtered like ListEvents."""
     Top: _aio.UnaryUnaryMultiCallable[_collector_pb2.TopRequest, _collector_pb2.TopResponse]  # type: ignore[assignment]
+    ListPressure: _aio.UnaryUnaryMultiCallable[_collector_pb2.ListPressureRequest, _collector_pb2.ListPressureResponse]  # type: ignore[assignment]
+    """Pressure records, newest first, filtered like ListEvents (comm and
+    constraint do not apply).
+    """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -113,5 +121,15 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _collector_pb2.TopRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_collector_pb2.TopResponse, _abc.Awaitable[_collector_pb2.TopResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListPressure(
+        self,
+        request: _collector_pb2.ListPressureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.ListPressureResponse, _abc.Awaitable[_collector_pb2.ListPressureResponse]]:
+        """Pressure records, newest first, filtered like ListEvents (comm and
+        constraint do not apply).
+        """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

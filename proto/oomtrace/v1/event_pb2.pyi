@@ -93,6 +93,8 @@ class OomEvent(_message.Message):
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
     KERNEL_REPORT_FIELD_NUMBER: _builtins.int
     KILLS_FIELD_NUMBER: _builtins.int
+    TIMELINE_FIELD_NUMBER: _builtins.int
+    TIMELINE_CGROUP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -122,6 +124,7 @@ class OomEvent(_message.Message):
     """How many kills this record stands for: 1, except for a COUNTER record,
     which stands for kills the kernel counted but whose details are gone.
     """
+    timeline_cgroup: _builtins.str
     @_builtins.property
     def killed_at(self) -> _timestamp_pb2.Timestamp:
         """From the kernel's boot clock at mark_victim, converted to UTC."""
@@ -156,6 +159,12 @@ class OomEvent(_message.Message):
     def kernel_report(self) -> Global___KernelReport:
         """The kernel's own report of this kill, from its log (/dev/kmsg)."""
 
+    @_builtins.property
+    def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelinePoint]:
+        """The last minute or more of the cgroup whose limit was hit (the victim's
+        own when no limit was found), one point a second, ending at the kill.
+        """
+
     def __init__(
         self,
         *,
@@ -181,10 +190,12 @@ class OomEvent(_message.Message):
         incident_id: _builtins.str = ...,
         kernel_report: Global___KernelReport | None = ...,
         kills: _builtins.int = ...,
+        timeline: _abc.Iterable[Global___TimelinePoint] | None = ...,
+        timeline_cgroup: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "container", b"container", "exit_ns", b"exit_ns", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
@@ -196,6 +207,162 @@ class OomEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reap_ns) -> _WhichOneofReturnType__reap_ns | None: ...
 
 Global___OomEvent: _TypeAlias = OomEvent  # noqa: Y015
+
+@_typing.final
+class TimelinePoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_MS_FIELD_NUMBER: _builtins.int
+    USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    RECLAIMS_FIELD_NUMBER: _builtins.int
+    RECLAIM_STALL_NS_FIELD_NUMBER: _builtins.int
+    PSI_SOME_AVG10_FIELD_NUMBER: _builtins.int
+    PSI_FULL_AVG10_FIELD_NUMBER: _builtins.int
+    offset_ms: _builtins.int
+    """from the kill; negative before it"""
+    usage_bytes: _builtins.int
+    limit_bytes: _builtins.int
+    reclaims: _builtins.int
+    """memcg reclaims in the second before this point"""
+    reclaim_stall_ns: _builtins.int
+    psi_some_avg10: _builtins.float
+    """the cgroup's (v2) or the host's (v1)"""
+    psi_full_avg10: _builtins.float
+    def __init__(
+        self,
+        *,
+        offset_ms: _builtins.int = ...,
+        usage_bytes: _builtins.int = ...,
+        limit_bytes: _builtins.int = ...,
+        reclaims: _builtins.int = ...,
+        reclaim_stall_ns: _builtins.int = ...,
+        psi_some_avg10: _builtins.float = ...,
+        psi_full_avg10: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_bytes", b"limit_bytes", "offset_ms", b"offset_ms", "psi_full_avg10", b"psi_full_avg10", "psi_some_avg10", b"psi_some_avg10", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "usage_bytes", b"usage_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimelinePoint: _TypeAlias = TimelinePoint  # noqa: Y015
+
+@_typing.final
+class PressureRecord(_message.Message):
+    """Memory pressure in one cgroup over one window (10 s), sent only for windows
+    that had some: at most one record per cgroup per window.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    CGROUP_FIELD_NUMBER: _builtins.int
+    CGROUP_ID_FIELD_NUMBER: _builtins.int
+    CGROUP_VERSION_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    POD_FIELD_NUMBER: _builtins.int
+    USAGE_MAX_BYTES_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    RECLAIMS_FIELD_NUMBER: _builtins.int
+    RECLAIM_STALL_NS_FIELD_NUMBER: _builtins.int
+    RECLAIM_MAX_STALL_NS_FIELD_NUMBER: _builtins.int
+    PSI_SOME_AVG10_MAX_FIELD_NUMBER: _builtins.int
+    PSI_FULL_AVG10_MAX_FIELD_NUMBER: _builtins.int
+    PSI_SOURCE_FIELD_NUMBER: _builtins.int
+    PRESSURE_LEVEL_EVENTS_FIELD_NUMBER: _builtins.int
+    PSI_TRIGGER_EVENTS_FIELD_NUMBER: _builtins.int
+    COUNTERS_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    node: _builtins.str
+    cgroup: _builtins.str
+    cgroup_id: _builtins.int
+    cgroup_version: _builtins.int
+    usage_max_bytes: _builtins.int
+    limit_bytes: _builtins.int
+    reclaims: _builtins.int
+    reclaim_stall_ns: _builtins.int
+    reclaim_max_stall_ns: _builtins.int
+    psi_some_avg10_max: _builtins.float
+    psi_full_avg10_max: _builtins.float
+    psi_source: _builtins.str
+    """"cgroup" (v2) or "host" """
+    pressure_level_events: _builtins.int
+    """v1 memory.pressure_level notifications"""
+    psi_trigger_events: _builtins.int
+    """v2 memory.pressure trigger wake-ups"""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def container(self) -> Global___Container: ...
+    @_builtins.property
+    def pod(self) -> Global___Pod: ...
+    @_builtins.property
+    def counters(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """memory.events / oom_control deltas in the window"""
+
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """why this window counts: reclaim, near_limit, psi, ..."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        node: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        cgroup: _builtins.str = ...,
+        cgroup_id: _builtins.int = ...,
+        cgroup_version: _builtins.int = ...,
+        container: Global___Container | None = ...,
+        pod: Global___Pod | None = ...,
+        usage_max_bytes: _builtins.int = ...,
+        limit_bytes: _builtins.int = ...,
+        reclaims: _builtins.int = ...,
+        reclaim_stall_ns: _builtins.int = ...,
+        reclaim_max_stall_ns: _builtins.int = ...,
+        psi_some_avg10_max: _builtins.float = ...,
+        psi_full_avg10_max: _builtins.float = ...,
+        psi_source: _builtins.str = ...,
+        pressure_level_events: _builtins.int = ...,
+        psi_trigger_events: _builtins.int = ...,
+        counters: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "end", b"end", "pod", b"pod", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "cgroup_id", b"cgroup_id", "cgroup_version", b"cgroup_version", "container", b"container", "counters", b"counters", "end", b"end", "id", b"id", "limit_bytes", b"limit_bytes", "node", b"node", "pod", b"pod", "pressure_level_events", b"pressure_level_events", "psi_full_avg10_max", b"psi_full_avg10_max", "psi_some_avg10_max", b"psi_some_avg10_max", "psi_source", b"psi_source", "psi_trigger_events", b"psi_trigger_events", "reasons", b"reasons", "reclaim_max_stall_ns", b"reclaim_max_stall_ns", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "start", b"start", "usage_max_bytes", b"usage_max_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PressureRecord: _TypeAlias = PressureRecord  # noqa: Y015
 
 @_typing.final
 class KernelReport(_message.Message):

@@ -1,0 +1,386 @@
+"""Memory pressure per cgroup: a one-second timeline of every memory cgroup
+that has a limit, and a pressure record for each 10-second window that had
+pressure in it (reclaim, usage near the limit, PSI, pressure notifications,
+memory.events / oom_control counters moving).
+
+Signals, by cgroup version:
+  both  memcg reclaim count and stall time, summed in BPF per memcg
+  v1    memory.usage_in_bytes, memory.limit_in_bytes, memory.failcnt,
+        memory.oom_control; memory.pressure_level "medium" notifications
+        through cgroup.event_control and an eventfd; the host's PSI
+  v2    memory.current, memory.max, memory.events; memory.pressure (avg10)
+        and a PSI trigger ("some 100ms per 1s") woken through poll
+
+Bounded: at most `max_cgroups` tracked, `history_s` points each, one record
+per cgroup per window (6 a minute)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from oomtrace.agent.cgroups import MemoryHierarchy
+from oomtrace.agent.host import boot_ns_now
+
+log = structlog.get_logger(__name__)
+
+HOST_PSI = Path("/proc/pressure/memory")
+_UNLIMITED = 1 << 62
+NEAR_LIMIT = 0.9
+PSI_SOME_PRESSURE = 10.0  # avg10 percent of time stalled
+# v2 trigger: wake when tasks stall 100 ms in any 1 s window.
+PSI_TRIGGER = b"some 100000 1000000"
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    boot_ns: int
+    usage_bytes: int
+    limit_bytes: int
+    reclaims: int
+    reclaim_stall_ns: int
+    psi_some_avg10: float
+    psi_full_avg10: float
+
+
+@dataclass
+class Window:
+    start_ns: int
+    usage_max: int = 0
+    limit: int = 0
+    reclaims: int = 0
+    stall_ns: int = 0
+    max_stall_ns: int = 0
+    psi_some_max: float = 0.0
+    psi_full_max: float = 0.0
+    level_events: int = 0
+    trigger_events: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowReport:
+    """One window of one cgroup that had pressure."""
+
+    cgroup_id: int
+    path: str
+    version: int
+    start_ns: int
+    end_ns: int
+    window: Window
+    counters: dict[str, int]
+    reasons: tuple[str, ...]
+    psi_source: str
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(f"pressure:{self.cgroup_id}:{self.start_ns}".encode()).hexdigest()[
+            :32
+        ]
+
+
+@dataclass
+class Tracked:
+    path: str
+    dir: Path
+    limit: int = 0  # 0: none (not sampled)
+    limit_checked_ns: int = 0
+    learned_ns: int = 0
+    points: deque[Point] = field(default_factory=deque)
+    reclaim_seen: tuple[int, int, int] = (0, 0, 0)
+    counters: dict[str, int] | None = None
+    window: Window | None = None
+    level_fd: int | None = None  # v1 eventfd for pressure_level
+    level_src: int | None = None
+    trigger_fd: int | None = None  # v2 memory.pressure with a trigger
+
+
+def parse_psi(text: str) -> tuple[float, float]:
+    """(some avg10, full avg10) from a PSI file."""
+    some = full = 0.0
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        avg10 = next((float(p[6:]) for p in parts[1:] if p.startswith("avg10=")), 0.0)
+        if parts[0] == "some":
+            some = avg10
+        elif parts[0] == "full":
+            full = avg10
+    return some, full
+
+
+def parse_counters(text: str) -> dict[str, int]:
+    """`key value` lines (memory.events, memory.oom_control) to a dict."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            out[k] = int(v)
+    return out
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return 0 if value >= _UNLIMITED else value
+
+
+class PressureSampler:
+    def __init__(
+        self,
+        hierarchy: MemoryHierarchy,
+        reclaim_stats: Callable[[], dict[int, tuple[int, int, int]]],
+        *,
+        window_ns: int = 10_000_000_000,
+        history_s: int = 90,
+        max_cgroups: int = 5000,
+        max_notifiers: int = 1000,
+    ) -> None:
+        self.h = hierarchy
+        self.reclaim_stats = reclaim_stats
+        self.window_ns = window_ns
+        self.history_s = history_s
+        self.max_cgroups = max_cgroups
+        self.max_notifiers = max_notifiers
+        self.cgroups: dict[int, Tracked] = {}
+        self.notifiers = 0
+        self.dropped = 0  # cgroups not tracked because max_cgroups was reached
+        self._flushed: list[WindowReport] = []  # windows of cgroups removed since the last sample
+        self._last_sample_ns = 0
+        v1 = hierarchy.version == 1
+        self._usage_file = "memory.usage_in_bytes" if v1 else "memory.current"
+        self._limit_file = "memory.limit_in_bytes" if v1 else "memory.max"
+
+    # -- membership -------------------------------------------------------------------
+
+    def scan(self) -> int:
+        if self.h.mount is None:
+            return 0
+        for root, dirs, _files in os.walk(self.h.mount):
+            for d in dirs:
+                full = Path(root, d)
+                with contextlib.suppress(OSError):
+                    self.learn(full.stat().st_ino, "/" + str(full.relative_to(self.h.mount)))
+        return len(self.cgroups)
+
+    def learn(self, cgroup_id: int, path: str) -> None:
+        if self.h.mount is None or cgroup_id in self.cgroups or path.startswith("/process_api"):
+            return
+        if len(self.cgroups) >= self.max_cgroups:
+            self.dropped += 1
+            return
+        self.cgroups[cgroup_id] = Tracked(
+            path,
+            self.h.mount / path.lstrip("/"),
+            learned_ns=boot_ns_now(),
+            points=deque(maxlen=self.history_s),
+        )
+
+    def forget(self, cgroup_id: int) -> None:
+        """The cgroup is gone; its open window (the pressure right before a
+        container died) is reported with the next sample."""
+        t = self.cgroups.pop(cgroup_id, None)
+        if t is not None:
+            self._close_notifiers(t)
+            if t.window is not None and t.points:
+                report = self._close_window(cgroup_id, t, t.points[-1].boot_ns, read_counters=False)
+                if report is not None:
+                    self._flushed.append(report)
+
+    def _close_notifiers(self, t: Tracked) -> None:
+        for fd in (t.level_fd, t.level_src, t.trigger_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if t.level_fd is not None or t.trigger_fd is not None:
+            self.notifiers -= 1
+        t.level_fd = t.level_src = t.trigger_fd = None
+
+    def _arm_notifier(self, t: Tracked) -> None:
+        if self.notifiers >= self.max_notifiers:
+            return
+        try:
+            if self.h.version == 1:
+                efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                src = os.open(t.dir / "memory.pressure_level", os.O_RDONLY | os.O_CLOEXEC)
+                (t.dir / "cgroup.event_control").write_text(f"{efd} {src} medium")
+                t.level_fd, t.level_src = efd, src
+            else:
+                fd = os.open(t.dir / "memory.pressure", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                os.write(fd, PSI_TRIGGER)
+                t.trigger_fd = fd
+            self.notifiers += 1
+        except OSError as exc:
+            log.debug("pressure.notifier_unavailable", cgroup=t.path, error=str(exc))
+
+    # -- sampling -----------------------------------------------------------------------
+
+    def due(self, now_ns: int) -> bool:
+        return now_ns - self._last_sample_ns >= 1_000_000_000
+
+    def sample(self, now_ns: int | None = None) -> list[WindowReport]:
+        """One point for every limited cgroup; the windows that closed."""
+        now_ns = boot_ns_now() if now_ns is None else now_ns
+        self._last_sample_ns = now_ns
+        try:
+            reclaim = self.reclaim_stats()
+        except (OSError, KeyError) as exc:
+            log.warning("pressure.reclaim_unreadable", error=str(exc))
+            reclaim = {}
+        host_psi = (0.0, 0.0)
+        with contextlib.suppress(OSError):
+            host_psi = parse_psi(HOST_PSI.read_text())
+        closed, self._flushed = self._flushed, []
+        gone: list[int] = []
+        for cid, t in self.cgroups.items():
+            if self._refresh_limit(t, now_ns) is None:
+                gone.append(cid)
+                continue
+            if not t.limit:
+                continue
+            usage = _read_int(t.dir / self._usage_file)
+            if usage is None:
+                gone.append(cid)
+                continue
+            count, stall, longest = reclaim.get(cid, (0, 0, 0))
+            d_count, d_stall = count - t.reclaim_seen[0], stall - t.reclaim_seen[1]
+            t.reclaim_seen = (count, stall, longest)
+            psi = host_psi
+            if self.h.version == 2:
+                with contextlib.suppress(OSError):
+                    psi = parse_psi((t.dir / "memory.pressure").read_text())
+            t.points.append(Point(now_ns, usage, t.limit, d_count, d_stall, psi[0], psi[1]))
+            w = t.window or Window(now_ns)
+            t.window = w
+            w.usage_max, w.limit = max(w.usage_max, usage), t.limit
+            w.reclaims += d_count
+            w.stall_ns += d_stall
+            w.max_stall_ns = max(w.max_stall_ns, longest if d_count else 0)
+            w.psi_some_max, w.psi_full_max = (
+                max(w.psi_some_max, psi[0]),
+                max(w.psi_full_max, psi[1]),
+            )
+            if t.level_fd is not None:
+                w.level_events += self._drain_notifier(t)
+            elif t.trigger_fd is not None:
+                w.trigger_events += self._drain_notifier(t)
+            if now_ns - w.start_ns >= self.window_ns:
+                report = self._close_window(cid, t, now_ns)
+                if report is not None:
+                    closed.append(report)
+        for cid in gone:
+            self.forget(cid)
+        return closed
+
+    def _refresh_limit(self, t: Tracked, now_ns: int) -> int | None:
+        # Limits are often set right after the cgroup is made: look again
+        # soon after learning it, then every 5 s.
+        age = now_ns - t.learned_ns
+        every = 1_000_000_000 if age < 30_000_000_000 else 5_000_000_000
+        if t.limit_checked_ns and now_ns - t.limit_checked_ns < every:
+            return t.limit
+        limit = _read_int(t.dir / self._limit_file)
+        if limit is None:
+            return None
+        had = t.limit
+        t.limit, t.limit_checked_ns = limit, now_ns
+        if limit and not had:
+            self._arm_notifier(t)
+        elif had and not limit:
+            self._close_notifiers(t)
+        return limit
+
+    def _drain_notifier(self, t: Tracked) -> int:
+        if t.level_fd is not None:
+            try:
+                return int.from_bytes(os.read(t.level_fd, 8), "little")
+            except BlockingIOError:
+                return 0
+            except OSError:
+                return 0
+        if t.trigger_fd is not None:
+            _r, _w, ready = select.select([], [], [t.trigger_fd], 0)
+            return 1 if ready else 0
+        return 0
+
+    def _counters(self, t: Tracked) -> dict[str, int]:
+        names = (
+            ("memory.failcnt", "memory.oom_control") if self.h.version == 1 else ("memory.events",)
+        )
+        out: dict[str, int] = {}
+        for name in names:
+            with contextlib.suppress(OSError):
+                text = (t.dir / name).read_text()
+                if name == "memory.failcnt":
+                    out["failcnt"] = int(text)
+                else:
+                    out.update(parse_counters(text))
+        out.pop("oom_kill_disable", None)
+        out.pop("under_oom", None)
+        return out
+
+    def _close_window(
+        self, cid: int, t: Tracked, now_ns: int, read_counters: bool = True
+    ) -> WindowReport | None:
+        w = t.window
+        assert w is not None
+        t.window = Window(now_ns)
+        counters = self._counters(t) if read_counters else {}
+        before, t.counters = t.counters, counters
+        deltas = {
+            k: v - before.get(k, 0)
+            for k, v in counters.items()
+            if before is not None and v > before.get(k, 0)
+        }
+        reasons = []
+        if w.reclaims:
+            reasons.append("reclaim")
+        if w.limit and w.usage_max >= NEAR_LIMIT * w.limit:
+            reasons.append("near_limit")
+        if self.h.version == 2 and w.psi_some_max >= PSI_SOME_PRESSURE:
+            reasons.append("psi")
+        if w.level_events:
+            reasons.append("pressure_level")
+        if w.trigger_events:
+            reasons.append("psi_trigger")
+        if deltas:
+            reasons.append("counters")
+        if not reasons:
+            return None
+        return WindowReport(
+            cid,
+            t.path,
+            self.h.version,
+            w.start_ns,
+            now_ns,
+            w,
+            deltas,
+            tuple(reasons),
+            "cgroup" if self.h.version == 2 else "host",
+        )
+
+    def timeline(self, cgroup_id: int, kill_ns: int, span_ns: int = 60_000_000_000) -> list[Point]:
+        t = self.cgroups.get(cgroup_id)
+        if t is None:
+            return []
+        return [p for p in t.points if kill_ns - span_ns <= p.boot_ns <= kill_ns]
+
+    def close(self) -> None:
+        for t in self.cgroups.values():
+            self._close_notifiers(t)

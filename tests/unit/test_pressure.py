@@ -1,0 +1,134 @@
+"""Pressure sampling on a fake cgroup tree: timelines, windows, the bound,
+and the window of a removed cgroup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from oomtrace.agent.cgroups import MemoryHierarchy
+from oomtrace.agent.pressure import PressureSampler, parse_counters, parse_psi
+
+MIB = 1 << 20
+S = 1_000_000_000
+
+
+class FakeTree:
+    def __init__(self, root: Path, version: int) -> None:
+        self.root = root
+        self.version = version
+        self.reclaim: dict[int, tuple[int, int, int]] = {}
+
+    def make(self, name: str, limit: int | None, usage: int) -> int:
+        d = self.root / name
+        d.mkdir()
+        self.set(name, limit=limit, usage=usage)
+        if self.version == 1:
+            (d / "memory.failcnt").write_text("0\n")
+            (d / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+        else:
+            (d / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+            (d / "memory.pressure").write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+        return d.stat().st_ino
+
+    def set(self, name: str, *, limit: int | None = None, usage: int | None = None) -> None:
+        d = self.root / name
+        v1 = self.version == 1
+        if (
+            limit is not None
+            or not (d / ("memory.limit_in_bytes" if v1 else "memory.max")).exists()
+        ):
+            text = str(limit) if limit else ("9223372036854771712" if v1 else "max")
+            (d / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(text + "\n")
+        if usage is not None:
+            (d / ("memory.usage_in_bytes" if v1 else "memory.current")).write_text(f"{usage}\n")
+
+
+def sampler(tree: FakeTree) -> PressureSampler:
+    return PressureSampler(MemoryHierarchy(tree.version, tree.root), lambda: dict(tree.reclaim))
+
+
+def test_limited_cgroups_get_a_point_a_second_and_unlimited_ones_none(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path, 2)
+    a = tree.make("a", 64 * MIB, 10 * MIB)
+    b = tree.make("b", None, 10 * MIB)
+    s = sampler(tree)
+    assert s.scan() == 2
+    for i in range(5):
+        tree.set("a", usage=(10 + i) * MIB)
+        s.sample(now_ns=(i + 1) * S)
+    points = s.timeline(a, kill_ns=5 * S)
+    assert [p.usage_bytes for p in points] == [m * MIB for m in range(10, 15)]
+    assert all(p.limit_bytes == 64 * MIB for p in points)
+    assert s.timeline(b, kill_ns=5 * S) == []
+
+
+def test_a_quiet_window_makes_no_record_and_a_pressured_one_makes_one(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path, 1)
+    a = tree.make("a", 64 * MIB, 10 * MIB)
+    s = sampler(tree)
+    s.scan()
+    reports = []
+    for t in range(1, 12):
+        reports += s.sample(now_ns=t * S)
+    assert reports == []  # 10 s of nothing
+    tree.set("a", usage=62 * MIB)
+    tree.reclaim[a] = (5, 3_000_000, 1_000_000)
+    (tmp_path / "a" / "memory.failcnt").write_text("7\n")
+    for t in range(12, 40):
+        reports += s.sample(now_ns=t * S)
+    # 28 s of pressure: windows close every 10 s, one record each, no more.
+    assert len(reports) == 2
+    first = reports[0]
+    assert set(first.reasons) == {"reclaim", "near_limit", "counters"}
+    assert first.window.reclaims == 5
+    assert first.window.stall_ns == 3_000_000
+    assert first.counters == {"failcnt": 7}
+    assert first.psi_source == "host"
+    assert reports[1].reasons == ("near_limit",)  # the reclaim was counted once
+
+
+def test_the_open_window_of_a_removed_cgroup_is_reported(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path, 2)
+    a = tree.make("a", 64 * MIB, 63 * MIB)
+    s = sampler(tree)
+    s.scan()
+    s.sample(now_ns=1 * S)
+    s.sample(now_ns=2 * S)
+    s.forget(a)
+    (report,) = s.sample(now_ns=3 * S)
+    assert report.cgroup_id == a
+    assert "near_limit" in report.reasons
+    assert s.sample(now_ns=4 * S) == []
+
+
+def test_a_cgroup_whose_files_vanish_is_dropped(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path, 2)
+    a = tree.make("a", 64 * MIB, 1 * MIB)
+    s = sampler(tree)
+    s.scan()
+    s.sample(now_ns=S)
+    for f in (tmp_path / "a").iterdir():
+        f.unlink()
+    s.sample(now_ns=2 * S)
+    assert a not in s.cgroups
+
+
+def test_the_bound_on_tracked_cgroups_is_counted(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path, 2)
+    for i in range(5):
+        tree.make(f"c{i}", 64 * MIB, MIB)
+    s = PressureSampler(MemoryHierarchy(2, tmp_path), dict, max_cgroups=3)
+    s.scan()
+    assert len(s.cgroups) == 3
+    assert s.dropped == 2
+
+
+def test_psi_and_counter_files_parse() -> None:
+    assert parse_psi(
+        "some avg10=12.50 avg60=1.00 avg300=0.00 total=9\nfull avg10=3.25 avg60=0 avg300=0 total=1\n"
+    ) == (12.5, 3.25)
+    assert parse_counters("low 0\nhigh 4\noom_kill 1\nbroken line\n") == {
+        "low": 0,
+        "high": 4,
+        "oom_kill": 1,
+    }
