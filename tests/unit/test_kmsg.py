@@ -92,3 +92,17 @@ def test_malformed_records_are_refused() -> None:
     assert parse_record(b"6,1;text") is None
     rec = parse_record(b"6,5,77,-;hello\n SUBSYSTEM=net\n")
     assert rec == KmsgRecord(5, 77, "hello")
+
+
+def test_report_in_the_5_10_format_of_a_kubernetes_container() -> None:
+    (r,) = reports(records("kmsg-oom-memcg-5.10-format.txt"))
+    assert r.invoker_oom_score_adj == 968
+    assert r.counters["memory"] == (262144, 262144, 51)
+    assert r.stats["anon"] == 264617984
+    assert [(t.pid, t.name, t.values["uid"]) for t in r.tasks] == [
+        (4200, "pause", 65535),
+        (4242, "java", 1000),
+    ]
+    assert r.tasks[0].values["oom_score_adj"] == -998
+    assert r.constraint_fields["task_memcg"].startswith("/kubepods/burstable/pod0b7a1c2d")
+    assert (r.victim_pid, r.killed["uid"], r.killed["adj"]) == (4242, 1000, 968)
