@@ -7,7 +7,7 @@ DATA ?= $(CURDIR)/var
 LISTEN ?= 127.0.0.1:50051
 PROTOS := $(wildcard proto/oomtrace/v1/*.proto)
 
-.PHONY: setup run test unit integration lint proto proto-check bench oom clean
+.PHONY: setup run test unit integration lint proto proto-check bench oom clean test-kernels
 
 setup:
 	@tools/bootstrap.sh
@@ -26,6 +26,11 @@ oom: setup
 # privileged tests (the latter skip with their reason when not root).
 test: setup lint proto-check
 	$(BIN)/python -m pytest -q tests
+
+# The privileged tests again in a guest running Debian's 6.1 kernel (cgroup v2,
+# kprobes): see tools/test-kernels.sh. CI runs it after the host suite.
+test-kernels: setup
+	tools/test-kernels.sh
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -91,6 +91,9 @@ class BpfSession:
         ]
         if want_kprobe:
             cflags.append("-DWITH_OOM_KILL_PROCESS=1")
+        victim_kprobe = not layout.mark_victim_has_task and self._kprobe_able(bcc, "mark_oom_victim")
+        if victim_kprobe:
+            cflags.append("-DVICTIM_KPROBE=1")
         src = (BPF_DIR / "oom.c").read_text()
         try:
             self._bpf = bcc.BPF(text=src, cflags=cflags)
@@ -101,6 +104,19 @@ class BpfSession:
             ) from exc
 
         self._attach_raw("mark_victim", "on_mark_victim", required=True)
+        if victim_kprobe:
+            try:
+                self._bpf.attach_kprobe(event=b"mark_oom_victim", fn_name=b"on_mark_oom_victim")
+            except Exception as exc:
+                raise BpfLoadError(f"kprobe on mark_oom_victim could not be attached: {exc}") from exc
+            self._hook("kprobe/mark_oom_victim", True, True, "")
+        elif not layout.mark_victim_has_task:
+            self._hook(
+                "kprobe/mark_oom_victim",
+                False,
+                False,
+                "not kprobe-able here: victims are known by pid only",
+            )
         self._attach_raw("sched_process_exit", "on_process_exit", required=True)
         for tp in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping"):
             self._attach_raw(tp, f"on_{tp}", required=False)
@@ -120,6 +136,15 @@ class BpfSession:
                 self._hook("kprobe/oom_kill_process", False, False, str(exc))
         else:
             self._hook("kprobe/oom_kill_process", False, False, kprobe_reason)
+
+    @staticmethod
+    def _kprobe_able(bcc: Any, function: str) -> bool:
+        if not kprobes_available()[0]:
+            return False
+        try:
+            return bool(bcc.BPF.get_kprobe_functions(f"^{function}$".encode()))
+        except OSError:
+            return False
 
     def _want_oom_kill_process(self, bcc: Any) -> tuple[bool, str]:
         if not self.layout.oom_control:

@@ -212,7 +212,9 @@ static __always_inline void fill_victim(struct oomt_kill *ev, void *task)
     fill_memcgs(ev, task_memcg(task));
 }
 
-int on_mark_victim(struct bpf_raw_tracepoint_args *ctx)
+/* One victim: `victim` is its task when the hook has it; else raw_pid is all
+ * there is (mark_victim before 5.19 without the kprobe below). */
+static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid)
 {
     u32 zero = 0;
     struct oomt_kill *ev = scratch.lookup(&zero);
@@ -234,7 +236,6 @@ int on_mark_victim(struct bpf_raw_tracepoint_args *ctx)
     if (trigger_css)
         ev->trigger_memcg_id = css_cgroup_id(trigger_css);
 
-    void *victim = 0;
     struct oc_stash *oc = oc_by_tid.lookup(&ev->trigger_tid);
     if (oc && ev->boot_ns - oc->boot_ns < 5000000000ULL) {
         ev->flags |= OOMT_F_OOM_CONTROL;
@@ -244,19 +245,20 @@ int on_mark_victim(struct bpf_raw_tracepoint_args *ctx)
         ev->oc_chosen_points = oc->chosen_points;
         ev->oc_memcg_id = oc->memcg_id;
         ev->oc_gfp_mask = oc->gfp_mask;
-        victim = (void *)oc->chosen;
+        if (!victim && oc->chosen) {
+            /* Only the chosen task is known; a group kill's other members
+             * carry other pids. */
+            u32 chosen_pid = 0;
+            KREAD(chosen_pid, (void *)oc->chosen, OFF_TASK_PID);
+            if (chosen_pid == raw_pid)
+                victim = (void *)oc->chosen;
+        }
     }
-#ifdef MARK_VICTIM_TASK
-    /* 5.19+ hands over the victim task; older kernels only its pid. A group
-     * kill marks several victims inside one oom_kill_process call, so the
-     * raw argument wins over oc->chosen when there is one. */
-    victim = (void *)ctx->args[0];
-#endif
     if (victim) {
         fill_victim(ev, victim);
     } else {
         ev->flags |= OOMT_F_TASK_UNKNOWN;
-        ev->victim_tid = (u32)ctx->args[0];
+        ev->victim_tid = raw_pid;
     }
 
     if (ev->victim_tgid) {
@@ -267,6 +269,28 @@ int on_mark_victim(struct bpf_raw_tracepoint_args *ctx)
         count_lost(LOST_KILLS);
     return 0;
 }
+
+int on_mark_victim(struct bpf_raw_tracepoint_args *ctx)
+{
+#if defined(MARK_VICTIM_TASK)
+    /* 5.19+: (struct task_struct *victim, uid_t uid) */
+    return handle_victim(ctx, (void *)ctx->args[0], 0);
+#elif defined(VICTIM_KPROBE)
+    return 0; /* on_mark_oom_victim records this victim, with its task */
+#else
+    return handle_victim(ctx, 0, (u32)ctx->args[0]);
+#endif
+}
+
+#ifdef VICTIM_KPROBE
+/* Kernels whose mark_victim gives only a pid: mark_oom_victim(struct
+ * task_struct *tsk) runs right before it, once per victim (each member of a
+ * memory.oom.group kill too). */
+int on_mark_oom_victim(struct pt_regs *ctx)
+{
+    return handle_victim(ctx, (void *)PT_REGS_PARM1(ctx), 0);
+}
+#endif
 
 static __always_inline int emit_note(void *ctx, u32 kind, u32 what, u32 tgid, u32 tid)
 {

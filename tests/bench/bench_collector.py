@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from oomtrace.collector.store import SqliteStore
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
-from tests.integration.test_collector_e2e import CollectorProcess, free_port
+from tests.integration.harness import CollectorProcess, free_port
 from tests.unit.events import make_event
 
 NAMESPACES = [f"team-{i}" for i in range(50)]

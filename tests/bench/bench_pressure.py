@@ -20,10 +20,9 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from oomtrace.v1 import collector_pb2, collector_pb2_grpc  # noqa: E402
-from tests.bench.bench_agent import cpu_seconds  # noqa: E402
-from tests.integration.harness import MIB, AgentProcess, scratch_cgroup  # noqa: E402
-from tests.integration.test_collector_e2e import CollectorProcess, free_port  # noqa: E402
+from oomtrace.v1 import collector_pb2, collector_pb2_grpc
+from tests.bench.bench_agent import cpu_seconds
+from tests.integration.harness import MIB, AgentProcess, CollectorProcess, free_port, scratch_cgroup
 
 # The file's pages are first dropped from the page cache (they were charged
 # to whoever wrote them), so reading them charges this cgroup.
@@ -46,9 +45,9 @@ def main() -> None:
         sys.exit("bench_pressure: run as root")
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
         data = Path(d) / "big"
-        with open(data, "wb") as f:
+        with open(data, "wb") as out:
             for _ in range(256):
-                f.write(os.urandom(MIB))
+                out.write(os.urandom(MIB))
         col = CollectorProcess(Path(d) / "c.db", free_port())
         agent = AgentProcess("--collector", col.addr, "--spool", f"{d}/spool")
         try:

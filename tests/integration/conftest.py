@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import OOMTRACE, AgentProcess, KmsgReader, hierarchy, is_root
+from tests.integration.harness import (
+    OOMTRACE,
+    AgentProcess,
+    CollectorProcess,
+    KmsgReader,
+    free_port,
+    hierarchy,
+    is_root,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -26,12 +34,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    """One agent for the session's kill tests; each test takes its own records."""
-    status = Path(tmp_path_factory.mktemp("agent")) / "status.json"
-    a = AgentProcess(status_file=status)
-    a.wait_ready()
-    yield a
-    rc = a.stop()
+    """One agent for the session's kill tests (BPF is compiled once: under
+    emulation in the guest kernel that takes minutes), streaming to a
+    collector of its own; each test takes its own records."""
+    work = Path(tmp_path_factory.mktemp("agent"))
+    collector = CollectorProcess(work / "collector.db", free_port())
+    a = AgentProcess(
+        "--collector",
+        collector.addr,
+        "--spool",
+        str(work / "spool"),
+        status_file=work / "status.json",
+    )
+    a.collector_addr = collector.addr
+    try:
+        a.wait_ready(timeout=600)
+        yield a
+    finally:
+        rc = a.stop()
+        collector.stop()
     assert rc == 0, f"agent exited {rc}; log: {a.logs[-20:]}"
 
 

@@ -15,6 +15,7 @@ import queue
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -48,10 +49,6 @@ class ScratchCgroup:
         self.path.mkdir()
         self.children: list[ScratchCgroup] = []
         self.pids: list[int] = []
-        if version == 2:
-            # Children need the memory controller enabled in their parent.
-            with contextlib.suppress(OSError):
-                (self.path / "cgroup.subtree_control").write_text("+memory")
 
     @property
     def rel(self) -> str:
@@ -61,6 +58,10 @@ class ScratchCgroup:
         return "/" + str(self.path.relative_to(h.mount))
 
     def child(self, name: str) -> ScratchCgroup:
+        if self.version == 2 and not self.children:
+            # Children need the memory controller enabled in their parent; v2
+            # then forbids processes in the parent itself, so only now.
+            (self.path / "cgroup.subtree_control").write_text("+memory")
         c = ScratchCgroup(self.path, name, self.version)
         self.children.append(c)
         return c
@@ -175,6 +176,7 @@ class AgentProcess:
         )
         self.records: queue.Queue[dict[str, Any]] = queue.Queue()
         self.logs: list[dict[str, Any]] = []
+        self.collector_addr = ""  # set when the test gave it a collector
         self._ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
@@ -226,6 +228,50 @@ class AgentProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class CollectorProcess:
+    def __init__(self, db: Path, port: int) -> None:
+        self.addr = f"127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [str(OOMTRACE), "collector", "--listen", self.addr, "--db", str(db)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        self.logs: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                text = line.decode(errors="replace")
+                self.logs.append(text)
+                if "collector.ready" in text:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30):
+            self.kill()
+            raise AssertionError(f"collector not ready: {self.logs}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(20)
         return self.proc.returncode
 
 

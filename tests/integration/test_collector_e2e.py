@@ -4,10 +4,6 @@ hold each kill exactly once whatever is stopped or killed, and when."""
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,56 +18,13 @@ from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.integration.harness import (
     ALLOCATE_FOREVER,
     MIB,
-    OOMTRACE,
     AgentProcess,
+    CollectorProcess,
     KmsgReader,
     assert_matches_kernel,
+    free_port,
     scratch_cgroup,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class CollectorProcess:
-    def __init__(self, db: Path, port: int) -> None:
-        self.addr = f"127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [str(OOMTRACE), "collector", "--listen", self.addr, "--db", str(db)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        self.logs: list[str] = []
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                text = line.decode(errors="replace")
-                self.logs.append(text)
-                if "collector.ready" in text:
-                    ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30):
-            self.kill()
-            raise AssertionError(f"collector not ready: {self.logs}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(20)
-        return self.proc.returncode
 
 
 def stored(addr: str) -> list[event_pb2.OomEvent]:

@@ -4,14 +4,12 @@ timeline on the kill's record."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
 
 import grpc
 
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc
-from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
-from tests.integration.test_collector_e2e import CollectorProcess, free_port, wait_stored
+from tests.integration.harness import MIB, AgentProcess, hierarchy, scratch_cgroup
+from tests.integration.test_collector_e2e import wait_stored
 
 # Fill to ~94 % of the limit, stay there for more than a pressure window, then
 # grow until the kernel kills it.
@@ -24,23 +22,16 @@ SLOW_GROWTH = (
 )
 
 
-def test_pressure_records_before_the_kill_and_a_timeline_on_it(
-    tmp_path: Path, started: list[Any]
-) -> None:
-    col = CollectorProcess(tmp_path / "c.db", free_port())
-    started.append(col)
-    agent = AgentProcess("--collector", col.addr, "--spool", str(tmp_path / "spool"))
-    started.append(agent)
-    agent.wait_ready()
+def test_pressure_records_before_the_kill_and_a_timeline_on_it(agent: AgentProcess) -> None:
     with scratch_cgroup(64 * MIB) as cg:
         p = cg.spawn(SLOW_GROWTH)
         assert p.wait(60) == -9
         killed_at = time.time()
         (rec,) = agent.take(1, where=lambda r: r["victim"]["pid"] == p.pid)
         path = cg.rel
-    (stored,) = wait_stored(col.addr, {p.pid})
+    (stored,) = wait_stored(agent.collector_addr, {p.pid})
 
-    with grpc.insecure_channel(col.addr) as ch:
+    with grpc.insecure_channel(agent.collector_addr) as ch:
         stub = collector_pb2_grpc.HistoryServiceStub(ch)
         deadline = time.monotonic() + 15
         while True:
@@ -56,6 +47,7 @@ def test_pressure_records_before_the_kill_and_a_timeline_on_it(
     before = [r for r in records if r.end.ToNanoseconds() / 1e9 < killed_at - 0.5]
     assert before, f"no pressure record before the kill: {records}"
     assert "near_limit" in before[0].reasons
+    assert before[0].psi_source == ("cgroup" if hierarchy().version == 2 else "host")
     assert before[0].limit_bytes == 64 * MIB
     assert before[0].usage_max_bytes >= 0.9 * 64 * MIB
     # Bounded: one record per cgroup per 10 s window.
