@@ -91,7 +91,9 @@ class BpfSession:
         ]
         if want_kprobe:
             cflags.append("-DWITH_OOM_KILL_PROCESS=1")
-        victim_kprobe = not layout.mark_victim_has_task and self._kprobe_able(bcc, "mark_oom_victim")
+        victim_kprobe = not layout.mark_victim_has_task and self._kprobe_able(
+            bcc, "mark_oom_victim"
+        )
         if victim_kprobe:
             cflags.append("-DVICTIM_KPROBE=1")
         src = (BPF_DIR / "oom.c").read_text()
@@ -108,7 +110,9 @@ class BpfSession:
             try:
                 self._bpf.attach_kprobe(event=b"mark_oom_victim", fn_name=b"on_mark_oom_victim")
             except Exception as exc:
-                raise BpfLoadError(f"kprobe on mark_oom_victim could not be attached: {exc}") from exc
+                raise BpfLoadError(
+                    f"kprobe on mark_oom_victim could not be attached: {exc}"
+                ) from exc
             self._hook("kprobe/mark_oom_victim", True, True, "")
         elif not layout.mark_victim_has_task:
             self._hook(

@@ -179,7 +179,9 @@ class PressureSampler:
                     self.learn(full.stat().st_ino, "/" + str(full.relative_to(self.h.mount)))
         return len(self.cgroups)
 
-    def learn(self, cgroup_id: int, path: str) -> None:
+    def learn(self, cgroup_id: int, path: str, *, new: bool = False) -> None:
+        """new: the cgroup was just made (its mkdir was seen), so its counters
+        start from zero; otherwise their first reading is the baseline."""
         if self.h.mount is None or cgroup_id in self.cgroups or path.startswith("/process_api"):
             return
         if len(self.cgroups) >= self.max_cgroups:
@@ -190,6 +192,7 @@ class PressureSampler:
             self.h.mount / path.lstrip("/"),
             learned_ns=boot_ns_now(),
             points=deque(maxlen=self.history_s),
+            counters={} if new else None,
         )
 
     def forget(self, cgroup_id: int) -> None:
@@ -302,6 +305,10 @@ class PressureSampler:
         t.limit, t.limit_checked_ns = limit, now_ns
         if limit and not had:
             self._arm_notifier(t)
+            if t.counters is None:
+                # The baseline: a cgroup killed in its first window still
+                # shows its counters moving.
+                t.counters = self._counters(t)
         elif had and not limit:
             self._close_notifiers(t)
         return limit

@@ -184,7 +184,7 @@ class Runner:
             if self.workloads is not None:
                 self.workloads.learn(note.cgroup_id, note.path)
             if self.sampler is not None:
-                self.sampler.learn(note.cgroup_id, note.path)
+                self.sampler.learn(note.cgroup_id, note.path, new=True)
         else:
             if self.workloads is not None:
                 self.workloads.removed(note.cgroup_id)

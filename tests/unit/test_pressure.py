@@ -132,3 +132,33 @@ def test_psi_and_counter_files_parse() -> None:
         "high": 4,
         "oom_kill": 1,
     }
+
+
+def test_counters_of_a_cgroup_killed_in_its_first_window(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path, 2)
+    tree.make("a", 64 * MIB, 10 * MIB)
+    s = sampler(tree)
+    s.scan()
+    s.sample(now_ns=S)  # first sight: the baseline
+    (tmp_path / "a" / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
+    reports = []
+    for t in range(2, 13):
+        reports += s.sample(now_ns=t * S)
+    (report,) = reports
+    assert report.counters == {"max": 9, "oom": 1, "oom_kill": 1}
+    assert report.reasons == ("counters",)
+
+
+def test_a_new_cgroup_counts_from_zero_even_if_killed_before_its_first_sample(
+    tmp_path: Path,
+) -> None:
+    tree = FakeTree(tmp_path, 2)
+    ino = tree.make("a", 64 * MIB, 10 * MIB)
+    s = sampler(tree)
+    s.learn(ino, "/a", new=True)
+    (tmp_path / "a" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    reports = []
+    for t in range(1, 12):
+        reports += s.sample(now_ns=t * S)
+    (report,) = reports
+    assert report.counters["oom_kill"] == 1

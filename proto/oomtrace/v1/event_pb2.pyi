@@ -610,6 +610,12 @@ Global___Pod: _TypeAlias = Pod  # noqa: Y015
 
 @_typing.final
 class Process(_message.Message):
+    """Memory figures are read at mark_victim, as the kernel's own report reads
+    them. Before 6.2 (split RSS counting) a victim that is not the trigger may
+    fold its per-thread caches in before the kernel prints its line, so that
+    line can differ by up to 64 pages a thread.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PID_FIELD_NUMBER: _builtins.int
