@@ -147,6 +147,19 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
         return collector_pb2.IngestResponse(acks=acks)
 
 
+def _page_args(
+    request: collector_pb2.ListEventsRequest | collector_pb2.ListPressureRequest,
+    context: grpc.ServicerContext,
+) -> tuple[Filter, int, PageToken | None]:
+    """A list request's filter, page size and position; a token this
+    collector did not issue is INVALID_ARGUMENT."""
+    try:
+        after = PageToken.decode(request.page_token) if request.page_token else None
+    except InvalidQueryError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    return Filter.from_proto(request.filter), page_size(request.page_size), after
+
+
 class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
     def __init__(self, store: Store, broadcast: Broadcast) -> None:
         self.store = store
@@ -155,13 +168,7 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
     def ListEvents(
         self, request: collector_pb2.ListEventsRequest, context: grpc.ServicerContext
     ) -> collector_pb2.ListEventsResponse:
-        try:
-            after = PageToken.decode(request.page_token) if request.page_token else None
-        except InvalidQueryError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        events, token = self.store.list_events(
-            Filter.from_proto(request.filter), page_size(request.page_size), after
-        )
+        events, token = self.store.list_events(*_page_args(request, context))
         return collector_pb2.ListEventsResponse(
             events=events, next_page_token=token.encode() if token else ""
         )
@@ -201,13 +208,7 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
     def ListPressure(
         self, request: collector_pb2.ListPressureRequest, context: grpc.ServicerContext
     ) -> collector_pb2.ListPressureResponse:
-        try:
-            after = PageToken.decode(request.page_token) if request.page_token else None
-        except InvalidQueryError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        records, token = self.store.list_pressure(
-            Filter.from_proto(request.filter), page_size(request.page_size), after
-        )
+        records, token = self.store.list_pressure(*_page_args(request, context))
         return collector_pb2.ListPressureResponse(
             records=records, next_page_token=token.encode() if token else ""
         )

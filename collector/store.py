@@ -249,22 +249,35 @@ class SqliteStore:
         self, f: Filter, limit: int, after: PageToken | None
     ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
         conds, args = _where(f)
+        bodies, token = self._page("events", "killed_at_ns", conds, args, limit, after)
+        return [_parse(b) for b in bodies], token
+
+    def _page(
+        self,
+        table: str,
+        time_column: str,
+        conds: list[str],
+        args: list[object],
+        limit: int,
+        after: PageToken | None,
+    ) -> tuple[list[bytes], PageToken | None]:
+        """Bodies newest first, keyset-paged on (time, id): stable under
+        inserts, and an index range scan whatever the page number."""
         if after is not None:
-            conds.append("(killed_at_ns < ? OR (killed_at_ns = ? AND id < ?))")
-            args += [after.killed_at_ns, after.killed_at_ns, after.id]
+            conds = [*conds, f"({time_column} < ? OR ({time_column} = ? AND id < ?))"]
+            args = [*args, after.killed_at_ns, after.killed_at_ns, after.id]
         where = " WHERE " + " AND ".join(conds) if conds else ""
         rows = (
             self._reader()
             .execute(
-                f"SELECT killed_at_ns, id, body FROM events{where} "
-                "ORDER BY killed_at_ns DESC, id DESC LIMIT ?",
+                f"SELECT {time_column}, id, body FROM {table}{where} "
+                f"ORDER BY {time_column} DESC, id DESC LIMIT ?",
                 [*args, limit + 1],
             )
             .fetchall()
         )
-        events = [_parse(r[2]) for r in rows[:limit]]
         token = PageToken(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
-        return events, token
+        return [r[2] for r in rows[:limit]], token
 
     def top(self, column: str, f: Filter, limit: int) -> list[TopRow]:
         if column not in _TOP_COLUMNS:
@@ -324,24 +337,12 @@ class SqliteStore:
         self, f: Filter, limit: int, after: PageToken | None
     ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]:
         conds, args = _where(f, time_column="end_ns", with_event_columns=False)
-        if after is not None:
-            conds.append("(end_ns < ? OR (end_ns = ? AND id < ?))")
-            args += [after.killed_at_ns, after.killed_at_ns, after.id]
-        where = " WHERE " + " AND ".join(conds) if conds else ""
-        rows = (
-            self._reader()
-            .execute(
-                f"SELECT end_ns, id, body FROM pressure{where} ORDER BY end_ns DESC, id DESC LIMIT ?",
-                [*args, limit + 1],
-            )
-            .fetchall()
-        )
+        bodies, token = self._page("pressure", "end_ns", conds, args, limit, after)
         out = []
-        for r in rows[:limit]:
+        for body in bodies:
             rec = event_pb2.PressureRecord()
-            rec.ParseFromString(r[2])
+            rec.ParseFromString(body)
             out.append(rec)
-        token = PageToken(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
         return out, token
 
     def count(self) -> int:
