@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oomtrace.agent.decode import decode_cmdline
+from oomtrace.agent.goruntime import BuildInfo, BuildInfoCache, GoProcess, go_env
 
 PROC = Path("/proc")
 _CMDLINE_MAX = 4096
@@ -21,11 +22,15 @@ class ProcessInfo:
     comm: str
     cmdline: str
     exe: str
+    go: GoProcess | None = None
 
 
-def read_process(pid: int, proc: Path = PROC) -> ProcessInfo | None:
-    """The process's comm, cmdline and exe, or None if it is gone (or a kernel
-    thread, which has no cmdline)."""
+def read_process(
+    pid: int, proc: Path = PROC, builds: BuildInfoCache | None = None
+) -> ProcessInfo | None:
+    """The process's comm, cmdline and exe (and, given a build-info cache, its
+    Go build and settings), or None if it is gone (or a kernel thread, which
+    has no cmdline)."""
     base = proc / str(pid)
     try:
         with open(base / "cmdline", "rb") as f:
@@ -39,7 +44,16 @@ def read_process(pid: int, proc: Path = PROC) -> ProcessInfo | None:
         exe = ""
     if not raw:
         return None
-    return ProcessInfo(comm=comm, cmdline=decode_cmdline(raw), exe=exe.removesuffix(" (deleted)"))
+    go = None
+    if builds is not None:
+        # Through /proc/PID/exe: the binary as the process sees it, whatever
+        # its mount namespace.
+        build = builds.get(str(base / "exe"))
+        if isinstance(build, BuildInfo):
+            go = GoProcess(build, go_env(pid, proc))
+    return ProcessInfo(
+        comm=comm, cmdline=decode_cmdline(raw), exe=exe.removesuffix(" (deleted)"), go=go
+    )
 
 
 class ProcessCache:
@@ -48,6 +62,7 @@ class ProcessCache:
     def __init__(self, capacity: int = 32768, proc: Path = PROC) -> None:
         self.capacity = capacity
         self.proc = proc
+        self.builds = BuildInfoCache()
         self._by_pid: OrderedDict[int, ProcessInfo] = OrderedDict()
         self.evicted = 0
 
@@ -55,7 +70,7 @@ class ProcessCache:
         return len(self._by_pid)
 
     def remember(self, pid: int) -> ProcessInfo | None:
-        info = read_process(pid, self.proc)
+        info = read_process(pid, self.proc, self.builds)
         if info is not None:
             self._by_pid[pid] = info
             self._by_pid.move_to_end(pid)

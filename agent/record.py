@@ -13,10 +13,12 @@ from google.protobuf import json_format
 from oomtrace import __version__
 from oomtrace.agent import cgroups
 from oomtrace.agent.decode import PAGE_SIZE, KernelKill, OcConstraint
+from oomtrace.agent.goruntime import GoProcess
 from oomtrace.agent.host import boot_ns_now, boot_ns_to_datetime
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import Point, WindowReport
 from oomtrace.agent.procinfo import ProcessInfo
+from oomtrace.agent.verdicts import verdicts
 from oomtrace.agent.workloads import Workload
 from oomtrace.v1 import event_pb2
 
@@ -125,10 +127,24 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
     if ctx.timeline:
         ev.timeline.extend(timeline(list(ctx.timeline), kill.boot_ns))
         ev.timeline_cgroup = ctx.timeline_cgroup
+    if ctx.process is not None and ctx.process.go is not None:
+        _fill_go(ev, ctx.process.go)
     ev.incident_id = ctx.incident_id or ev.id
     ev.hooks.extend(ctx.hooks)
     ev.missing.extend(missing)
+    ev.verdicts.extend(verdicts(ev))
     return ev
+
+
+def _fill_go(ev: event_pb2.OomEvent, go: GoProcess) -> None:
+    g = ev.go
+    g.version = go.build.version
+    g.module = go.build.module
+    g.build_settings.update(go.build.settings)
+    g.gogc = go.env.get("GOGC", "")
+    g.gomemlimit = go.env.get("GOMEMLIMIT", "")
+    g.gomaxprocs = go.env.get("GOMAXPROCS", "")
+    g.godebug = go.env.get("GODEBUG", "")
 
 
 def _fill_workload(ev: event_pb2.OomEvent, w: Workload, missing: list[str]) -> None:
@@ -328,6 +344,7 @@ def event_from_report(r: ParsedReport, ctx: KillContext) -> event_pb2.OomEvent:
     if ctx.workload is not None:
         _fill_workload(ev, ctx.workload, missing)
     ev.missing.extend([*ctx.missing, *missing])
+    ev.verdicts.extend(verdicts(ev))
     return ev
 
 

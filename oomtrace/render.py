@@ -125,13 +125,26 @@ def one_line(ev: event_pb2.OomEvent) -> str:
 def report(ev: event_pb2.OomEvent, now: float) -> str:
     """The full forensic report of one kill."""
     v, c, t = ev.victim, ev.cgroup, ev.trigger
-    out = [
-        f"OOM kill {ev.id}",
+    out = [f"OOM kill {ev.id}"]
+    if ev.verdicts:
+        out += ["", "verdict"]
+        for vd in ev.verdicts:
+            out += [f"  [{vd.severity}] {vd.code}: {vd.explanation}", f"      → {vd.suggestion}"]
+        out.append("")
+    out += [
         f"  when        {when(ev.killed_at.ToNanoseconds() / 1e9, now)} on {ev.node} (boot {ev.boot_id[:8]})",
         f"  kind        {constraint(ev)} ({ev.constraint_source or 'unknown'})",
         "",
         "victim",
         f"  process     {v.comm}[{v.pid}] uid {v.uid}, {v.threads} thread(s), oom_score_adj {v.oom_score_adj}",
+        *(
+            [
+                f"  go          {ev.go.version} {ev.go.module}; GOMEMLIMIT={ev.go.gomemlimit or 'unset'} "
+                f"GOGC={ev.go.gogc or 'unset'} GOMAXPROCS={ev.go.gomaxprocs or 'unset'}"
+            ]
+            if ev.HasField("go")
+            else []
+        ),
         f"  command     {v.cmdline or '-'}",
         f"  executable  {v.exe or '-'}",
         f"  memory      rss {size(rss(ev))} = anon {size(v.anon_rss_bytes)} + file {size(v.file_rss_bytes)} "

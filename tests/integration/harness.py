@@ -102,6 +102,16 @@ class ScratchCgroup:
         self, code: str, *args: str, oom_score_adj: int | None = None
     ) -> subprocess.Popen[bytes]:
         """Starts `python3 -c code args…` inside this cgroup from its first instruction."""
+        return self.spawn_argv([SYSTEM_PYTHON, "-c", code, *args], oom_score_adj=oom_score_adj)
+
+    def spawn_argv(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        oom_score_adj: int | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Starts argv inside this cgroup from its first instruction."""
         procs = self.path / "cgroup.procs"
 
         def enter() -> None:
@@ -110,7 +120,8 @@ class ScratchCgroup:
                 Path("/proc/self/oom_score_adj").write_text(str(oom_score_adj))
 
         p = subprocess.Popen(
-            [SYSTEM_PYTHON, "-c", code, *args],
+            argv,
+            env=env,
             preexec_fn=enter,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -95,6 +95,8 @@ class OomEvent(_message.Message):
     KILLS_FIELD_NUMBER: _builtins.int
     TIMELINE_FIELD_NUMBER: _builtins.int
     TIMELINE_CGROUP_FIELD_NUMBER: _builtins.int
+    GO_FIELD_NUMBER: _builtins.int
+    VERDICTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -165,6 +167,14 @@ class OomEvent(_message.Message):
         own when no limit was found), one point a second, ending at the kill.
         """
 
+    @_builtins.property
+    def go(self) -> Global___GoRuntime:
+        """Set when the victim is a Go program: what its binary and environment say."""
+
+    @_builtins.property
+    def verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Verdict]:
+        """What went wrong, in plain words, with what to change: first in `show`."""
+
     def __init__(
         self,
         *,
@@ -192,10 +202,12 @@ class OomEvent(_message.Message):
         kills: _builtins.int = ...,
         timeline: _abc.Iterable[Global___TimelinePoint] | None = ...,
         timeline_cgroup: _builtins.str = ...,
+        go: Global___GoRuntime | None = ...,
+        verdicts: _abc.Iterable[Global___Verdict] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "container", b"container", "exit_ns", b"exit_ns", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
@@ -207,6 +219,103 @@ class OomEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reap_ns) -> _WhichOneofReturnType__reap_ns | None: ...
 
 Global___OomEvent: _TypeAlias = OomEvent  # noqa: Y015
+
+@_typing.final
+class GoRuntime(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BuildSettingsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    MODULE_FIELD_NUMBER: _builtins.int
+    BUILD_SETTINGS_FIELD_NUMBER: _builtins.int
+    GOGC_FIELD_NUMBER: _builtins.int
+    GOMEMLIMIT_FIELD_NUMBER: _builtins.int
+    GOMAXPROCS_FIELD_NUMBER: _builtins.int
+    GODEBUG_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """go1.27.3"""
+    module: _builtins.str
+    """the main module's path"""
+    gogc: _builtins.str
+    """As configured in the environment (empty: not set). Only these four are
+    ever read from a process's environment.
+    """
+    gomemlimit: _builtins.str
+    gomaxprocs: _builtins.str
+    godebug: _builtins.str
+    @_builtins.property
+    def build_settings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """-buildmode, CGO_ENABLED, DefaultGODEBUG, ..."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        module: _builtins.str = ...,
+        build_settings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        gogc: _builtins.str = ...,
+        gomemlimit: _builtins.str = ...,
+        gomaxprocs: _builtins.str = ...,
+        godebug: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_settings", b"build_settings", "godebug", b"godebug", "gogc", b"gogc", "gomaxprocs", b"gomaxprocs", "gomemlimit", b"gomemlimit", "module", b"module", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoRuntime: _TypeAlias = GoRuntime  # noqa: Y015
+
+@_typing.final
+class Verdict(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    SUGGESTION_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """stable: GO_GOMEMLIMIT_UNSET, LIMIT_BELOW_WORKING_SET, ..."""
+    severity: _builtins.str
+    """critical, warning, info"""
+    explanation: _builtins.str
+    """one sentence, with the numbers"""
+    suggestion: _builtins.str
+    """what to change"""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        explanation: _builtins.str = ...,
+        suggestion: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "explanation", b"explanation", "severity", b"severity", "suggestion", b"suggestion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
 @_typing.final
 class TimelinePoint(_message.Message):

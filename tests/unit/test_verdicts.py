@@ -1,0 +1,81 @@
+"""Verdicts an expert would give, on records of typical kills."""
+
+from __future__ import annotations
+
+from oomtrace.agent.verdicts import verdicts
+from oomtrace.v1 import event_pb2
+from tests.unit.events import make_event
+
+MIB = 1 << 20
+
+
+def go_kill(
+    version: str = "go1.27.3", gomemlimit: str = "", gogc: str = "", limit: int = 512 * MIB
+) -> event_pb2.OomEvent:
+    ev = make_event()
+    ev.cgroup.memory_limit_bytes = ev.cgroup.oom_memcg_limit_bytes = limit
+    ev.go.version, ev.go.gomemlimit, ev.go.gogc = version, gomemlimit, gogc
+    return ev
+
+
+def codes(ev: event_pb2.OomEvent) -> list[str]:
+    return [v.code for v in verdicts(ev)]
+
+
+def test_gomemlimit_unset_in_a_limited_cgroup() -> None:
+    (v,) = verdicts(go_kill())
+    assert v.code == "GO_GOMEMLIMIT_UNSET"
+    assert "512 MiB" in v.explanation
+    assert v.suggestion.startswith("Set GOMEMLIMIT=460MiB")
+
+
+def test_gomemlimit_at_or_above_the_limit() -> None:
+    assert codes(go_kill(gomemlimit="512MiB")) == ["GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT"]
+    assert codes(go_kill(gomemlimit="1GiB")) == ["GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT"]
+    assert codes(go_kill(gomemlimit="450MiB")) == []
+
+
+def test_gogc_off_without_a_memory_limit() -> None:
+    assert codes(go_kill(gogc="off")) == ["GO_GOGC_OFF_WITHOUT_MEMLIMIT"]
+    assert codes(go_kill(gogc="off", gomemlimit="400MiB")) == []
+
+
+def test_go_without_gomemlimit_support() -> None:
+    (v,) = verdicts(go_kill(version="go1.18.10"))
+    assert v.code == "GO_NO_MEMLIMIT_SUPPORT"
+    assert "GOMEMLIMIT=460MiB" in v.suggestion
+
+
+def test_non_go_process_gets_no_go_verdicts() -> None:
+    assert codes(make_event()) == []
+
+
+def test_limit_below_the_steady_working_set() -> None:
+    ev = make_event()
+    ev.timeline_cgroup = "/app"
+    for s in range(-45, 1):
+        ev.timeline.add(offset_ms=s * 1000, usage_bytes=62 * MIB, limit_bytes=64 * MIB)
+    (v,) = verdicts(ev)
+    assert v.code == "LIMIT_BELOW_WORKING_SET"
+    assert "for the last 45 s" in v.explanation
+
+
+def test_growth_to_the_limit_is_not_a_steady_working_set() -> None:
+    ev = make_event()
+    for s in range(-45, 1):
+        ev.timeline.add(offset_ms=s * 1000, usage_bytes=(64 + s) * MIB, limit_bytes=64 * MIB)
+    assert codes(ev) == []
+
+
+def test_shmem_as_the_major_part() -> None:
+    ev = make_event(rss_mib=10)
+    ev.victim.shmem_rss_bytes = 50 * MIB
+    (v,) = verdicts(ev)
+    assert v.code == "NON_ANON_MAJOR"
+    assert "shared memory" in v.explanation
+
+
+def test_global_oom() -> None:
+    ev = make_event()
+    ev.constraint = ev.GLOBAL
+    assert codes(ev) == ["NODE_OUT_OF_MEMORY"]
