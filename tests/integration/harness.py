@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -320,32 +321,50 @@ class KernelKill:
 
 
 class KmsgReader:
-    """Kernel log lines written after it was opened."""
+    """Kernel log lines written after it was opened, read as they come by a
+    thread: a burst of reports can wrap a small log ring before a test looks."""
 
     def __init__(self) -> None:
         self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
         os.lseek(self.fd, 0, os.SEEK_END)
         self.lines: list[str] = []
+        self.overwritten = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
 
-    def read(self) -> None:
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            self._drain()
+            select.select([self.fd], [], [], 0.05)
+
+    def _drain(self) -> None:
         while True:
             try:
                 data = os.read(self.fd, 8192)
             except BlockingIOError:
                 return
             except OSError:  # EPIPE: the ring overwrote what we had not read
+                self.overwritten += 1
                 continue
             _header, _, text = data.decode(errors="replace").partition(";")
-            self.lines.append(text.split("\n", 1)[0])
+            with self._lock:
+                self.lines.append(text.split("\n", 1)[0])
+
+    def read(self) -> None:
+        time.sleep(0.06)  # let the follower catch up with what is written by now
 
     def kills(self) -> dict[int, KernelKill]:
         """By victim pid. The report's lines come in order: invoked, ...,
         oom-kill:..., Killed process."""
         self.read()
+        with self._lock:
+            lines = list(self.lines)
         out: dict[int, KernelKill] = {}
         invoker = ("", 0)
         constraint: dict[str, str] = {}
-        for text in self.lines:
+        for text in lines:
             if m := _INVOKED.search(text):
                 invoker = (m.group("comm").strip(), 0)
             elif (m := _STACK_HEAD.search(text)) and invoker[1] == 0:
@@ -387,6 +406,8 @@ class KmsgReader:
             time.sleep(0.05)
 
     def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
         os.close(self.fd)
 
 
