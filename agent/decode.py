@@ -66,6 +66,21 @@ class OomControl:
 
 
 @dataclass(frozen=True, slots=True)
+class GoState:
+    """The victim's Go runtime state, as the uprobes last saw it."""
+
+    gc_count: int
+    last_gc_ns: int  # boot clock
+    gc_times_ns: tuple[int, ...]  # recent GC end times, oldest first
+    controller: bool  # the fields below were read (a known Go layout)
+    gc_percent: int  # -1: GOGC=off
+    memory_limit_bytes: int
+    heap_live_bytes: int
+    heap_marked_bytes: int
+    heap_goal_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class KernelKill:
     boot_ns: int
     victim_tgid: int
@@ -91,6 +106,33 @@ class KernelKill:
     no_mm: bool
     task_unknown: bool
     oom_control: OomControl | None
+    go: GoState | None = None
+
+
+GO_RING = 32
+GO_F_GC = 0x1
+GO_F_CONTROLLER = 0x2
+
+
+def _go_state(ev: Any) -> GoState | None:
+    flags = int(getattr(ev, "go_flags", 0))
+    if not flags & GO_F_GC and not flags & GO_F_CONTROLLER:
+        return None
+    pos = int(ev.go_ring_pos)
+    ring = [int(t) for t in ev.go_gc_ns]
+    n = min(pos, GO_RING)
+    times = tuple(ring[(pos - n + i) % GO_RING] for i in range(n))
+    return GoState(
+        gc_count=int(ev.go_gc_count),
+        last_gc_ns=int(ev.go_last_gc_ns),
+        gc_times_ns=times,
+        controller=bool(flags & GO_F_CONTROLLER),
+        gc_percent=int(ev.go_gc_percent),
+        memory_limit_bytes=int(ev.go_memory_limit),
+        heap_live_bytes=int(ev.go_heap_live),
+        heap_marked_bytes=int(ev.go_heap_marked),
+        heap_goal_bytes=int(ev.go_heap_goal),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +224,7 @@ def decode_kill(ev: Any) -> KernelKill:
         no_mm=bool(flags & F_NO_MM),
         task_unknown=bool(flags & F_TASK_UNKNOWN),
         oom_control=oc,
+        go=_go_state(ev),
     )
 
 

@@ -11,6 +11,7 @@ from oomtrace.agent import cgroups
 from oomtrace.agent.bcc_loader import BpfSession
 from oomtrace.agent.doctor import preflight, require
 from oomtrace.agent.export import Exporter, SpoolSink
+from oomtrace.agent.goprobes import GoProbes
 from oomtrace.agent.host import boot_id
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.pressure import PressureSampler
@@ -51,6 +52,10 @@ def run_agent(
     try:
         processes = ProcessCache()
         scanned = processes.scan()
+        go_probes = GoProbes(session)
+        for pid, info in processes.items():
+            if info.go is not None:
+                go_probes.ensure(pid, info.go)
         workloads = WorkloadCache(hierarchy.mount, runtime_roots or RuntimeRoots())
         containers = workloads.scan()
         sampler = PressureSampler(hierarchy, session.reclaim_stats)
@@ -78,6 +83,7 @@ def run_agent(
             workloads=workloads,
             kernel_log=kernel_log,
             sampler=sampler,
+            go_probes=go_probes,
         )
         log.info(
             "agent.ready",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from oomtrace.agent.decode import decode_cmdline
@@ -71,6 +71,11 @@ class ProcessCache:
 
     def remember(self, pid: int) -> ProcessInfo | None:
         info = read_process(pid, self.proc, self.builds)
+        known = self._by_pid.get(pid)
+        if info is not None and known is not None and known.comm == info.comm and info.go is None:
+            # A later read of the same process that lost its exe (it is
+            # exiting) must not drop what an earlier, whole read found.
+            info = replace(info, go=known.go, exe=info.exe or known.exe)
         if info is not None:
             self._by_pid[pid] = info
             self._by_pid.move_to_end(pid)
@@ -90,6 +95,9 @@ class ProcessCache:
             if name.isdigit() and self.remember(int(name)) is not None:
                 count += 1
         return count
+
+    def items(self) -> list[tuple[int, ProcessInfo]]:
+        return list(self._by_pid.items())
 
     def lookup(self, pid: int, comm: str) -> ProcessInfo | None:
         """The cached process with this pid, if its comm still matches (a

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from oomtrace import __version__
 from oomtrace.agent import cgroups
-from oomtrace.agent.decode import PAGE_SIZE, KernelKill, OcConstraint
+from oomtrace.agent.decode import PAGE_SIZE, GoState, KernelKill, OcConstraint
 from oomtrace.agent.goruntime import GoProcess
 from oomtrace.agent.host import boot_ns_now, boot_ns_to_datetime
 from oomtrace.agent.kmsg import ParsedReport
@@ -129,11 +129,33 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
         ev.timeline_cgroup = ctx.timeline_cgroup
     if ctx.process is not None and ctx.process.go is not None:
         _fill_go(ev, ctx.process.go)
+    if kill.go is not None:
+        _fill_go_state(ev, kill.go, kill.boot_ns)
     ev.incident_id = ctx.incident_id or ev.id
     ev.hooks.extend(ctx.hooks)
     ev.missing.extend(missing)
     ev.verdicts.extend(verdicts(ev))
     return ev
+
+
+_NO_MEMORY_LIMIT = 1 << 62  # Go's "no limit" is math.MaxInt64
+
+
+def _fill_go_state(ev: event_pb2.OomEvent, st: GoState, kill_ns: int) -> None:
+    g = ev.go
+    g.state = "controller" if st.controller else "gc"
+    g.gc_count = st.gc_count
+    recent = [t for t in st.gc_times_ns if 0 <= kill_ns - t <= 10_000_000_000]
+    g.gc_per_second_10s = len(recent) / 10
+    if st.last_gc_ns:
+        g.since_last_gc_ns = max(0, kill_ns - st.last_gc_ns)
+    if st.controller:
+        g.effective_gogc = st.gc_percent
+        if 0 < st.memory_limit_bytes < _NO_MEMORY_LIMIT:
+            g.effective_memory_limit_bytes = st.memory_limit_bytes
+        g.heap_live_bytes = st.heap_live_bytes
+        g.heap_marked_bytes = st.heap_marked_bytes
+        g.heap_goal_bytes = st.heap_goal_bytes
 
 
 def _fill_go(ev: event_pb2.OomEvent, go: GoProcess) -> None:

@@ -20,6 +20,7 @@ import structlog
 from oomtrace.agent import cgroups, decode
 from oomtrace.agent.decode import KernelKill, KernelNote
 from oomtrace.agent.errors import DecodeError
+from oomtrace.agent.goprobes import GoProbes
 from oomtrace.agent.host import boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kmsg import ParsedReport
@@ -114,6 +115,7 @@ class Runner:
         kernel_log: KernelLog | None = None,
         report_wait_ns: int = 300_000_000,
         sampler: PressureSampler | None = None,
+        go_probes: GoProbes | None = None,
     ) -> None:
         self.source = source
         self.sinks = sinks
@@ -128,6 +130,7 @@ class Runner:
         self.kernel_log = kernel_log
         self.report_wait_ns = report_wait_ns
         self.sampler = sampler
+        self.go_probes = go_probes
         self.counters = Counters()
         # The OOM killer invocation the last kill belonged to, for incident ids.
         self._incident: tuple[int, int, int, str] | None = (
@@ -147,12 +150,13 @@ class Runner:
             log.error("bpf.decode_failed", error=str(exc), kind="kill")
             return
         self.counters.kills_seen += 1
-        # The victim is dying: read /proc now, else take what was cached at exec.
+        # What was read at exec, while the process was whole; else read the
+        # dying victim's /proc now (its exe and environ may be gone already).
         process = None
         if kill.victim_tgid:
-            process = self.processes.remember(kill.victim_tgid) or self.processes.lookup(
+            process = self.processes.lookup(
                 kill.victim_tgid, kill.victim_comm
-            )
+            ) or self.processes.remember(kill.victim_tgid)
         key = kill.victim_tgid or kill.victim_tid
         self._pending[key] = _Pending(kill, process)
 
@@ -164,7 +168,9 @@ class Runner:
             log.error("bpf.decode_failed", error=str(exc), kind="note")
             return
         if note.kind == decode.KIND_EXEC:
-            self.processes.remember(note.tgid)
+            info = self.processes.remember(note.tgid)
+            if info is not None and info.go is not None and self.go_probes is not None:
+                self.go_probes.ensure(note.tgid, info.go)
         elif note.kind == decode.KIND_EXIT:
             p = self._pending.get(note.tgid)
             if p is not None:

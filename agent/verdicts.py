@@ -37,6 +37,8 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
 
     if ev.HasField("go") and ev.go.version:
         out += _go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0)
+    if ev.HasField("go") and ev.go.state:
+        out += _go_runtime_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
 
     if ev.constraint == ev.GLOBAL:
         out.append(
@@ -77,6 +79,45 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
                 f"shmem {_mib(v.shmem_rss_bytes)}, against {_mib(v.anon_rss_bytes)} anonymous.",
                 "Shared memory and tmpfs count against the cgroup's limit and cannot be reclaimed "
                 "without swap: move large tmpfs/emptyDir(Medium=Memory) data to disk or raise the limit.",
+            )
+        )
+    return out
+
+
+def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[event_pb2.Verdict]:
+    """From the runtime state the uprobes saw."""
+    out: list[event_pb2.Verdict] = []
+    soft = go.effective_memory_limit_bytes if go.HasField("effective_memory_limit_bytes") else 0
+    ceiling = min(x for x in (soft, limit) if x) if (soft or limit) else 0
+    # 20 or more GCs in the last 10 s (a healthy service does a few); counted,
+    # not averaged, since a process can die within those 10 s.
+    gcs_10s = round(go.gc_per_second_10s * 10)
+    if gcs_10s >= 20 and ceiling and go.heap_marked_bytes >= 0.9 * ceiling:
+        out.append(
+            _verdict(
+                "GO_GC_DEATH_SPIRAL",
+                "critical",
+                f"The GC ran {gcs_10s} times in the last 10 s with "
+                f"{_mib(go.heap_marked_bytes)} live against a {_mib(ceiling)} limit: the live heap "
+                "no longer fit, so the GC ran back to back until the kernel killed the process.",
+                "The live heap needs more memory than the limit: raise the limit (and "
+                "GOMEMLIMIT with it) or reduce what the program keeps alive.",
+            )
+        )
+    if (
+        go.state == "controller"
+        and go.heap_live_bytes
+        and rss >= 2 * go.heap_live_bytes
+        and rss - go.heap_live_bytes >= 32 * MIB
+    ):
+        out.append(
+            _verdict(
+                "GO_NON_HEAP_DOMINATES",
+                "warning",
+                f"Resident memory was {_mib(rss)} but the Go heap only {_mib(go.heap_live_bytes)}: "
+                "most memory was outside the heap (goroutine stacks, cgo, mmap, the runtime).",
+                "GOMEMLIMIT cannot help with memory outside the heap: look for goroutine leaks, "
+                "cgo allocations or large mmaps.",
             )
         )
     return out

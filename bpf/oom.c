@@ -7,6 +7,10 @@
  *   raw_tracepoint/sched_process_exec  OOMT_EXEC so user space can cache cmdlines
  *   raw_tracepoint/cgroup_{mkdir,rmdir} OOMT_CGROUP_* for memory-hierarchy cgroups, so
  *                                      containers are known before they die
+ *   uprobe runtime.gcMarkTermination   per Go process: GC count and times (map go_states)
+ *   uprobe runtime.(*gcControllerState).startCycle  per Go process: GOGC, memory
+ *                                      limit, live/marked heap and goal, for the Go
+ *                                      versions whose layout is known (GOC_OFF_*)
  *   raw_tracepoint/mm_vmscan_memcg_reclaim_{begin,end}  reclaim count and stall
  *                                      time per memcg, summed in the kernel (map
  *                                      `reclaim`), read by user space each second
@@ -41,7 +45,24 @@ BPF_PERF_OUTPUT(cgroup_notes);
 #define LOST_NOTES 1
 #define LOST_SCRATCH 2
 #define LOST_CGROUP_NOTES 3
-BPF_ARRAY(lost, u64, 4);
+#define LOST_GO_STATES 4
+BPF_ARRAY(lost, u64, 8);
+
+/* Go runtime state per process (tgid), kept by the uprobes below. */
+struct go_state {
+    u32 flags;
+    u32 pos;
+    u64 gc_count;
+    u64 last_gc_ns;
+    u64 gc_ns[OOMT_GO_RING];
+    s64 gc_percent;
+    s64 memory_limit;
+    u64 heap_live;
+    u64 heap_marked;
+    u64 heap_goal;
+    u64 controller_ns;
+};
+BPF_HASH(go_states, u32, struct go_state, 16384);
 
 /* Victims between mark_victim and their exit, by tgid: value is mark_victim's time. */
 BPF_HASH(victims, u32, u64, 4096);
@@ -256,6 +277,20 @@ static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid)
     }
     if (victim) {
         fill_victim(ev, victim);
+        struct go_state *gs = go_states.lookup(&ev->victim_tgid);
+        if (gs) {
+            ev->go_flags = gs->flags;
+            ev->go_ring_pos = gs->pos;
+            ev->go_gc_count = gs->gc_count;
+            ev->go_last_gc_ns = gs->last_gc_ns;
+            bpf_probe_read_kernel(ev->go_gc_ns, sizeof(ev->go_gc_ns), gs->gc_ns);
+            ev->go_gc_percent = gs->gc_percent;
+            ev->go_memory_limit = gs->memory_limit;
+            ev->go_heap_live = gs->heap_live;
+            ev->go_heap_marked = gs->heap_marked;
+            ev->go_heap_goal = gs->heap_goal;
+            ev->go_controller_ns = gs->controller_ns;
+        }
     } else {
         ev->flags |= OOMT_F_TASK_UNKNOWN;
         ev->victim_tid = raw_pid;
@@ -310,7 +345,8 @@ int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
     void *task = (void *)ctx->args[0];
     u32 tgid = 0;
     KREAD(tgid, task, OFF_TASK_TGID);
-    if (!victims.lookup(&tgid))
+    int is_victim = victims.lookup(&tgid) != 0;
+    if (!is_victim && !go_states.lookup(&tgid))
         return 0;
     /* do_exit() has already dropped signal->live for this thread: zero means
      * this is the last one (the group_dead argument that 6.16+ passes). */
@@ -319,6 +355,9 @@ int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
     if (sig)
         KREAD(live, sig, OFF_SIGNAL_LIVE);
     if (live != 0)
+        return 0;
+    go_states.delete(&tgid);
+    if (!is_victim)
         return 0;
     victims.delete(&tgid);
     u32 tid = 0;
@@ -436,6 +475,55 @@ int on_memcg_reclaim_end(struct bpf_raw_tracepoint_args *ctx)
         st->max_stall_ns = took;
     return 0;
 }
+
+/* Go: the uprobes run in the Go process itself, so tgid names it. */
+static __always_inline struct go_state *go_state_of_current(void)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct go_state zero = {};
+    struct go_state *st = go_states.lookup_or_try_init(&tgid, &zero);
+    if (!st)
+        count_lost(LOST_GO_STATES);
+    return st;
+}
+
+/* runtime.gcMarkTermination: once per completed GC cycle. */
+int on_go_gc_done(struct pt_regs *ctx)
+{
+    struct go_state *st = go_state_of_current();
+    if (!st)
+        return 0;
+    u64 now = bpf_ktime_get_boot_ns();
+    st->flags |= OOMT_GO_GC;
+    st->gc_count++;
+    st->last_gc_ns = now;
+    u32 i = st->pos & (OOMT_GO_RING - 1);
+    st->gc_ns[i] = now;
+    st->pos++;
+    return 0;
+}
+
+#ifdef GOC_OFF_GC_PERCENT
+/* runtime.(*gcControllerState).startCycle: with Go's register ABI the
+ * receiver, &gcController, is in RAX. */
+int on_go_start_cycle(struct pt_regs *ctx)
+{
+    struct go_state *st = go_state_of_current();
+    if (!st)
+        return 0;
+    void *c = (void *)ctx->ax;
+    int pct = 0;
+    bpf_probe_read_user(&pct, sizeof(pct), c + GOC_OFF_GC_PERCENT);
+    st->gc_percent = pct;
+    bpf_probe_read_user(&st->memory_limit, sizeof(st->memory_limit), c + GOC_OFF_MEMORY_LIMIT);
+    bpf_probe_read_user(&st->heap_live, sizeof(st->heap_live), c + GOC_OFF_HEAP_LIVE);
+    bpf_probe_read_user(&st->heap_marked, sizeof(st->heap_marked), c + GOC_OFF_HEAP_MARKED);
+    bpf_probe_read_user(&st->heap_goal, sizeof(st->heap_goal), c + GOC_OFF_HEAP_GOAL);
+    st->controller_ns = bpf_ktime_get_boot_ns();
+    st->flags |= OOMT_GO_CONTROLLER;
+    return 0;
+}
+#endif
 
 #ifdef WITH_OOM_KILL_PROCESS
 /* Optional: where kprobes exist, oom_kill_process(struct oom_control *oc,

@@ -24,6 +24,7 @@ enum oomt_kind {
 };
 
 #define OOMT_CGROUP_PATH_LEN 256
+#define OOMT_GO_RING 32 /* the last GC end times of a Go process */
 
 /* oomt_kill.flags */
 #define OOMT_F_OOM_CONTROL 0x1  /* oc_* fields came from oom_kill_process */
@@ -77,7 +78,23 @@ struct oomt_kill {
     u64 memcg_memsw_max_pages[OOMT_MEMCG_DEPTH];
     u64 memcg_failcnt[OOMT_MEMCG_DEPTH];
     u8 memcg_names[OOMT_MEMCG_DEPTH * OOMT_CGROUP_NAME_LEN]; /* name i at i*LEN */
+    /* The victim's Go runtime state, copied from go_states at the kill:
+     * the process's memory may be unreadable once it dies. */
+    u32 go_flags;             /* OOMT_GO_* */
+    u32 go_ring_pos;          /* GCs ever recorded; go_gc_ns[pos % RING] is next */
+    u64 go_gc_count;
+    u64 go_last_gc_ns;        /* boot clock */
+    u64 go_gc_ns[OOMT_GO_RING];
+    s64 go_gc_percent;        /* -1: GOGC=off */
+    s64 go_memory_limit;
+    u64 go_heap_live;
+    u64 go_heap_marked;
+    u64 go_heap_goal;
+    u64 go_controller_ns;     /* when the controller fields were read */
 };
+
+#define OOMT_GO_GC 0x1         /* gc_count, ring: from runtime.gcMarkTermination */
+#define OOMT_GO_CONTROLLER 0x2 /* the gcController fields: from startCycle */
 
 /* The short events share a header with the kill event: kind, then flags. */
 struct oomt_note {

@@ -23,7 +23,10 @@ def oomgo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def kill_go(agent: AgentProcess, oomgo: Path, env: dict[str, str]) -> dict[str, Any]:
     with scratch_cgroup(64 * MIB) as cg:
-        p = cg.spawn_argv([str(oomgo), "grow"], env=env)
+        # Like a service: up for a moment before it grows. (A Go process that
+        # dies within milliseconds of exec can be gone before the agent reads
+        # its binary and environment; its record then lacks the `go` part.)
+        p = cg.spawn_argv([str(oomgo), "grow", "300"], env=env)
         assert p.wait(60) == -9
         (rec,) = agent.take(1, where=lambda r: r["victim"]["pid"] == p.pid)
     return rec
@@ -50,3 +53,17 @@ def test_go_program_with_gomemlimit_above_the_limit(agent: AgentProcess, oomgo: 
     assert [v["code"] for v in rec["verdicts"]] == ["GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT"]
     # Only the Go runtime's four settings ever leave the node.
     assert secret not in str(rec)
+
+
+def test_gc_death_spiral_is_seen_from_the_runtime(agent: AgentProcess, oomgo: Path) -> None:
+    """GOMEMLIMIT under the cgroup limit, but the live heap keeps growing past
+    it: the GC runs back to back until the kernel kills the process."""
+    rec = kill_go(agent, oomgo, {"GOMEMLIMIT": "40MiB"})
+    go = rec["go"]
+    assert go["state"] == "controller"
+    assert int(go["effective_memory_limit_bytes"]) == 40 * MIB
+    assert go["effective_gogc"] == 100
+    assert int(go["gc_count"]) >= 10
+    assert int(go["heap_marked_bytes"]) > 40 * MIB
+    assert int(go["since_last_gc_ns"]) < 5 * 10**9
+    assert [v["code"] for v in rec["verdicts"]] == ["GO_GC_DEATH_SPIRAL"]

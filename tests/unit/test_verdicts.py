@@ -79,3 +79,24 @@ def test_global_oom() -> None:
     ev = make_event()
     ev.constraint = ev.GLOBAL
     assert codes(ev) == ["NODE_OUT_OF_MEMORY"]
+
+
+def test_gc_death_spiral_from_runtime_state() -> None:
+    ev = go_kill(gomemlimit="40MiB", limit=64 * MIB)
+    g = ev.go
+    g.state, g.gc_count, g.gc_per_second_10s = "controller", 32, 3.2
+    g.effective_memory_limit_bytes = 40 * MIB
+    g.heap_live_bytes = g.heap_marked_bytes = 62 * MIB
+    (v,) = verdicts(ev)
+    assert v.code == "GO_GC_DEATH_SPIRAL"
+    assert "32 times in the last 10 s" in v.explanation
+    g.gc_per_second_10s = 0.5  # a few GCs: no spiral
+    assert codes(ev) == []
+
+
+def test_non_heap_memory_dominates() -> None:
+    ev = go_kill(gomemlimit="400MiB")
+    g = ev.go
+    g.state, g.heap_live_bytes = "controller", 20 * MIB
+    ev.victim.anon_rss_bytes = 300 * MIB
+    assert "GO_NON_HEAP_DOMINATES" in codes(ev)

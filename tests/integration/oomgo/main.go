@@ -2,6 +2,8 @@
 // a FROM scratch image.
 //
 //	oomgo grow        allocate and touch 1 MiB at a time until killed
+//	oomgo grow MS     the same, after running MS milliseconds (a service that
+//	                  starts, serves, then grows)
 //	oomgo hold N      allocate N MiB, then sleep
 //	oomgo sleep       sleep
 package main
@@ -28,6 +30,10 @@ func main() {
 	var keep [][]byte
 	switch mode {
 	case "grow":
+		if len(os.Args) > 2 {
+			ms, _ := strconv.Atoi(os.Args[2])
+			time.Sleep(time.Duration(ms) * time.Millisecond)
+		}
 		for {
 			keep = append(keep, touch(1<<20))
 			time.Sleep(time.Millisecond)
