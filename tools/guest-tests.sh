@@ -15,6 +15,7 @@ uname -r > "$out/kernel"
 .venv/bin/oomtrace doctor --json > "$out/doctor.json" 2> "$out/doctor.log"
 .venv/bin/python -m pytest -p no:cacheprovider -o timeout=1200 -rA \
     tests/integration/test_kills.py tests/integration/test_cgroup_v2.py \
-    tests/integration/test_pressure.py \
+    tests/integration/test_pressure.py tests/integration/test_go.py \
+    tests/integration/test_kernel_log.py \
     --junitxml="$out/report.xml" > "$out/pytest.log" 2>&1
 echo $? > "$out/rc"

@@ -6,10 +6,13 @@
 //	                  starts, serves, then grows)
 //	oomgo hold N      allocate N MiB, then sleep
 //	oomgo sleep       sleep
+//	oomgo churn N     allocate and drop N small objects (GC-heavy), print the seconds taken
 package main
 
 import (
+	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"time"
 )
@@ -38,6 +41,19 @@ func main() {
 			keep = append(keep, touch(1<<20))
 			time.Sleep(time.Millisecond)
 		}
+	case "churn":
+		n, _ := strconv.Atoi(os.Args[2])
+		start := time.Now()
+		var sink []byte
+		for i := 0; i < n; i++ {
+			sink = make([]byte, 256+i%1024)
+			sink[0] = byte(i)
+		}
+		_ = sink
+		var st runtime.MemStats
+		runtime.ReadMemStats(&st)
+		fmt.Printf("%.6f %d\n", time.Since(start).Seconds(), st.NumGC)
+		return
 	case "hold":
 		mib, _ := strconv.Atoi(os.Args[2])
 		for i := 0; i < mib; i++ {
