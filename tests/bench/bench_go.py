@@ -25,9 +25,12 @@ from tests.integration.containers import build_oomgo
 from tests.integration.harness import AgentProcess
 
 
-def churn(oomgo: Path, allocs: int) -> tuple[float, int]:
+def churn(oomgo: Path, allocs: int, live_mib: int = 0) -> tuple[float, int]:
     out = subprocess.run(
-        [str(oomgo), "churn", str(allocs)], capture_output=True, text=True, check=True
+        [str(oomgo), "churn", str(allocs), str(live_mib)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     seconds, gcs = out.stdout.split()
     return float(seconds), int(gcs)
@@ -48,25 +51,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         oomgo = build_oomgo(Path(d))
         churn(oomgo, args.allocs // 10)  # warm the page cache
-        # Interleaved so drift on a noisy machine hits both sides alike.
-        without, with_agent, gcs = [], [], 0
-        for _ in range(args.runs):
-            without.append(churn(oomgo, args.allocs)[0])
-        agent = AgentProcess()
-        agent.wait_ready()
-        try:
+        # Interleaved (one run without, then one with the agent) so drift on
+        # this noisy machine hits both sides alike. Two GC regimes: a small
+        # heap (hundreds of GCs a second) and 64 MiB live (tens a second).
+        for live in (0, 64):
+            without, with_agent, gcs, attached = [], [], 0, False
             for _ in range(args.runs):
-                t, gcs = churn(oomgo, args.allocs)
-                with_agent.append(t)
-            attached = [e for e in agent.logs if e.get("event") == "go.probes_attached"]
-        finally:
-            agent.stop()
-        a, b = statistics.median(without), statistics.median(with_agent)
-        print(
-            f"GC-heavy Go run  median {a:.3f} s without the agent, {b:.3f} s with it "
-            f"({100 * (b - a) / a:+.2f} %; {gcs} GCs a run, n={args.runs} each; goal <= +1 %); "
-            f"uprobes attached: {bool(attached)}"
-        )
+                without.append(churn(oomgo, args.allocs, live)[0])
+                agent = AgentProcess()
+                agent.wait_ready()
+                try:
+                    t, gcs = churn(oomgo, args.allocs, live)
+                    with_agent.append(t)
+                    attached = attached or any(
+                        e.get("event") == "go.probes_attached" for e in agent.logs
+                    )
+                finally:
+                    agent.stop()
+            a, b = statistics.median(without), statistics.median(with_agent)
+            print(
+                f"GC-heavy Go run  {live:>2} MiB live: median {a:.3f} s without the agent, {b:.3f} s "
+                f"with it ({100 * (b - a) / a:+.2f} %; {gcs} GCs a run = {gcs / a:.0f}/s; n={args.runs} "
+                f"each; goal <= +1 %); uprobes attached: {attached}"
+            )
 
         # Discovery: what the agent does at a Go process's exec.
         cold, warm = [], []

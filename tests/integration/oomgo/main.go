@@ -6,7 +6,8 @@
 //	                  starts, serves, then grows)
 //	oomgo hold N      allocate N MiB, then sleep
 //	oomgo sleep       sleep
-//	oomgo churn N     allocate and drop N small objects (GC-heavy), print the seconds taken
+//	oomgo churn N [L] allocate and drop N small objects (GC-heavy) while L MiB stay
+//	                  live (fewer, bigger GCs); print the seconds taken and the GCs
 package main
 
 import (
@@ -43,6 +44,12 @@ func main() {
 		}
 	case "churn":
 		n, _ := strconv.Atoi(os.Args[2])
+		if len(os.Args) > 3 {
+			live, _ := strconv.Atoi(os.Args[3])
+			for i := 0; i < live; i++ {
+				keep = append(keep, touch(1<<20))
+			}
+		}
 		start := time.Now()
 		var sink []byte
 		for i := 0; i < n; i++ {
@@ -53,6 +60,7 @@ func main() {
 		var st runtime.MemStats
 		runtime.ReadMemStats(&st)
 		fmt.Printf("%.6f %d\n", time.Since(start).Seconds(), st.NumGC)
+		runtime.KeepAlive(keep)
 		return
 	case "hold":
 		mib, _ := strconv.Atoi(os.Args[2])
