@@ -410,6 +410,14 @@ class Runner:
     def stop(self, *_args: object) -> None:
         self._stop.set()
 
+    def _poll_timeout_ms(self, poll_ms: int, idle_poll_ms: int) -> int:
+        """Events wake the poll at once; the timeout paces what waits on time:
+        a finished record waiting for its kernel-log line (the log reader is
+        another thread), held kills, and housekeeping."""
+        if any(p.done and p.report is None for p in self._pending.values()):
+            return 5
+        return poll_ms if self._pending else idle_poll_ms
+
     def run(self, poll_ms: int = 50, idle_poll_ms: int = 1000) -> None:
         """Polls until stopped. Events wake the poll at once; the timeout only
         paces hold deadlines (poll_ms while kills are pending) and housekeeping."""
@@ -417,7 +425,7 @@ class Runner:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         while not self._stop.is_set():
-            self.source.poll(poll_ms if self._pending else idle_poll_ms)
+            self.source.poll(self._poll_timeout_ms(poll_ms, idle_poll_ms))
             self.flush()
             self.record_from_log()
             self.sample_pressure()
