@@ -268,6 +268,13 @@ class BpfSession:
             raise BpfLoadError(f"uprobe on {path} could not be attached: {exc}") from exc
         return attached
 
+    def go_states(self) -> dict[int, tuple[int, int]]:
+        """Every Go process's (GC count, live heap) as the uprobes last saw it."""
+        return {
+            int(k.value): (int(v.gc_count), int(v.heap_live))
+            for k, v in self._bpf["go_states"].items()
+        }
+
     def reclaim_stats(self) -> dict[int, tuple[int, int, int]]:
         """Memcg reclaim so far, by memcg id: (count, stall ns, longest stall ns)."""
         return {

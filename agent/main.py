@@ -58,7 +58,7 @@ def run_agent(
                 go_probes.ensure(pid, info.go)
         workloads = WorkloadCache(hierarchy.mount, runtime_roots or RuntimeRoots())
         containers = workloads.scan()
-        sampler = PressureSampler(hierarchy, session.reclaim_stats)
+        sampler = PressureSampler(hierarchy, session.reclaim_stats, go_states=session.go_states)
         sampler.scan()
         sinks: list[Sink] = []
         exporter = None

@@ -6,6 +6,7 @@ When a part cannot be resolved the record is still built and says why in
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf import json_format
@@ -16,7 +17,7 @@ from oomtrace.agent.decode import PAGE_SIZE, GoState, KernelKill, OcConstraint
 from oomtrace.agent.goruntime import GoProcess
 from oomtrace.agent.host import boot_ns_now, boot_ns_to_datetime
 from oomtrace.agent.kmsg import ParsedReport
-from oomtrace.agent.pressure import Point, WindowReport
+from oomtrace.agent.pressure import GoPoint, Point, WindowReport
 from oomtrace.agent.procinfo import ProcessInfo
 from oomtrace.agent.verdicts import verdicts
 from oomtrace.agent.workloads import Workload
@@ -48,6 +49,7 @@ class KillContext:
     report: ParsedReport | None = None
     timeline: tuple[Point, ...] = ()
     timeline_cgroup: str = ""
+    go_timeline: tuple[GoPoint, ...] = ()
 
 
 def event_id(boot_id: str, boot_ns: int, victim_tgid: int) -> str:
@@ -125,7 +127,7 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
     if ctx.report is not None:
         ev.kernel_report.CopyFrom(kernel_report(ctx.report))
     if ctx.timeline:
-        ev.timeline.extend(timeline(list(ctx.timeline), kill.boot_ns))
+        ev.timeline.extend(timeline(list(ctx.timeline), kill.boot_ns, list(ctx.go_timeline)))
         ev.timeline_cgroup = ctx.timeline_cgroup
     if ctx.process is not None and ctx.process.go is not None:
         _fill_go(ev, ctx.process.go)
@@ -394,9 +396,24 @@ def counter_event(n: int, ctx: KillContext, seq: int) -> event_pb2.OomEvent:
 # -- pressure ---------------------------------------------------------------------------
 
 
-def timeline(points: list[Point], kill_boot_ns: int) -> list[event_pb2.TimelinePoint]:
-    return [
-        event_pb2.TimelinePoint(
+def timeline(
+    points: list[Point],
+    kill_boot_ns: int,
+    go_points: Sequence[GoPoint] = (),
+) -> list[event_pb2.TimelinePoint]:
+    """Cgroup points, with the victim's Go runtime where it was sampled in the
+    same second (same boot_ns): live heap, and GCs per second since the
+    previous sample."""
+    go_at = {g.boot_ns: g for g in go_points}
+    prev: GoPoint | None = None
+    rates: dict[int, float] = {}
+    for g in go_points:
+        if prev is not None and g.boot_ns > prev.boot_ns:
+            rates[g.boot_ns] = (g.gc_count - prev.gc_count) / ((g.boot_ns - prev.boot_ns) / 1e9)
+        prev = g
+    out = []
+    for p in points:
+        tp = event_pb2.TimelinePoint(
             offset_ms=(p.boot_ns - kill_boot_ns) // 1_000_000,
             usage_bytes=p.usage_bytes,
             limit_bytes=p.limit_bytes,
@@ -405,8 +422,12 @@ def timeline(points: list[Point], kill_boot_ns: int) -> list[event_pb2.TimelineP
             psi_some_avg10=p.psi_some_avg10,
             psi_full_avg10=p.psi_full_avg10,
         )
-        for p in points
-    ]
+        same_second = go_at.get(p.boot_ns)
+        if same_second is not None:
+            tp.go_heap_live_bytes = same_second.heap_live_bytes
+            tp.go_gc_per_second = rates.get(p.boot_ns, 0.0)
+        out.append(tp)
+    return out
 
 
 def pressure_record(

@@ -308,7 +308,8 @@ class Runner:
             points = self.sampler.timeline(kill.memcgs[i].cgroup_id, kill.boot_ns)
             if points:
                 path = cgroups.level_paths(kill.memcgs, kill.depth_cut)[i]
-                return {"timeline": tuple(points), "timeline_cgroup": path}
+                go = tuple(self.sampler.go_timeline(kill.victim_tgid, kill.boot_ns))
+                return {"timeline": tuple(points), "timeline_cgroup": path, "go_timeline": go}
         return {}
 
     def sample_pressure(self, now_ns: int | None = None) -> None:

@@ -218,6 +218,13 @@ def timeline_block(ev: event_pb2.OomEvent) -> list[str]:
         lines.append(
             f"  reclaims   {sparkline(reclaims)}  {int(sum(reclaims))} reclaims, {stall_ms:.1f} ms stalled"
         )
+    heap = [float(p.go_heap_live_bytes) for p in pts]
+    if any(heap):
+        lines.append(
+            f"  go heap    {sparkline(heap, float(limit) or None)}  live heap up to {size(int(max(heap)))}"
+        )
+        gcs = [p.go_gc_per_second for p in pts]
+        lines.append(f"  go GC/s    {sparkline(gcs)}  up to {max(gcs):.0f} a second")
     psi = [p.psi_some_avg10 for p in pts]
     if any(psi):
         lines.append(f"  psi some   {sparkline(psi, 100.0)}  avg10 up to {max(psi):.1f} %")

@@ -21,12 +21,14 @@ def oomgo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_oomgo(Path(tmp_path_factory.mktemp("go")))
 
 
-def kill_go(agent: AgentProcess, oomgo: Path, env: dict[str, str]) -> dict[str, Any]:
+def kill_go(
+    agent: AgentProcess, oomgo: Path, env: dict[str, str], step_ms: int = 1
+) -> dict[str, Any]:
     with scratch_cgroup(64 * MIB) as cg:
         # Like a service: up for a moment before it grows. (A Go process that
         # dies within milliseconds of exec can be gone before the agent reads
         # its binary and environment; its record then lacks the `go` part.)
-        p = cg.spawn_argv([str(oomgo), "grow", "300"], env=env)
+        p = cg.spawn_argv([str(oomgo), "grow", "300", str(step_ms)], env=env)
         assert p.wait(60) == -9
         (rec,) = agent.take(1, where=lambda r: r["victim"]["pid"] == p.pid)
     return rec
@@ -67,3 +69,14 @@ def test_gc_death_spiral_is_seen_from_the_runtime(agent: AgentProcess, oomgo: Pa
     assert int(go["heap_marked_bytes"]) > 40 * MIB
     assert int(go["since_last_gc_ns"]) < 5 * 10**9
     assert [v["code"] for v in rec["verdicts"]] == ["GO_GC_DEATH_SPIRAL"]
+
+
+def test_timeline_shows_the_go_heap_and_gc_rate(agent: AgentProcess, oomgo: Path) -> None:
+    """Growing 1 MiB every 50 ms, the program lives long enough for the
+    agent's once-a-second samples to see its heap and its GCs."""
+    rec = kill_go(agent, oomgo, {"GOMEMLIMIT": "40MiB"}, step_ms=50)
+    points = [p for p in rec["timeline"] if int(p.get("go_heap_live_bytes", 0)) > 0]
+    assert len(points) >= 2, rec["timeline"]
+    heaps = [int(p["go_heap_live_bytes"]) for p in points]
+    assert heaps == sorted(heaps)  # the heap only grows
+    assert max(p.get("go_gc_per_second", 0) for p in points) > 0

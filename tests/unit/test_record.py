@@ -144,3 +144,16 @@ def test_unresolved_container_keeps_what_the_path_said_and_why() -> None:
     assert "container: no runtime state" in rec.missing
     assert any(m.startswith("pod.name:") for m in rec.missing)
     assert rec.incident_id == rec.id
+
+
+def test_timeline_joins_the_go_runtime_by_sample_time() -> None:
+    from oomtrace.agent.pressure import GoPoint, Point
+    from oomtrace.agent.record import timeline
+
+    s = 1_000_000_000
+    cg = [Point(t * s, t << 20, 64 << 20, 0, 0, 0.0, 0.0) for t in (1, 2, 3)]
+    go = [GoPoint(2 * s, 10, 30 << 20), GoPoint(3 * s, 16, 40 << 20)]
+    tl = timeline(cg, kill_boot_ns=3 * s, go_points=go)
+    assert [p.offset_ms for p in tl] == [-2000, -1000, 0]
+    assert [p.go_heap_live_bytes for p in tl] == [0, 30 << 20, 40 << 20]
+    assert [p.go_gc_per_second for p in tl] == [0.0, 0.0, 6.0]

@@ -375,6 +375,8 @@ class TimelinePoint(_message.Message):
     RECLAIM_STALL_NS_FIELD_NUMBER: _builtins.int
     PSI_SOME_AVG10_FIELD_NUMBER: _builtins.int
     PSI_FULL_AVG10_FIELD_NUMBER: _builtins.int
+    GO_HEAP_LIVE_BYTES_FIELD_NUMBER: _builtins.int
+    GO_GC_PER_SECOND_FIELD_NUMBER: _builtins.int
     offset_ms: _builtins.int
     """from the kill; negative before it"""
     usage_bytes: _builtins.int
@@ -385,6 +387,9 @@ class TimelinePoint(_message.Message):
     psi_some_avg10: _builtins.float
     """the cgroup's (v2) or the host's (v1)"""
     psi_full_avg10: _builtins.float
+    go_heap_live_bytes: _builtins.int
+    """The victim's Go runtime, when it is a Go program and the uprobes saw it."""
+    go_gc_per_second: _builtins.float
     def __init__(
         self,
         *,
@@ -395,10 +400,12 @@ class TimelinePoint(_message.Message):
         reclaim_stall_ns: _builtins.int = ...,
         psi_some_avg10: _builtins.float = ...,
         psi_full_avg10: _builtins.float = ...,
+        go_heap_live_bytes: _builtins.int = ...,
+        go_gc_per_second: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_bytes", b"limit_bytes", "offset_ms", b"offset_ms", "psi_full_avg10", b"psi_full_avg10", "psi_some_avg10", b"psi_some_avg10", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "usage_bytes", b"usage_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["go_gc_per_second", b"go_gc_per_second", "go_heap_live_bytes", b"go_heap_live_bytes", "limit_bytes", b"limit_bytes", "offset_ms", b"offset_ms", "psi_full_avg10", b"psi_full_avg10", "psi_some_avg10", b"psi_some_avg10", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "usage_bytes", b"usage_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

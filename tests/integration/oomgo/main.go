@@ -4,6 +4,7 @@
 //	oomgo grow        allocate and touch 1 MiB at a time until killed
 //	oomgo grow MS     the same, after running MS milliseconds (a service that
 //	                  starts, serves, then grows)
+//	oomgo grow MS S   ... growing 1 MiB every S milliseconds
 //	oomgo hold N      allocate N MiB, then sleep
 //	oomgo sleep       sleep
 //	oomgo churn N [L] allocate and drop N small objects (GC-heavy) while L MiB stay
@@ -38,9 +39,14 @@ func main() {
 			ms, _ := strconv.Atoi(os.Args[2])
 			time.Sleep(time.Duration(ms) * time.Millisecond)
 		}
+		step := time.Millisecond
+		if len(os.Args) > 3 {
+			ms, _ := strconv.Atoi(os.Args[3])
+			step = time.Duration(ms) * time.Millisecond
+		}
 		for {
 			keep = append(keep, touch(1<<20))
-			time.Sleep(time.Millisecond)
+			time.Sleep(step)
 		}
 	case "churn":
 		n, _ := strconv.Atoi(os.Args[2])
