@@ -150,3 +150,28 @@ def effective_limit(memcgs: tuple[MemcgLevel, ...]) -> int | None:
 def effective_memsw_limit(memcgs: tuple[MemcgLevel, ...]) -> int | None:
     limits = [m.memsw_limit_bytes for m in memcgs if m.memsw_limit_bytes is not None]
     return min(limits) if limits else None
+
+
+def local_oom_kills(h: MemoryHierarchy, limit: int = 20000) -> dict[str, int]:
+    """Each memory cgroup's own oom_kill count, by path: v1's
+    memory.oom_control counts the cgroup alone, v2's memory.events counts
+    descendants too, so v2 reads memory.events.local."""
+    if h.mount is None:
+        return {}
+    name = "memory.oom_control" if h.version == 1 else "memory.events.local"
+    out: dict[str, int] = {}
+    for n, (root, _dirs, files) in enumerate(os.walk(h.mount)):
+        if n >= limit:
+            break
+        if name not in files:
+            continue
+        try:
+            text = Path(root, name).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
+                rel = "/" + os.path.relpath(root, h.mount)
+                out["/" if rel == "/." else rel] = int(value)
+    return out

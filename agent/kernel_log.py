@@ -21,7 +21,8 @@ import os
 import select
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -44,11 +45,17 @@ def vmstat_oom_kills(path: Path = VMSTAT) -> int | None:
     return None
 
 
+MAX_CGROUPS_REMEMBERED = 10_000
+
+
 @dataclass
 class Checkpoint:
     boot_id: str
     seq: int  # every report with last_seq <= seq is recorded
     recorded: int  # kills recorded this boot (live, kmsg and counter)
+    # Kills recorded this boot per memory cgroup path, to tell which of a
+    # cgroup's own oom_kill count no record accounts for.
+    by_cgroup: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path, boot_id: str) -> Checkpoint | None:
@@ -56,7 +63,8 @@ class Checkpoint:
         unreadable: said in the log, and treated as none)."""
         try:
             data = json.loads(path.read_text())
-            cp = cls(str(data["boot_id"]), int(data["seq"]), int(data["recorded"]))
+            by_cgroup = {str(k): int(v) for k, v in dict(data.get("by_cgroup", {})).items()}
+            cp = cls(str(data["boot_id"]), int(data["seq"]), int(data["recorded"]), by_cgroup)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -68,7 +76,15 @@ class Checkpoint:
         tmp = path.with_suffix(".tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w") as f:
-            json.dump({"boot_id": self.boot_id, "seq": self.seq, "recorded": self.recorded}, f)
+            json.dump(
+                {
+                    "boot_id": self.boot_id,
+                    "seq": self.seq,
+                    "recorded": self.recorded,
+                    "by_cgroup": self.by_cgroup,
+                },
+                f,
+            )
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -83,7 +99,9 @@ class KernelLog:
         backfill: bool = True,
         orphan_after_ns: int = 5_000_000_000,
         kmsg_path: str = KMSG,
+        cgroup_kills: Callable[[], dict[str, int]] | None = None,
     ) -> None:
+        """cgroup_kills: each memory cgroup's own oom_kill count, by path."""
         self.checkpoint_path = checkpoint_path
         self.kmsg_path = kmsg_path
         self.orphan_after_ns = orphan_after_ns
@@ -97,7 +115,11 @@ class KernelLog:
         self.backfill = backfill
         self.marker_seq: int | None = None
         self.oom_kills_at_attach: int | None = None
-        self.counter_pending = 0  # kills only the counter knows of, to record once
+        self.cgroup_kills = cgroup_kills
+        self.cgroup_kills_at_attach: dict[str, int] = {}
+        # Kills only counters know of, to record once: by cgroup path ("" for
+        # the node, when the cgroup that had them is gone).
+        self.counter_pending: dict[str, int] = {}
         self._lock = threading.Lock()
         self._unclaimed: list[tuple[ParsedReport, int]] = []  # (report, seen at, monotonic ns)
         self._stop = threading.Event()
@@ -119,6 +141,8 @@ class KernelLog:
         """Called just before the hooks attach: kills counted until then are
         not seen live, so the log or the checkpoint must account for them."""
         self.oom_kills_at_attach = vmstat_oom_kills()
+        if self.cgroup_kills is not None:
+            self.cgroup_kills_at_attach = self.cgroup_kills()
 
     def mark_attached(self) -> None:
         """Called once every hook is attached: writes the marker line that
@@ -165,10 +189,25 @@ class KernelLog:
         if self.oom_kills_at_attach is None or not self.backfill:
             return
         with self._lock:
-            in_ring = sum(
-                1 for r, _ in self._unclaimed if self.marker_seq and r.last_seq < self.marker_seq
-            )
-        self.counter_pending = max(0, self.oom_kills_at_attach - self.checkpoint.recorded - in_ring)
+            before = [
+                r for r, _ in self._unclaimed if self.marker_seq and r.last_seq < self.marker_seq
+            ]
+        in_ring: dict[str, int] = {}
+        for r in before:
+            path = r.constraint_fields.get("task_memcg", "")
+            in_ring[path] = in_ring.get(path, 0) + 1
+        total = max(0, self.oom_kills_at_attach - self.checkpoint.recorded - len(before))
+        pending: dict[str, int] = {}
+        for path, n in sorted(self.cgroup_kills_at_attach.items()):
+            missing = n - self.checkpoint.by_cgroup.get(path, 0) - in_ring.get(path, 0)
+            # Never more than the node's own count says is missing.
+            room = total - sum(pending.values())
+            if missing > 0 and room > 0:
+                pending[path] = min(missing, room)
+        rest = total - sum(pending.values())
+        if rest > 0:
+            pending[""] = rest
+        self.counter_pending = pending
 
     # -- claiming -------------------------------------------------------------------
 
@@ -204,16 +243,22 @@ class KernelLog:
             self._unclaimed = keep
         return out
 
-    def take_counter(self) -> int:
-        n, self.counter_pending = self.counter_pending, 0
-        return n
+    def take_counter(self) -> dict[str, int]:
+        """Kills only counters know of, by cgroup path ("" for the node)."""
+        pending, self.counter_pending = self.counter_pending, {}
+        return pending
 
-    def recorded(self, n: int = 1) -> None:
-        """n more kills are in the spool: move the checkpoint up to the last
-        sequence before which nothing is left unclaimed."""
+    def recorded(self, n: int = 1, cgroup_path: str = "") -> None:
+        """n more kills (of one cgroup) are in the spool: move the checkpoint
+        up to the last sequence before which nothing is left unclaimed."""
         with self._lock:
             pending = [r.first_seq for r, _ in self._unclaimed]
             self.checkpoint.recorded += n
+            if cgroup_path:
+                by = self.checkpoint.by_cgroup
+                by[cgroup_path] = by.get(cgroup_path, 0) + n
+                while len(by) > MAX_CGROUPS_REMEMBERED:
+                    del by[next(iter(by))]
             floor = min(pending) - 1 if pending else self.read_seq
             if self.marker_seq is None:
                 floor = min(floor, self.checkpoint.seq)

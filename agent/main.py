@@ -44,7 +44,12 @@ def run_agent(
     require(checks)
     assert layout is not None  # require() fails without BTF
     hierarchy = cgroups.memory_hierarchy()
-    kernel_log = KernelLog(state_dir / "kmsg-checkpoint.json", boot_id(), backfill=backfill)
+    kernel_log = KernelLog(
+        state_dir / "kmsg-checkpoint.json",
+        boot_id(),
+        backfill=backfill,
+        cgroup_kills=lambda: cgroups.local_oom_kills(hierarchy),
+    )
     kernel_log.start()
     kernel_log.note_kill_count()
     session = BpfSession(layout, memcg_hierarchy_id=hierarchy.hierarchy_id)

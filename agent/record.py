@@ -372,10 +372,11 @@ def event_from_report(r: ParsedReport, ctx: KillContext) -> event_pb2.OomEvent:
     return ev
 
 
-def counter_event(n: int, ctx: KillContext, seq: int) -> event_pb2.OomEvent:
-    """Kills the kernel counted (/proc/vmstat oom_kill) whose log lines had
-    rolled out before any agent read them: one record standing for all n."""
-    digest = hashlib.sha256(f"counter:{ctx.boot_id}:{seq}:{n}".encode()).hexdigest()
+def counter_event(n: int, ctx: KillContext, seq: int, cgroup_path: str = "") -> event_pb2.OomEvent:
+    """Kills the kernel counted whose log lines had rolled out before any
+    agent read them: one record standing for all n, of one cgroup (from its
+    own oom_kill counter) or of the node (/proc/vmstat, cgroup unknown)."""
+    digest = hashlib.sha256(f"counter:{ctx.boot_id}:{seq}:{cgroup_path}:{n}".encode()).hexdigest()
     ev = event_pb2.OomEvent(
         id=digest[:32],
         node=ctx.node,
@@ -386,10 +387,17 @@ def counter_event(n: int, ctx: KillContext, seq: int) -> event_pb2.OomEvent:
     )
     ev.incident_id = ev.id
     ev.killed_at.FromDatetime(boot_ns_to_datetime(boot_ns_now()))
+    ev.cgroup.version = ctx.hierarchy.version
+    ev.cgroup.path = cgroup_path
+    where = f"{cgroup_path}'s oom_kill counter" if cgroup_path else "/proc/vmstat"
     ev.missing.append(
-        f"everything but the count: {n} kill(s) counted in /proc/vmstat whose kernel log "
+        f"everything but the count: {n} kill(s) counted in {where} whose kernel log "
         "lines were gone before an agent could read them; killed_at is when this was noticed"
     )
+    missing: list[str] = []
+    if ctx.workload is not None:
+        _fill_workload(ev, ctx.workload, missing)
+    ev.missing.extend(missing)
     return ev
 
 

@@ -347,12 +347,16 @@ class Runner:
                 workload=workload,
             )
             self._send(event_from_report(report, ctx))
-        n = self.kernel_log.take_counter()
-        if n:
+        for path, n in self.kernel_log.take_counter().items():
+            workload = self.workloads.by_path(path) if self.workloads is not None and path else None
             ctx = KillContext(
-                node=self.node, boot_id=self.boot_id, hierarchy=self.hierarchy, process=None
+                node=self.node,
+                boot_id=self.boot_id,
+                hierarchy=self.hierarchy,
+                process=None,
+                workload=workload,
             )
-            self._send(counter_event(n, ctx, self.kernel_log.checkpoint.seq), kills=n)
+            self._send(counter_event(n, ctx, self.kernel_log.checkpoint.seq, path), kills=n)
 
     def _send(self, event: event_pb2.OomEvent, kills: int = 1) -> None:
         for sink in self.sinks:
@@ -363,7 +367,7 @@ class Runner:
                 log.error("record.sink_failed", sink=type(sink).__name__, error=str(exc))
         self.counters.records_emitted += 1
         if self.kernel_log is not None:
-            self.kernel_log.recorded(kills)
+            self.kernel_log.recorded(kills, event.cgroup.path)
         log.info(
             "oom.recorded",
             id=event.id,

@@ -57,3 +57,27 @@ def test_checkpoint_stops_below_what_is_still_unclaimed(tmp_path: Path) -> None:
     kl.claim(12)
     kl.recorded()
     assert Checkpoint.load(tmp_path / "cp.json", "boot-1") == Checkpoint("boot-1", 200, 2)
+
+
+def test_kills_only_counters_know_are_attributed_to_their_cgroups(tmp_path: Path) -> None:
+    Checkpoint("boot-1", 10, 3, {"/a": 2, "/b": 1}).save(tmp_path / "cp.json")
+    counts = {"/a": 5, "/b": 1, "/c": 1}
+    kl = KernelLog(tmp_path / "cp.json", "boot-1", cgroup_kills=lambda: dict(counts))
+    kl.oom_kills_at_attach = 3 + 6  # 6 kills since the checkpoint, node-wide
+    kl.cgroup_kills_at_attach = kl.cgroup_kills() if kl.cgroup_kills else {}
+    kl.marker_seq = 100
+    ring = report(9, 20, 30)
+    ring.constraint_fields["task_memcg"] = "/a"  # one of /a's three new kills is still in the log
+    kl._unclaimed = [(ring, 0)]
+    kl._count_unlogged()
+    # /a: 5 - 2 recorded - 1 in the ring; /c: 1; the node: 6 - 1 - 2 - 1 = 2 left
+    # in cgroups that are gone.
+    assert kl.take_counter() == {"/a": 2, "/c": 1, "": 2}
+    assert kl.take_counter() == {}
+
+
+def test_counter_records_count_towards_their_cgroup(tmp_path: Path) -> None:
+    kl = log_with(tmp_path)
+    kl.recorded(2, "/a")
+    kl.recorded(1, "/a")
+    assert Checkpoint.load(tmp_path / "cp.json", "boot-1").by_cgroup == {"/a": 3}  # type: ignore[union-attr]
