@@ -36,8 +36,10 @@ HOST_PSI = Path("/proc/pressure/memory")
 _UNLIMITED = 1 << 62
 NEAR_LIMIT = 0.9
 PSI_SOME_PRESSURE = 10.0  # avg10 percent of time stalled
-# v2 trigger: wake when tasks stall 100 ms in any 1 s window.
-PSI_TRIGGER = b"some 100000 1000000"
+# v2 trigger: wake when tasks stall 100 ms in any 1 s window. The kernel
+# overwrites the last byte written with NUL (psi_write), so the terminator
+# must be sent: without it the window reads 100000 us and is refused.
+PSI_TRIGGER = b"some 100000 1000000\0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +247,7 @@ class PressureSampler:
                 t.trigger_fd = fd
             self.notifiers += 1
         except OSError as exc:
-            log.debug("pressure.notifier_unavailable", cgroup=t.path, error=str(exc))
+            log.warning("pressure.notifier_unavailable", cgroup=t.path, error=str(exc))
 
     # -- sampling -----------------------------------------------------------------------
 
