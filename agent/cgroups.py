@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from oomtrace.agent.decode import MemcgLevel
+from oomtrace.agent.decode import KernelKill, MemcgLevel
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 
@@ -140,6 +140,19 @@ def derive_oom_level(memcgs: tuple[MemcgLevel, ...], trigger_memcg_id: int) -> i
             if at_limit(memcgs[i]):
                 return i
     return None
+
+
+def oom_level(kill: KernelKill) -> int | None:
+    """Index in kill.memcgs of the memcg whose limit was hit: the one the
+    kernel's oom_control names when that hook ran (None for a global OOM, or
+    when it lies beyond the recorded ancestry), else derived from the page
+    counters. The one answer the record, its incident and its timeline use."""
+    if kill.oom_control is not None:
+        oom_id = kill.oom_control.memcg_id
+        return next(
+            (i for i, m in enumerate(kill.memcgs) if oom_id and m.cgroup_id == oom_id), None
+        )
+    return derive_oom_level(kill.memcgs, kill.trigger_memcg_id)
 
 
 def effective_limit(memcgs: tuple[MemcgLevel, ...]) -> int | None:

@@ -221,17 +221,15 @@ def _fill_cgroup(
     c.memsw_usage_bytes = own.memsw_usage_bytes
     c.memsw_limit_bytes = cgroups.effective_memsw_limit(memcgs) or 0
 
-    oom_index: int | None
+    oom_index = cgroups.oom_level(kill)
     if kill.oom_control is not None:
         ev.constraint = _CONSTRAINTS[kill.oom_control.constraint]
         ev.constraint_source = "kernel"
         oom_id = kill.oom_control.memcg_id
-        oom_index = next((i for i, m in enumerate(memcgs) if m.cgroup_id == oom_id), None)
         if oom_id and oom_index is None:
             c.oom_memcg_id = oom_id
             c.oom_memcg_path = ctx.hierarchy.find_by_id(oom_id) or ""
     else:
-        oom_index = cgroups.derive_oom_level(memcgs, kill.trigger_memcg_id)
         ev.constraint = (
             event_pb2.OomEvent.MEMCG if oom_index is not None else event_pb2.OomEvent.GLOBAL
         )

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -38,6 +38,8 @@ from oomtrace.agent.workloads import WorkloadCache
 from oomtrace.v1 import event_pb2
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class Sink(Protocol):
@@ -142,12 +144,19 @@ class Runner:
 
     # -- kernel callbacks --------------------------------------------------
 
-    def on_kill(self, raw: Any) -> None:
+    def _decode(self, fn: Callable[[Any], T], raw: Any, kind: str) -> T | None:
+        """A kernel event decoded, or None: counted and logged, never raised,
+        so one bad event costs only itself."""
         try:
-            kill = decode.decode_kill(raw)
+            return fn(raw)
         except DecodeError as exc:
             self.counters.decode_errors += 1
-            log.error("bpf.decode_failed", error=str(exc), kind="kill")
+            log.error("bpf.decode_failed", error=str(exc), kind=kind)
+            return None
+
+    def on_kill(self, raw: Any) -> None:
+        kill = self._decode(decode.decode_kill, raw, "kill")
+        if kill is None:
             return
         self.counters.kills_seen += 1
         # What was read at exec, while the process was whole; else read the
@@ -161,11 +170,8 @@ class Runner:
         self._pending[key] = _Pending(kill, process)
 
     def on_note(self, raw: Any) -> None:
-        try:
-            note = decode.decode_note(raw)
-        except DecodeError as exc:
-            self.counters.decode_errors += 1
-            log.error("bpf.decode_failed", error=str(exc), kind="note")
+        note = self._decode(decode.decode_note, raw, "note")
+        if note is None:
             return
         if note.kind == decode.KIND_EXEC:
             info = self.processes.remember(note.tgid)
@@ -180,11 +186,8 @@ class Runner:
             self._on_reap(note)
 
     def on_cgroup(self, raw: Any) -> None:
-        try:
-            note = decode.decode_cgroup_note(raw)
-        except DecodeError as exc:
-            self.counters.decode_errors += 1
-            log.error("bpf.decode_failed", error=str(exc), kind="cgroup")
+        note = self._decode(decode.decode_cgroup_note, raw, "cgroup")
+        if note is None:
             return
         if note.kind == decode.KIND_CGROUP_MKDIR:
             if self.workloads is not None:
@@ -240,16 +243,11 @@ class Runner:
         """One OOM-killer invocation (a memory.oom.group kill takes several
         victims) marks its victims back to back from the same trigger thread,
         for the same memcg: those records share the first one's id."""
-        oom_memcg = (
-            kill.oom_control.memcg_id
-            if kill.oom_control
-            else kill.memcgs[-1].cgroup_id
-            if kill.memcgs
-            else 0
-        )
-        if kill.oom_control is None and kill.memcgs:
-            level = cgroups.derive_oom_level(kill.memcgs, kill.trigger_memcg_id)
-            oom_memcg = kill.memcgs[level].cgroup_id if level is not None else 0
+        level = cgroups.oom_level(kill)
+        if level is not None:
+            oom_memcg = kill.memcgs[level].cgroup_id
+        else:
+            oom_memcg = kill.oom_control.memcg_id if kill.oom_control else 0
         last = self._incident
         if (
             last is not None
@@ -298,12 +296,7 @@ class Runner:
         """The points of the memcg whose limit was hit (else the victim's)."""
         if self.sampler is None or not kill.memcgs:
             return {}
-        level = cgroups.derive_oom_level(kill.memcgs, kill.trigger_memcg_id)
-        if kill.oom_control is not None:
-            level = next(
-                (i for i, m in enumerate(kill.memcgs) if m.cgroup_id == kill.oom_control.memcg_id),
-                level,
-            )
+        level = cgroups.oom_level(kill)
         for i in ([level] if level is not None else []) + [0]:
             points = self.sampler.timeline(kill.memcgs[i].cgroup_id, kill.boot_ns)
             if points:
