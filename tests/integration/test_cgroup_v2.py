@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 
-from oomtrace.v1 import collector_pb2, collector_pb2_grpc
+from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.integration.harness import (
     ALLOCATE_FOREVER,
     MIB,
@@ -72,3 +72,50 @@ def test_memory_events_counters_reach_the_collector(agent: AgentProcess) -> None
                 time.sleep(0.5)
     assert counters.get("oom_kill") == 1
     assert counters.get("max", 0) >= 1
+
+
+# Touches 1 MiB a step up to 48 MiB and then holds it. Above memory.high the
+# kernel makes every allocation reclaim and then sleep (the over-high
+# penalty), and both count as memory stall: PSI climbs without any file I/O
+# (the guest's writable files are tmpfs, whose page cache never stalls).
+GROW_PAST_HIGH = (
+    "import time\n"
+    "keep = []\n"
+    "for _ in range(48):\n"
+    "    b = bytearray(1 << 20)\n"
+    "    for i in range(0, len(b), 4096): b[i] = 1\n"
+    "    keep.append(b)\n"
+    "time.sleep(600)\n"
+)
+
+
+def test_psi_trigger_wakes_the_agent_when_tasks_stall(agent: AgentProcess) -> None:
+    """The agent arms "some 100ms per 1s" on memory.pressure of every limited
+    cgroup; a task throttled above memory.high must wake it, and the pressure
+    record must count the wake-ups with the cgroup's own PSI."""
+    with scratch_cgroup(128 * MIB) as cg:
+        (cg.path / "memory.high").write_text(str(16 * MIB))
+        p = cg.spawn(GROW_PAST_HIGH)
+        records: list[event_pb2.PressureRecord] = []
+        deadline = time.monotonic() + 60
+        with grpc.insecure_channel(agent.collector_addr) as ch:
+            stub = collector_pb2_grpc.HistoryServiceStub(ch)
+            while time.monotonic() < deadline:
+                resp = stub.ListPressure(
+                    collector_pb2.ListPressureRequest(
+                        filter=collector_pb2.EventFilter(cgroup_prefix=cg.rel)
+                    )
+                )
+                records = list(resp.records)
+                if any(r.psi_trigger_events for r in records):
+                    break
+                time.sleep(0.5)
+        p.kill()
+        p.wait(30)
+        stall_us = int((cg.path / "memory.pressure").read_text().split("total=")[1].split()[0])
+    assert stall_us > 100_000, "the workload never stalled: the test proves nothing"
+    assert sum(r.psi_trigger_events for r in records) >= 1, records
+    hit = next(r for r in records if r.psi_trigger_events)
+    assert "psi_trigger" in hit.reasons
+    assert hit.psi_source == "cgroup"
+    assert hit.psi_some_avg10_max > 0
