@@ -12,10 +12,17 @@ section's address stands in."""
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone import x86_const as x86
+from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_REG_RAX, X86_REG_RCX, X86_REG_RIP
 
 MAGICS = {0xFFFFFFF1: "1.20+", 0xFFFFFFF0: "1.18-1.19"}
 MAX_PCLNTAB = 64 << 20
+MAX_BINARY = 4 * MAX_PCLNTAB
 
 
 class SymbolError(Exception):
@@ -39,10 +46,19 @@ def _sections(data: bytes) -> dict[str, tuple[int, int, int]]:
     return out
 
 
+def read_binary(path: str | Path) -> bytes:
+    """The file's first MAX_BINARY bytes: enough for any real Go binary's
+    code and pclntab, and a bound on what a hostile file can cost."""
+    with open(path, "rb") as f:
+        return f.read(MAX_BINARY)
+
+
 def function_entries(path: str | Path, wanted: set[str]) -> dict[str, int]:
     """Virtual addresses of the wanted functions' entries."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_PCLNTAB * 4)
+    return entries_in(read_binary(path), wanted)
+
+
+def entries_in(data: bytes, wanted: set[str]) -> dict[str, int]:
     secs = _sections(data)
     for name in (".gopclntab", ".data.rel.ro.gopclntab"):
         if name in secs:
@@ -87,3 +103,113 @@ def function_entries(path: str | Path, wanted: set[str]) -> dict[str, int]:
             if len(found) == len(wanted):
                 break
     return found
+
+
+# -- the runtime's globals ------------------------------------------------------------
+
+GC_START = "runtime.gcStart"
+START_CYCLE = "runtime.(*gcControllerState).startCycle"
+PT_LOAD = 1
+PF_W = 2
+GC_START_SCAN = 16 << 10  # gcStart is about 2 KiB; its startCycle call comes well within
+
+
+# A write to eax, ax or al is a write to rax (the same for rcx).
+_FULL_REGISTER = {
+    **{
+        r: X86_REG_RAX
+        for r in (X86_REG_RAX, x86.X86_REG_EAX, x86.X86_REG_AX, x86.X86_REG_AL, x86.X86_REG_AH)
+    },
+    **{
+        r: X86_REG_RCX
+        for r in (X86_REG_RCX, x86.X86_REG_ECX, x86.X86_REG_CX, x86.X86_REG_CL, x86.X86_REG_CH)
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeGlobals:
+    """Link-time addresses of the two runtime variables the GC probe reads."""
+
+    gc_controller: int  # runtime.gcController
+    gomaxprocs: int  # runtime.gomaxprocs (int32)
+
+
+def _segments(data: bytes) -> list[tuple[int, int, int, int, int]]:
+    """(flags, file offset, vaddr, file size, memory size) of each PT_LOAD."""
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    if phentsize != 56 or phoff + 56 * phnum > len(data):
+        raise SymbolError("no usable ELF program headers")
+    out = []
+    for i in range(phnum):
+        p_type, flags, off, vaddr, _paddr, filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, phoff + 56 * i
+        )
+        if p_type == PT_LOAD:
+            out.append((flags, off, vaddr, filesz, memsz))
+    return out
+
+
+def runtime_globals(data: bytes, entries: dict[str, int]) -> RuntimeGlobals:
+    """Where runtime.gcController and runtime.gomaxprocs are, read from the
+    code rather than a symbol table, so stripped binaries work too. gcStart
+    makes one call `gcController.startCycle(now, int(gomaxprocs), trigger)`;
+    with Go's register ABI the compiler loads the receiver with
+    `lea rax, [rip+gcController]` and the procs argument with
+    `movsxd rcx, dword ptr [rip+gomaxprocs]` just before it. Both must be the
+    last writes to their registers before that call, and both addresses must
+    land in a writable segment, or there is no answer."""
+    if GC_START not in entries or START_CYCLE not in entries:
+        raise SymbolError(f"no {GC_START} or {START_CYCLE} in pclntab")
+    segments = _segments(data)
+    start, target = entries[GC_START], entries[START_CYCLE]
+    for _flags, off, vaddr, filesz, _memsz in segments:
+        if vaddr <= start < vaddr + filesz:
+            pos = off + start - vaddr
+            code = data[pos : min(pos + GC_START_SCAN, off + filesz)]
+            break
+    else:
+        raise SymbolError(f"{GC_START} at {start:#x} is outside the file's segments")
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    last: dict[int, tuple[str, int | None]] = {}  # RAX/RCX -> (mnemonic, rip target)
+    for insn in md.disasm(code, start):
+        if insn.mnemonic == "call" and insn.operands[0].type == X86_OP_IMM:
+            if insn.operands[0].imm == target:
+                break
+            last.clear()  # a call clobbers every argument register
+            continue
+        _read, written = insn.regs_access()
+        for reg in written:
+            full = _FULL_REGISTER.get(reg)
+            if full is not None:
+                last[full] = (insn.mnemonic, _rip_target(insn))
+    else:
+        raise SymbolError(f"no call to {START_CYCLE} in {GC_START}")
+    ctrl = last.get(X86_REG_RAX)
+    procs = last.get(X86_REG_RCX)
+    if ctrl is None or ctrl[0] != "lea" or ctrl[1] is None:
+        raise SymbolError(f"{GC_START} does not load gcController with a lea before startCycle")
+    if procs is None or procs[0] not in ("movsxd", "mov") or procs[1] is None:
+        raise SymbolError(f"{GC_START} does not load gomaxprocs from memory before startCycle")
+    for name, addr in (("gcController", ctrl[1]), ("gomaxprocs", procs[1])):
+        if not any(f & PF_W and va <= addr < va + msz for f, _o, va, _fs, msz in segments):
+            raise SymbolError(f"{name} at {addr:#x} is not in a writable segment")
+    return RuntimeGlobals(ctrl[1], procs[1])
+
+
+def _rip_target(insn: Any) -> int | None:
+    """The address a [rip+disp] memory operand names, if the instruction has one."""
+    for op in insn.operands:
+        if op.type == X86_OP_MEM and op.mem.base == X86_REG_RIP and op.mem.index == 0:
+            return int(insn.address + insn.size + op.mem.disp)
+    return None
+
+
+def elf_entry(data: bytes) -> tuple[bool, int]:
+    """(position-independent, e_entry) of an ELF64 executable."""
+    e_type = struct.unpack_from("<H", data, 0x10)[0]
+    if e_type not in (2, 3):  # ET_EXEC, ET_DYN
+        raise SymbolError(f"ELF type {e_type} is not an executable")
+    return e_type == 3, struct.unpack_from("<Q", data, 0x18)[0]
