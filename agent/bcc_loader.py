@@ -26,16 +26,8 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 KILLS_RING_PAGES = 64  # 256 KiB: ~120 kill events (2 KiB each) waiting at once
 NOTES_RING_PAGES = 16
 
-# gcControllerState field offsets, as read at startCycle. Verified on Go 1.21
-# and 1.27 (see goprobes.CONTROLLER_LAYOUT_VERSIONS); other versions get GC
-# counts and rates only.
-GC_CONTROLLER_OFFSETS = {
-    "GOC_OFF_GC_PERCENT": 0,
-    "GOC_OFF_MEMORY_LIMIT": 8,
-    "GOC_OFF_HEAP_GOAL": 72,  # gcPercentHeapGoal
-    "GOC_OFF_HEAP_LIVE": 104,
-    "GOC_OFF_HEAP_MARKED": 152,
-}
+# struct go_proc's offset fields in bpf/oom.c, by the names go_layouts uses.
+GO_PROC_FIELDS = ("gc_percent", "memory_limit", "heap_goal", "heap_live", "heap_marked")
 
 # Order matches LOST_* in bpf/oom.c.
 LOST_CAUSES = ("kills", "notes", "scratch", "cgroup_notes", "go_states")
@@ -99,7 +91,6 @@ class BpfSession:
             f"-DKILLS_RING_PAGES={KILLS_RING_PAGES}",
             f"-DNOTES_RING_PAGES={NOTES_RING_PAGES}",
             f"-DMEMCG_HIERARCHY_ID={memcg_hierarchy_id}",
-            *(f"-D{k}={v}" for k, v in GC_CONTROLLER_OFFSETS.items()),
         ]
         if want_kprobe:
             cflags.append("-DWITH_OOM_KILL_PROCESS=1")
@@ -252,21 +243,30 @@ class BpfSession:
         table = self._bpf["lost"]
         return {cause: int(table[ctypes.c_int(i)].value) for i, cause in enumerate(LOST_CAUSES)}
 
-    def attach_go(self, path: str, gc_done: int, start_cycle: int | None) -> list[str]:
-        """Uprobes on one Go binary at pclntab-vouched entry addresses; the
-        names of those attached. Never uretprobes: Go moves its stacks."""
-        attached = []
+    def attach_go(self, path: str, gc_done: int) -> list[str]:
+        """The GC probe on one Go binary, at a pclntab-vouched entry address;
+        the names of the hooks attached. Never uretprobes: Go moves its stacks."""
         try:
             self._bpf.attach_uprobe(name=path.encode(), addr=gc_done, fn_name=b"on_go_gc_done")
-            attached.append("uprobe/runtime.gcMarkTermination")
-            if start_cycle is not None:
-                self._bpf.attach_uprobe(
-                    name=path.encode(), addr=start_cycle, fn_name=b"on_go_start_cycle"
-                )
-                attached.append("uprobe/runtime.(*gcControllerState).startCycle")
         except Exception as exc:
             raise BpfLoadError(f"uprobe on {path} could not be attached: {exc}") from exc
-        return attached
+        return ["uprobe/runtime.gcMarkTermination"]
+
+    def locate_go(
+        self, tgid: int, controller: int, gomaxprocs: int, offsets: dict[str, int]
+    ) -> None:
+        """Tells the GC probe where this process's runtime keeps its state
+        (run-time addresses); offsets missing from `offsets` are not read."""
+        table = self._bpf["go_procs"]
+        leaf = table.Leaf()
+        leaf.controller = controller
+        leaf.gomaxprocs = gomaxprocs
+        for name in GO_PROC_FIELDS:
+            setattr(leaf, f"off_{name}", offsets.get(name, -1))
+        try:
+            table[table.Key(tgid)] = leaf
+        except Exception as exc:  # BCC raises bare Exception when the map is full
+            raise BpfLoadError(f"go_procs: {exc}") from exc
 
     def go_states(self) -> dict[int, tuple[int, int]]:
         """Every Go process's (GC count, live heap) as the uprobes last saw it."""

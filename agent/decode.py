@@ -78,6 +78,7 @@ class GoState:
     heap_live_bytes: int
     heap_marked_bytes: int
     heap_goal_bytes: int
+    gomaxprocs: int  # runtime.gomaxprocs: the value in effect, however it was set
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,7 @@ def _go_state(ev: Any) -> GoState | None:
         heap_live_bytes=int(ev.go_heap_live),
         heap_marked_bytes=int(ev.go_heap_marked),
         heap_goal_bytes=int(ev.go_heap_goal),
+        gomaxprocs=int(ev.go_gomaxprocs),
     )
 
 

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from oomtrace import __version__
 from oomtrace.agent import cgroups
-from oomtrace.agent.decode import PAGE_SIZE, GoState, KernelKill, OcConstraint
+from oomtrace.agent.decode import GO_RING, PAGE_SIZE, GoState, KernelKill, OcConstraint
 from oomtrace.agent.goruntime import GoProcess
 from oomtrace.agent.host import boot_ns_now, boot_ns_to_datetime
 from oomtrace.agent.kmsg import ParsedReport
@@ -148,7 +148,11 @@ def _fill_go_state(ev: event_pb2.OomEvent, st: GoState, kill_ns: int) -> None:
     g.state = "controller" if st.controller else "gc"
     g.gc_count = st.gc_count
     recent = [t for t in st.gc_times_ns if 0 <= kill_ns - t <= 10_000_000_000]
-    g.gc_per_second_10s = len(recent) / 10
+    if len(recent) == len(st.gc_times_ns) == GO_RING:
+        # The ring holds less than the last 10 s: the rate over what it holds.
+        g.gc_per_second_10s = GO_RING / max((kill_ns - recent[0]) / 1e9, 1e-3)
+    else:
+        g.gc_per_second_10s = len(recent) / 10
     if st.last_gc_ns:
         g.since_last_gc_ns = max(0, kill_ns - st.last_gc_ns)
     if st.controller:
@@ -158,6 +162,8 @@ def _fill_go_state(ev: event_pb2.OomEvent, st: GoState, kill_ns: int) -> None:
         g.heap_live_bytes = st.heap_live_bytes
         g.heap_marked_bytes = st.heap_marked_bytes
         g.heap_goal_bytes = st.heap_goal_bytes
+        if st.gomaxprocs > 0:
+            g.effective_gomaxprocs = st.gomaxprocs
 
 
 def _fill_go(ev: event_pb2.OomEvent, go: GoProcess) -> None:

@@ -7,10 +7,9 @@
  *   raw_tracepoint/sched_process_exec  OOMT_EXEC so user space can cache cmdlines
  *   raw_tracepoint/cgroup_{mkdir,rmdir} OOMT_CGROUP_* for memory-hierarchy cgroups, so
  *                                      containers are known before they die
- *   uprobe runtime.gcMarkTermination   per Go process: GC count and times (map go_states)
- *   uprobe runtime.(*gcControllerState).startCycle  per Go process: GOGC, memory
- *                                      limit, live/marked heap and goal, for the Go
- *                                      versions whose layout is known (GOC_OFF_*)
+ *   uprobe runtime.gcMarkTermination   per Go process: GC count and times, and where
+ *                                      user space located the runtime (map go_procs),
+ *                                      GOGC, memory limit, heap figures, GOMAXPROCS
  *   raw_tracepoint/mm_vmscan_memcg_reclaim_{begin,end}  reclaim count and stall
  *                                      time per memcg, summed in the kernel (map
  *                                      `reclaim`), read by user space each second
@@ -61,8 +60,25 @@ struct go_state {
     u64 heap_marked;
     u64 heap_goal;
     u64 controller_ns;
+    u64 gomaxprocs;
 };
 BPF_HASH(go_states, u32, struct go_state, 16384);
+
+/* Where a Go process's runtime keeps what the GC probe reads, written by user
+ * space when it discovers the process: the run-time addresses of
+ * runtime.gcController and runtime.gomaxprocs (load bias applied), and the
+ * offsets of gcControllerState's fields for its Go version (-1: unknown). */
+struct go_proc {
+    u64 controller;
+    u64 gomaxprocs;
+    s32 off_gc_percent;
+    s32 off_memory_limit;
+    s32 off_heap_goal;
+    s32 off_heap_live;
+    s32 off_heap_marked;
+    s32 pad;
+};
+BPF_HASH(go_procs, u32, struct go_proc, 16384);
 
 /* Victims between mark_victim and their exit, by tgid: value is mark_victim's time. */
 BPF_HASH(victims, u32, u64, 4096);
@@ -290,6 +306,7 @@ static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid)
             ev->go_heap_marked = gs->heap_marked;
             ev->go_heap_goal = gs->heap_goal;
             ev->go_controller_ns = gs->controller_ns;
+            ev->go_gomaxprocs = gs->gomaxprocs;
         }
     } else {
         ev->flags |= OOMT_F_TASK_UNKNOWN;
@@ -346,7 +363,7 @@ int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
     u32 tgid = 0;
     KREAD(tgid, task, OFF_TASK_TGID);
     int is_victim = victims.lookup(&tgid) != 0;
-    if (!is_victim && !go_states.lookup(&tgid))
+    if (!is_victim && !go_states.lookup(&tgid) && !go_procs.lookup(&tgid))
         return 0;
     /* do_exit() has already dropped signal->live for this thread: zero means
      * this is the last one (the group_dead argument that 6.16+ passes). */
@@ -357,6 +374,7 @@ int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
     if (live != 0)
         return 0;
     go_states.delete(&tgid);
+    go_procs.delete(&tgid);
     if (!is_victim)
         return 0;
     victims.delete(&tgid);
@@ -487,7 +505,15 @@ static __always_inline struct go_state *go_state_of_current(void)
     return st;
 }
 
-/* runtime.gcMarkTermination: once per completed GC cycle. */
+#define GO_READ(dst, base, off)                                                \
+    if ((off) >= 0)                                                            \
+        bpf_probe_read_user(&(dst), sizeof(dst), (void *)((base) + (off)))
+
+/* runtime.gcMarkTermination: once per completed GC cycle, at the end of
+ * marking (the world is stopped). The one Go probe: it counts the cycle and,
+ * where user space found the runtime's globals, reads the GC controller
+ * (heapLive is the heap at the end of marking; heapMarked is the live heap
+ * the previous cycle marked; the goal is this cycle's). */
 int on_go_gc_done(struct pt_regs *ctx)
 {
     struct go_state *st = go_state_of_current();
@@ -500,30 +526,28 @@ int on_go_gc_done(struct pt_regs *ctx)
     u32 i = st->pos & (OOMT_GO_RING - 1);
     st->gc_ns[i] = now;
     st->pos++;
-    return 0;
-}
 
-#ifdef GOC_OFF_GC_PERCENT
-/* runtime.(*gcControllerState).startCycle: with Go's register ABI the
- * receiver, &gcController, is in RAX. */
-int on_go_start_cycle(struct pt_regs *ctx)
-{
-    struct go_state *st = go_state_of_current();
-    if (!st)
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct go_proc *gp = go_procs.lookup(&tgid);
+    if (!gp || !gp->controller)
         return 0;
-    void *c = (void *)ctx->ax;
-    int pct = 0;
-    bpf_probe_read_user(&pct, sizeof(pct), c + GOC_OFF_GC_PERCENT);
+    u64 c = gp->controller;
+    s32 pct = 0;
+    GO_READ(pct, c, gp->off_gc_percent);
     st->gc_percent = pct;
-    bpf_probe_read_user(&st->memory_limit, sizeof(st->memory_limit), c + GOC_OFF_MEMORY_LIMIT);
-    bpf_probe_read_user(&st->heap_live, sizeof(st->heap_live), c + GOC_OFF_HEAP_LIVE);
-    bpf_probe_read_user(&st->heap_marked, sizeof(st->heap_marked), c + GOC_OFF_HEAP_MARKED);
-    bpf_probe_read_user(&st->heap_goal, sizeof(st->heap_goal), c + GOC_OFF_HEAP_GOAL);
-    st->controller_ns = bpf_ktime_get_boot_ns();
+    GO_READ(st->memory_limit, c, gp->off_memory_limit);
+    GO_READ(st->heap_goal, c, gp->off_heap_goal);
+    GO_READ(st->heap_live, c, gp->off_heap_live);
+    GO_READ(st->heap_marked, c, gp->off_heap_marked);
+    s32 procs = 0;
+    if (gp->gomaxprocs)
+        bpf_probe_read_user(&procs, sizeof(procs), (void *)gp->gomaxprocs);
+    st->gomaxprocs = procs;
+    st->controller_ns = now;
     st->flags |= OOMT_GO_CONTROLLER;
     return 0;
 }
-#endif
+
 
 #ifdef WITH_OOM_KILL_PROCESS
 /* Optional: where kprobes exist, oom_kill_process(struct oom_control *oc,

@@ -91,10 +91,11 @@ struct oomt_kill {
     u64 go_heap_marked;
     u64 go_heap_goal;
     u64 go_controller_ns;     /* when the controller fields were read */
+    u64 go_gomaxprocs;        /* runtime.gomaxprocs, the value in effect */
 };
 
 #define OOMT_GO_GC 0x1         /* gc_count, ring: from runtime.gcMarkTermination */
-#define OOMT_GO_CONTROLLER 0x2 /* the gcController fields: from startCycle */
+#define OOMT_GO_CONTROLLER 0x2 /* gcController fields and gomaxprocs were read */
 
 /* The short events share a header with the kill event: kind, then flags. */
 struct oomt_note {

@@ -137,14 +137,7 @@ def report(ev: event_pb2.OomEvent, now: float) -> str:
         "",
         "victim",
         f"  process     {v.comm}[{v.pid}] uid {v.uid}, {v.threads} thread(s), oom_score_adj {v.oom_score_adj}",
-        *(
-            [
-                f"  go          {ev.go.version} {ev.go.module}; GOMEMLIMIT={ev.go.gomemlimit or 'unset'} "
-                f"GOGC={ev.go.gogc or 'unset'} GOMAXPROCS={ev.go.gomaxprocs or 'unset'}"
-            ]
-            if ev.HasField("go")
-            else []
-        ),
+        *(go_lines(ev.go) if ev.HasField("go") else []),
         f"  command     {v.cmdline or '-'}",
         f"  executable  {v.exe or '-'}",
         f"  memory      rss {size(rss(ev))} = anon {size(v.anon_rss_bytes)} + file {size(v.file_rss_bytes)} "
@@ -191,6 +184,36 @@ def report(ev: event_pb2.OomEvent, now: float) -> str:
 
 
 _BARS = "▁▂▃▄▅▆▇█"
+
+
+def go_lines(go: event_pb2.GoRuntime) -> list[str]:
+    """The Go build and its configuration, then the runtime as the GC probe
+    last saw it (what was in effect, whatever the environment said)."""
+    out = [
+        f"  go          {go.version} {go.module}; GOMEMLIMIT={go.gomemlimit or 'unset'} "
+        f"GOGC={go.gogc or 'unset'} GOMAXPROCS={go.gomaxprocs or 'unset'}"
+    ]
+    if not go.state:
+        return out
+    last = (
+        f", the last {go.since_last_gc_ns / 1e6:.0f} ms before the kill"
+        if go.HasField("since_last_gc_ns")
+        else ""
+    )
+    out.append(f"  gc          {go.gc_count} cycles, {go.gc_per_second_10s:.1f}/s over 10 s{last}")
+    if go.state == "controller":
+        gogc = "off" if go.effective_gogc < 0 else str(go.effective_gogc)
+        limit = (
+            size(go.effective_memory_limit_bytes)
+            if go.HasField("effective_memory_limit_bytes")
+            else "none"
+        )
+        out.append(
+            f"  in effect   GOGC {gogc}, memory limit {limit}, GOMAXPROCS "
+            f"{go.effective_gomaxprocs or '?'}; heap {size(go.heap_live_bytes)} "
+            f"(goal {size(go.heap_goal_bytes)}, marked live {size(go.heap_marked_bytes)})"
+        )
+    return out
 
 
 def sparkline(values: list[float], top: float | None = None) -> str:

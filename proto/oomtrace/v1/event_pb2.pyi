@@ -260,6 +260,7 @@ class GoRuntime(_message.Message):
     HEAP_LIVE_BYTES_FIELD_NUMBER: _builtins.int
     HEAP_MARKED_BYTES_FIELD_NUMBER: _builtins.int
     HEAP_GOAL_BYTES_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_GOMAXPROCS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """go1.27.3"""
     module: _builtins.str
@@ -272,9 +273,11 @@ class GoRuntime(_message.Message):
     gomaxprocs: _builtins.str
     godebug: _builtins.str
     state: _builtins.str
-    """From uprobes on the runtime, as last seen before the kill. "gc" state
-    (counts, rates) for every Go 1.18+ binary; "controller" state (GOGC,
-    memory limit, heap figures) for Go versions whose layout is known.
+    """From the uprobe on runtime.gcMarkTermination, as last seen before the
+    kill. "gc" state (counts, rates) for every Go 1.18+ binary; "controller"
+    state (GOGC, memory limit, heap figures, GOMAXPROCS) where the runtime's
+    globals were found in the binary's code and its Go version has a layout
+    generated from DWARF (agent/go_layouts.py).
     "controller", "gc", or "" (none seen)
     """
     gc_count: _builtins.int
@@ -284,11 +287,13 @@ class GoRuntime(_message.Message):
     """-1: off"""
     effective_memory_limit_bytes: _builtins.int
     heap_live_bytes: _builtins.int
-    """at the start of the last GC cycle"""
+    """at the end of the last GC's marking"""
     heap_marked_bytes: _builtins.int
-    """live heap marked by the cycle before"""
+    """live heap marked by the cycle before it"""
     heap_goal_bytes: _builtins.int
     """the GOGC-based goal"""
+    effective_gomaxprocs: _builtins.int
+    """runtime.gomaxprocs, however it was set"""
     @_builtins.property
     def build_settings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """-buildmode, CGO_ENABLED, DefaultGODEBUG, ..."""
@@ -312,19 +317,24 @@ class GoRuntime(_message.Message):
         heap_live_bytes: _builtins.int = ...,
         heap_marked_bytes: _builtins.int = ...,
         heap_goal_bytes: _builtins.int = ...,
+        effective_gomaxprocs: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gomaxprocs", b"gomaxprocs", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "module", b"module", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gomaxprocs", b"gomaxprocs", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "module", b"module", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__effective_gogc: _TypeAlias = _typing.Literal["effective_gogc"]  # noqa: Y015
     _WhichOneofArgType__effective_gogc: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc"]  # noqa: Y015
+    _WhichOneofReturnType__effective_gomaxprocs: _TypeAlias = _typing.Literal["effective_gomaxprocs"]  # noqa: Y015
+    _WhichOneofArgType__effective_gomaxprocs: _TypeAlias = _typing.Literal["_effective_gomaxprocs", b"_effective_gomaxprocs"]  # noqa: Y015
     _WhichOneofReturnType__effective_memory_limit_bytes: _TypeAlias = _typing.Literal["effective_memory_limit_bytes"]  # noqa: Y015
     _WhichOneofArgType__effective_memory_limit_bytes: _TypeAlias = _typing.Literal["_effective_memory_limit_bytes", b"_effective_memory_limit_bytes"]  # noqa: Y015
     _WhichOneofReturnType__since_last_gc_ns: _TypeAlias = _typing.Literal["since_last_gc_ns"]  # noqa: Y015
     _WhichOneofArgType__since_last_gc_ns: _TypeAlias = _typing.Literal["_since_last_gc_ns", b"_since_last_gc_ns"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__effective_gogc) -> _WhichOneofReturnType__effective_gogc | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__effective_gomaxprocs) -> _WhichOneofReturnType__effective_gomaxprocs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__effective_memory_limit_bytes) -> _WhichOneofReturnType__effective_memory_limit_bytes | None: ...
     @_typing.overload
