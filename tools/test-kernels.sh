@@ -21,6 +21,12 @@ fi
 export PATH="$repo/.venv/bin:$PATH"
 command -v vng >/dev/null || .venv/bin/python -m pip install -q virtme-ng
 
+# The Go workloads, built here: the guest cannot write the repository, and
+# builds slowly under emulation (tests/integration/containers.py reuses these).
+.venv/bin/python -c 'import tempfile, pathlib
+from tests.integration.containers import build_every_oomgo
+build_every_oomgo(pathlib.Path(tempfile.mkdtemp()))'
+
 out=$(mktemp -d /tmp/oomtrace-guest-XXXXXX)
 echo "test-kernels: booting $kver (software emulation: expect minutes)" >&2
 started=$(date +%s)

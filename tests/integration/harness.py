@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from oomtrace.agent import cgroups
 
@@ -111,8 +111,10 @@ class ScratchCgroup:
         *,
         env: dict[str, str] | None = None,
         oom_score_adj: int | None = None,
+        stdout: IO[bytes] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Starts argv inside this cgroup from its first instruction."""
+        """Starts argv inside this cgroup from its first instruction; its
+        output goes to `stdout` if given, else nowhere."""
         procs = self.path / "cgroup.procs"
 
         def enter() -> None:
@@ -125,7 +127,7 @@ class ScratchCgroup:
             env=env,
             preexec_fn=enter,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if stdout is None else stdout,
             stderr=subprocess.DEVNULL,
         )
         self.pids.append(p.pid)

@@ -3,12 +3,14 @@ build and settings, and says what to change."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from tempfile import TemporaryFile
 from typing import Any
 
 import pytest
 
-from tests.integration.containers import GO, build_oomgo
+from tests.integration.containers import GO, GO_BUILDS, GO_TOOLCHAINS, build_oomgo
 from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
 
 pytestmark = pytest.mark.skipif(
@@ -24,14 +26,26 @@ def oomgo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kill_go(
     agent: AgentProcess, oomgo: Path, env: dict[str, str], step_ms: int = 1
 ) -> dict[str, Any]:
-    with scratch_cgroup(64 * MIB) as cg:
+    rec, _printed = kill_go_counting(agent, oomgo, env, step_ms)
+    return rec
+
+
+def kill_go_counting(
+    agent: AgentProcess, oomgo: Path, env: dict[str, str], step_ms: int = 1
+) -> tuple[dict[str, Any], int]:
+    """The record of a growing Go program's kill, and the last runtime.NumGC
+    the program printed before it died."""
+    with scratch_cgroup(64 * MIB) as cg, TemporaryFile() as out:
         # Like a service: up for a moment before it grows. (A Go process that
         # dies within milliseconds of exec can be gone before the agent reads
         # its binary and environment; its record then lacks the `go` part.)
-        p = cg.spawn_argv([str(oomgo), "grow", "300", str(step_ms)], env=env)
+        p = cg.spawn_argv([str(oomgo), "grow", "300", str(step_ms)], env=env, stdout=out)
         assert p.wait(60) == -9
         (rec,) = agent.take(1, where=lambda r: r["victim"]["pid"] == p.pid)
-    return rec
+        out.seek(0)
+        lines = out.read().decode().split()
+    printed = int(lines[-1])  # "gc N" lines: the last number
+    return rec, printed
 
 
 def test_go_program_without_gomemlimit(agent: AgentProcess, oomgo: Path) -> None:
@@ -80,3 +94,51 @@ def test_timeline_shows_the_go_heap_and_gc_rate(agent: AgentProcess, oomgo: Path
     heaps = [int(p["go_heap_live_bytes"]) for p in points]
     assert heaps == sorted(heaps)  # the heap only grows
     assert max(p.get("go_gc_per_second", 0) for p in points) > 0
+
+
+@pytest.fixture(scope="module", params=[(t, b) for t in GO_TOOLCHAINS for b in GO_BUILDS])
+def go_build(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path]:
+    toolchain, build = request.param
+    if not GO_TOOLCHAINS[toolchain].exists():
+        pytest.skip(f"Go toolchain {toolchain} is not installed (make setup installs it)")
+    return toolchain, build_oomgo(Path(tmp_path_factory.mktemp("go")), toolchain, build)
+
+
+def test_runtime_state_matches_what_the_program_counted(
+    agent: AgentProcess, go_build: tuple[str, Path]
+) -> None:
+    """Each Go version and build (normal, stripped, PIE): the probe finds the
+    runtime's globals in the binary's own code, and the record's GC count is
+    within 2 of what the program printed just before it died."""
+    toolchain, oomgo = go_build
+    rec, printed = kill_go_counting(agent, oomgo, {"GOMEMLIMIT": "40MiB", "GOMAXPROCS": "3"})
+    go = rec["go"]
+    if toolchain == "1.21":
+        assert go["version"].startswith("go1.21.")
+    assert go["state"] == "controller"
+    assert abs(int(go["gc_count"]) - printed) <= 2, (go["gc_count"], printed)
+    assert printed >= 5  # the spiral ran: the comparison means something
+    assert int(go["effective_memory_limit_bytes"]) == 40 * MIB
+    assert go["effective_gogc"] == 100
+    assert go["effective_gomaxprocs"] == 3
+    assert int(go["heap_goal_bytes"]) > 0
+    assert [v["code"] for v in rec["verdicts"]] == ["GO_GC_DEATH_SPIRAL"]
+
+
+def test_gomaxprocs_in_effect_without_the_variable(agent: AgentProcess, oomgo: Path) -> None:
+    """Unset, GOMAXPROCS is the runtime's own choice: the CPUs it may use."""
+    rec = kill_go(agent, oomgo, {"GOMEMLIMIT": "40MiB"})
+    assert rec["go"]["gomaxprocs"] == ""
+    assert rec["go"]["effective_gomaxprocs"] == len(os.sched_getaffinity(0))
+
+
+def test_gogc_off_without_a_memory_limit(agent: AgentProcess, oomgo: Path) -> None:
+    """GOGC=off and no GOMEMLIMIT: the heap is never collected; the runtime
+    reports GOGC -1 and no GC ran."""
+    rec = kill_go(agent, oomgo, {"GOGC": "off"})
+    go = rec["go"]
+    assert go["gogc"] == "off"
+    codes = [v["code"] for v in rec["verdicts"]]
+    assert codes[0] == "GO_GOGC_OFF_WITHOUT_MEMLIMIT", codes

@@ -1,7 +1,8 @@
 // oomgo: the workload of the container tests. A static binary, so it runs in
 // a FROM scratch image.
 //
-//	oomgo grow        allocate and touch 1 MiB at a time until killed
+//	oomgo grow        allocate and touch 1 MiB at a time until killed, printing
+//	                  "gc N" (runtime.NumGC so far) before each step
 //	oomgo grow MS     the same, after running MS milliseconds (a service that
 //	                  starts, serves, then grows)
 //	oomgo grow MS S   ... growing 1 MiB every S milliseconds
@@ -15,9 +16,17 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"time"
 )
+
+// numGC is runtime.NumGC without ReadMemStats' stop-the-world.
+func numGC() uint64 {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
 
 func touch(n int) []byte {
 	b := make([]byte, n)
@@ -45,6 +54,7 @@ func main() {
 			step = time.Duration(ms) * time.Millisecond
 		}
 		for {
+			fmt.Printf("gc %d\n", numGC())
 			keep = append(keep, touch(1<<20))
 			time.Sleep(step)
 		}
