@@ -116,6 +116,17 @@ def assert_pod(rec: dict[str, Any], pod_uid: str) -> None:
     assert rec["container"]["name"] == "cart"
 
 
+def assert_go_seen_in_its_container(rec: dict[str, Any]) -> None:
+    """The binary is read, and probed, through /proc/PID/exe in the
+    container's mount namespace; the runtime state comes from the probe."""
+    go = rec["go"]
+    assert go["module"] == "oomtrace.test/oomgo"
+    assert go["state"] == "controller"
+    assert int(go["gc_count"]) >= 1
+    assert go["effective_gomaxprocs"] >= 1
+    assert "GO_GOMEMLIMIT_UNSET" in [v["code"] for v in rec["verdicts"]]
+
+
 def test_runc_container_killed_by_its_limit(
     agent: AgentProcess, runc: Runc, kmsg: KmsgReader
 ) -> None:
@@ -139,6 +150,7 @@ def test_runc_container_killed_by_its_limit(
     assert rec["cgroup"]["path"] == f"{parent}/{cid}"
     assert_pod(rec, pod_uid)
     assert rec["missing"] == []
+    assert_go_seen_in_its_container(rec)
 
 
 def test_victim_that_is_not_the_containers_first_process(
@@ -248,3 +260,4 @@ def test_docker_container_with_cri_dockerd_labels(
     assert rec["cgroup"]["path"] == f"{parent}/{cid}"
     assert rec["container"]["labels"]["io.kubernetes.pod.name"] == "shop-7d9f8b6c5-x2x4q"
     assert_pod(rec, pod_uid)
+    assert_go_seen_in_its_container(rec)
