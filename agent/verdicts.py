@@ -84,6 +84,9 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
     return out
 
 
+_NO_GOAL = 1 << 60  # GOGC=off leaves the goal at "never"
+
+
 def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[event_pb2.Verdict]:
     """From the runtime state the uprobes saw."""
     out: list[event_pb2.Verdict] = []
@@ -104,18 +107,24 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
                 "GOMEMLIMIT with it) or reduce what the program keeps alive.",
             )
         )
+    # The heap figures are from the last GC; since then the heap may have
+    # grown up to its goal before the next cycle starts, so only memory
+    # beyond the goal is surely outside the heap.
+    heap_bound = max(go.heap_live_bytes, go.heap_goal_bytes)
     if (
         go.state == "controller"
         and go.heap_live_bytes
-        and rss >= 2 * go.heap_live_bytes
-        and rss - go.heap_live_bytes >= 32 * MIB
+        and heap_bound < _NO_GOAL
+        and rss >= 2 * heap_bound
+        and rss - heap_bound >= 32 * MIB
     ):
         out.append(
             _verdict(
                 "GO_NON_HEAP_DOMINATES",
                 "warning",
-                f"Resident memory was {_mib(rss)} but the Go heap only {_mib(go.heap_live_bytes)}: "
-                "most memory was outside the heap (goroutine stacks, cgo, mmap, the runtime).",
+                f"Resident memory was {_mib(rss)} but the Go heap at most {_mib(heap_bound)} "
+                f"(its goal; {_mib(go.heap_live_bytes)} at the last GC): most memory was outside "
+                "the heap (goroutine stacks, cgo, mmap, the runtime).",
                 "GOMEMLIMIT cannot help with memory outside the heap: look for goroutine leaks, "
                 "cgo allocations or large mmaps.",
             )

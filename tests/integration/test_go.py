@@ -55,7 +55,8 @@ def test_go_program_without_gomemlimit(agent: AgentProcess, oomgo: Path) -> None
     assert go["module"] == "oomtrace.test/oomgo"
     assert go["build_settings"]["CGO_ENABLED"] == "0"
     assert go["gomemlimit"] == ""
-    (verdict,) = rec["verdicts"]
+    assert [v["code"] for v in rec["verdicts"]] == ["GO_GOMEMLIMIT_UNSET"], (rec["verdicts"], go)
+    verdict = rec["verdicts"][0]
     assert verdict["code"] == "GO_GOMEMLIMIT_UNSET"
     assert "64 MiB" in verdict["explanation"]
     assert verdict["suggestion"].startswith("Set GOMEMLIMIT=57MiB")

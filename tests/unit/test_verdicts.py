@@ -97,6 +97,16 @@ def test_gc_death_spiral_from_runtime_state() -> None:
 def test_non_heap_memory_dominates() -> None:
     ev = go_kill(gomemlimit="400MiB")
     g = ev.go
-    g.state, g.heap_live_bytes = "controller", 20 * MIB
+    g.state, g.heap_live_bytes, g.heap_goal_bytes = "controller", 20 * MIB, 40 * MIB
     ev.victim.anon_rss_bytes = 300 * MIB
     assert "GO_NON_HEAP_DOMINATES" in codes(ev)
+
+
+def test_heap_growing_toward_its_goal_is_not_non_heap() -> None:
+    """24 MiB live at the last GC, goal 48 MiB: a 64 MiB RSS at the kill is
+    the heap on its way to the goal, not memory outside it."""
+    ev = go_kill()
+    g = ev.go
+    g.state, g.heap_live_bytes, g.heap_goal_bytes = "controller", 24 * MIB, 48 * MIB
+    ev.victim.anon_rss_bytes = 64 * MIB
+    assert "GO_NON_HEAP_DOMINATES" not in codes(ev)
