@@ -118,14 +118,17 @@ def test_runtime_state_matches_what_the_program_counted(
     go = rec["go"]
     if toolchain == "1.21":
         assert go["version"].startswith("go1.21.")
-    assert go["state"] == "controller"
+    assert go["state"] == "controller", go
     assert abs(int(go["gc_count"]) - printed) <= 2, (go["gc_count"], printed)
-    assert printed >= 5  # the spiral ran: the comparison means something
+    assert printed >= 5, go  # GCs ran: the comparison means something
     assert int(go["effective_memory_limit_bytes"]) == 40 * MIB
     assert go["effective_gogc"] == 100
     assert go["effective_gomaxprocs"] == 3
-    assert int(go["heap_goal_bytes"]) > 0
-    assert [v["code"] for v in rec["verdicts"]] == ["GO_GC_DEATH_SPIRAL"]
+    # The heap at the last GC: the program had grown well past a few MiB.
+    assert int(go["heap_marked_bytes"]) > 8 * MIB, go
+    assert int(go["heap_goal_bytes"]) > 0, go
+    # Whether the spiral is long enough for its verdict depends on the
+    # machine's speed; test_gc_death_spiral_is_seen_from_the_runtime asserts it.
 
 
 def test_gomaxprocs_in_effect_without_the_variable(agent: AgentProcess, oomgo: Path) -> None:

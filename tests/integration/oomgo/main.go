@@ -2,7 +2,7 @@
 // a FROM scratch image.
 //
 //	oomgo grow        allocate and touch 1 MiB at a time until killed, printing
-//	                  "gc N" (runtime.NumGC so far) before each step
+//	                  "gc N" (runtime.NumGC so far) before each 64 KiB of it
 //	oomgo grow MS     the same, after running MS milliseconds (a service that
 //	                  starts, serves, then grows)
 //	oomgo grow MS S   ... growing 1 MiB every S milliseconds
@@ -54,8 +54,13 @@ func main() {
 			step = time.Duration(ms) * time.Millisecond
 		}
 		for {
-			fmt.Printf("gc %d\n", numGC())
-			keep = append(keep, touch(1<<20))
+			// 1 MiB a step, in 64 KiB pieces with the GC count printed
+			// before each: in a death spiral several GCs can run within a
+			// step, and the last line must be close to the kill.
+			for i := 0; i < 16; i++ {
+				fmt.Printf("gc %d\n", numGC())
+				keep = append(keep, touch(64<<10))
+			}
 			time.Sleep(step)
 		}
 	case "churn":
