@@ -114,21 +114,25 @@ def test_runtime_state_matches_what_the_program_counted(
     runtime's globals in the binary's own code, and the record's GC count is
     within 2 of what the program printed just before it died."""
     toolchain, oomgo = go_build
-    rec, printed = kill_go_counting(agent, oomgo, {"GOMEMLIMIT": "40MiB", "GOMAXPROCS": "3"})
+    # GOGC=25 and no memory limit: a GC each time the heap grows by a
+    # quarter, a dozen before the kill, and none running back to back (in a
+    # death spiral several GCs can end between the program's last line and
+    # its death, and the comparison would measure the machine's speed).
+    rec, printed = kill_go_counting(agent, oomgo, {"GOGC": "25", "GOMAXPROCS": "3"})
     go = rec["go"]
     if toolchain == "1.21":
         assert go["version"].startswith("go1.21.")
     assert go["state"] == "controller", go
     assert abs(int(go["gc_count"]) - printed) <= 2, (go["gc_count"], printed)
     assert printed >= 5, go  # GCs ran: the comparison means something
-    assert int(go["effective_memory_limit_bytes"]) == 40 * MIB
-    assert go["effective_gogc"] == 100
+    assert go["effective_gogc"] == 25
+    assert "effective_memory_limit_bytes" not in go  # math.MaxInt64: none
     assert go["effective_gomaxprocs"] == 3
-    # The heap at the last GC: the program had grown well past a few MiB.
-    assert int(go["heap_marked_bytes"]) > 8 * MIB, go
-    assert int(go["heap_goal_bytes"]) > 0, go
-    # Whether the spiral is long enough for its verdict depends on the
-    # machine's speed; test_gc_death_spiral_is_seen_from_the_runtime asserts it.
+    # The heap at the last GC: the program had grown well past a few MiB,
+    # and the goal is a quarter above what that GC found live.
+    marked, goal = int(go["heap_marked_bytes"]), int(go["heap_goal_bytes"])
+    assert marked > 8 * MIB, go
+    assert 1.2 * marked <= goal <= 1.3 * marked + 4 * MIB, go
 
 
 def test_gomaxprocs_in_effect_without_the_variable(agent: AgentProcess, oomgo: Path) -> None:
