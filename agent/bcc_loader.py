@@ -244,8 +244,9 @@ class BpfSession:
         return {cause: int(table[ctypes.c_int(i)].value) for i, cause in enumerate(LOST_CAUSES)}
 
     def attach_go(self, path: str, gc_done: int) -> list[str]:
-        """The GC probe on one Go binary, at a pclntab-vouched entry address;
-        the names of the hooks attached. Never uretprobes: Go moves its stacks."""
+        """The GC probe on one Go binary, at an instruction of
+        gcMarkTermination's prologue (gosymbols.probe_address); the names of
+        the hooks attached. Never uretprobes: Go moves its stacks."""
         try:
             self._bpf.attach_uprobe(name=path.encode(), addr=gc_done, fn_name=b"on_go_gc_done")
         except Exception as exc:

@@ -24,6 +24,7 @@ from oomtrace.agent.gosymbols import (
     SymbolError,
     elf_entry,
     entries_in,
+    probe_address,
     read_binary,
     runtime_globals,
 )
@@ -82,7 +83,7 @@ class GoProbes:
             entries = entries_in(data, {GC_DONE, GC_START, START_CYCLE})
             if GC_DONE not in entries:
                 raise SymbolError(f"no {GC_DONE} in pclntab")
-            hooks = self.target.attach_go(exe, entries[GC_DONE])
+            hooks = self.target.attach_go(exe, probe_address(data, entries[GC_DONE], GC_DONE))
         except (SymbolError, OSError, BpfLoadError) as exc:
             self.failed += 1
             log.info("go.probes_skipped", pid=pid, version=go.build.version, reason=str(exc))

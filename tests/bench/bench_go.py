@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from oomtrace.agent.goprobes import GC_DONE, GoProbes
-from oomtrace.agent.gosymbols import function_entries
+from oomtrace.agent.gosymbols import entries_in, probe_address, read_binary
 from oomtrace.agent.procinfo import ProcessCache
 from tests.integration.containers import build_oomgo
 from tests.integration.harness import AgentProcess
@@ -56,7 +56,8 @@ class NoAttach:
 def bare_uprobe(oomgo: Path) -> Iterator[None]:
     from bcc import BPF  # type: ignore[import-not-found,unused-ignore]
 
-    entry = function_entries(oomgo, {GC_DONE})[GC_DONE]
+    data = read_binary(oomgo)
+    entry = probe_address(data, entries_in(data, {GC_DONE})[GC_DONE], GC_DONE)
     bpf = BPF(text="int probe(void *ctx) { return 0; }")
     bpf.attach_uprobe(name=str(oomgo).encode(), addr=entry, fn_name=b"probe")
     try:

@@ -19,6 +19,7 @@ from oomtrace.agent.gosymbols import (
     SymbolError,
     elf_entry,
     entries_in,
+    probe_address,
     read_binary,
     runtime_globals,
 )
@@ -49,6 +50,10 @@ def test_entries_and_globals_match_the_symbol_table(binary: tuple[str, str, Path
     data = read_binary(path)
     entries = entries_in(data, WANTED)
     assert set(entries) == WANTED
+    # The probe goes on the frame's push rbp, a few bytes into the prologue.
+    probe = probe_address(data, entries[GC_DONE], GC_DONE)
+    assert 0 < probe - entries[GC_DONE] <= 32
+    assert byte_at(data, probe) == 0x55  # push rbp
     found = runtime_globals(data, entries)
     pie, entry = elf_entry(data)
     assert pie == (build == "pie")
@@ -61,6 +66,16 @@ def test_entries_and_globals_match_the_symbol_table(binary: tuple[str, str, Path
         assert syms[name] == addr, name
     assert found.gc_controller == syms["runtime.gcController"]
     assert found.gomaxprocs == syms["runtime.gomaxprocs"]
+
+
+def byte_at(data: bytes, vaddr: int) -> int:
+    """The file's byte at a virtual address (the first PT_LOAD holding it)."""
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    for i in range(struct.unpack_from("<H", data, 0x38)[0]):
+        p_type, _f, off, va, _pa, filesz = struct.unpack_from("<IIQQQQ", data, phoff + 56 * i)
+        if p_type == 1 and va <= vaddr < va + filesz:
+            return int(data[off + vaddr - va])
+    raise AssertionError(f"{vaddr:#x} is not in the file")
 
 
 def symbols_absent(path: Path) -> bool:
@@ -149,3 +164,19 @@ def test_functions_outside_the_file_are_refused() -> None:
         runtime_globals(elf(gc_start()), {GC_START: 0x900000, START_CYCLE: CYCLE})
     with pytest.raises(SymbolError, match=r"no runtime\.gcStart"):
         runtime_globals(elf(gc_start()), {START_CYCLE: CYCLE})
+
+
+def test_probe_goes_on_the_frame_push_after_the_stack_check() -> None:
+    prologue = (
+        b"\x4c\x8d\xa4\x24\x40\xfe\xff\xff"  # lea r12, [rsp-0x1c0]
+        b"\x4d\x3b\x66\x10"  # cmp r12, [r14+0x10]
+        b"\x0f\x86\x00\x01\x00\x00"  # jbe morestack
+        b"\x55"  # push rbp
+        b"\x48\x89\xe5"  # mov rbp, rsp
+    )
+    assert probe_address(elf(prologue), START, "f") == START + 18
+
+
+def test_probe_stays_on_the_entry_without_a_frame_push() -> None:
+    leaf = b"\x48\x8b\x44\x24\x08" + b"\xc3" + b"\x55"  # mov rax, [rsp+8]; ret; (next fn)
+    assert probe_address(elf(leaf), START, "f") == START
