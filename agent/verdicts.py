@@ -107,10 +107,18 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
                 "GOMEMLIMIT with it) or reduce what the program keeps alive.",
             )
         )
-    # The heap figures are from the last GC; since then the heap may have
-    # grown up to its goal before the next cycle starts, so only memory
-    # beyond the goal is surely outside the heap.
+    # The heap figures are read as the last GC ends; after it the heap may
+    # grow by GOGC percent of what that GC found live (at most heap_live)
+    # before the next cycle, or up to the memory limit. Only memory beyond
+    # that is surely outside the heap.
+    gogc = go.effective_gogc if go.HasField("effective_gogc") else 100
     heap_bound = max(go.heap_live_bytes, go.heap_goal_bytes)
+    if gogc < 0:
+        heap_bound = _NO_GOAL  # GOGC=off: the heap has no bound but the limit
+    else:
+        heap_bound = max(heap_bound, go.heap_live_bytes * (100 + gogc) // 100)
+    if soft:
+        heap_bound = min(heap_bound, max(soft, go.heap_live_bytes))
     if (
         go.state == "controller"
         and go.heap_live_bytes
@@ -122,9 +130,9 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
             _verdict(
                 "GO_NON_HEAP_DOMINATES",
                 "warning",
-                f"Resident memory was {_mib(rss)} but the Go heap at most {_mib(heap_bound)} "
-                f"(its goal; {_mib(go.heap_live_bytes)} at the last GC): most memory was outside "
-                "the heap (goroutine stacks, cgo, mmap, the runtime).",
+                f"Resident memory was {_mib(rss)} but the Go heap could have been at most "
+                f"{_mib(heap_bound)} ({_mib(go.heap_live_bytes)} at the last GC): most memory "
+                "was outside the heap (goroutine stacks, cgo, mmap, the runtime).",
                 "GOMEMLIMIT cannot help with memory outside the heap: look for goroutine leaks, "
                 "cgo allocations or large mmaps.",
             )

@@ -55,7 +55,11 @@ def test_go_program_without_gomemlimit(agent: AgentProcess, oomgo: Path) -> None
     assert go["module"] == "oomtrace.test/oomgo"
     assert go["build_settings"]["CGO_ENABLED"] == "0"
     assert go["gomemlimit"] == ""
-    assert [v["code"] for v in rec["verdicts"]] == ["GO_GOMEMLIMIT_UNSET"], (rec["verdicts"], go)
+    assert [v["code"] for v in rec["verdicts"]] == ["GO_GOMEMLIMIT_UNSET"], (
+        [v["explanation"] for v in rec["verdicts"]],
+        {k: v for k, v in go.items() if k not in ("build_settings",)},
+        rec["victim"],
+    )
     verdict = rec["verdicts"][0]
     assert verdict["code"] == "GO_GOMEMLIMIT_UNSET"
     assert "64 MiB" in verdict["explanation"]

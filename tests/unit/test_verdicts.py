@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from oomtrace.agent.verdicts import verdicts
 from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
@@ -102,11 +104,25 @@ def test_non_heap_memory_dominates() -> None:
     assert "GO_NON_HEAP_DOMINATES" in codes(ev)
 
 
-def test_heap_growing_toward_its_goal_is_not_non_heap() -> None:
-    """24 MiB live at the last GC, goal 48 MiB: a 64 MiB RSS at the kill is
-    the heap on its way to the goal, not memory outside it."""
+@pytest.mark.parametrize(("live", "goal"), [(24, 48), (32, 32)])
+def test_heap_growing_toward_its_next_goal_is_not_non_heap(live: int, goal: int) -> None:
+    """Read as a GC ends (32 MiB live, that cycle's goal 32 MiB), the heap
+    may then grow by GOGC=100 percent: a 65 MiB RSS at the kill is the heap
+    on its way to the next goal, not memory outside it."""
     ev = go_kill()
     g = ev.go
-    g.state, g.heap_live_bytes, g.heap_goal_bytes = "controller", 24 * MIB, 48 * MIB
-    ev.victim.anon_rss_bytes = 64 * MIB
+    g.state, g.heap_live_bytes, g.heap_goal_bytes = "controller", live * MIB, goal * MIB
+    g.effective_gogc = 100
+    ev.victim.anon_rss_bytes = 65 * MIB
     assert "GO_NON_HEAP_DOMINATES" not in codes(ev)
+
+
+def test_non_heap_under_gomemlimit_is_judged_against_the_limit() -> None:
+    """GOMEMLIMIT=100MiB caps the heap whatever GOGC allows: a 300 MiB RSS
+    with 90 MiB of heap is mostly outside it."""
+    ev = go_kill(gomemlimit="100MiB")
+    g = ev.go
+    g.state, g.heap_live_bytes, g.heap_goal_bytes = "controller", 90 * MIB, 95 * MIB
+    g.effective_gogc, g.effective_memory_limit_bytes = 100, 100 * MIB
+    ev.victim.anon_rss_bytes = 300 * MIB
+    assert "GO_NON_HEAP_DOMINATES" in codes(ev)
