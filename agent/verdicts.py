@@ -112,11 +112,9 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
     # before the next cycle, or up to the memory limit. Only memory beyond
     # that is surely outside the heap.
     gogc = go.effective_gogc if go.HasField("effective_gogc") else 100
-    heap_bound = max(go.heap_live_bytes, go.heap_goal_bytes)
-    if gogc < 0:
-        heap_bound = _NO_GOAL  # GOGC=off: the heap has no bound but the limit
-    else:
-        heap_bound = max(heap_bound, go.heap_live_bytes * (100 + gogc) // 100)
+    # GOGC=off: the heap has no bound but the limit.
+    growth = _NO_GOAL if gogc < 0 else go.heap_live_bytes * (100 + gogc) // 100
+    heap_bound = max(go.heap_live_bytes, go.heap_goal_bytes, growth)
     if soft:
         heap_bound = min(heap_bound, max(soft, go.heap_live_bytes))
     if (
