@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -157,3 +158,39 @@ def test_timeline_joins_the_go_runtime_by_sample_time() -> None:
     assert [p.offset_ms for p in tl] == [-2000, -1000, 0]
     assert [p.go_heap_live_bytes for p in tl] == [0, 30 << 20, 40 << 20]
     assert [p.go_gc_per_second for p in tl] == [0.0, 0.0, 6.0]
+
+
+def go_state(times: list[int], **kw: int) -> decode.GoState:
+    fields = {
+        "gc_count": len(times),
+        "last_gc_ns": times[-1],
+        "gc_times_ns": tuple(times),
+        "controller": True,
+        "gc_percent": 100,
+        "memory_limit_bytes": (1 << 63) - 1,
+        "heap_live_bytes": 30 << 20,
+        "heap_marked_bytes": 20 << 20,
+        "heap_goal_bytes": 40 << 20,
+        "gomaxprocs": 4,
+    }
+    fields.update(kw)
+    return decode.GoState(**fields)  # type: ignore[arg-type]
+
+
+def test_go_gc_rate_counts_the_last_ten_seconds() -> None:
+    own, _ = kills()
+    times = [own.boot_ns - s * 10**9 for s in (25, 9, 6, 3, 1)]  # 4 within 10 s
+    ev = build_event(dataclasses.replace(own, go=go_state(times)), ctx())
+    assert abs(ev.go.gc_per_second_10s - 0.4) < 1e-6  # a float field
+    assert ev.go.since_last_gc_ns == 10**9
+    assert not ev.go.HasField("effective_memory_limit_bytes")  # MaxInt64: no limit
+    assert ev.go.effective_gomaxprocs == 4
+
+
+def test_go_gc_rate_when_the_ring_holds_less_than_ten_seconds() -> None:
+    """At 100 GCs a second the 32-entry ring spans 0.32 s: the rate is taken
+    over that span, not as 32 GCs in 10 s."""
+    own, _ = kills()
+    times = [own.boot_ns - (32 - i) * 10**7 for i in range(decode.GO_RING)]
+    ev = build_event(dataclasses.replace(own, go=go_state(times)), ctx())
+    assert abs(ev.go.gc_per_second_10s - 100) < 1
