@@ -55,12 +55,8 @@ def read_binary(path: str | Path) -> bytes:
         return f.read(MAX_BINARY)
 
 
-def function_entries(path: str | Path, wanted: set[str]) -> dict[str, int]:
-    """Virtual addresses of the wanted functions' entries."""
-    return entries_in(read_binary(path), wanted)
-
-
 def entries_in(data: bytes, wanted: set[str]) -> dict[str, int]:
+    """Virtual addresses of the wanted functions' entries."""
     secs = _sections(data)
     for name in (".gopclntab", ".data.rel.ro.gopclntab"):
         if name in secs:

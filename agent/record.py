@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from oomtrace import __version__
 from oomtrace.agent import cgroups
@@ -249,10 +250,11 @@ def _fill_cgroup(
         c.oom_memcg_failcnt = m.failcnt
 
 
-def to_json(ev: event_pb2.OomEvent) -> str:
-    """One line of protobuf JSON with the proto field names, every field shown."""
+def to_json(msg: Message) -> str:
+    """One line of protobuf JSON (a record, a pressure record) with the proto
+    field names, every field shown."""
     return json_format.MessageToJson(
-        ev,
+        msg,
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
         indent=None,

@@ -11,7 +11,7 @@ import json
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -89,16 +89,7 @@ class Counters:
     user_lost: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "kills_seen": self.kills_seen,
-            "records_emitted": self.records_emitted,
-            "decode_errors": self.decode_errors,
-            "held_too_long": self.held_too_long,
-            "sink_errors": self.sink_errors,
-            "pressure_records": self.pressure_records,
-            "kernel_lost": dict(self.kernel_lost),
-            "user_lost": dict(self.user_lost),
-        }
+        return asdict(self)
 
 
 class Runner:
@@ -328,28 +319,24 @@ class Runner:
         if self.kernel_log is None:
             return
         for report in self.kernel_log.orphans(now_ns):
-            workload = None
-            path = report.constraint_fields.get("task_memcg", "")
-            if self.workloads is not None and path:
-                workload = self.workloads.by_path(path)
-            ctx = KillContext(
-                node=self.node,
-                boot_id=self.boot_id,
-                hierarchy=self.hierarchy,
-                process=None,
-                workload=workload,
-            )
+            ctx = self._log_context(report.constraint_fields.get("task_memcg", ""))
             self._send(event_from_report(report, ctx))
         for path, n in self.kernel_log.take_counter().items():
-            workload = self.workloads.by_path(path) if self.workloads is not None and path else None
-            ctx = KillContext(
-                node=self.node,
-                boot_id=self.boot_id,
-                hierarchy=self.hierarchy,
-                process=None,
-                workload=workload,
-            )
+            ctx = self._log_context(path)
             self._send(counter_event(n, ctx, self.kernel_log.checkpoint.seq, path), kills=n)
+
+    def _log_context(self, cgroup_path: str) -> KillContext:
+        """For a kill known only from the log: no process, the workload by path."""
+        workload = None
+        if self.workloads is not None and cgroup_path:
+            workload = self.workloads.by_path(cgroup_path)
+        return KillContext(
+            node=self.node,
+            boot_id=self.boot_id,
+            hierarchy=self.hierarchy,
+            process=None,
+            workload=workload,
+        )
 
     def _send(self, event: event_pb2.OomEvent, kills: int = 1) -> None:
         for sink in self.sinks:

@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf import json_format
 
 from oomtrace import render, rpc
 from oomtrace.agent.record import to_json
@@ -142,14 +141,7 @@ def pressure(args: argparse.Namespace) -> int:
         raise _explain(exc, args.collector) from None
     if args.json:
         for r in resp.records:
-            print(
-                json_format.MessageToJson(
-                    r,
-                    preserving_proto_field_name=True,
-                    always_print_fields_with_no_presence=True,
-                    indent=None,
-                )
-            )
+            print(to_json(r))
     else:
         print(render.pressure_table(list(resp.records), now=time.time()))
     return 0
