@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -66,6 +67,37 @@ def bare_uprobe(oomgo: Path) -> Iterator[None]:
         bpf.cleanup()
 
 
+@contextlib.contextmanager
+def running_agent(attached: list[bool]) -> Iterator[None]:
+    """The agent, started and ready; whether it attached the Go probe goes
+    into `attached` when it stops."""
+    agent = AgentProcess()
+    agent.wait_ready()
+    try:
+        yield
+    finally:
+        attached.append(any(e.get("event") == "go.probes_attached" for e in agent.logs))
+        agent.stop()
+
+
+def interleaved(
+    runs: int,
+    attach: Callable[[], contextlib.AbstractContextManager[None]],
+    run: Callable[[], tuple[float, int]],
+) -> tuple[float, float, int]:
+    """Median run time without and with `attach`, one run of each in turn so
+    drift on this noisy machine hits both sides alike; and the GCs of a run."""
+    without: list[float] = []
+    with_it: list[float] = []
+    gcs = 0
+    for _ in range(runs):
+        without.append(run()[0])
+        with attach():
+            t, gcs = run()
+            with_it.append(t)
+    return statistics.median(without), statistics.median(with_it), gcs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
@@ -76,40 +108,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         oomgo = build_oomgo(Path(d))
         churn(oomgo, args.allocs // 10)  # warm the page cache
-        # Interleaved (one run without, then one with the agent) so drift on
-        # this noisy machine hits both sides alike. Two GC regimes: a small
-        # heap (hundreds of GCs a second) and 64 MiB live (tens a second).
+        # Two GC regimes: a small heap (hundreds of GCs a second) and 64 MiB
+        # live (tens a second).
         for live in (0, 64):
-            without, with_agent, gcs, attached = [], [], 0, False
-            for _ in range(args.runs):
-                without.append(churn(oomgo, args.allocs, live)[0])
-                agent = AgentProcess()
-                agent.wait_ready()
-                try:
-                    t, gcs = churn(oomgo, args.allocs, live)
-                    with_agent.append(t)
-                    attached = attached or any(
-                        e.get("event") == "go.probes_attached" for e in agent.logs
-                    )
-                finally:
-                    agent.stop()
-            a, b = statistics.median(without), statistics.median(with_agent)
+            attached: list[bool] = []
+            a, b, gcs = interleaved(
+                args.runs,
+                partial(running_agent, attached),
+                partial(churn, oomgo, args.allocs, live),
+            )
             print(
                 f"GC-heavy Go run  {live:>2} MiB live: median {a:.3f} s without the agent, {b:.3f} s "
                 f"with it ({100 * (b - a) / a:+.2f} %; {gcs} GCs a run = {gcs / a:.0f}/s; n={args.runs} "
-                f"each; goal <= +1 %); uprobes attached: {attached}"
+                f"each; goal <= +1 %); uprobes attached: {any(attached)}"
             )
 
         # The floor: a uprobe whose BPF program does nothing, at the same
         # place. What the agent adds beyond this is its own work; this part
-        # is the kernel's trap and single-step, paid once per GC.
-        bare, without = [], []
-        for _ in range(args.runs):
-            without.append(churn(oomgo, args.allocs)[0])
-            with bare_uprobe(oomgo):
-                t, gcs = churn(oomgo, args.allocs)
-                bare.append(t)
-        a, b = statistics.median(without), statistics.median(bare)
+        # is the kernel's trap, paid once per GC.
+        a, b, gcs = interleaved(
+            args.runs, partial(bare_uprobe, oomgo), partial(churn, oomgo, args.allocs)
+        )
         print(
             f"bare uprobe       0 MiB live: median {a:.3f} s without, {b:.3f} s with an empty "
             f"BPF program on runtime.gcMarkTermination ({100 * (b - a) / a:+.2f} %; "

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 GO = REPO / ".venv/lib/python3.11/site-packages/go/bin/go"
 OOMGO_SRC = Path(__file__).resolve().parent / "oomgo"
@@ -78,6 +80,17 @@ def build_oomgo(out: Path, toolchain: str = "newest", build: str = "normal") -> 
     except OSError:
         return binary  # a read-only repository (the guest kernel)
     return cached
+
+
+GO_VARIANTS = [(t, b) for t in GO_TOOLCHAINS for b in GO_BUILDS]
+
+
+def oomgo_or_skip(out: Path, toolchain: str, build: str = "normal") -> Path:
+    """build_oomgo for a test, which skips, saying why, when the toolchain is
+    not installed."""
+    if not GO_TOOLCHAINS[toolchain].exists():
+        pytest.skip(f"Go toolchain {toolchain} is not installed (make setup installs it)")
+    return build_oomgo(out, toolchain, build)
 
 
 def build_every_oomgo(out: Path) -> list[Path]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.containers import GO, GO_BUILDS, GO_TOOLCHAINS, build_oomgo
+from tests.integration.containers import GO, GO_VARIANTS, build_oomgo, oomgo_or_skip
 from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
 
 pytestmark = pytest.mark.skipif(
@@ -101,14 +101,12 @@ def test_timeline_shows_the_go_heap_and_gc_rate(agent: AgentProcess, oomgo: Path
     assert max(p.get("go_gc_per_second", 0) for p in points) > 0
 
 
-@pytest.fixture(scope="module", params=[(t, b) for t in GO_TOOLCHAINS for b in GO_BUILDS])
+@pytest.fixture(scope="module", params=GO_VARIANTS)
 def go_build(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, Path]:
     toolchain, build = request.param
-    if not GO_TOOLCHAINS[toolchain].exists():
-        pytest.skip(f"Go toolchain {toolchain} is not installed (make setup installs it)")
-    return toolchain, build_oomgo(Path(tmp_path_factory.mktemp("go")), toolchain, build)
+    return toolchain, oomgo_or_skip(tmp_path_factory.mktemp("go"), toolchain, build)
 
 
 def test_runtime_state_matches_what_the_program_counted(

@@ -23,7 +23,7 @@ from oomtrace.agent.gosymbols import (
     read_binary,
     runtime_globals,
 )
-from tests.integration.containers import GO_BUILDS, GO_TOOLCHAINS, build_oomgo
+from tests.integration.containers import GO_TOOLCHAINS, GO_VARIANTS, oomgo_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 GC_DONE = "runtime.gcMarkTermination"
@@ -35,14 +35,12 @@ def symbols(binary: Path) -> dict[str, int]:
     return {f[2]: int(f[0], 16) for f in (line.split() for line in out.splitlines()) if len(f) == 3}
 
 
-@pytest.fixture(scope="module", params=[(t, b) for t in GO_TOOLCHAINS for b in GO_BUILDS])
+@pytest.fixture(scope="module", params=GO_VARIANTS)
 def binary(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, str, Path]:
     toolchain, build = request.param
-    if not GO_TOOLCHAINS[toolchain].exists():
-        pytest.skip(f"Go toolchain {toolchain} is not installed (make setup installs it)")
-    return toolchain, build, build_oomgo(tmp_path_factory.mktemp("go"), toolchain, build)
+    return toolchain, build, oomgo_or_skip(tmp_path_factory.mktemp("go"), toolchain, build)
 
 
 def test_entries_and_globals_match_the_symbol_table(binary: tuple[str, str, Path]) -> None:
@@ -97,12 +95,9 @@ def gen_layouts() -> object:
 @pytest.mark.parametrize("toolchain", list(GO_TOOLCHAINS))
 def test_generated_layouts_match_each_versions_dwarf(toolchain: str, tmp_path: Path) -> None:
     """The checked-in table says what the DWARF of a binary built now says."""
-    go = GO_TOOLCHAINS[toolchain]
-    if not go.exists():
-        pytest.skip(f"Go toolchain {toolchain} is not installed (make setup installs it)")
-    path = build_oomgo(tmp_path, toolchain, "normal")
+    path = oomgo_or_skip(tmp_path, toolchain)
     version = subprocess.run(
-        [str(go), "version"], capture_output=True, text=True, check=True
+        [str(GO_TOOLCHAINS[toolchain]), "version"], capture_output=True, text=True, check=True
     ).stdout.split()[2]
     major, minor = (int(x) for x in version.removeprefix("go").split(".")[:2])
     offsets = gen_layouts().struct_offsets(path)  # type: ignore[attr-defined]
