@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from oomtrace.agent.errors import DecodeError
+from oomtrace.agent.kernel_text import KernelText, OomPath
 
 PAGE_SIZE = resource.getpagesize()
 
 # Mirrors bpf/oomtrace.h.
 MEMCG_DEPTH = 8
+KSTACK_DEPTH = 24
 CGROUP_NAME_LEN = 128
 KIND_KILL = 1
 KIND_EXIT = 2
@@ -108,6 +110,8 @@ class KernelKill:
     task_unknown: bool
     oom_control: OomControl | None
     go: GoState | None = None
+    kernel_stack: tuple[int, ...] = ()  # the trigger's, innermost first
+    oom_path: OomPath = OomPath.UNKNOWN  # who called the OOM killer, from kernel_stack
 
 
 GO_RING = 32
@@ -162,8 +166,9 @@ def decode_cmdline(raw: bytes) -> str:
     return " ".join(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0"))
 
 
-def decode_kill(ev: Any) -> KernelKill:
-    """An OOMT_KILL event (BCC's ctypes view, or anything with its fields)."""
+def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
+    """An OOMT_KILL event (BCC's ctypes view, or anything with its fields).
+    text: the running kernel's, to place the kill by its stack."""
     if ev.kind != KIND_KILL:
         raise DecodeError(f"expected a kill event (kind {KIND_KILL}), got kind {ev.kind}")
     depth = int(ev.memcg_depth)
@@ -201,6 +206,8 @@ def decode_kill(ev: Any) -> KernelKill:
     if flags & F_CMDLINE:
         n = max(0, min(int(ev.cmdline_len), len(bytes(ev.cmdline))))
         cmdline = decode_cmdline(bytes(ev.cmdline)[:n])
+    stack_len = min(int(getattr(ev, "kstack_len", 0)), KSTACK_DEPTH)
+    stack = tuple(int(ip) for ip in ev.kstack[:stack_len]) if stack_len else ()
     return KernelKill(
         boot_ns=int(ev.boot_ns),
         victim_tgid=int(ev.victim_tgid),
@@ -227,6 +234,8 @@ def decode_kill(ev: Any) -> KernelKill:
         task_unknown=bool(flags & F_TASK_UNKNOWN),
         oom_control=oc,
         go=_go_state(ev),
+        kernel_stack=stack,
+        oom_path=text.oom_path(stack) if text is not None else OomPath.UNKNOWN,
     )
 
 

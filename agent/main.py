@@ -14,6 +14,7 @@ from oomtrace.agent.export import Exporter, SpoolSink
 from oomtrace.agent.goprobes import GoProbes
 from oomtrace.agent.host import boot_id
 from oomtrace.agent.kernel_log import KernelLog
+from oomtrace.agent.kernel_text import KernelText
 from oomtrace.agent.pressure import PressureSampler
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
@@ -76,6 +77,7 @@ def run_agent(
         if stdout:
             sinks.append(StdoutSink())
         attached = tuple(h.name for h in session.hooks if h.attached)
+        kernel_text = KernelText.load()
         runner = Runner(
             session,
             sinks,
@@ -89,6 +91,7 @@ def run_agent(
             kernel_log=kernel_log,
             sampler=sampler,
             go_probes=go_probes,
+            kernel_text=kernel_text,
         )
         log.info(
             "agent.ready",
@@ -98,6 +101,7 @@ def run_agent(
             cgroup_version=runner.hierarchy.version,
             processes_cached=scanned,
             containers_known=containers,
+            oom_path_from_stack=kernel_text.reason or "yes",
             start_s=round(time.monotonic() - started, 3),
         )
         runner.run()

@@ -12,6 +12,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -23,6 +24,7 @@ from oomtrace.agent.errors import DecodeError
 from oomtrace.agent.goprobes import GoProbes
 from oomtrace.agent.host import boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_log import KernelLog
+from oomtrace.agent.kernel_text import KernelText
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import PressureSampler
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
@@ -109,6 +111,7 @@ class Runner:
         report_wait_ns: int = 300_000_000,
         sampler: PressureSampler | None = None,
         go_probes: GoProbes | None = None,
+        kernel_text: KernelText | None = None,
     ) -> None:
         self.source = source
         self.sinks = sinks
@@ -124,6 +127,7 @@ class Runner:
         self.report_wait_ns = report_wait_ns
         self.sampler = sampler
         self.go_probes = go_probes
+        self.kernel_text = kernel_text
         self.counters = Counters()
         # The OOM killer invocation the last kill belonged to, for incident ids.
         self._incident: tuple[int, int, int, str] | None = (
@@ -146,7 +150,7 @@ class Runner:
             return None
 
     def on_kill(self, raw: Any) -> None:
-        kill = self._decode(decode.decode_kill, raw, "kill")
+        kill = self._decode(partial(decode.decode_kill, text=self.kernel_text), raw, "kill")
         if kill is None:
             return
         self.counters.kills_seen += 1

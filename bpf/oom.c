@@ -19,6 +19,8 @@
  *
  * mark_victim runs in the context of the task that invoked the OOM killer (the
  * trigger), after the kernel printed its OOM report and before "Killed process".
+ * The trigger's kernel stack goes with each kill: it names the OOM killer's
+ * caller (the memcg charge path or the page allocator).
  * Memory figures are read the way the kernel's own report reads them
  * (get_mm_counter: the counter's central value), so they match it to the kB.
  *
@@ -272,6 +274,9 @@ static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid)
     void *trigger_css = task_memcg(cur);
     if (trigger_css)
         ev->trigger_memcg_id = css_cgroup_id(trigger_css);
+    long stack_bytes = bpf_get_stack(ctx, ev->kstack, sizeof(ev->kstack), 0);
+    if (stack_bytes > 0)
+        ev->kstack_len = stack_bytes / sizeof(ev->kstack[0]);
 
     struct oc_stash *oc = oc_by_tid.lookup(&ev->trigger_tid);
     if (oc && ev->boot_ns - oc->boot_ns < 5000000000ULL) {

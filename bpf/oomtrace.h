@@ -25,6 +25,7 @@ enum oomt_kind {
 
 #define OOMT_CGROUP_PATH_LEN 256
 #define OOMT_GO_RING 32 /* the last GC end times of a Go process */
+#define OOMT_KSTACK_DEPTH 24 /* mark_victim sits ~8 frames below out_of_memory's caller */
 
 /* oomt_kill.flags */
 #define OOMT_F_OOM_CONTROL 0x1  /* oc_* fields came from oom_kill_process */
@@ -92,6 +93,13 @@ struct oomt_kill {
     u64 go_heap_goal;
     u64 go_controller_ns;     /* when the controller fields were read */
     u64 go_gomaxprocs;        /* runtime.gomaxprocs, the value in effect */
+    /* The trigger's kernel stack at the kill, innermost return address first.
+     * out_of_memory's caller in it tells a memcg OOM from a global one where
+     * oom_kill_process cannot be hooked: by the time mark_victim runs, the
+     * page counters may no longer show the limit that was hit. */
+    u32 kstack_len;           /* filled entries of kstack */
+    u32 kstack_pad;
+    u64 kstack[OOMT_KSTACK_DEPTH];
 };
 
 #define OOMT_GO_GC 0x1         /* gc_count, ring: from runtime.gcMarkTermination */

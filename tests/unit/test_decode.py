@@ -8,6 +8,7 @@ import pytest
 
 from oomtrace.agent import decode
 from oomtrace.agent.errors import DecodeError
+from oomtrace.agent.kernel_text import KernelText, OomPath, TextRange
 from tests.unit.fixtures import kernel_lines, load, raw_event
 
 
@@ -77,3 +78,21 @@ def test_cmdline_length_beyond_the_buffer_is_clamped() -> None:
     kill = decode.decode_kill(raw_event(fields))
     assert kill.cmdline is not None
     assert kill.cmdline.startswith("/usr/bin/python3")
+
+
+def test_kernel_stack_is_kept_and_placed_by_the_kernel_text() -> None:
+    text = KernelText(
+        (
+            TextRange("out_of_memory", 0x1000, 0x1500),
+            TextRange("mem_cgroup_out_of_memory", 0x2000, 0x2100),
+        )
+    )
+    stack = [0x900, 0x1214, 0x20C0, 0x3000] + [0] * (decode.KSTACK_DEPTH - 4)
+    fields = {**load()["kills"][0], "kstack_len": 4, "kstack": stack}
+    kill = decode.decode_kill(raw_event(fields), text)
+    assert kill.kernel_stack == (0x900, 0x1214, 0x20C0, 0x3000)
+    assert kill.oom_path is OomPath.MEMCG
+    # Without the kernel's text, or with a length past the buffer.
+    assert decode.decode_kill(raw_event(fields)).oom_path is OomPath.UNKNOWN
+    long = decode.decode_kill(raw_event({**fields, "kstack_len": 10_000}), text)
+    assert len(long.kernel_stack) == decode.KSTACK_DEPTH
