@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oomtrace.agent.decode import KernelKill, MemcgLevel
+from oomtrace.agent.kernel_text import OomPath
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 
@@ -121,38 +122,66 @@ def at_limit(level: MemcgLevel) -> bool:
     return False
 
 
-def derive_oom_level(memcgs: tuple[MemcgLevel, ...], trigger_memcg_id: int) -> int | None:
+def derive_oom_level(
+    memcgs: tuple[MemcgLevel, ...], trigger_memcg_id: int, path: OomPath = OomPath.UNKNOWN
+) -> int | None:
     """Index in memcgs of the memcg whose limit was hit, when the kernel did
     not say (no oom_kill_process hook): the lowest memcg on the victim's path
     that sits at its limit and is also on the trigger's path (the trigger
-    charged it). None means no memcg was at its limit: a global OOM."""
+    charged it). None means a global OOM.
+
+    path: who called the OOM killer, read off the kernel stack. GLOBAL is
+    final. MEMCG is too, even when no memcg sits at its limit any more (a
+    previous victim's pages were uncharged between the kernel's margin check
+    and mark_victim): the memcg is then the one with the least headroom. Only
+    UNKNOWN leaves it all to the page counters."""
+    if path is OomPath.GLOBAL:
+        return None
     trigger_index = next((i for i, m in enumerate(memcgs) if m.cgroup_id == trigger_memcg_id), None)
     start = trigger_index if trigger_index is not None else 0
     # The trigger charges its own memcg and every ancestor; any at-limit one
     # from there up can have failed the charge, and the lowest is the first hit.
-    for i in range(start, len(memcgs)):
-        if at_limit(memcgs[i]):
-            return i
-    if trigger_index is not None:
-        # Below the trigger's memcg nothing was charged; still report a memcg
-        # at its limit rather than call it global.
-        for i in range(0, trigger_index):
+    # Below the trigger's memcg nothing was charged; still report a memcg at
+    # its limit there rather than call it global.
+    for first in dict.fromkeys((start, 0)):
+        for i in range(first, len(memcgs)):
             if at_limit(memcgs[i]):
                 return i
+    if path is OomPath.MEMCG:
+        for first in dict.fromkeys((start, 0)):
+            rooms = {
+                i: r for i in range(first, len(memcgs)) if (r := _headroom(memcgs[i])) is not None
+            }
+            if rooms:
+                return min(rooms, key=lambda i: (rooms[i], i))
     return None
+
+
+def _headroom(level: MemcgLevel) -> int | None:
+    """Bytes left under the tightest limit of this memcg (None: no limit)."""
+    rooms = [
+        limit - usage
+        for usage, limit in (
+            (level.usage_bytes, level.limit_bytes),
+            (level.memsw_usage_bytes, level.memsw_limit_bytes),
+        )
+        if limit is not None
+    ]
+    return min(rooms) if rooms else None
 
 
 def oom_level(kill: KernelKill) -> int | None:
     """Index in kill.memcgs of the memcg whose limit was hit: the one the
     kernel's oom_control names when that hook ran (None for a global OOM, or
-    when it lies beyond the recorded ancestry), else derived from the page
-    counters. The one answer the record, its incident and its timeline use."""
+    when it lies beyond the recorded ancestry), else derived from the kernel
+    stack and the page counters. The one answer the record, its incident and
+    its timeline use."""
     if kill.oom_control is not None:
         oom_id = kill.oom_control.memcg_id
         return next(
             (i for i, m in enumerate(kill.memcgs) if oom_id and m.cgroup_id == oom_id), None
         )
-    return derive_oom_level(kill.memcgs, kill.trigger_memcg_id)
+    return derive_oom_level(kill.memcgs, kill.trigger_memcg_id, kill.oom_path)
 
 
 def effective_limit(memcgs: tuple[MemcgLevel, ...]) -> int | None:

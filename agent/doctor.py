@@ -17,6 +17,7 @@ from oomtrace.agent import cgroups
 from oomtrace.agent.btf import VMLINUX_BTF, Btf
 from oomtrace.agent.errors import AgentError, HostNotSupportedError
 from oomtrace.agent.kernel_layout import KernelLayout, resolve
+from oomtrace.agent.kernel_text import KernelText
 
 TRACEFS = Path("/sys/kernel/tracing")
 DEFAULT_STATUS_FILE = Path("/run/oomtrace/agent-status.json")
@@ -187,8 +188,16 @@ def _what_is_recorded(layout: KernelLayout | None, hooks: list[dict[str, Any]]) 
         out.append(
             "constraint, oom memcg, totalpages and chosen points from the kernel's oom_control"
         )
+    elif reason := KernelText.load().reason:
+        out.append(
+            "constraint and oom memcg derived from the memcg page counters at the kill "
+            f"(the kernel stack cannot place it: {reason})"
+        )
     else:
-        out.append("constraint and oom memcg derived from the memcg page counters at the kill")
+        out.append(
+            "constraint from the OOM killer's caller on the kernel stack; "
+            "oom memcg from the memcg page counters at the kill"
+        )
     if "raw_tracepoint/finish_task_reaping" in attached:
         out.append("reap time when the oom reaper frees a victim")
     return out

@@ -17,6 +17,7 @@ from oomtrace.agent import cgroups
 from oomtrace.agent.decode import GO_RING, PAGE_SIZE, GoState, KernelKill, OcConstraint
 from oomtrace.agent.goruntime import GoProcess
 from oomtrace.agent.host import boot_ns_now, boot_ns_to_datetime
+from oomtrace.agent.kernel_text import OomPath
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import GoPoint, Point, WindowReport
 from oomtrace.agent.procinfo import ProcessInfo
@@ -240,7 +241,9 @@ def _fill_cgroup(
         ev.constraint = (
             event_pb2.OomEvent.MEMCG if oom_index is not None else event_pb2.OomEvent.GLOBAL
         )
-        ev.constraint_source = "derived"
+        # The stack says memcg or global for sure; which memcg still comes
+        # from the page counters.
+        ev.constraint_source = "derived" if kill.oom_path is OomPath.UNKNOWN else "kernel stack"
     if oom_index is not None:
         m = memcgs[oom_index]
         c.oom_memcg_path = paths[oom_index]

@@ -452,7 +452,10 @@ def assert_matches_kernel(
         assert not full_report, f"the kernel ratelimited its report of pid {k.pid}"
         return  # the kernel ratelimited the rest of its report for this kill
     expected = {"CONSTRAINT_MEMCG": "MEMCG", "CONSTRAINT_NONE": "GLOBAL"}.get(k.constraint)
-    assert record["constraint"] == expected
+    assert record["constraint"] == expected, (
+        f"record {record['constraint']} ({record['constraint_source']}), kernel {k.constraint}; "
+        f"cgroup {record['cgroup']}"
+    )
     assert record["cgroup"]["path"] == k.task_memcg
     assert record["cgroup"]["oom_memcg_path"] == k.oom_memcg
     assert record["trigger"]["comm"] == k.invoker_comm

@@ -45,7 +45,9 @@ def test_allocator_killed_by_its_limit_is_recorded_as_the_kernel_reports_it(
         assert int(rec["oom_control"]["chosen_points"]) > 0
         assert int(rec["oom_control"]["totalpages"]) * 4096 >= 64 * MIB
     else:
-        assert rec["constraint_source"] == "derived"
+        # The OOM killer's caller on the kernel stack (/proc/kallsyms is
+        # readable to root) says memcg or global.
+        assert rec["constraint_source"] == "kernel stack"
     assert int(rec["exit_ns"]) > 0
     assert rec["missing"] == []
     assert len(rec["id"]) == 32

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from oomtrace.agent import cgroups
 from oomtrace.agent.decode import MemcgLevel
+from oomtrace.agent.kernel_text import OomPath
 
 MIB = 1024 * 1024
 
@@ -69,6 +70,37 @@ def test_memsw_limit_counts_on_cgroup_v1() -> None:
 def test_no_memcg_at_its_limit_means_a_global_oom() -> None:
     chain = (level(2, "a", 10 * MIB, 64 * MIB), level(1, "", 0, None))
     assert cgroups.derive_oom_level(chain, trigger_memcg_id=2) is None
+
+
+def test_kernel_stack_settles_memcg_or_global() -> None:
+    # As in a burst on 6.18: the kernel found no margin, then a previous
+    # victim's last pages were uncharged before mark_victim; the kernel's own
+    # report showed the memcg 6.7 MiB under its limit too.
+    chain = (
+        level(3, "g2", 21 * MIB, 32 * MIB, memsw=(21 * MIB, 32 * MIB)),
+        level(2, "top", 150 * MIB, None),
+        level(1, "", 900 * MIB, None),
+    )
+    assert cgroups.derive_oom_level(chain, trigger_memcg_id=3) is None  # counters alone
+    assert cgroups.derive_oom_level(chain, trigger_memcg_id=3, path=OomPath.MEMCG) == 0
+    at_limit = (level(2, "a", 64 * MIB, 64 * MIB), level(1, "", 0, None))
+    assert cgroups.derive_oom_level(at_limit, trigger_memcg_id=2, path=OomPath.GLOBAL) is None
+
+
+def test_memcg_oom_with_no_memcg_at_its_limit_picks_the_least_headroom() -> None:
+    chain = (
+        level(4, "ctr", 100 * MIB, 512 * MIB),  # 412 MiB left
+        level(3, "pod", 900 * MIB, 1024 * MIB),  # 124 MiB left: the tightest
+        level(2, "qos", 900 * MIB, None),
+        level(1, "", 0, None),
+    )
+    assert cgroups.derive_oom_level(chain, trigger_memcg_id=4, path=OomPath.MEMCG) == 1
+    # The trigger charged from the pod level: the container was not charged.
+    tight_ctr = (level(4, "ctr", 500 * MIB, 512 * MIB), *chain[1:])
+    assert cgroups.derive_oom_level(tight_ctr, trigger_memcg_id=3, path=OomPath.MEMCG) == 1
+    # Nothing limited anywhere: no memcg to name.
+    free = (level(2, "a", 0, None), level(1, "", 0, None))
+    assert cgroups.derive_oom_level(free, trigger_memcg_id=2, path=OomPath.MEMCG) is None
 
 
 def test_memcg_below_the_triggers_is_chosen_only_as_a_last_resort() -> None:

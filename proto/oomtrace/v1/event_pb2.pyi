@@ -107,8 +107,10 @@ class OomEvent(_message.Message):
     killed_at_boot_ns: _builtins.int
     constraint: Global___OomEvent.Constraint.ValueType
     constraint_source: _builtins.str
-    """"kernel" when oom_kill_process handed it over, "derived" when inferred from
-    the memory cgroup page counters at the kill.
+    """"kernel" when oom_kill_process handed it over; "kernel stack" when the
+    OOM killer's caller on the trigger's kernel stack told a memcg OOM from a
+    global one (the memcg then found by the page counters); "derived" when
+    inferred from the memory cgroup page counters at the kill alone.
     """
     reap_ns: _builtins.int
     """Time from mark_victim until the oom reaper finished freeing the victim's
