@@ -24,7 +24,7 @@ from oomtrace.agent.errors import DecodeError
 from oomtrace.agent.goprobes import GoProbes
 from oomtrace.agent.host import boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_log import KernelLog
-from oomtrace.agent.kernel_text import KernelText
+from oomtrace.agent.kernel_text import KernelText, OomPath
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import PressureSampler
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
@@ -87,6 +87,12 @@ class Counters:
     held_too_long: int = 0
     sink_errors: int = 0
     pressure_records: int = 0
+    # Kills where both oom_control and the kernel stack placed the kill
+    # (memcg or global), and how many of those disagreed: a disagreement
+    # means kernel_text misreads this kernel, and where oom_kill_process
+    # cannot be hooked the stack is all there is.
+    oom_path_checks: int = 0
+    oom_path_mismatches: int = 0
     kernel_lost: dict[str, int] = field(default_factory=dict)
     user_lost: dict[str, int] = field(default_factory=dict)
 
@@ -154,6 +160,7 @@ class Runner:
         if kill is None:
             return
         self.counters.kills_seen += 1
+        self._check_oom_path(kill)
         # What was read at exec, while the process was whole; else read the
         # dying victim's /proc now (its exe and environ may be gone already).
         process = None
@@ -163,6 +170,21 @@ class Runner:
             ) or self.processes.remember(kill.victim_tgid)
         key = kill.victim_tgid or kill.victim_tid
         self._pending[key] = _Pending(kill, process)
+
+    def _check_oom_path(self, kill: KernelKill) -> None:
+        if kill.oom_control is None or kill.oom_path is OomPath.UNKNOWN:
+            return
+        memcg = kill.oom_control.constraint is decode.OcConstraint.MEMCG
+        said = OomPath.MEMCG if memcg else OomPath.GLOBAL
+        self.counters.oom_path_checks += 1
+        if kill.oom_path is not said:
+            self.counters.oom_path_mismatches += 1
+            log.warning(
+                "kill.oom_path_mismatch",
+                oom_control=kill.oom_control.constraint.name,
+                kernel_stack=kill.oom_path.value,
+                return_addresses=[hex(ip) for ip in kill.kernel_stack],
+            )
 
     def on_note(self, raw: Any) -> None:
         note = self._decode(decode.decode_note, raw, "note")

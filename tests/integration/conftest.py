@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,14 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
         rc = a.stop()
         collector.stop()
     assert rc == 0, f"agent exited {rc}; log: {a.logs[-20:]}"
+    status = json.loads((work / "status.json").read_text())
+    counters = status["counters"]
+    assert counters["decode_errors"] == 0
+    # Where oom_kill_process is hooked, the kernel stack's answer (memcg or
+    # global) is checked against oom_control's on each kill.
+    assert counters["oom_path_mismatches"] == 0, a.logs
+    if "kprobe/oom_kill_process" in status["hooks"] and counters["kills_seen"]:
+        assert counters["oom_path_checks"] > 0
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 
 from oomtrace.agent import decode
 from oomtrace.agent.cgroups import MemoryHierarchy
+from oomtrace.agent.kernel_text import KernelText, TextRange
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner
 from oomtrace.v1 import event_pb2
@@ -169,3 +170,18 @@ def test_victims_of_one_oom_killer_call_share_an_incident(tmp_path: Path) -> Non
     a, b, c = sink.events
     assert a.incident_id == b.incident_id == a.id
     assert c.incident_id == c.id != a.id
+
+
+def test_kernel_stack_is_checked_against_oom_control(tmp_path: Path) -> None:
+    runner, _, _ = make_runner(tmp_path)
+    runner.kernel_text = KernelText(
+        (TextRange("out_of_memory", 0x1000, 0x1500), TextRange("try_charge_memcg", 0x2000, 0x2800))
+    )
+    memcg_stack = [0x1200, 0x2400] + [0] * (decode.KSTACK_DEPTH - 2)
+    global_stack = [0x1200, 0x9000] + [0] * (decode.KSTACK_DEPTH - 2)
+    base = {**load()["kills"][0], "flags": decode.F_OOM_CONTROL, "oc_constraint": 3}
+    for stack in (memcg_stack, global_stack):
+        runner.on_kill(raw_event({**base, "kstack_len": 2, "kstack": stack}))
+    # No stack: nothing to check.
+    runner.on_kill(raw_event(base))
+    assert (runner.counters.oom_path_checks, runner.counters.oom_path_mismatches) == (2, 1)
