@@ -61,10 +61,18 @@ class KernelText:
             text = path.read_text()
         except OSError as exc:
             return cls((), f"{path} unreadable: {exc.strerror}")
-        if not text.strip(" \n").split(" ", 1)[0].strip("0"):
-            return cls((), f"{path} hides addresses (kernel.kptr_restrict, or not root)")
-        names = (OOM_KILLER, MEMCG_OOM, *MEMCG_OOM_CALLERS)
-        return cls(tuple(r for name in names for r in _ranges(text, name)))
+        ranges = []
+        for name in (OOM_KILLER, MEMCG_OOM, *MEMCG_OOM_CALLERS):
+            for symbol in (name, f"{name}.cold"):
+                found = _find(text, symbol)
+                if found is None:
+                    continue
+                start, next_line = found
+                if start == 0:
+                    return cls((), f"{path} hides addresses (kernel.kptr_restrict, or not root)")
+                if (end := _next_address(text, next_line, start)) is not None:
+                    ranges.append(TextRange(name, start, end))
+        return cls(tuple(ranges))
 
     def function_at(self, ip: int) -> str | None:
         for r in self.ranges:
@@ -86,22 +94,17 @@ class KernelText:
         return OomPath.MEMCG if names[i] in _MEMCG_PATH else OomPath.GLOBAL
 
 
-def _ranges(text: str, name: str) -> list[TextRange]:
-    """Each text part of function `name` (itself and its .cold split)."""
-    out = []
-    for symbol in (name, f"{name}.cold"):
-        pos = text.find(f" {symbol}\n")
-        while pos >= 0:
-            line_start = text.rfind("\n", 0, pos) + 1
-            addr, kind = text[line_start:pos].split(" ")
-            if kind in "tT":
-                start = int(addr, 16)
-                end = _next_address(text, pos + len(symbol) + 2, start)
-                if end is not None:
-                    out.append(TextRange(name, start, end))
-                break
-            pos = text.find(f" {symbol}\n", pos + 1)
-    return out
+def _find(text: str, symbol: str) -> tuple[int, int] | None:
+    """The address of kernel text symbol `symbol` and where the next line
+    starts, or None. Module symbols end in "\t[module]" and never match."""
+    pos = text.find(f" {symbol}\n")
+    while pos >= 0:
+        line_start = text.rfind("\n", 0, pos) + 1
+        addr, kind = text[line_start:pos].split(" ")
+        if kind in ("t", "T"):
+            return int(addr, 16), pos + len(symbol) + 2
+        pos = text.find(f" {symbol}\n", pos + 1)
+    return None
 
 
 def _next_address(text: str, pos: int, start: int) -> int | None:

@@ -98,6 +98,15 @@ def test_inlined_mem_cgroup_out_of_memory_leaves_its_caller(tmp_path: Path) -> N
     assert text.oom_path((OUT_OF_MEMORY, TRY_CHARGE)) is OomPath.MEMCG
 
 
+def test_per_cpu_symbols_at_zero_do_not_mean_hidden_addresses(tmp_path: Path) -> None:
+    # 6.1 lists the per-CPU area first, at address 0, then the kernel text.
+    path = tmp_path / "kallsyms"
+    path.write_text("0000000000000000 A fixed_percpu_data\n" + KALLSYMS_6_18)
+    text = KernelText.load(path)
+    assert text.reason == ""
+    assert text.oom_path((OUT_OF_MEMORY, MEMCG_OOM)) is OomPath.MEMCG
+
+
 def test_hidden_or_missing_kallsyms_says_why(tmp_path: Path) -> None:
     hidden = tmp_path / "kallsyms"
     hidden.write_text(re.sub(r"(?m)^[0-9a-f]{16}", "0" * 16, KALLSYMS_6_18))
