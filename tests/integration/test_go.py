@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.containers import GO, GO_VARIANTS, build_oomgo, oomgo_or_skip
+from tests.integration.containers import GO, GO_VARIANT_IDS, GO_VARIANTS, build_oomgo, oomgo_or_skip
 from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
 
 pytestmark = pytest.mark.skipif(
@@ -101,7 +101,7 @@ def test_timeline_shows_the_go_heap_and_gc_rate(agent: AgentProcess, oomgo: Path
     assert max(p.get("go_gc_per_second", 0) for p in points) > 0
 
 
-@pytest.fixture(scope="module", params=GO_VARIANTS)
+@pytest.fixture(scope="module", params=GO_VARIANTS, ids=GO_VARIANT_IDS)
 def go_build(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, Path]:

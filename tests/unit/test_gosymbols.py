@@ -23,7 +23,7 @@ from oomtrace.agent.gosymbols import (
     read_binary,
     runtime_globals,
 )
-from tests.integration.containers import GO_TOOLCHAINS, GO_VARIANTS, oomgo_or_skip
+from tests.integration.containers import GO_TOOLCHAINS, GO_VARIANT_IDS, GO_VARIANTS, oomgo_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 GC_DONE = "runtime.gcMarkTermination"
@@ -35,7 +35,7 @@ def symbols(binary: Path) -> dict[str, int]:
     return {f[2]: int(f[0], 16) for f in (line.split() for line in out.splitlines()) if len(f) == 3}
 
 
-@pytest.fixture(scope="module", params=GO_VARIANTS)
+@pytest.fixture(scope="module", params=GO_VARIANTS, ids=GO_VARIANT_IDS)
 def binary(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, str, Path]:
@@ -152,6 +152,25 @@ def test_synthetic_gc_start_gives_both_globals() -> None:
 def test_code_that_does_not_vouch_is_refused(code: bytes, reason: str) -> None:
     with pytest.raises(SymbolError, match=reason):
         runtime_globals(elf(code), ENTRIES)
+
+
+def test_go_1_26_binary_without_its_moduledata_is_refused(tmp_path: Path) -> None:
+    """Go 1.26+ keeps runtime.text only in moduledata; linked by gcc, .text
+    starts with C code, so without moduledata no entry can be vouched for."""
+    path = oomgo_or_skip(tmp_path, "newest", "cgo")
+    data = bytearray(read_binary(path))
+    syms = symbols(path)
+    tab = syms["runtime.pclntab"]
+    assert entries_in(bytes(data), WANTED)[GC_DONE] == syms[GC_DONE]
+    # Every word in the file that points at the pclntab header: moduledata's
+    # first word among them.
+    needle = struct.pack("<Q", tab)
+    pos = data.find(needle)
+    while pos >= 0:
+        data[pos : pos + 8] = b"\0" * 8
+        pos = data.find(needle, pos + 8)
+    with pytest.raises(SymbolError, match="no moduledata"):
+        entries_in(bytes(data), WANTED)
 
 
 def test_functions_outside_the_file_are_refused() -> None:
