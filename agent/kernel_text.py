@@ -57,21 +57,36 @@ class KernelText:
 
     @classmethod
     def load(cls, path: Path = KALLSYMS) -> KernelText:
+        """One pass over the file a line at a time: it is megabytes, and all
+        that is kept is a few ranges."""
+        names = {
+            f" {symbol}\n".encode(): name
+            for name in (OOM_KILLER, MEMCG_OOM, *MEMCG_OOM_CALLERS)
+            for symbol in (name, f"{name}.cold")
+        }
+        endings = tuple(names)
+        ranges: list[TextRange] = []
+        unended: list[tuple[str, int]] = []  # found, waiting for the next address
         try:
-            text = path.read_text()
-        except OSError as exc:
-            return cls((), f"{path} unreadable: {exc.strerror}")
-        ranges = []
-        for name in (OOM_KILLER, MEMCG_OOM, *MEMCG_OOM_CALLERS):
-            for symbol in (name, f"{name}.cold"):
-                found = _find(text, symbol)
-                if found is None:
-                    continue
-                start, next_line = found
-                if start == 0:
-                    return cls((), f"{path} hides addresses (kernel.kptr_restrict, or not root)")
-                if (end := _next_address(text, next_line, start)) is not None:
-                    ranges.append(TextRange(name, start, end))
+            with path.open("rb") as f:
+                for line in f:
+                    if unended:
+                        addr = int(line[: line.index(b" ")], 16)
+                        # A higher address ends the function; an equal one is
+                        # an alias; a lower one means no sorted order to trust.
+                        ranges += (TextRange(n, s, addr) for n, s in unended if addr > s)
+                        unended = [(n, s) for n, s in unended if addr == s]
+                    if line.endswith(endings):
+                        addr_text, kind, symbol = line.split(b" ", 2)
+                        if kind not in (b"t", b"T"):
+                            continue
+                        if not (start := int(addr_text, 16)):
+                            return cls(
+                                (), f"{path} hides addresses (kernel.kptr_restrict, or not root)"
+                            )
+                        unended.append((names[b" " + symbol], start))
+        except (OSError, ValueError) as exc:
+            return cls((), f"{path} unreadable: {exc}")
         return cls(tuple(ranges))
 
     def function_at(self, ip: int) -> str | None:
@@ -92,32 +107,3 @@ class KernelText:
         if i == len(names):
             return OomPath.UNKNOWN  # the stack was cut before the caller
         return OomPath.MEMCG if names[i] in _MEMCG_PATH else OomPath.GLOBAL
-
-
-def _find(text: str, symbol: str) -> tuple[int, int] | None:
-    """The address of kernel text symbol `symbol` and where the next line
-    starts, or None. Module symbols end in "\t[module]" and never match."""
-    pos = text.find(f" {symbol}\n")
-    while pos >= 0:
-        line_start = text.rfind("\n", 0, pos) + 1
-        addr, kind = text[line_start:pos].split(" ")
-        if kind in ("t", "T"):
-            return int(addr, 16), pos + len(symbol) + 2
-        pos = text.find(f" {symbol}\n", pos + 1)
-    return None
-
-
-def _next_address(text: str, pos: int, start: int) -> int | None:
-    """The first address above `start` on the lines from `pos`: where the
-    function ends (aliases share its start)."""
-    for _ in range(64):
-        end = text.find("\n", pos)
-        if end < 0:
-            return None
-        addr = int(text[pos : text.index(" ", pos)], 16)
-        if addr > start:
-            return addr
-        if addr < start:
-            return None  # not sorted here: no safe end
-        pos = end + 1
-    return None
