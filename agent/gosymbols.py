@@ -123,7 +123,9 @@ def _module_text(
     if tab_addr is None:
         raise SymbolError("pclntab is outside the file's segments")
     needle = struct.pack("<Q", tab_addr)
-    for _flags, off, _vaddr, filesz, _memsz in segments:
+    for flags, off, _vaddr, filesz, _memsz in segments:
+        if not flags & PF_W:
+            continue  # moduledata is data the runtime writes (firstmoduledata)
         pos = data.find(needle, off, off + filesz)
         while pos >= 0:
             if pos % 8 == 0 and pos + 8 * _MODULEDATA_WORDS <= off + filesz:
