@@ -141,17 +141,15 @@ def derive_oom_level(
     start = trigger_index if trigger_index is not None else 0
     # The trigger charges its own memcg and every ancestor; any at-limit one
     # from there up can have failed the charge, and the lowest is the first hit.
-    # Below the trigger's memcg nothing was charged; still report a memcg at
-    # its limit there rather than call it global.
-    for first in dict.fromkeys((start, 0)):
-        for i in range(first, len(memcgs)):
+    # Below the trigger's memcg nothing was charged: only a last resort.
+    charged, below = range(start, len(memcgs)), range(0, start)
+    for levels in (charged, below):
+        for i in levels:
             if at_limit(memcgs[i]):
                 return i
     if path is OomPath.MEMCG:
-        for first in dict.fromkeys((start, 0)):
-            rooms = {
-                i: r for i in range(first, len(memcgs)) if (r := _headroom(memcgs[i])) is not None
-            }
+        for levels in (charged, below):
+            rooms = {i: r for i in levels if (r := _headroom(memcgs[i])) is not None}
             if rooms:
                 return min(rooms, key=lambda i: (rooms[i], i))
     return None

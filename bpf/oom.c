@@ -500,9 +500,8 @@ int on_memcg_reclaim_end(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /* Go: the uprobes run in the Go process itself, so tgid names it. */
-static __always_inline struct go_state *go_state_of_current(void)
+static __always_inline struct go_state *go_state_of(u32 tgid)
 {
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct go_state zero = {};
     struct go_state *st = go_states.lookup_or_try_init(&tgid, &zero);
     if (!st)
@@ -521,7 +520,8 @@ static __always_inline struct go_state *go_state_of_current(void)
  * the previous cycle marked; the goal is this cycle's). */
 int on_go_gc_done(struct pt_regs *ctx)
 {
-    struct go_state *st = go_state_of_current();
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct go_state *st = go_state_of(tgid);
     if (!st)
         return 0;
     u64 now = bpf_ktime_get_boot_ns();
@@ -532,7 +532,6 @@ int on_go_gc_done(struct pt_regs *ctx)
     st->gc_ns[i] = now;
     st->pos++;
 
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct go_proc *gp = go_procs.lookup(&tgid);
     if (!gp || !gp->controller)
         return 0;
@@ -552,7 +551,6 @@ int on_go_gc_done(struct pt_regs *ctx)
     st->flags |= OOMT_GO_CONTROLLER;
     return 0;
 }
-
 
 #ifdef WITH_OOM_KILL_PROCESS
 /* Optional: where kprobes exist, oom_kill_process(struct oom_control *oc,
