@@ -49,6 +49,7 @@ class Exporter:
         self.max_backoff_s = max_backoff_s
         self.acked = 0
         self.rejected = 0
+        self.failed_sessions = 0  # connections that failed or broke
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,6 +70,7 @@ class Exporter:
                 self._session()
                 backoff = self.min_backoff_s
             except grpc.RpcError as exc:
+                self.failed_sessions += 1
                 code, detail = rpc.status(exc)
                 log.warning(
                     "export.reconnecting",
@@ -79,6 +81,7 @@ class Exporter:
                     retry_in_s=round(backoff, 2),
                 )
             except grpc.FutureTimeoutError:
+                self.failed_sessions += 1
                 log.warning(
                     "export.collector_unreachable",
                     collector=self.target,

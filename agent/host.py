@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,3 +33,10 @@ def boot_ns_to_datetime(boot_ns: int) -> datetime:
 
 def boot_ns_now() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+# Nanoseconds on the kernel's boot clock, the clock BPF stamps events with
+# (bpf_ktime_get_boot_ns). Everything in the agent that decides by time takes
+# one, defaulting to boot_ns_now, so tests give their own and never depend on
+# how long the machine has been up.
+Clock = Callable[[], int]

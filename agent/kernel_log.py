@@ -20,13 +20,13 @@ import json
 import os
 import select
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
+from oomtrace.agent.host import Clock, boot_ns_now
 from oomtrace.agent.kmsg import KMSG, KmsgReader, ParsedReport, ReportParser
 
 log = structlog.get_logger(__name__)
@@ -100,11 +100,13 @@ class KernelLog:
         orphan_after_ns: int = 5_000_000_000,
         kmsg_path: str = KMSG,
         cgroup_kills: Callable[[], dict[str, int]] | None = None,
+        clock: Clock = boot_ns_now,
     ) -> None:
         """cgroup_kills: each memory cgroup's own oom_kill count, by path."""
         self.checkpoint_path = checkpoint_path
         self.kmsg_path = kmsg_path
         self.orphan_after_ns = orphan_after_ns
+        self.clock = clock
         previous = Checkpoint.load(checkpoint_path, boot_id)
         self.first_run_this_boot = previous is None
         if previous is None:
@@ -121,7 +123,7 @@ class KernelLog:
         # the node, when the cgroup that had them is gone).
         self.counter_pending: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._unclaimed: list[tuple[ParsedReport, int]] = []  # (report, seen at, monotonic ns)
+        self._unclaimed: list[tuple[ParsedReport, int]] = []  # (report, seen at on the clock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._marker_text = ""
@@ -180,7 +182,7 @@ class KernelLog:
                 report = self.parser.feed(rec)
                 if report is not None and report.last_seq > self.checkpoint.seq:
                     with self._lock:
-                        self._unclaimed.append((report, time.monotonic_ns()))
+                        self._unclaimed.append((report, self.clock()))
             select.select([self.reader.fileno()], [], [], 0.2)
 
     def _count_unlogged(self) -> None:
@@ -227,7 +229,7 @@ class KernelLog:
         """Reports to record on their own, taken out of the unclaimed ones."""
         if self.marker_seq is None:
             return []  # until the marker is read, a report may still be live
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        now_ns = self.clock() if now_ns is None else now_ns
         out: list[ParsedReport] = []
         with self._lock:
             keep = []

@@ -10,7 +10,6 @@ cgroup) is looked for again a few times."""
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import structlog
 
 from oomtrace.agent import cgroup_names, runtimes
 from oomtrace.agent.cgroup_names import CgroupIdentity
+from oomtrace.agent.host import Clock, boot_ns_now
 from oomtrace.agent.runtimes import ContainerInfo, RuntimeRoots
 
 log = structlog.get_logger(__name__)
@@ -31,6 +31,17 @@ class Workload:
     identity: CgroupIdentity
     container: ContainerInfo | None
     reasons: tuple[str, ...] = ()
+
+
+def _log_resolved(w: Workload) -> None:
+    assert w.container is not None
+    log.info(
+        "workload.resolved",
+        path=w.path,
+        runtime=w.container.runtime,
+        container=w.container.name,
+        pod=w.container.pod_name,
+    )
 
 
 @dataclass
@@ -47,6 +58,7 @@ class WorkloadCache:
     roots: RuntimeRoots = field(default_factory=RuntimeRoots)
     grace_ns: int = 600_000_000_000
     max_entries: int = 100_000
+    clock: Clock = boot_ns_now
     _entries: dict[int, _Entry] = field(default_factory=dict)
     evicted: int = 0
 
@@ -60,12 +72,17 @@ class WorkloadCache:
         info, reasons = runtimes.lookup(ident.container_id, ident.runtime, self.roots)
         return Workload(path, ident, info, tuple(reasons) if info is None else ())
 
-    def learn(self, cgroup_id: int, path: str, now_ns: int | None = None) -> Workload:
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+    def learn(
+        self, cgroup_id: int, path: str, now_ns: int | None = None, *, announce: bool = True
+    ) -> Workload:
+        """announce: log a container found now (not for the start-up scan's many)."""
+        now_ns = self.clock() if now_ns is None else now_ns
         workload = self._resolve(path)
         entry = _Entry(workload)
         if workload.identity.is_container and workload.container is None:
             entry.retry_at_ns = now_ns + _RETRY_AFTER_NS[0]
+        elif workload.container is not None and announce:
+            _log_resolved(workload)
         self._entries[cgroup_id] = entry
         if len(self._entries) > self.max_entries:
             self._evict_one()
@@ -83,7 +100,7 @@ class WorkloadCache:
     def removed(self, cgroup_id: int, now_ns: int | None = None) -> None:
         entry = self._entries.get(cgroup_id)
         if entry is not None:
-            entry.removed_at_ns = time.monotonic_ns() if now_ns is None else now_ns
+            entry.removed_at_ns = self.clock() if now_ns is None else now_ns
             entry.retry_at_ns = None
 
     def lookup(self, cgroup_id: int, path: str) -> Workload:
@@ -110,7 +127,7 @@ class WorkloadCache:
 
     def tick(self, now_ns: int | None = None) -> None:
         """Retries pending resolutions and forgets entries past their grace."""
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        now_ns = self.clock() if now_ns is None else now_ns
         expired = [
             k
             for k, e in self._entries.items()
@@ -125,6 +142,7 @@ class WorkloadCache:
             e.attempts += 1
             if fresh.container is not None:
                 e.workload, e.retry_at_ns = fresh, None
+                _log_resolved(fresh)
             elif e.attempts < len(_RETRY_AFTER_NS):
                 e.workload = fresh
                 e.retry_at_ns = now_ns + _RETRY_AFTER_NS[e.attempts]
@@ -151,6 +169,6 @@ class WorkloadCache:
                     ino = os.stat(full).st_ino
                 except OSError:
                     continue
-                self.learn(ino, rel)
+                self.learn(ino, rel, announce=False)
                 found += 1
         return found

@@ -216,6 +216,19 @@ class AgentProcess:
             self.stop()
             raise AssertionError(f"agent not ready after {timeout}s; its log: {self.logs}")
 
+    def wait_log(
+        self, event: str, where: Callable[[dict[str, Any]], bool], timeout: float = 20
+    ) -> dict[str, Any]:
+        """The first log entry named `event` that matches `where`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for entry in list(self.logs):
+                if entry.get("event") == event and where(entry):
+                    return entry
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {event} log entry in {timeout}s: {self.logs[-20:]}")
+            time.sleep(0.05)
+
     def take(
         self, n: int, timeout: float = 20, where: Callable[[dict[str, Any]], bool] | None = None
     ) -> list[dict[str, Any]]:
@@ -243,6 +256,14 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met in {timeout}s")
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -342,20 +363,23 @@ class KmsgReader:
             select.select([self.fd], [], [], 0.05)
 
     def _drain(self) -> None:
-        while True:
-            try:
-                data = os.read(self.fd, 8192)
-            except BlockingIOError:
-                return
-            except OSError:  # EPIPE: the ring overwrote what we had not read
-                self.overwritten += 1
-                continue
-            _header, _, text = data.decode(errors="replace").partition(";")
-            with self._lock:
+        # Under the lock from the first read to the last: the follower and
+        # read() both drain, and each record lands once, in order.
+        with self._lock:
+            while True:
+                try:
+                    data = os.read(self.fd, 8192)
+                except BlockingIOError:
+                    return
+                except OSError:  # EPIPE: the ring overwrote what we had not read
+                    self.overwritten += 1
+                    continue
+                _header, _, text = data.decode(errors="replace").partition(";")
                 self.lines.append(text.split("\n", 1)[0])
 
     def read(self) -> None:
-        time.sleep(0.06)  # let the follower catch up with what is written by now
+        """Everything the kernel has logged by now, read before returning."""
+        self._drain()
 
     def kills(self) -> dict[int, KernelKill]:
         """By victim pid. The report's lines come in order: invoked, ...,

@@ -17,6 +17,7 @@ from tests.integration.harness import (
     KmsgReader,
     hierarchy,
     scratch_cgroup,
+    wait_until,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -33,7 +34,8 @@ def test_oom_group_kill_is_one_incident_with_every_victim(
     with scratch_cgroup(96 * MIB) as cg:
         (cg.path / "memory.oom.group").write_text("1")
         holders = [cg.spawn(HOLD) for _ in range(2)]
-        time.sleep(2)
+        # Both holders have their 12 MiB before the grower starts.
+        wait_until(lambda: cg.usage_and_limit()[0] >= 24 * MIB, what="holders' memory charged")
         grower = cg.spawn(ALLOCATE_FOREVER)
         procs = [*holders, grower]
         for p in procs:

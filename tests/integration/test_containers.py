@@ -191,7 +191,8 @@ def test_container_removed_before_its_record_is_enriched(
             ["hold", "8"],
             cri_annotations("shop-7d9f8b6c5-x2x4q", "shop", pod_uid, "cart", IMAGE),
         )
-        time.sleep(2.5)  # past the agent's retries for runc's late state.json
+        # The agent has read runc's state.json (written after the cgroup).
+        agent.wait_log("workload.resolved", lambda e: e["path"].endswith(cid))
         os.kill(agent.proc.pid, signal.SIGSTOP)
         try:
             runc.exec(cid, ["grow"])

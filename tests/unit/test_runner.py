@@ -13,6 +13,7 @@ from oomtrace.agent.kernel_text import KernelText, TextRange
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner
 from oomtrace.v1 import event_pb2
+from tests.unit.clock import ManualClock
 from tests.unit.fixtures import load, raw_event
 
 
@@ -60,6 +61,8 @@ def make_runner(
         processes=ProcessCache(proc=tmp_path),  # an empty /proc: nothing is alive
         status_file=tmp_path / "status.json",
         node="n1",
+        # Well after every fixture kill, whatever this machine's uptime.
+        clock=ManualClock(max(k["boot_ns"] for k in load()["kills"]) + 3600 * 10**9),
     )
     return runner, sink, source
 

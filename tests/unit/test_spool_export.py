@@ -66,7 +66,7 @@ def test_exporter_delivers_everything_once_after_the_collector_comes_up(tmp_path
     exporter = Exporter(spool, f"127.0.0.1:{port}", min_backoff_s=0.05, max_backoff_s=0.2)
     exporter.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: exporter.failed_sessions >= 2)  # it tried, and tries again
         for ev in evs[10:20]:
             spool.put(ev)
         assert store.count() == 0
