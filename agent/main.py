@@ -55,6 +55,7 @@ def run_agent(
     kernel_log.note_kill_count()
     session = BpfSession(layout, memcg_hierarchy_id=hierarchy.hierarchy_id)
     kernel_log.mark_attached()
+    sampler: PressureSampler | None = None
     try:
         processes = ProcessCache()
         scanned = processes.scan()
@@ -66,6 +67,8 @@ def run_agent(
         containers = workloads.scan()
         sampler = PressureSampler(hierarchy, session.reclaim_stats, go_states=session.go_states)
         sampler.scan()
+        # Its own thread: a busy event loop must not leave holes in timelines.
+        sampler.start()
         sinks: list[Sink] = []
         exporter = None
         if collector:
@@ -109,5 +112,7 @@ def run_agent(
             exporter.stop()
         log.info("agent.stopped", **runner.counters.as_dict())
     finally:
+        if sampler is not None:
+            sampler.close()
         session.close()
         kernel_log.stop()

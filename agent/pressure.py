@@ -12,14 +12,23 @@ Signals, by cgroup version:
         and a PSI trigger ("some 100ms per 1s") woken through poll
 
 Bounded: at most `max_cgroups` tracked, `history_s` points each, one record
-per cgroup per window (6 a minute)."""
+per cgroup per window (6 a minute).
+
+The sampler runs on a thread of its own (`start`), so a second is sampled on
+time whatever the event loop is busy with (a kill being assembled, a binary
+being parsed, probes being attached). A second it still could not sample (the
+whole process was starved) is kept as a missed second, so a timeline shows a
+gap as a gap, and `points_missed` counts them. The event loop takes the closed
+windows with `take_reports`."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import queue
 import select
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +37,7 @@ from pathlib import Path
 import structlog
 
 from oomtrace.agent.cgroups import MemoryHierarchy
-from oomtrace.agent.host import boot_ns_now
+from oomtrace.agent.host import Clock, boot_ns_now
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +62,8 @@ class GoPoint:
 
 @dataclass(frozen=True, slots=True)
 class Point:
+    """One second of one cgroup, stamped with the boot-clock time it was read."""
+
     boot_ns: int
     usage_bytes: int
     limit_bytes: int
@@ -163,8 +174,12 @@ class PressureSampler:
         max_cgroups: int = 5000,
         max_notifiers: int = 1000,
         go_states: Callable[[], dict[int, tuple[int, int]]] | None = None,
+        clock: Clock = boot_ns_now,
+        period_ns: int = 1_000_000_000,
     ) -> None:
         self.h = hierarchy
+        self.clock = clock
+        self.period_ns = period_ns
         self.reclaim_stats = reclaim_stats
         self.window_ns = window_ns
         self.history_s = history_s
@@ -180,6 +195,15 @@ class PressureSampler:
         self.go_points: dict[int, deque[GoPoint]] = {}
         self._go_seen_ns: dict[int, int] = {}
         self._last_sample_ns = 0
+        # Seconds no point was taken for, and how many in all.
+        self.missed_ns: deque[int] = deque(maxlen=history_s)
+        self.points_missed = 0
+        # The event loop (learn, forget, timeline) and the sampling thread
+        # share the tracked cgroups; sampling holds the lock while it reads.
+        self._lock = threading.RLock()
+        self._reports: queue.SimpleQueue[WindowReport] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         v1 = hierarchy.version == 1
         self._usage_file = "memory.usage_in_bytes" if v1 else "memory.current"
         self._limit_file = "memory.limit_in_bytes" if v1 else "memory.max"
@@ -187,6 +211,7 @@ class PressureSampler:
     # -- membership -------------------------------------------------------------------
 
     def scan(self) -> int:
+        """Learns every cgroup now in the hierarchy; returns how many are tracked."""
         if self.h.mount is None:
             return 0
         for root, dirs, _files in os.walk(self.h.mount):
@@ -199,22 +224,29 @@ class PressureSampler:
     def learn(self, cgroup_id: int, path: str, *, new: bool = False) -> None:
         """new: the cgroup was just made (its mkdir was seen), so its counters
         start from zero; otherwise their first reading is the baseline."""
-        if self.h.mount is None or cgroup_id in self.cgroups or path.startswith("/process_api"):
+        if self.h.mount is None or path.startswith("/process_api"):
             return
-        if len(self.cgroups) >= self.max_cgroups:
-            self.dropped += 1
-            return
-        self.cgroups[cgroup_id] = Tracked(
-            path,
-            self.h.mount / path.lstrip("/"),
-            learned_ns=boot_ns_now(),
-            points=deque(maxlen=self.history_s),
-            counters={} if new else None,
-        )
+        with self._lock:
+            if cgroup_id in self.cgroups:
+                return
+            if len(self.cgroups) >= self.max_cgroups:
+                self.dropped += 1
+                return
+            self.cgroups[cgroup_id] = Tracked(
+                path,
+                self.h.mount / path.lstrip("/"),
+                learned_ns=self.clock(),
+                points=deque(maxlen=self.history_s),
+                counters={} if new else None,
+            )
 
     def forget(self, cgroup_id: int) -> None:
         """The cgroup is gone; its open window (the pressure right before a
         container died) is reported with the next sample."""
+        with self._lock:
+            self._forget(cgroup_id)
+
+    def _forget(self, cgroup_id: int) -> None:
         t = self.cgroups.pop(cgroup_id, None)
         if t is not None:
             self._close_notifiers(t)
@@ -251,13 +283,62 @@ class PressureSampler:
 
     # -- sampling -----------------------------------------------------------------------
 
-    def due(self, now_ns: int) -> bool:
-        return now_ns - self._last_sample_ns >= 1_000_000_000
+    def start(self) -> None:
+        """Samples every period on a thread of its own until stop()."""
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pressure")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        next_ns = self.clock()
+        while not self._stop.wait(max(0, next_ns - self.clock()) / 1e9):
+            try:
+                for report in self.sample():
+                    self._reports.put(report)
+            except Exception:
+                log.exception("pressure.sample_failed")
+            # On a fixed schedule, not a period after each sample, so the
+            # points stay a second apart; when a whole period or more was
+            # lost, start again from now (sample() keeps the gap as missed).
+            next_ns += self.period_ns
+            now = self.clock()
+            if now - next_ns >= self.period_ns:
+                next_ns = now
+
+    def take_reports(self) -> list[WindowReport]:
+        """The windows closed since the last call, oldest first."""
+        out: list[WindowReport] = []
+        while True:
+            try:
+                out.append(self._reports.get_nowait())
+            except queue.Empty:
+                return out
 
     def sample(self, now_ns: int | None = None) -> list[WindowReport]:
         """One point for every limited cgroup; the windows that closed."""
-        now_ns = boot_ns_now() if now_ns is None else now_ns
+        with self._lock:
+            return self._sample(self.clock() if now_ns is None else now_ns)
+
+    def _note_missed(self, now_ns: int) -> None:
+        """Seconds between the last point and this one that got none."""
+        last = self._last_sample_ns
         self._last_sample_ns = now_ns
+        if not last:
+            return
+        # Half a period of lateness is jitter; beyond that a second was lost.
+        missed = (now_ns - last + self.period_ns // 2) // self.period_ns - 1
+        for i in range(1, missed + 1):
+            self.missed_ns.append(last + i * self.period_ns)
+        if missed > 0:
+            self.points_missed += missed
+            log.warning("pressure.seconds_missed", missed=missed, total=self.points_missed)
+
+    def _sample(self, now_ns: int) -> list[WindowReport]:
+        self._note_missed(now_ns)
         try:
             reclaim = self.reclaim_stats()
         except (OSError, KeyError) as exc:
@@ -306,7 +387,7 @@ class PressureSampler:
                 if report is not None:
                     closed.append(report)
         for cid in gone:
-            self.forget(cid)
+            self._forget(cid)
         return closed
 
     def _refresh_limit(self, t: Tracked, now_ns: int) -> int | None:
@@ -419,16 +500,25 @@ class PressureSampler:
             self._go_seen_ns.pop(tgid, None)
 
     def go_timeline(self, tgid: int, kill_ns: int, span_ns: int = 60_000_000_000) -> list[GoPoint]:
-        return [
-            p for p in self.go_points.get(tgid, ()) if kill_ns - span_ns <= p.boot_ns <= kill_ns
-        ]
+        with self._lock:
+            return [
+                p for p in self.go_points.get(tgid, ()) if kill_ns - span_ns <= p.boot_ns <= kill_ns
+            ]
 
     def timeline(self, cgroup_id: int, kill_ns: int, span_ns: int = 60_000_000_000) -> list[Point]:
-        t = self.cgroups.get(cgroup_id)
-        if t is None:
-            return []
-        return [p for p in t.points if kill_ns - span_ns <= p.boot_ns <= kill_ns]
+        with self._lock:
+            t = self.cgroups.get(cgroup_id)
+            if t is None:
+                return []
+            return [p for p in t.points if kill_ns - span_ns <= p.boot_ns <= kill_ns]
+
+    def missed(self, since_ns: int, until_ns: int) -> list[int]:
+        """The seconds in [since_ns, until_ns] that got no point."""
+        with self._lock:
+            return [m for m in self.missed_ns if since_ns <= m <= until_ns]
 
     def close(self) -> None:
-        for t in self.cgroups.values():
-            self._close_notifiers(t)
+        self.stop()
+        with self._lock:
+            for t in self.cgroups.values():
+                self._close_notifiers(t)

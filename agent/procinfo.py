@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from oomtrace.agent.decode import decode_cmdline
-from oomtrace.agent.goruntime import BuildInfo, BuildInfoCache, GoProcess, go_env
+from oomtrace.agent.goruntime import BuildInfo, BuildInfoCache, GoProcess, allowed_cpus, go_env
 
 PROC = Path("/proc")
 _CMDLINE_MAX = 4096
@@ -23,6 +23,21 @@ class ProcessInfo:
     cmdline: str
     exe: str
     go: GoProcess | None = None
+    start_boot_ns: int | None = None  # when it started, on the boot clock
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_boot_ns(stat: str) -> int | None:
+    """A /proc/PID/stat line's starttime (field 22, clock ticks since boot,
+    on the boot clock) in ns. The comm in parentheses may hold anything, so
+    fields are counted after its closing parenthesis."""
+    rest = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(rest[19]) * 1_000_000_000 // _CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
 
 
 def read_process(
@@ -42,6 +57,10 @@ def read_process(
         exe = os.readlink(base / "exe")
     except OSError:
         exe = ""
+    try:
+        started = start_boot_ns((base / "stat").read_text(errors="replace"))
+    except OSError:
+        started = None
     if not raw:
         return None
     go = None
@@ -50,9 +69,13 @@ def read_process(
         # its mount namespace.
         build = builds.get(str(base / "exe"))
         if isinstance(build, BuildInfo):
-            go = GoProcess(build, go_env(pid, proc))
+            go = GoProcess(build, go_env(pid, proc), allowed_cpus(pid, proc))
     return ProcessInfo(
-        comm=comm, cmdline=decode_cmdline(raw), exe=exe.removesuffix(" (deleted)"), go=go
+        comm=comm,
+        cmdline=decode_cmdline(raw),
+        exe=exe.removesuffix(" (deleted)"),
+        go=go,
+        start_boot_ns=started,
     )
 
 

@@ -13,10 +13,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from oomtrace import __version__
-from oomtrace.agent import cgroups
+from oomtrace.agent import cgroups, goruntime
 from oomtrace.agent.decode import GO_RING, PAGE_SIZE, GoState, KernelKill, OcConstraint
 from oomtrace.agent.goruntime import GoProcess
-from oomtrace.agent.host import boot_ns_now, boot_ns_to_datetime
+from oomtrace.agent.host import boot_ns_to_datetime
 from oomtrace.agent.kernel_text import OomPath
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import GoPoint, Point, WindowReport
@@ -52,6 +52,7 @@ class KillContext:
     timeline: tuple[Point, ...] = ()
     timeline_cgroup: str = ""
     go_timeline: tuple[GoPoint, ...] = ()
+    timeline_missed: tuple[int, ...] = ()  # boot ns of seconds with no point
 
 
 def event_id(boot_id: str, boot_ns: int, victim_tgid: int) -> str:
@@ -129,12 +130,14 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
     if ctx.report is not None:
         ev.kernel_report.CopyFrom(kernel_report(ctx.report))
     if ctx.timeline:
-        ev.timeline.extend(timeline(list(ctx.timeline), kill.boot_ns, list(ctx.go_timeline)))
+        ev.timeline.extend(
+            timeline(list(ctx.timeline), kill.boot_ns, list(ctx.go_timeline), ctx.timeline_missed)
+        )
         ev.timeline_cgroup = ctx.timeline_cgroup
     if ctx.process is not None and ctx.process.go is not None:
         _fill_go(ev, ctx.process.go)
     if kill.go is not None:
-        _fill_go_state(ev, kill.go, kill.boot_ns)
+        _fill_go_state(ev, kill.go, kill.boot_ns, ctx.process)
     ev.incident_id = ctx.incident_id or ev.id
     ev.hooks.extend(ctx.hooks)
     ev.missing.extend(missing)
@@ -142,30 +145,42 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
     return ev
 
 
-_NO_MEMORY_LIMIT = 1 << 62  # Go's "no limit" is math.MaxInt64
+_SOURCES = {
+    goruntime.Source.ENV: event_pb2.GoRuntime.ENV,
+    goruntime.Source.PROGRAM: event_pb2.GoRuntime.PROGRAM,
+    goruntime.Source.DEFAULT: event_pb2.GoRuntime.DEFAULT,
+}
 
 
-def _fill_go_state(ev: event_pb2.OomEvent, st: GoState, kill_ns: int) -> None:
+def _fill_go_state(
+    ev: event_pb2.OomEvent, st: GoState, kill_ns: int, process: ProcessInfo | None
+) -> None:
     g = ev.go
     g.state = "controller" if st.controller else "gc"
     g.gc_count = st.gc_count
-    recent = [t for t in st.gc_times_ns if 0 <= kill_ns - t <= 10_000_000_000]
-    if len(recent) == len(st.gc_times_ns) == GO_RING:
-        # The ring holds less than the last 10 s: the rate over what it holds.
-        g.gc_per_second_10s = GO_RING / max((kill_ns - recent[0]) / 1e9, 1e-3)
-    else:
-        g.gc_per_second_10s = len(recent) / 10
+    start_ns = process.start_boot_ns if process is not None else None
+    if start_ns is not None and kill_ns > start_ns:
+        g.lifetime_ns = kill_ns - start_ns
+    count, span_ns = goruntime.recent_gcs(st.gc_count, st.gc_times_ns, GO_RING, kill_ns, start_ns)
+    g.recent_gc_count, g.recent_gc_span_ns = count, span_ns
+    g.gc_per_second_10s = count / max(span_ns / 1e9, 1e-3)
     if st.last_gc_ns:
         g.since_last_gc_ns = max(0, kill_ns - st.last_gc_ns)
     if st.controller:
         g.effective_gogc = st.gc_percent
-        if 0 < st.memory_limit_bytes < _NO_MEMORY_LIMIT:
+        if 0 < st.memory_limit_bytes < goruntime.NO_MEMORY_LIMIT:
             g.effective_memory_limit_bytes = st.memory_limit_bytes
         g.heap_live_bytes = st.heap_live_bytes
         g.heap_marked_bytes = st.heap_marked_bytes
         g.heap_goal_bytes = st.heap_goal_bytes
         if st.gomaxprocs > 0:
             g.effective_gomaxprocs = st.gomaxprocs
+        go = process.go if process is not None else None
+        env = go.env if go is not None else {}
+        g.gogc_source = _SOURCES[goruntime.gogc_source(env, st.gc_percent)]
+        g.memory_limit_source = _SOURCES[goruntime.memory_limit_source(env, st.memory_limit_bytes)]
+        if go is not None and st.gomaxprocs > 0:
+            g.gomaxprocs_source = _SOURCES[goruntime.gomaxprocs_source(go, st.gomaxprocs)]
 
 
 def _fill_go(ev: event_pb2.OomEvent, go: GoProcess) -> None:
@@ -381,7 +396,9 @@ def event_from_report(r: ParsedReport, ctx: KillContext) -> event_pb2.OomEvent:
     return ev
 
 
-def counter_event(n: int, ctx: KillContext, seq: int, cgroup_path: str = "") -> event_pb2.OomEvent:
+def counter_event(
+    n: int, ctx: KillContext, seq: int, cgroup_path: str = "", *, noticed_ns: int
+) -> event_pb2.OomEvent:
     """Kills the kernel counted whose log lines had rolled out before any
     agent read them: one record standing for all n, of one cgroup (from its
     own oom_kill counter) or of the node (/proc/vmstat, cgroup unknown)."""
@@ -395,7 +412,7 @@ def counter_event(n: int, ctx: KillContext, seq: int, cgroup_path: str = "") -> 
         kills=n,
     )
     ev.incident_id = ev.id
-    ev.killed_at.FromDatetime(boot_ns_to_datetime(boot_ns_now()))
+    ev.killed_at.FromDatetime(boot_ns_to_datetime(noticed_ns))
     ev.cgroup.version = ctx.hierarchy.version
     ev.cgroup.path = cgroup_path
     where = f"{cgroup_path}'s oom_kill counter" if cgroup_path else "/proc/vmstat"
@@ -417,10 +434,12 @@ def timeline(
     points: list[Point],
     kill_boot_ns: int,
     go_points: Sequence[GoPoint] = (),
+    missed_ns: Sequence[int] = (),
 ) -> list[event_pb2.TimelinePoint]:
     """Cgroup points, with the victim's Go runtime where it was sampled in the
     same second (same boot_ns): live heap, and GCs per second since the
-    previous sample."""
+    previous sample. Seconds the sampler missed are points marked `missed`,
+    in their place, so a gap reads as a gap."""
     go_at = {g.boot_ns: g for g in go_points}
     prev: GoPoint | None = None
     rates: dict[int, float] = {}
@@ -444,6 +463,9 @@ def timeline(
             tp.go_heap_live_bytes = same_second.heap_live_bytes
             tp.go_gc_per_second = rates.get(p.boot_ns, 0.0)
         out.append(tp)
+    for m in missed_ns:
+        out.append(event_pb2.TimelinePoint(offset_ms=(m - kill_boot_ns) // 1_000_000, missed=True))
+    out.sort(key=lambda tp: tp.offset_ms)
     return out
 
 

@@ -22,7 +22,7 @@ from oomtrace.agent import cgroups, decode
 from oomtrace.agent.decode import KernelKill, KernelNote
 from oomtrace.agent.errors import DecodeError
 from oomtrace.agent.goprobes import GoProbes
-from oomtrace.agent.host import boot_id, boot_ns_now, node_name
+from oomtrace.agent.host import Clock, boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kernel_text import KernelText, OomPath
 from oomtrace.agent.kmsg import ParsedReport
@@ -87,6 +87,8 @@ class Counters:
     held_too_long: int = 0
     sink_errors: int = 0
     pressure_records: int = 0
+    # Seconds the pressure sampler took no point for (it was starved).
+    pressure_points_missed: int = 0
     # Kills where both oom_control and the kernel stack placed the kill
     # (memcg or global), and how many of those disagreed: a disagreement
     # means kernel_text misreads this kernel, and where oom_kill_process
@@ -118,8 +120,10 @@ class Runner:
         sampler: PressureSampler | None = None,
         go_probes: GoProbes | None = None,
         kernel_text: KernelText | None = None,
+        clock: Clock = boot_ns_now,
     ) -> None:
         self.source = source
+        self.clock = clock
         self.sinks = sinks
         self.hierarchy = hierarchy
         self.hooks = hooks
@@ -231,7 +235,7 @@ class Runner:
     def flush(self, now_ns: int | None = None) -> None:
         """Emits every pending kill that is done, or held past hold_ns, in
         kill order; a kill still waiting holds back the ones after it."""
-        now_ns = boot_ns_now() if now_ns is None else now_ns
+        now_ns = self.clock() if now_ns is None else now_ns
         while self._pending:
             key, p = next(iter(self._pending.items()))
             overdue = now_ns - p.kill.boot_ns >= self.hold_ns
@@ -310,7 +314,8 @@ class Runner:
         self._send(build_event(p.kill, ctx))
 
     def _timeline(self, kill: KernelKill) -> dict[str, Any]:
-        """The points of the memcg whose limit was hit (else the victim's)."""
+        """The points of the memcg whose limit was hit (else the victim's),
+        and the seconds among them the sampler missed."""
         if self.sampler is None or not kill.memcgs:
             return {}
         level = cgroups.oom_level(kill)
@@ -319,16 +324,20 @@ class Runner:
             if points:
                 path = cgroups.level_paths(kill.memcgs, kill.depth_cut)[i]
                 go = tuple(self.sampler.go_timeline(kill.victim_tgid, kill.boot_ns))
-                return {"timeline": tuple(points), "timeline_cgroup": path, "go_timeline": go}
+                missed = tuple(self.sampler.missed(points[0].boot_ns, kill.boot_ns))
+                return {
+                    "timeline": tuple(points),
+                    "timeline_cgroup": path,
+                    "go_timeline": go,
+                    "timeline_missed": missed,
+                }
         return {}
 
-    def sample_pressure(self, now_ns: int | None = None) -> None:
+    def emit_pressure(self) -> None:
+        """Pressure records for the windows the sampler thread closed."""
         if self.sampler is None:
             return
-        now_ns = boot_ns_now() if now_ns is None else now_ns
-        if not self.sampler.due(now_ns):
-            return
-        for report in self.sampler.sample(now_ns):
+        for report in self.sampler.take_reports():
             workload = (
                 self.workloads.lookup(report.cgroup_id, report.path) if self.workloads else None
             )
@@ -349,7 +358,8 @@ class Runner:
             self._send(event_from_report(report, ctx))
         for path, n in self.kernel_log.take_counter().items():
             ctx = self._log_context(path)
-            self._send(counter_event(n, ctx, self.kernel_log.checkpoint.seq, path), kills=n)
+            seq = self.kernel_log.checkpoint.seq
+            self._send(counter_event(n, ctx, seq, path, noticed_ns=self.clock()), kills=n)
 
     def _log_context(self, cgroup_path: str) -> KillContext:
         """For a kill known only from the log: no process, the workload by path."""
@@ -405,6 +415,8 @@ class Runner:
                 log.error("bpf.events_lost", where="kernel", cause=cause, lost=n - before, total=n)
         self.counters.kernel_lost = kernel
         self.counters.user_lost = user
+        if self.sampler is not None:
+            self.counters.pressure_points_missed = self.sampler.points_missed
 
     def write_status(self) -> None:
         if self.status_file is None:
@@ -439,16 +451,17 @@ class Runner:
             self.source.poll(self._poll_timeout_ms(poll_ms, idle_poll_ms))
             self.flush()
             self.record_from_log()
-            self.sample_pressure()
+            self.emit_pressure()
             if self.workloads is not None:
                 self.workloads.tick()
-            now = boot_ns_now()
+            now = self.clock()
             if now - self._last_status_ns >= 5_000_000_000:
                 self._last_status_ns = now
                 self.check_losses()
                 self.write_status()
         # Drain: what the kernel already handed over is recorded before exit.
         self.source.poll(0)
-        self.flush(now_ns=boot_ns_now() + self.hold_ns)
+        self.flush(now_ns=self.clock() + self.hold_ns)
+        self.emit_pressure()
         self.check_losses()
         self.write_status()

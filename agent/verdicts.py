@@ -2,11 +2,16 @@
 what to change. Pure functions of a finished record, so the agent and any
 later reader agree. Each verdict has a stable code.
 
-Go-specific rules read the configuration the process was started with
-(GOMEMLIMIT, GOGC) and its Go version; GOMEMLIMIT is a soft limit the GC
-aims at, and Go never derives it from the cgroup's limit."""
+Go-specific rules read what the runtime had in effect where the GC probe
+read it (a program may set its own limit with debug.SetMemoryLimit, as
+automemlimit-style libraries do), and the environment (GOMEMLIMIT, GOGC)
+only where it did not. GOMEMLIMIT is a soft limit the GC aims at, and Go
+never derives it from the cgroup's limit. Every number in an explanation is
+one that was seen, never extrapolated."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from oomtrace.agent.goruntime import parse_size, version_tuple
 from oomtrace.v1 import event_pb2
@@ -35,7 +40,7 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
     limit = c.oom_memcg_limit_bytes or c.memory_limit_bytes
     rss = v.anon_rss_bytes + v.file_rss_bytes + v.shmem_rss_bytes
 
-    if ev.HasField("go") and ev.go.version:
+    if ev.HasField("go") and (ev.go.version or ev.go.state == "controller"):
         out += _go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0)
     if ev.HasField("go") and ev.go.state:
         out += _go_runtime_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
@@ -85,6 +90,72 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
 
 
 _NO_GOAL = 1 << 60  # GOGC=off leaves the goal at "never"
+_FROM = {
+    event_pb2.GoRuntime.ENV: "from the environment",
+    event_pb2.GoRuntime.PROGRAM: "set by the program",
+    event_pb2.GoRuntime.DEFAULT: "the default",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _GoConfig:
+    """The GC's configuration the verdicts judge, and how to name it."""
+
+    memory_limit: int | None  # bytes; None: no limit
+    gogc_off: bool
+    gogc: str  # "100", "off"
+    limit_named: str  # "GOMEMLIMIT=100MiB", "a memory limit of 96 MiB (set by the program)"
+    gogc_named: str  # "GOGC=50", "GOGC=off (set by the program)"
+    from_runtime: bool
+
+
+def _go_config(go: event_pb2.GoRuntime) -> _GoConfig:
+    """What was in effect: the runtime's state where the probe read it, the
+    environment where it did not."""
+    if go.state == "controller":
+        limit = (
+            go.effective_memory_limit_bytes if go.HasField("effective_memory_limit_bytes") else None
+        )
+        gogc_value = go.effective_gogc if go.HasField("effective_gogc") else 100
+        gogc = "off" if gogc_value < 0 else str(gogc_value)
+        limit_from = _FROM.get(go.memory_limit_source, "")
+        gogc_from = _FROM.get(go.gogc_source, "")
+        named = (
+            f"GOMEMLIMIT={go.gomemlimit}"
+            if go.memory_limit_source == event_pb2.GoRuntime.ENV and go.gomemlimit
+            else f"a memory limit of {_mib(limit or 0)}"
+            + (f" ({limit_from})" if limit_from else "")
+        )
+        return _GoConfig(
+            limit,
+            gogc_value < 0,
+            gogc,
+            named,
+            f"GOGC={gogc}" + (f" ({gogc_from})" if gogc_from else ""),
+            True,
+        )
+    limit = parse_size(go.gomemlimit) if go.gomemlimit else None
+    gogc = go.gogc.strip().lower() or "100"
+    return _GoConfig(
+        limit, gogc == "off", gogc, f"GOMEMLIMIT={go.gomemlimit}", f"GOGC={gogc}", False
+    )
+
+
+def _seconds(ns: int) -> str:
+    s = ns / 1e9
+    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s" if s >= 0.1 else f"{ns / 1e6:.0f} ms"
+
+
+def recent_gcs_text(go: event_pb2.GoRuntime) -> tuple[int, str]:
+    """(GCs counted before the kill, "in the last 1.3 s" or "in its 1.3 s
+    of life"): what the record saw, as the record counted it."""
+    if go.recent_gc_span_ns:
+        span = _seconds(go.recent_gc_span_ns)
+        if go.HasField("lifetime_ns") and go.recent_gc_span_ns == go.lifetime_ns:
+            return go.recent_gc_count, f"in its {span} of life"
+        return go.recent_gc_count, f"in the last {span} before the kill"
+    # Records from agents before recent_gc_count: a rate over 10 s.
+    return round(go.gc_per_second_10s * 10), "in the last 10 s before the kill"
 
 
 def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[event_pb2.Verdict]:
@@ -92,19 +163,19 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
     out: list[event_pb2.Verdict] = []
     soft = go.effective_memory_limit_bytes if go.HasField("effective_memory_limit_bytes") else 0
     ceiling = min(x for x in (soft, limit) if x) if (soft or limit) else 0
-    # 20 or more GCs in the last 10 s (a healthy service does a few); counted,
-    # not averaged, since a process can die within those 10 s.
-    gcs_10s = round(go.gc_per_second_10s * 10)
-    if gcs_10s >= 20 and ceiling and go.heap_marked_bytes >= 0.9 * ceiling:
+    # 20 or more GCs within at most the last 10 s (a healthy service does a
+    # few), counted, not averaged, since a process can die within those 10 s.
+    gcs, span = recent_gcs_text(go)
+    if gcs >= 20 and ceiling and go.heap_marked_bytes >= 0.9 * ceiling:
         out.append(
             _verdict(
                 "GO_GC_DEATH_SPIRAL",
                 "critical",
-                f"The GC ran {gcs_10s} times in the last 10 s with "
+                f"The GC ran {gcs} times {span} ({go.gc_count} in all) with "
                 f"{_mib(go.heap_marked_bytes)} live against a {_mib(ceiling)} limit: the live heap "
                 "no longer fit, so the GC ran back to back until the kernel killed the process.",
                 "The live heap needs more memory than the limit: raise the limit (and "
-                "GOMEMLIMIT with it) or reduce what the program keeps alive.",
+                "the Go memory limit with it) or reduce what the program keeps alive.",
             )
         )
     # The heap figures are read as the last GC ends; after it the heap may
@@ -141,8 +212,7 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
 def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]:
     out: list[event_pb2.Verdict] = []
     ver = version_tuple(go.version)
-    memlimit = parse_size(go.gomemlimit) if go.gomemlimit else None
-    gogc_off = go.gogc.strip().lower() == "off"
+    cfg = _go_config(go)
     if ver < (1, 19) and ver != (0, 0):
         out.append(
             _verdict(
@@ -154,13 +224,18 @@ def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]
             )
         )
         return out
-    if gogc_off and memlimit is None:
+    nothing_set = (
+        "no memory limit was in effect (GOMEMLIMIT unset, and the program set none)"
+        if cfg.from_runtime
+        else "no GOMEMLIMIT"
+    )
+    if cfg.gogc_off and cfg.memory_limit is None:
         out.append(
             _verdict(
                 "GO_GOGC_OFF_WITHOUT_MEMLIMIT",
                 "critical",
-                "GOGC=off and no GOMEMLIMIT: the garbage collector never ran, so the heap grew until "
-                "the kernel killed the process.",
+                f"{cfg.gogc_named} and {nothing_set}: the garbage collector never ran, so the "
+                "heap grew until the kernel killed the process.",
                 "Keep GOGC=off only together with GOMEMLIMIT"
                 + (f" ({suggested_gomemlimit(limit)})" if limit else "")
                 + ", or remove GOGC=off.",
@@ -168,23 +243,29 @@ def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]
         )
     if not limit:
         return out
-    if memlimit is None and not gogc_off:
+    if cfg.memory_limit is None and not cfg.gogc_off:
+        unset = (
+            "No memory limit was in effect in the Go runtime (GOMEMLIMIT unset, and the "
+            "program set none)"
+            if cfg.from_runtime
+            else "GOMEMLIMIT is not set"
+        )
         out.append(
             _verdict(
                 "GO_GOMEMLIMIT_UNSET",
                 "warning",
-                f"GOMEMLIMIT is not set in a cgroup limited to {_mib(limit)}: with GOGC="
-                f"{go.gogc or '100'} the GC lets the heap grow to about twice what is live, with "
-                "no regard for the limit (Go does not read the cgroup's limit).",
+                f"{unset} in a cgroup limited to {_mib(limit)}: with {cfg.gogc_named} the GC "
+                "lets the heap grow to about twice what is live, with no regard for the limit "
+                "(Go does not read the cgroup's limit).",
                 f"Set {suggested_gomemlimit(limit)} (about 90 % of the limit).",
             )
         )
-    elif memlimit is not None and memlimit >= limit:
+    elif cfg.memory_limit is not None and cfg.memory_limit >= limit:
         out.append(
             _verdict(
                 "GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT",
                 "warning",
-                f"GOMEMLIMIT={go.gomemlimit} is at or above the cgroup's {_mib(limit)} limit: the "
+                f"{cfg.limit_named} is at or above the cgroup's {_mib(limit)} limit: the "
                 "kernel kills the process before the GC ever works to stay under it.",
                 f"Set {suggested_gomemlimit(limit)} (about 90 % of the limit).",
             )

@@ -3,10 +3,19 @@ and the window of a removed cgroup."""
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from oomtrace.agent.cgroups import MemoryHierarchy
+from oomtrace.agent.host import boot_ns_now
 from oomtrace.agent.pressure import PressureSampler, parse_counters, parse_psi
+from oomtrace.agent.record import timeline
+from oomtrace.agent.runner import Runner
+from tests.unit.clock import ManualClock
 
 MIB = 1 << 20
 S = 1_000_000_000
@@ -44,7 +53,11 @@ class FakeTree:
 
 
 def sampler(tree: FakeTree) -> PressureSampler:
-    return PressureSampler(MemoryHierarchy(tree.version, tree.root), lambda: dict(tree.reclaim))
+    return PressureSampler(
+        MemoryHierarchy(tree.version, tree.root),
+        lambda: dict(tree.reclaim),
+        clock=ManualClock(0),
+    )
 
 
 def test_limited_cgroups_get_a_point_a_second_and_unlimited_ones_none(tmp_path: Path) -> None:
@@ -162,3 +175,95 @@ def test_a_new_cgroup_counts_from_zero_even_if_killed_before_its_first_sample(
         reports += s.sample(now_ns=t * S)
     (report,) = reports
     assert report.counters["oom_kill"] == 1
+
+
+def test_a_missed_second_is_kept_as_missed_and_shown_in_its_place(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path, 2)
+    a = tree.make("a", 64 * MIB, 10 * MIB)
+    s = sampler(tree)
+    s.scan()
+    for t in (1, 2, 5, 6):  # seconds 3 and 4 got no point
+        s.sample(now_ns=t * S + 20_000_000)  # a little late: jitter, not a miss
+    assert s.points_missed == 2
+    assert s.missed(0, 6 * S) == [3 * S + 20_000_000, 4 * S + 20_000_000]
+    points = s.timeline(a, kill_ns=7 * S)
+    tl = timeline(points, 7 * S, missed_ns=s.missed(points[0].boot_ns, 7 * S))
+    assert [(p.offset_ms, p.missed) for p in tl] == [
+        (-5980, False),
+        (-4980, False),
+        (-3980, True),
+        (-2980, True),
+        (-1980, False),
+        (-980, False),
+    ]
+    assert all(p.usage_bytes == 10 * MIB for p in tl if not p.missed)
+
+
+class _BusySource:
+    """An event source whose every poll keeps the loop's thread busy in
+    Python for `busy_s`, as a kill being assembled or a binary parsed does."""
+
+    def __init__(self, busy_s: float, polls: int, on_done: Callable[[], None]) -> None:
+        self.busy_s, self.polls, self.on_done = busy_s, polls, on_done
+
+    def open_buffers(self, *_callbacks: Any) -> None:
+        pass
+
+    def poll(self, timeout_ms: int) -> None:
+        if self.polls == 0:
+            self.on_done()
+            return
+        self.polls -= 1
+        end = time.monotonic() + self.busy_s
+        n = 0
+        while time.monotonic() < end:
+            n += sum(range(1000))  # CPU in Python, holding the GIL as it can
+
+    def kernel_lost(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def user_lost(self) -> dict[str, int]:
+        return {}
+
+
+def test_the_timeline_keeps_its_schedule_while_the_event_loop_is_busy(tmp_path: Path) -> None:
+    """The loop is kept busy for 4 s on purpose (two polls of 2 s each): the
+    sampler's own thread still takes a point every second, each stamped with
+    the time it was read."""
+    tree = FakeTree(tmp_path / "tree", 2)
+    (tmp_path / "tree").mkdir()
+    a = tree.make("a", 64 * MIB, 10 * MIB)
+    s = PressureSampler(MemoryHierarchy(2, tree.root), dict)
+    s.scan()
+    runner: Runner | None = None
+
+    def stop() -> None:
+        assert runner is not None
+        runner.stop()
+
+    source = _BusySource(busy_s=2.0, polls=2, on_done=stop)
+    runner = Runner(
+        source,
+        [],
+        hierarchy=MemoryHierarchy(2, tree.root),
+        hooks=(),
+        sampler=s,
+        status_file=tmp_path / "status.json",
+        node="n1",
+    )
+    started = boot_ns_now()
+    s.start()
+    try:
+        # run() sets signal handlers, which only the main thread may do.
+        assert threading.current_thread() is threading.main_thread()
+        runner.run(poll_ms=1, idle_poll_ms=1)
+    finally:
+        s.stop()
+    ended = boot_ns_now()
+    stamps = [p.boot_ns for p in s.timeline(a, kill_ns=ended, span_ns=ended - started + 1)]
+    assert len(stamps) >= 4, stamps
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert max(gaps) < 1.5 * S, gaps
+    assert s.points_missed == 0
+    assert runner.counters.pressure_points_missed == 0

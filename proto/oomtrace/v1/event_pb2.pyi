@@ -226,6 +226,31 @@ Global___OomEvent: _TypeAlias = OomEvent  # noqa: Y015
 class GoRuntime(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _SettingSource:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _SettingSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GoRuntime._SettingSource.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        SETTING_SOURCE_UNSPECIFIED: GoRuntime._SettingSource.ValueType  # 0
+        """not known (no controller state)"""
+        ENV: GoRuntime._SettingSource.ValueType  # 1
+        PROGRAM: GoRuntime._SettingSource.ValueType  # 2
+        DEFAULT: GoRuntime._SettingSource.ValueType  # 3
+
+    class SettingSource(_SettingSource, metaclass=_SettingSourceEnumTypeWrapper):
+        """Where each value in effect came from, when the controller state was read:
+        the environment, the program itself (debug.SetMemoryLimit,
+        debug.SetGCPercent, runtime.GOMAXPROCS: what automemlimit-style libraries
+        call), or the runtime's default.
+        """
+
+    SETTING_SOURCE_UNSPECIFIED: GoRuntime.SettingSource.ValueType  # 0
+    """not known (no controller state)"""
+    ENV: GoRuntime.SettingSource.ValueType  # 1
+    PROGRAM: GoRuntime.SettingSource.ValueType  # 2
+    DEFAULT: GoRuntime.SettingSource.ValueType  # 3
+
     @_typing.final
     class BuildSettingsEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
@@ -263,6 +288,12 @@ class GoRuntime(_message.Message):
     HEAP_MARKED_BYTES_FIELD_NUMBER: _builtins.int
     HEAP_GOAL_BYTES_FIELD_NUMBER: _builtins.int
     EFFECTIVE_GOMAXPROCS_FIELD_NUMBER: _builtins.int
+    GOGC_SOURCE_FIELD_NUMBER: _builtins.int
+    MEMORY_LIMIT_SOURCE_FIELD_NUMBER: _builtins.int
+    GOMAXPROCS_SOURCE_FIELD_NUMBER: _builtins.int
+    RECENT_GC_COUNT_FIELD_NUMBER: _builtins.int
+    RECENT_GC_SPAN_NS_FIELD_NUMBER: _builtins.int
+    LIFETIME_NS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """go1.27.3"""
     module: _builtins.str
@@ -296,6 +327,19 @@ class GoRuntime(_message.Message):
     """the GOGC-based goal"""
     effective_gomaxprocs: _builtins.int
     """runtime.gomaxprocs, however it was set"""
+    gogc_source: Global___GoRuntime.SettingSource.ValueType
+    memory_limit_source: Global___GoRuntime.SettingSource.ValueType
+    gomaxprocs_source: Global___GoRuntime.SettingSource.ValueType
+    recent_gc_count: _builtins.int
+    """The GCs counted just before the kill, as seen: the last
+    recent_gc_count cycles ended within recent_gc_span_ns before it. The span
+    is at most 10 s, shorter when the process lived less than that or when
+    the probe's ring of GC times held fewer seconds. gc_per_second_10s is
+    their ratio.
+    """
+    recent_gc_span_ns: _builtins.int
+    lifetime_ns: _builtins.int
+    """The process's age at the kill, when its start was seen."""
     @_builtins.property
     def build_settings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """-buildmode, CGO_ENABLED, DefaultGODEBUG, ..."""
@@ -320,10 +364,16 @@ class GoRuntime(_message.Message):
         heap_marked_bytes: _builtins.int = ...,
         heap_goal_bytes: _builtins.int = ...,
         effective_gomaxprocs: _builtins.int | None = ...,
+        gogc_source: Global___GoRuntime.SettingSource.ValueType = ...,
+        memory_limit_source: Global___GoRuntime.SettingSource.ValueType = ...,
+        gomaxprocs_source: Global___GoRuntime.SettingSource.ValueType = ...,
+        recent_gc_count: _builtins.int = ...,
+        recent_gc_span_ns: _builtins.int = ...,
+        lifetime_ns: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "lifetime_ns", b"lifetime_ns", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gomaxprocs", b"gomaxprocs", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "module", b"module", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gogc_source", b"gogc_source", "gomaxprocs", b"gomaxprocs", "gomaxprocs_source", b"gomaxprocs_source", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "lifetime_ns", b"lifetime_ns", "memory_limit_source", b"memory_limit_source", "module", b"module", "recent_gc_count", b"recent_gc_count", "recent_gc_span_ns", b"recent_gc_span_ns", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__effective_gogc: _TypeAlias = _typing.Literal["effective_gogc"]  # noqa: Y015
     _WhichOneofArgType__effective_gogc: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc"]  # noqa: Y015
@@ -331,6 +381,8 @@ class GoRuntime(_message.Message):
     _WhichOneofArgType__effective_gomaxprocs: _TypeAlias = _typing.Literal["_effective_gomaxprocs", b"_effective_gomaxprocs"]  # noqa: Y015
     _WhichOneofReturnType__effective_memory_limit_bytes: _TypeAlias = _typing.Literal["effective_memory_limit_bytes"]  # noqa: Y015
     _WhichOneofArgType__effective_memory_limit_bytes: _TypeAlias = _typing.Literal["_effective_memory_limit_bytes", b"_effective_memory_limit_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__lifetime_ns: _TypeAlias = _typing.Literal["lifetime_ns"]  # noqa: Y015
+    _WhichOneofArgType__lifetime_ns: _TypeAlias = _typing.Literal["_lifetime_ns", b"_lifetime_ns"]  # noqa: Y015
     _WhichOneofReturnType__since_last_gc_ns: _TypeAlias = _typing.Literal["since_last_gc_ns"]  # noqa: Y015
     _WhichOneofArgType__since_last_gc_ns: _TypeAlias = _typing.Literal["_since_last_gc_ns", b"_since_last_gc_ns"]  # noqa: Y015
     @_typing.overload
@@ -339,6 +391,8 @@ class GoRuntime(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__effective_gomaxprocs) -> _WhichOneofReturnType__effective_gomaxprocs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__effective_memory_limit_bytes) -> _WhichOneofReturnType__effective_memory_limit_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lifetime_ns) -> _WhichOneofReturnType__lifetime_ns | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__since_last_gc_ns) -> _WhichOneofReturnType__since_last_gc_ns | None: ...
 
@@ -389,6 +443,7 @@ class TimelinePoint(_message.Message):
     PSI_FULL_AVG10_FIELD_NUMBER: _builtins.int
     GO_HEAP_LIVE_BYTES_FIELD_NUMBER: _builtins.int
     GO_GC_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
     offset_ms: _builtins.int
     """from the kill; negative before it"""
     usage_bytes: _builtins.int
@@ -402,6 +457,10 @@ class TimelinePoint(_message.Message):
     go_heap_live_bytes: _builtins.int
     """The victim's Go runtime, when it is a Go program and the uprobes saw it."""
     go_gc_per_second: _builtins.float
+    missed: _builtins.bool
+    """No point was taken for this second (the agent's sampler was starved):
+    the figures are empty, and the gap is shown as a gap.
+    """
     def __init__(
         self,
         *,
@@ -414,10 +473,11 @@ class TimelinePoint(_message.Message):
         psi_full_avg10: _builtins.float = ...,
         go_heap_live_bytes: _builtins.int = ...,
         go_gc_per_second: _builtins.float = ...,
+        missed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["go_gc_per_second", b"go_gc_per_second", "go_heap_live_bytes", b"go_heap_live_bytes", "limit_bytes", b"limit_bytes", "offset_ms", b"offset_ms", "psi_full_avg10", b"psi_full_avg10", "psi_some_avg10", b"psi_some_avg10", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "usage_bytes", b"usage_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["go_gc_per_second", b"go_gc_per_second", "go_heap_live_bytes", b"go_heap_live_bytes", "limit_bytes", b"limit_bytes", "missed", b"missed", "offset_ms", b"offset_ms", "psi_full_avg10", b"psi_full_avg10", "psi_some_avg10", b"psi_some_avg10", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "usage_bytes", b"usage_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
