@@ -112,8 +112,8 @@ def memory_limit_source(env: dict[str, str], limit_bytes: int) -> Source:
     unlimited = limit_bytes >= NO_MEMORY_LIMIT or limit_bytes <= 0
     env_value = None
     if "GOMEMLIMIT" in env:
-        text = env["GOMEMLIMIT"].strip().lower()
-        env_value = NO_MEMORY_LIMIT if text == "off" else parse_size(text)
+        text = env["GOMEMLIMIT"].strip()
+        env_value = NO_MEMORY_LIMIT if text.lower() == "off" else parse_size(text)
         if env_value is not None and unlimited and env_value >= NO_MEMORY_LIMIT:
             return Source.ENV
     return _source(env_value, limit_bytes, unlimited)

@@ -9,10 +9,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from oomtrace import __version__
+from oomtrace import records
 from oomtrace.agent import cgroups, goruntime
 from oomtrace.agent.decode import GO_RING, PAGE_SIZE, GoState, KernelKill, OcConstraint
 from oomtrace.agent.goruntime import GoProcess
@@ -214,6 +212,7 @@ def _fill_workload(ev: event_pb2.OomEvent, w: Workload, missing: list[str]) -> N
     c.labels.update(info.labels)
     p.name = info.pod_name
     p.namespace = info.pod_namespace
+    p.workload = records.workload_of(info.pod_name, info.labels)
     if not c.image:
         missing.append(f"container.image: not in {info.source}")
     if p.uid and not p.name:
@@ -268,18 +267,6 @@ def _fill_cgroup(
         c.oom_memcg_failcnt = m.failcnt
 
 
-def to_json(msg: Message) -> str:
-    """One line of protobuf JSON (a record, a pressure record) with the proto
-    field names, every field shown."""
-    return json_format.MessageToJson(
-        msg,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-        indent=None,
-        sort_keys=False,
-    )
-
-
 # -- records from the kernel's log ---------------------------------------------------
 
 _REPORT_CONSTRAINTS = {
@@ -321,7 +308,17 @@ def kernel_report(r: ParsedReport) -> event_pb2.KernelReport:
     kr.memcg_stats.update(r.stats)
     for t in r.tasks:
         v = t.values
+        pages = {
+            k: v.get(f"{k}_pages", 0)
+            for k in ("total_vm", "rss", "rss_anon", "rss_file", "rss_shmem")
+        }
         kr.tasks.add(
+            total_vm_bytes=pages["total_vm"] * PAGE_SIZE,
+            rss_bytes=pages["rss"] * PAGE_SIZE,
+            rss_anon_bytes=pages["rss_anon"] * PAGE_SIZE,
+            rss_file_bytes=pages["rss_file"] * PAGE_SIZE,
+            rss_shmem_bytes=pages["rss_shmem"] * PAGE_SIZE,
+            swap_bytes=v.get("swapents", 0) * PAGE_SIZE,
             pid=t.pid,
             uid=v.get("uid", 0),
             tgid=v.get("tgid", t.pid),
@@ -504,4 +501,5 @@ def pressure_record(
             rec.container.runtime = info.runtime
             rec.container.name, rec.container.image = info.name, info.image
             rec.pod.name, rec.pod.namespace = info.pod_name, info.pod_namespace
+            rec.pod.workload = records.workload_of(info.pod_name, info.labels)
     return rec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from oomtrace.agent.record import to_json
+from oomtrace.records import to_json
 from oomtrace.v1 import event_pb2
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oomtrace.agent.goruntime import parse_size, version_tuple
+from oomtrace.records import limit_hit_bytes, recent_gcs, rss_bytes
 from oomtrace.v1 import event_pb2
 
 MIB = 1 << 20
@@ -37,8 +38,8 @@ def _verdict(code: str, severity: str, explanation: str, suggestion: str) -> eve
 def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
     out: list[event_pb2.Verdict] = []
     c, v = ev.cgroup, ev.victim
-    limit = c.oom_memcg_limit_bytes or c.memory_limit_bytes
-    rss = v.anon_rss_bytes + v.file_rss_bytes + v.shmem_rss_bytes
+    limit = limit_hit_bytes(ev)
+    rss = rss_bytes(ev)
 
     if ev.HasField("go") and (ev.go.version or ev.go.state == "controller"):
         out += _go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0)
@@ -141,23 +142,6 @@ def _go_config(go: event_pb2.GoRuntime) -> _GoConfig:
     )
 
 
-def _seconds(ns: int) -> str:
-    s = ns / 1e9
-    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s" if s >= 0.1 else f"{ns / 1e6:.0f} ms"
-
-
-def recent_gcs_text(go: event_pb2.GoRuntime) -> tuple[int, str]:
-    """(GCs counted before the kill, "in the last 1.3 s" or "in its 1.3 s
-    of life"): what the record saw, as the record counted it."""
-    if go.recent_gc_span_ns:
-        span = _seconds(go.recent_gc_span_ns)
-        if go.HasField("lifetime_ns") and go.recent_gc_span_ns == go.lifetime_ns:
-            return go.recent_gc_count, f"in its {span} of life"
-        return go.recent_gc_count, f"in the last {span} before the kill"
-    # Records from agents before recent_gc_count: a rate over 10 s.
-    return round(go.gc_per_second_10s * 10), "in the last 10 s before the kill"
-
-
 def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[event_pb2.Verdict]:
     """From the runtime state the uprobes saw."""
     out: list[event_pb2.Verdict] = []
@@ -165,7 +149,7 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
     ceiling = min(x for x in (soft, limit) if x) if (soft or limit) else 0
     # 20 or more GCs within at most the last 10 s (a healthy service does a
     # few), counted, not averaged, since a process can die within those 10 s.
-    gcs, span = recent_gcs_text(go)
+    gcs, span = recent_gcs(go)
     if gcs >= 20 and ceiling and go.heap_marked_bytes >= 0.9 * ceiling:
         out.append(
             _verdict(

@@ -7,6 +7,7 @@ import base64
 from dataclasses import dataclass
 
 from oomtrace.collector.errors import InvalidQueryError
+from oomtrace import records
 from oomtrace.v1 import collector_pb2, event_pb2
 
 DEFAULT_PAGE_SIZE = 100
@@ -28,6 +29,7 @@ class Columns:
     constraint: int
     cgroup: str
     rss_bytes: int
+    workload: str  # namespace/Kind/name, "" outside Kubernetes
 
 
 def columns_of(ev: event_pb2.OomEvent) -> Columns:
@@ -43,8 +45,16 @@ def columns_of(ev: event_pb2.OomEvent) -> Columns:
         comm=v.comm,
         constraint=ev.constraint,
         cgroup=ev.cgroup.path,
-        rss_bytes=v.anon_rss_bytes + v.file_rss_bytes + v.shmem_rss_bytes,
+        rss_bytes=records.rss_bytes(ev),
+        workload=workload_key(ev),
     )
+
+
+def workload_key(ev: event_pb2.OomEvent) -> str:
+    """What `top --by workload` groups by; records from agents that did not
+    fill pod.workload get it from the pod's name."""
+    workload = ev.pod.workload or records.workload_of(ev.pod.name)
+    return f"{ev.pod.namespace}/{workload}" if workload else ""
 
 
 def validate(ev: event_pb2.OomEvent) -> str:
@@ -135,6 +145,8 @@ def page_size(requested: int) -> int:
     return min(requested, MAX_PAGE_SIZE)
 
 
+# What each grouping groups by, as the stores name it: a column, or "pod",
+# which is namespace/pod (a pod name alone repeats across namespaces).
 GROUP_COLUMNS = {
     collector_pb2.TopRequest.GROUP_BY_UNSPECIFIED: "cgroup",
     collector_pb2.TopRequest.CGROUP: "cgroup",
@@ -144,7 +156,9 @@ GROUP_COLUMNS = {
     collector_pb2.TopRequest.NODE: "node",
     collector_pb2.TopRequest.IMAGE: "image",
     collector_pb2.TopRequest.COMM: "comm",
+    collector_pb2.TopRequest.WORKLOAD: "workload",
 }
+MAX_TOP_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError
 from oomtrace.collector.query import (
     GROUP_COLUMNS,
+    MAX_PAGE_SIZE,
+    MAX_TOP_LIMIT,
     Filter,
     PageToken,
     columns_of,
@@ -31,6 +33,8 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 # Records stored in one transaction at most (group commit: one fsync for all).
 BATCH = 512
 _END = object()
+# Ids an ambiguous prefix names at most, in its error.
+_CANDIDATES = 10
 
 
 class Broadcast:
@@ -179,15 +183,37 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
         try:
             return self.store.get(request.id)
         except NotFoundError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            if not request.id:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no id given")
+            # history prints 12 characters: any unique prefix will do.
+            ids = self.store.ids_with_prefix(request.id, _CANDIDATES + 1)
+            if not ids:
+                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            if len(ids) > 1:
+                more = " and more" if len(ids) > _CANDIDATES else ""
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"id prefix {request.id!r} is ambiguous: it matches "
+                    + ", ".join(ids[:_CANDIDATES])
+                    + more,
+                )
+            return self.store.get(ids[0])
 
     def WatchEvents(
         self, request: collector_pb2.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[event_pb2.OomEvent]:
         f = Filter.from_proto(request.filter)
+        # Subscribed before the replay is read, so nothing stored in between
+        # is missed; what both see is sent once.
         q = self.broadcast.subscribe()
         context.add_callback(lambda: q.put(None))
+        replayed: set[str] = set()
         try:
+            if f.since_ns is not None:
+                events, _ = self.store.list_events(f, MAX_PAGE_SIZE, None)
+                for old in reversed(events):
+                    replayed.add(old.id)
+                    yield old
             while context.is_active():
                 try:
                     ev = q.get(timeout=1.0)
@@ -200,6 +226,9 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
                             "watcher fell too far behind; reconnect and list what was missed",
                         )
                     return
+                if ev.id in replayed:
+                    replayed.discard(ev.id)
+                    continue
                 if f.matches(columns_of(ev)):
                     yield ev
         finally:
@@ -219,7 +248,8 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
         column = GROUP_COLUMNS.get(request.group_by)
         if column is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown group_by {request.group_by}")
-        rows = self.store.top(column, Filter.from_proto(request.filter), request.limit or 10)
+        limit = min(request.limit or 10, MAX_TOP_LIMIT)
+        rows = self.store.top(column, Filter.from_proto(request.filter), limit)
         resp = collector_pb2.TopResponse()
         for r in rows:
             row = resp.rows.add(key=r.key, kills=r.kills, max_rss_bytes=r.max_rss_bytes)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from oomtrace.collector.errors import NotFoundError, StoreError
-from oomtrace.collector.query import Filter, PageToken, TopRow, columns_of
+from oomtrace.collector.query import Filter, PageToken, TopRow, columns_of, workload_key
 from oomtrace.v1 import event_pb2
 
 
@@ -24,6 +24,10 @@ class Store(Protocol):
 
     def get(self, event_id: str) -> event_pb2.OomEvent:
         """Raises NotFoundError."""
+        ...
+
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Stored ids that start with prefix, in order, at most limit."""
         ...
 
     def list_events(
@@ -92,9 +96,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pressure_namespace ON pressure (namespace, end_ns);
     CREATE INDEX pressure_cgroup ON pressure (cgroup, end_ns);
     """,
+    """
+    ALTER TABLE events ADD COLUMN workload TEXT NOT NULL DEFAULT '';
+    CREATE INDEX events_workload ON events (workload, killed_at_ns);
+    """,
 ]
+# Steps that fill what a schema step added, from the stored records, in the
+# same transaction as the step (by its index in MIGRATIONS).
+_BACKFILLS = {2: "_backfill_workload"}
 
-_TOP_COLUMNS = {"cgroup", "container", "pod", "namespace", "node", "image", "comm"}
+# What top groups by, as SQL over the columns.
+_TOP_KEYS = {
+    "cgroup": "cgroup",
+    "container": "container",
+    "pod": "CASE WHEN pod = '' THEN '' ELSE namespace || '/' || pod END",
+    "namespace": "namespace",
+    "node": "node",
+    "image": "image",
+    "comm": "comm",
+    "workload": "workload",
+}
 
 
 def _where(
@@ -173,13 +194,20 @@ class SqliteStore:
             # failed step leaves the file at the version before it.
             with self._write_lock:
                 try:
-                    self._writer.executescript(
-                        f"BEGIN IMMEDIATE; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;"
-                    )
+                    self._writer.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[step]};")
+                    if step in _BACKFILLS:
+                        getattr(self, _BACKFILLS[step])()
+                    self._writer.execute(f"PRAGMA user_version = {step + 1}")
+                    self._writer.execute("COMMIT")
                 except sqlite3.Error:
                     if self._writer.in_transaction:
                         self._writer.execute("ROLLBACK")
                     raise
+
+    def _backfill_workload(self) -> None:
+        rows = self._writer.execute("SELECT id, body FROM events WHERE pod != ''").fetchall()
+        updates = [(workload_key(_parse(body)), ident) for ident, body in rows]
+        self._writer.executemany("UPDATE events SET workload = ? WHERE id = ?", updates)
 
     @property
     def schema_version(self) -> int:
@@ -205,6 +233,7 @@ class SqliteStore:
                     c.rss_bytes,
                     now,
                     ev.SerializeToString(),
+                    c.workload,
                 )
             )
         with self._write_lock:
@@ -224,8 +253,8 @@ class SqliteStore:
                     )
                 cur.executemany(
                     "INSERT OR IGNORE INTO events (id, killed_at_ns, node, namespace, pod, "
-                    "container, image, comm, oom_constraint, cgroup, rss_bytes, stored_at_ns, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "container, image, comm, oom_constraint, cgroup, rss_bytes, stored_at_ns, body, "
+                    "workload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 cur.execute("COMMIT")
@@ -244,6 +273,19 @@ class SqliteStore:
         if row is None:
             raise NotFoundError(event_id)
         return _parse(row[0])
+
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        # A range on the unique index: every id with the prefix sorts between
+        # the prefix and the prefix followed by the highest character.
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT id FROM events WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                (prefix, prefix + "\U0010ffff", limit),
+            )
+            .fetchall()
+        )
+        return [r[0] for r in rows]
 
     def list_events(
         self, f: Filter, limit: int, after: PageToken | None
@@ -280,15 +322,16 @@ class SqliteStore:
         return [r[2] for r in rows[:limit]], token
 
     def top(self, column: str, f: Filter, limit: int) -> list[TopRow]:
-        if column not in _TOP_COLUMNS:
+        key = _TOP_KEYS.get(column)
+        if key is None:
             raise ValueError(f"cannot group by {column}")
         conds, args = _where(f)
         where = " WHERE " + " AND ".join(conds) if conds else ""
         rows = (
             self._reader()
             .execute(
-                f"SELECT {column}, count(*), max(killed_at_ns), max(rss_bytes) FROM events{where} "
-                f"GROUP BY {column} ORDER BY count(*) DESC, max(killed_at_ns) DESC LIMIT ?",
+                f"SELECT {key} AS k, count(*), max(killed_at_ns), max(rss_bytes) FROM events{where} "
+                "GROUP BY k ORDER BY count(*) DESC, max(killed_at_ns) DESC LIMIT ?",
                 [*args, limit],
             )
             .fetchall()

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import grpc
 
 from oomtrace import render, rpc
-from oomtrace.agent.record import to_json
+from oomtrace.records import to_json
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 
 DEFAULT_COLLECTOR = "127.0.0.1:50051"

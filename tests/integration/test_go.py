@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.containers import GO, GO_VARIANT_IDS, GO_VARIANTS, build_oomgo, oomgo_or_skip
+from tests.integration.containers import (
+    GO,
+    GO_TOOLCHAINS,
+    GO_VARIANT_IDS,
+    GO_VARIANTS,
+    build_oomgo,
+    oomgo_or_skip,
+)
 from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
 
 pytestmark = pytest.mark.skipif(
@@ -152,3 +159,64 @@ def test_gogc_off_without_a_memory_limit(agent: AgentProcess, oomgo: Path) -> No
     assert go["gogc"] == "off"
     codes = [v["code"] for v in rec["verdicts"]]
     assert codes[0] == "GO_GOGC_OFF_WITHOUT_MEMLIMIT", codes
+
+
+@pytest.mark.parametrize("toolchain", list(GO_TOOLCHAINS))
+def test_settings_the_program_made_itself_decide_the_verdicts(
+    agent: AgentProcess, toolchain: str, tmp_path: Path
+) -> None:
+    """No GOMEMLIMIT, GOGC or GOMAXPROCS in the environment: the program calls
+    debug.SetMemoryLimit(96 MiB), debug.SetGCPercent(40) and
+    runtime.GOMAXPROCS(1) itself, as automemlimit-style libraries do. The
+    record reads what the runtime had in effect, says the program set it, and
+    judges the 96 MiB limit against the 64 MiB cgroup: above it, not unset."""
+    oomgo = oomgo_or_skip(tmp_path, toolchain)
+    env = {
+        "OOMGO_SET_MEMORY_LIMIT_MIB": "96",
+        "OOMGO_SET_GC_PERCENT": "40",
+        "OOMGO_SET_GOMAXPROCS": "1",
+    }
+    rec = kill_go(agent, oomgo, env)
+    go = rec["go"]
+    assert go["gomemlimit"] == go["gogc"] == go["gomaxprocs"] == ""
+    assert go["state"] == "controller", go
+    assert int(go["effective_memory_limit_bytes"]) == 96 * MIB
+    assert go["memory_limit_source"] == "PROGRAM"
+    assert go["effective_gogc"] == 40
+    assert go["gogc_source"] == "PROGRAM"
+    assert go["effective_gomaxprocs"] == 1
+    if len(os.sched_getaffinity(0)) > 1:
+        # From Go 1.25 a cgroup CPU limit lowers the default too, so a lower
+        # value there cannot be told from the program's own call.
+        cgroup_aware = toolchain == "newest"
+        assert go["gomaxprocs_source"] == ("DEFAULT" if cgroup_aware else "PROGRAM"), go
+    codes = [v["code"] for v in rec["verdicts"]]
+    assert codes == ["GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT"], rec["verdicts"]
+    assert "96 MiB (set by the program)" in rec["verdicts"][0]["explanation"]
+
+
+def test_a_limit_the_program_set_under_the_cgroup_limit_is_no_fault(
+    agent: AgentProcess, oomgo: Path
+) -> None:
+    """debug.SetMemoryLimit(48 MiB) in a 64 MiB cgroup: a sound limit, so no
+    GOMEMLIMIT verdict; the heap then outgrows it and the GC spirals, and the
+    spiral's count is what the record counted."""
+    rec = kill_go(agent, oomgo, {"OOMGO_SET_MEMORY_LIMIT_MIB": "48"})
+    go = rec["go"]
+    assert go["memory_limit_source"] == "PROGRAM"
+    assert go["gogc_source"] == "DEFAULT"
+    codes = [v["code"] for v in rec["verdicts"]]
+    assert not [c for c in codes if c.startswith("GO_GOMEMLIMIT")], codes
+    assert codes == ["GO_GC_DEATH_SPIRAL"], rec["verdicts"]
+    explanation = rec["verdicts"][0]["explanation"]
+    recent, span_ns = int(go["recent_gc_count"]), int(go["recent_gc_span_ns"])
+    assert recent <= int(go["gc_count"])
+    assert span_ns <= 10 * 10**9
+    assert f"The GC ran {recent} times " in explanation, explanation
+    assert f"({go['gc_count']} in all)" in explanation
+    # The program lived about 2 s (300 ms idle, then growing): its whole life
+    # is the span, so every GC it ran is counted in it.
+    assert int(go["lifetime_ns"]) < 10 * 10**9
+    assert span_ns == int(go["lifetime_ns"])
+    assert recent == int(go["gc_count"])
+    assert "of life" in explanation

@@ -103,34 +103,63 @@ def test_not_found_and_bad_page_token_are_status_codes(channel: grpc.Channel) ->
     assert rpc.status(bad.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_top_groups_over_a_window(channel: grpc.Channel) -> None:
-    ingest(channel, [make_event(pod="a"), make_event(pod="a"), make_event(pod="b")])
+def test_top_groups_pods_by_namespace_and_pod(channel: grpc.Channel) -> None:
+    """The same pod name in two namespaces is two pods."""
+    ingest(
+        channel,
+        [
+            make_event(namespace="shop", pod="a"),
+            make_event(namespace="shop", pod="a"),
+            make_event(namespace="infra", pod="a"),
+        ],
+    )
     stub = collector_pb2_grpc.HistoryServiceStub(channel)
     resp = stub.Top(collector_pb2.TopRequest(group_by=collector_pb2.TopRequest.POD))
-    assert [(r.key, r.kills) for r in resp.rows] == [("a", 2), ("b", 1)]
+    assert [(r.key, r.kills) for r in resp.rows] == [("shop/a", 2), ("infra/a", 1)]
 
 
-def test_watch_sees_new_records_that_match(channel: grpc.Channel) -> None:
+def test_top_by_workload_folds_the_pods_of_every_rollout(channel: grpc.Channel) -> None:
+    pods = ["cart-7d9f8b6c5-x2x4q", "cart-7d9f8b6c5-bq7zk", "cart-5c7b9d8f4-mm2kp", "db-0"]
+    ingest(channel, [make_event(namespace="shop", pod=p) for p in pods])
     stub = collector_pb2_grpc.HistoryServiceStub(channel)
-    stream = stub.WatchEvents(
-        collector_pb2.WatchEventsRequest(filter=collector_pb2.EventFilter(namespace="shop"))
-    )
-    seen: list[str] = []
-    ready = threading.Event()
+    resp = stub.Top(collector_pb2.TopRequest(group_by=collector_pb2.TopRequest.WORKLOAD))
+    assert [(r.key, r.kills) for r in resp.rows] == [
+        ("shop/Deployment/cart", 3),
+        ("shop/StatefulSet/db", 1),
+    ]
 
-    def read() -> None:
-        for ev in stream:
-            seen.append(ev.id)
-            if len(seen) == 2:
-                return
 
-    t = threading.Thread(target=read)
-    t.start()
-    # The watch is registered once the server has the call; give it a moment.
-    ready.wait(0.3)
-    shop = [make_event(namespace="shop"), make_event(namespace="shop")]
-    ingest(channel, [make_event(namespace="infra"), shop[0], shop[1]])
-    t.join(10)
+def test_get_takes_any_unique_id_prefix(channel: grpc.Channel) -> None:
+    a = make_event(event_id="ab12" + "0" * 28)
+    b = make_event(event_id="ab34" + "0" * 28)
+    ingest(channel, [a, b])
+    stub = collector_pb2_grpc.HistoryServiceStub(channel)
+    assert stub.GetEvent(collector_pb2.GetEventRequest(id="ab1")) == a
+    assert stub.GetEvent(collector_pb2.GetEventRequest(id=b.id)) == b
+    with pytest.raises(grpc.RpcError) as ambiguous:
+        stub.GetEvent(collector_pb2.GetEventRequest(id="ab"))
+    code, detail = rpc.status(ambiguous.value)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail == f"id prefix 'ab' is ambiguous: it matches {a.id}, {b.id}"
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.GetEvent(collector_pb2.GetEventRequest(id="ff"))
+    assert rpc.status(missing.value)[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_watch_replays_since_then_streams_new_records_each_once(channel: grpc.Channel) -> None:
+    """With since, what was stored from then on comes first; the stream was
+    subscribed before that was read, so the first replayed record also shows
+    the watch is live (no sleep needed), and nothing comes twice."""
+    shop = [make_event(namespace="shop") for _ in range(3)]
+    ingest(channel, [shop[0]])
+    f = collector_pb2.EventFilter(namespace="shop")
+    f.since.FromNanoseconds(1)
+    stub = collector_pb2_grpc.HistoryServiceStub(channel)
+    stream = stub.WatchEvents(collector_pb2.WatchEventsRequest(filter=f))
+    seen = [next(stream).id]
+    assert seen == [shop[0].id]
+    ingest(channel, [make_event(namespace="infra"), shop[0], shop[1], shop[2]])
+    seen += [next(stream).id, next(stream).id]
     stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
     assert seen == [e.id for e in shop]
 

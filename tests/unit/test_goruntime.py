@@ -140,3 +140,61 @@ def test_sizes_and_versions() -> None:
     assert version_tuple("go1.21.13") == (1, 21)
     assert version_tuple("go1.27rc1") == (1, 27)
     assert version_tuple("devel") == (0, 0)
+
+
+def test_where_each_setting_in_effect_came_from() -> None:
+    from oomtrace.agent.goruntime import (
+        NO_MEMORY_LIMIT,
+        BuildInfo,
+        GoProcess,
+        Source,
+        gogc_source,
+        gomaxprocs_source,
+        memory_limit_source,
+    )
+
+    mib = 1 << 20
+    unlimited = (1 << 63) - 1
+    assert memory_limit_source({}, unlimited) is Source.DEFAULT
+    assert memory_limit_source({}, 96 * mib) is Source.PROGRAM  # debug.SetMemoryLimit
+    assert memory_limit_source({"GOMEMLIMIT": "96MiB"}, 96 * mib) is Source.ENV
+    assert memory_limit_source({"GOMEMLIMIT": "1GiB"}, 96 * mib) is Source.PROGRAM
+    assert memory_limit_source({"GOMEMLIMIT": "off"}, unlimited) is Source.ENV
+    assert memory_limit_source({"GOMEMLIMIT": "96MiB"}, NO_MEMORY_LIMIT) is Source.PROGRAM
+    assert gogc_source({}, 100) is Source.DEFAULT
+    assert gogc_source({}, 50) is Source.PROGRAM  # debug.SetGCPercent
+    assert gogc_source({"GOGC": "off"}, -1) is Source.ENV
+    assert gogc_source({"GOGC": "50"}, 200) is Source.PROGRAM
+    old = GoProcess(BuildInfo("go1.21.13", "m"), {}, cpus=8)
+    new = GoProcess(BuildInfo("go1.27.3", "m"), {}, cpus=8)
+    assert gomaxprocs_source(old, 8) is Source.DEFAULT
+    assert gomaxprocs_source(old, 3) is Source.PROGRAM  # runtime.GOMAXPROCS(3)
+    assert gomaxprocs_source(new, 3) is Source.DEFAULT  # a cgroup CPU limit can do that
+    assert gomaxprocs_source(new, 12) is Source.PROGRAM
+    with_env = GoProcess(BuildInfo("go1.27.3", "m"), {"GOMAXPROCS": "3"}, cpus=8)
+    assert gomaxprocs_source(with_env, 3) is Source.ENV
+    assert gomaxprocs_source(with_env, 2) is Source.PROGRAM
+
+
+def test_recent_gcs_are_counted_never_extrapolated() -> None:
+    from oomtrace.agent.goruntime import recent_gcs
+
+    s = 1_000_000_000
+    kill = 100 * s
+    # Lived 1.3 s: all of its GCs, over its life.
+    assert recent_gcs(149, (), 32, kill, kill - 1_300_000_000) == (149, 1_300_000_000)
+    # A long life, a full ring within the last 80 ms: the ring's span.
+    ring = tuple(kill - 80_000_000 + i * 2_500_000 for i in range(32))
+    assert recent_gcs(5000, ring, 32, kill, kill - 3600 * s) == (32, 80_000_000)
+    # A slow GC: the ring holds every GC of the last 10 s.
+    slow = (kill - 30 * s, kill - 9 * s, kill - 2 * s)
+    assert recent_gcs(3, slow, 32, kill, None) == (2, 10 * s)
+
+
+def test_allowed_cpus_from_the_status_file(tmp_path: Path) -> None:
+    from oomtrace.agent.goruntime import allowed_cpus
+
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "status").write_text("Name:\tx\nCpus_allowed_list:\t0-3,6\n")
+    assert allowed_cpus(7, tmp_path) == 5
+    assert allowed_cpus(8, tmp_path) is None

@@ -42,3 +42,12 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
     assert cache.scan() == 5
     assert len(cache) == 3
     assert cache.evicted == 2
+
+
+def test_start_time_from_the_stat_line_whatever_the_comm() -> None:
+    from oomtrace.agent.procinfo import _CLOCK_TICKS, start_boot_ns
+
+    fields = ["S"] + ["0"] * 18 + ["4200"] + ["0"] * 10
+    line = "123 (a) b) (c) " + " ".join(fields)
+    assert start_boot_ns(line) == 4200 * 1_000_000_000 // _CLOCK_TICKS
+    assert start_boot_ns("123 (x) S 1") is None

@@ -9,7 +9,8 @@ from pathlib import Path
 from oomtrace.agent import decode
 from oomtrace.agent.cgroups import MemoryHierarchy
 from oomtrace.agent.procinfo import ProcessInfo
-from oomtrace.agent.record import KillContext, build_event, event_id, to_json
+from oomtrace.agent.record import KillContext, build_event, event_id
+from oomtrace.records import to_json
 from tests.unit.fixtures import kernel_lines, load, raw_event
 
 V1 = MemoryHierarchy(1, Path("/sys/fs/cgroup/memory"))

@@ -132,3 +132,24 @@ def test_pressure_records_are_stored_once_and_listed_by_cgroup(store: SqliteStor
     assert [r.id for r in got] == ["p1"]
     assert store.prune(BASE_NS + 25 * 10**9) == 0  # no kills; pressure pruned beside them
     assert [r.id for r in store.list_pressure(Filter(), 10, None)[0]] == ["p3"]
+
+
+def test_upgrading_fills_the_workload_of_records_stored_before_it(tmp_path: Path) -> None:
+    """A file at schema 2 (no workload column) with a record in it: opened by
+    this collector, it is migrated and the old record groups by workload."""
+    db = tmp_path / "c.db"
+    ev = make_event(namespace="shop", pod="cart-7d9f8b6c5-x2x4q")
+    conn = sqlite3.connect(db, isolation_level=None)
+    for step in MIGRATIONS[:2]:
+        conn.executescript(step)
+    conn.execute(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?, '', '', 'x', 4, '/', 1, 0, ?)",
+        (ev.id, ev.killed_at.ToNanoseconds(), ev.node, "shop", ev.pod.name, ev.SerializeToString()),
+    )
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    store = SqliteStore(db)
+    assert store.schema_version == len(MIGRATIONS)
+    (row,) = store.top("workload", Filter(), 10)
+    assert (row.key, row.kills) == ("shop/Deployment/cart", 1)
+    assert store.get(ev.id) == ev

@@ -9,6 +9,7 @@ from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
 
 MIB = 1 << 20
+S = 1_000_000_000
 
 
 def go_kill(
@@ -86,14 +87,73 @@ def test_global_oom() -> None:
 def test_gc_death_spiral_from_runtime_state() -> None:
     ev = go_kill(gomemlimit="40MiB", limit=64 * MIB)
     g = ev.go
-    g.state, g.gc_count, g.gc_per_second_10s = "controller", 32, 3.2
+    g.state, g.gc_count = "controller", 40
+    g.recent_gc_count, g.recent_gc_span_ns, g.gc_per_second_10s = 32, 10 * S, 3.2
     g.effective_memory_limit_bytes = 40 * MIB
+    g.memory_limit_source = event_pb2.GoRuntime.ENV
     g.heap_live_bytes = g.heap_marked_bytes = 62 * MIB
     (v,) = verdicts(ev)
     assert v.code == "GO_GC_DEATH_SPIRAL"
-    assert "32 times in the last 10 s" in v.explanation
-    g.gc_per_second_10s = 0.5  # a few GCs: no spiral
+    assert "32 times in the last 10 s before the kill (40 in all)" in v.explanation
+    g.recent_gc_count, g.gc_per_second_10s = 5, 0.5  # a few GCs: no spiral
     assert codes(ev) == []
+
+
+def test_death_spiral_counts_what_was_seen_in_a_short_life() -> None:
+    """149 GCs in a process that lived 1.3 s: said as counted, never as a
+    rate stretched over 10 s (it once read "3913 times in the last 10 s")."""
+    ev = go_kill(gomemlimit="40MiB", limit=64 * MIB)
+    g = ev.go
+    g.state, g.gc_count = "controller", 149
+    g.lifetime_ns = g.recent_gc_span_ns = 1_300_000_000
+    g.recent_gc_count = 149
+    g.gc_per_second_10s = 149 / 1.3
+    g.effective_memory_limit_bytes = 40 * MIB
+    g.heap_live_bytes = g.heap_marked_bytes = 62 * MIB
+    (v,) = [v for v in verdicts(ev) if v.code == "GO_GC_DEATH_SPIRAL"]
+    assert "The GC ran 149 times in its 1.3 s of life (149 in all)" in v.explanation
+    # A full ring of GC times within the last 80 ms of a long-lived process.
+    g.ClearField("lifetime_ns")
+    g.gc_count, g.recent_gc_count, g.recent_gc_span_ns = 5000, 32, 80_000_000
+    (v,) = [v for v in verdicts(ev) if v.code == "GO_GC_DEATH_SPIRAL"]
+    assert "32 times in the last 80 ms before the kill (5000 in all)" in v.explanation
+
+
+def controller_kill(limit_bytes: int | None, source: int, gogc: int = 100) -> event_pb2.OomEvent:
+    """A Go kill whose controller state was read, with no GOMEMLIMIT in the
+    environment."""
+    ev = go_kill(limit=128 * MIB)
+    g = ev.go
+    g.state, g.effective_gogc = "controller", gogc
+    g.memory_limit_source = source  # type: ignore[assignment]
+    g.gogc_source = event_pb2.GoRuntime.DEFAULT if gogc == 100 else event_pb2.GoRuntime.PROGRAM
+    if limit_bytes is not None:
+        g.effective_memory_limit_bytes = limit_bytes
+    return ev
+
+
+def test_a_limit_the_program_set_itself_is_not_unset() -> None:
+    """debug.SetMemoryLimit(96 MiB) with no GOMEMLIMIT in the environment:
+    the runtime's own limit decides, not the environment."""
+    assert codes(controller_kill(96 * MIB, event_pb2.GoRuntime.PROGRAM)) == []
+    (v,) = verdicts(controller_kill(200 * MIB, event_pb2.GoRuntime.PROGRAM))
+    assert v.code == "GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT"
+    assert v.explanation.startswith("a memory limit of 200 MiB (set by the program) is at")
+    (v,) = verdicts(controller_kill(None, event_pb2.GoRuntime.DEFAULT))
+    assert v.code == "GO_GOMEMLIMIT_UNSET"
+    assert "the program set none" in v.explanation
+
+
+def test_an_environment_limit_the_program_lowered_is_judged_as_lowered() -> None:
+    ev = controller_kill(96 * MIB, event_pb2.GoRuntime.PROGRAM)
+    ev.go.gomemlimit = "1GiB"  # the environment said more; the program set 96 MiB
+    assert codes(ev) == []
+
+
+def test_gogc_off_set_by_the_program() -> None:
+    (v,) = verdicts(controller_kill(None, event_pb2.GoRuntime.DEFAULT, gogc=-1))
+    assert v.code == "GO_GOGC_OFF_WITHOUT_MEMLIMIT"
+    assert v.explanation.startswith("GOGC=off (set by the program) and no memory limit")
 
 
 def test_non_heap_memory_dominates() -> None:

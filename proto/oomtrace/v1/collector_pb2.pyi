@@ -258,6 +258,10 @@ class GetEventRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """A whole id, or any prefix of one that only one record has (history
+    prints 12 characters). A prefix several records share is
+    INVALID_ARGUMENT, its message naming them.
+    """
     def __init__(
         self,
         *,
@@ -277,7 +281,12 @@ class WatchEventsRequest(_message.Message):
 
     FILTER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def filter(self) -> Global___EventFilter: ...
+    def filter(self) -> Global___EventFilter:
+        """With filter.since, the stored records from then on come first (oldest
+        first, at most 1000), then new ones as they are stored, each once: a
+        watcher that reconnects says since when, and misses nothing.
+        """
+
     def __init__(
         self,
         *,
@@ -306,10 +315,13 @@ class TopRequest(_message.Message):
         CGROUP: TopRequest._GroupBy.ValueType  # 1
         CONTAINER: TopRequest._GroupBy.ValueType  # 2
         POD: TopRequest._GroupBy.ValueType  # 3
+        """namespace/pod"""
         NAMESPACE: TopRequest._GroupBy.ValueType  # 4
         NODE: TopRequest._GroupBy.ValueType  # 5
         IMAGE: TopRequest._GroupBy.ValueType  # 6
         COMM: TopRequest._GroupBy.ValueType  # 7
+        WORKLOAD: TopRequest._GroupBy.ValueType  # 8
+        """namespace/Kind/name: the Deployment, StatefulSet, ... owning the pod"""
 
     class GroupBy(_GroupBy, metaclass=_GroupByEnumTypeWrapper): ...
     GROUP_BY_UNSPECIFIED: TopRequest.GroupBy.ValueType  # 0
@@ -317,10 +329,13 @@ class TopRequest(_message.Message):
     CGROUP: TopRequest.GroupBy.ValueType  # 1
     CONTAINER: TopRequest.GroupBy.ValueType  # 2
     POD: TopRequest.GroupBy.ValueType  # 3
+    """namespace/pod"""
     NAMESPACE: TopRequest.GroupBy.ValueType  # 4
     NODE: TopRequest.GroupBy.ValueType  # 5
     IMAGE: TopRequest.GroupBy.ValueType  # 6
     COMM: TopRequest.GroupBy.ValueType  # 7
+    WORKLOAD: TopRequest.GroupBy.ValueType  # 8
+    """namespace/Kind/name: the Deployment, StatefulSet, ... owning the pod"""
 
     GROUP_BY_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int

@@ -722,6 +722,12 @@ class ReportTask(_message.Message):
     SWAPENTS_FIELD_NUMBER: _builtins.int
     OOM_SCORE_ADJ_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    TOTAL_VM_BYTES_FIELD_NUMBER: _builtins.int
+    RSS_BYTES_FIELD_NUMBER: _builtins.int
+    RSS_ANON_BYTES_FIELD_NUMBER: _builtins.int
+    RSS_FILE_BYTES_FIELD_NUMBER: _builtins.int
+    RSS_SHMEM_BYTES_FIELD_NUMBER: _builtins.int
+    SWAP_BYTES_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     uid: _builtins.int
     tgid: _builtins.int
@@ -734,6 +740,13 @@ class ReportTask(_message.Message):
     swapents: _builtins.int
     oom_score_adj: _builtins.int
     name: _builtins.str
+    total_vm_bytes: _builtins.int
+    """The same figures in bytes, at the node's own page size."""
+    rss_bytes: _builtins.int
+    rss_anon_bytes: _builtins.int
+    rss_file_bytes: _builtins.int
+    rss_shmem_bytes: _builtins.int
+    swap_bytes: _builtins.int
     def __init__(
         self,
         *,
@@ -749,10 +762,16 @@ class ReportTask(_message.Message):
         swapents: _builtins.int = ...,
         oom_score_adj: _builtins.int = ...,
         name: _builtins.str = ...,
+        total_vm_bytes: _builtins.int = ...,
+        rss_bytes: _builtins.int = ...,
+        rss_anon_bytes: _builtins.int = ...,
+        rss_file_bytes: _builtins.int = ...,
+        rss_shmem_bytes: _builtins.int = ...,
+        swap_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "oom_score_adj", b"oom_score_adj", "pgtables_bytes", b"pgtables_bytes", "pid", b"pid", "rss_anon_pages", b"rss_anon_pages", "rss_file_pages", b"rss_file_pages", "rss_pages", b"rss_pages", "rss_shmem_pages", b"rss_shmem_pages", "swapents", b"swapents", "tgid", b"tgid", "total_vm_pages", b"total_vm_pages", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "oom_score_adj", b"oom_score_adj", "pgtables_bytes", b"pgtables_bytes", "pid", b"pid", "rss_anon_bytes", b"rss_anon_bytes", "rss_anon_pages", b"rss_anon_pages", "rss_bytes", b"rss_bytes", "rss_file_bytes", b"rss_file_bytes", "rss_file_pages", b"rss_file_pages", "rss_pages", b"rss_pages", "rss_shmem_bytes", b"rss_shmem_bytes", "rss_shmem_pages", b"rss_shmem_pages", "swap_bytes", b"swap_bytes", "swapents", b"swapents", "tgid", b"tgid", "total_vm_bytes", b"total_vm_bytes", "total_vm_pages", b"total_vm_pages", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -822,11 +841,17 @@ class Pod(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     QOS_CLASS_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     name: _builtins.str
     namespace: _builtins.str
     qos_class: _builtins.str
     """Guaranteed, Burstable, BestEffort"""
+    workload: _builtins.str
+    """"Kind/name" of what owns the pod (Deployment/shop, StatefulSet/db, ...),
+    from its name and the labels the runtime state gives: stable across
+    rollouts, where pod names are not.
+    """
     def __init__(
         self,
         *,
@@ -834,10 +859,11 @@ class Pod(_message.Message):
         name: _builtins.str = ...,
         namespace: _builtins.str = ...,
         qos_class: _builtins.str = ...,
+        workload: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "qos_class", b"qos_class", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "qos_class", b"qos_class", "uid", b"uid", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,12 +10,20 @@
 //	oomgo sleep       sleep
 //	oomgo churn N [L] allocate and drop N small objects (GC-heavy) while L MiB stay
 //	                  live (fewer, bigger GCs); print the seconds taken and the GCs
+//
+// Before any of these, the program sets its own runtime settings when asked,
+// as automemlimit-style libraries do (names the runtime itself never reads):
+//
+//	OOMGO_SET_MEMORY_LIMIT_MIB=N  debug.SetMemoryLimit(N MiB)
+//	OOMGO_SET_GC_PERCENT=N        debug.SetGCPercent(N)
+//	OOMGO_SET_GOMAXPROCS=N        runtime.GOMAXPROCS(N)
 package main
 
 import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
 	"time"
@@ -36,7 +44,26 @@ func touch(n int) []byte {
 	return b
 }
 
+// setting reads an OOMGO_SET_* variable: its number, and whether it was set.
+func setting(name string) (int, bool) {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v)
+	return n, err == nil
+}
+
 func main() {
+	if mib, ok := setting("OOMGO_SET_MEMORY_LIMIT_MIB"); ok {
+		debug.SetMemoryLimit(int64(mib) << 20)
+	}
+	if pct, ok := setting("OOMGO_SET_GC_PERCENT"); ok {
+		debug.SetGCPercent(pct)
+	}
+	if procs, ok := setting("OOMGO_SET_GOMAXPROCS"); ok {
+		runtime.GOMAXPROCS(procs)
+	}
 	mode := "grow"
 	if len(os.Args) > 1 {
 		mode = os.Args[1]

@@ -1,0 +1,107 @@
+"""What a record's fields mean, for everyone who reads one: the agent's
+verdicts, the collector's index columns, the CLI's tables. One formula each,
+here, so they cannot drift apart. Knows the wire types and nothing else (no
+agent, no collector, no gRPC)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from oomtrace.v1 import event_pb2
+
+DEFAULT_COLLECTOR = "127.0.0.1:50051"
+
+
+def to_json(msg: Message) -> str:
+    """One line of protobuf JSON (a record, a pressure record) with the proto
+    field names, every field shown."""
+    return json_format.MessageToJson(
+        msg,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        indent=None,
+        sort_keys=False,
+    )
+
+
+def rss_bytes(ev: event_pb2.OomEvent) -> int:
+    """The victim's resident memory as the kernel's report sums it."""
+    v = ev.victim
+    return v.anon_rss_bytes + v.file_rss_bytes + v.shmem_rss_bytes
+
+
+def limit_hit_bytes(ev: event_pb2.OomEvent) -> int:
+    """The limit the kill was about: the memcg whose limit was hit, else the
+    victim cgroup's effective limit (0: none known)."""
+    c = ev.cgroup
+    return c.oom_memcg_limit_bytes or c.memory_limit_bytes
+
+
+def seconds_text(ns: int) -> str:
+    s = ns / 1e9
+    if s >= 10:
+        return f"{s:.0f} s"
+    return f"{s:.1f} s" if s >= 0.1 else f"{ns / 1e6:.0f} ms"
+
+
+def recent_gcs(go: event_pb2.GoRuntime) -> tuple[int, str]:
+    """(GCs counted just before the kill, "in the last 1.3 s before the kill"
+    or "in its 1.3 s of life"): what the agent saw, as it counted it."""
+    if go.recent_gc_span_ns:
+        span = seconds_text(go.recent_gc_span_ns)
+        if go.HasField("lifetime_ns") and go.recent_gc_span_ns == go.lifetime_ns:
+            return go.recent_gc_count, f"in its {span} of life"
+        return go.recent_gc_count, f"in the last {span} before the kill"
+    # Records from agents before recent_gc_count: a rate over 10 s.
+    return round(go.gc_per_second_10s * 10), "in the last 10 s before the kill"
+
+
+# -- the workload that owns a pod -----------------------------------------------------
+
+# The alphabet Kubernetes draws generated name suffixes from (no vowels, no
+# digits that look like letters): ReplicaSets' pod-template-hash, and the five
+# random characters of a pod made by a controller.
+_SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
+_DEPLOYMENT = re.compile(rf"^(?P<name>.+)-{_SAFE}{{6,10}}-{_SAFE}{{5}}$")
+_CRONJOB = re.compile(rf"^(?P<name>.+)-\d{{8,}}-{_SAFE}{{5}}$")
+_STATEFULSET = re.compile(r"^(?P<name>.+)-\d+$")
+_CONTROLLED = re.compile(rf"^(?P<name>.+)-{_SAFE}{{5}}$")
+
+
+def workload_of(pod_name: str, labels: Mapping[str, str] | None = None) -> str:
+    """"Kind/name" of what owns a pod, from its name and whatever of its
+    labels the runtime state gives: Deployment/shop for shop-7d9f8b6c5-x2x4q,
+    StatefulSet/db for db-0, CronJob/report for report-29012345-abcde, and
+    Controller/agent for agent-x2x4q (a DaemonSet, a Job or a bare
+    ReplicaSet: the name alone cannot tell them apart). A pod no controller
+    owns is its own workload (Pod/name). Pod names change with every rollout;
+    this does not."""
+    labels = labels or {}
+    if not pod_name:
+        return ""
+    job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+    if job:
+        m = re.fullmatch(r"(?P<name>.+)-\d{8,}", job)
+        return f"CronJob/{m.group('name')}" if m else f"Job/{job}"
+    if "pod-template-hash" in labels:
+        suffix = f"-{labels['pod-template-hash']}"
+        rs = pod_name.rsplit("-", 1)[0]
+        if rs.endswith(suffix):
+            return f"Deployment/{rs[: -len(suffix)]}"
+    if "statefulset.kubernetes.io/pod-name" in labels and (m := _STATEFULSET.match(pod_name)):
+        return f"StatefulSet/{m.group('name')}"
+    if "controller-revision-hash" in labels and (m := _CONTROLLED.match(pod_name)):
+        return f"DaemonSet/{m.group('name')}"
+    for kind, pattern in (
+        ("CronJob", _CRONJOB),
+        ("Deployment", _DEPLOYMENT),
+        ("StatefulSet", _STATEFULSET),
+        ("Controller", _CONTROLLED),
+    ):
+        if m := pattern.match(pod_name):
+            return f"{kind}/{m.group('name')}"
+    return f"Pod/{pod_name}"
