@@ -18,9 +18,9 @@ from oomtrace.agent.btf import VMLINUX_BTF, Btf
 from oomtrace.agent.errors import AgentError, HostNotSupportedError
 from oomtrace.agent.kernel_layout import KernelLayout, resolve
 from oomtrace.agent.kernel_text import KernelText
+from oomtrace.records import DEFAULT_STATUS_FILE
 
 TRACEFS = Path("/sys/kernel/tracing")
-DEFAULT_STATUS_FILE = Path("/run/oomtrace/agent-status.json")
 
 
 @dataclass(frozen=True, slots=True)

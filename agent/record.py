@@ -9,8 +9,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from oomtrace import __version__
-from oomtrace import records
+from oomtrace import __version__, records
 from oomtrace.agent import cgroups, goruntime
 from oomtrace.agent.decode import GO_RING, PAGE_SIZE, GoState, KernelKill, OcConstraint
 from oomtrace.agent.goruntime import GoProcess

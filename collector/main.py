@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -15,16 +14,6 @@ from oomtrace.collector.service import create_server
 from oomtrace.collector.store import SqliteStore
 
 log = structlog.get_logger(__name__)
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in `30d`, `12h`, `90m`, `45s`, `2w`; raises ValueError."""
-    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like 30d, 12h or 90m")
-    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def run_collector(listen: str, db: Path, retention_s: int, prune_every_s: float = 3600) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from oomtrace.collector.errors import InvalidQueryError
 from oomtrace import records
+from oomtrace.collector.errors import InvalidQueryError
 from oomtrace.v1 import collector_pb2, event_pb2
 
 DEFAULT_PAGE_SIZE = 100
@@ -51,9 +51,8 @@ def columns_of(ev: event_pb2.OomEvent) -> Columns:
 
 
 def workload_key(ev: event_pb2.OomEvent) -> str:
-    """What `top --by workload` groups by; records from agents that did not
-    fill pod.workload get it from the pod's name."""
-    workload = ev.pod.workload or records.workload_of(ev.pod.name)
+    """What `top --by workload` groups by: namespace/Kind/name."""
+    workload = records.pod_workload(ev)
     return f"{ev.pod.namespace}/{workload}" if workload else ""
 
 

@@ -1,4 +1,5 @@
-"""The `oomtrace` command: one entry point, a sub-command per job."""
+"""The `oomtrace` command: one entry point, a sub-command per job. Only the
+chosen sub-command's code is imported: a query does not load the agent."""
 
 from __future__ import annotations
 
@@ -9,20 +10,41 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from oomtrace import logs
-from oomtrace.client import add_filter_args
+from oomtrace import __version__, logs
+from oomtrace.records import DEFAULT_COLLECTOR, DEFAULT_STATUS_FILE, parse_duration_s
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help where it has one, and examples kept
+    as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default in (None, "", False, argparse.SUPPRESS)
+            or "default" in text
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: {default})"
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _agent(args: argparse.Namespace) -> int:
     from oomtrace.agent.errors import AgentError
     from oomtrace.agent.main import run_agent
+    from oomtrace.agent.runtimes import RuntimeRoots
 
+    if not args.stdout and not args.collector:
+        print("oomtrace agent: give --stdout, --collector HOST:PORT, or both", file=sys.stderr)
+        return 2
     try:
-        if not args.stdout and not args.collector:
-            print("oomtrace agent: give --stdout, --collector HOST:PORT, or both", file=sys.stderr)
-            return 2
-        from oomtrace.agent.runtimes import RuntimeRoots
-
         roots = RuntimeRoots()
         if args.host_root:
             roots = roots.under(args.host_root)
@@ -64,15 +86,10 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _collector(args: argparse.Namespace) -> int:
     from oomtrace.collector.errors import CollectorError
-    from oomtrace.collector.main import parse_duration, run_collector
+    from oomtrace.collector.main import run_collector
 
     try:
-        retention = parse_duration(args.retention)
-    except ValueError as exc:
-        print(f"oomtrace collector: --retention: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run_collector(args.listen, args.db, retention)
+        run_collector(args.listen, args.db, args.retention)
     except (CollectorError, RuntimeError) as exc:
         print(f"oomtrace collector: {exc}", file=sys.stderr)
         return 1
@@ -93,22 +110,69 @@ def _query(command: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def duration_s(text: str) -> int:
+    """An argparse type: seconds in 30d, 12h, 90m, 45s, 2w."""
+    try:
+        return parse_duration_s(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from oomtrace.agent.doctor import DEFAULT_STATUS_FILE
+    from oomtrace.client import OUTPUTS, add_filter_args, positive
 
-    p = argparse.ArgumentParser(prog="oomtrace", description="Explain every OOM kill on this node.")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = p.add_subparsers(dest="command", required=True)
+    # --log-level is taken before or after the sub-command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=LOG_LEVELS,
+        help="how much to log on stderr (default: info)",
+    )
+    p = argparse.ArgumentParser(
+        prog="oomtrace",
+        description="Explain every OOM kill on a node: which process died, against which "
+        "limit, why, and what the memory looked like before.",
+        formatter_class=_Help,
+        epilog=_examples(
+            "oomtrace agent --stdout                   # record kills on this node",
+            "oomtrace history --namespace shop --since 1d",
+            "oomtrace show 3f2a9c1b77e0                # any unique prefix of an id",
+            "oomtrace SUBCOMMAND --help                # each one's options and examples",
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"oomtrace {__version__}")
+    p.add_argument(
+        "--log-level", default="info", choices=LOG_LEVELS, help="how much to log on stderr"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
-    a = sub.add_parser("agent", help="record OOM kills on this node (root)")
+    def command(name: str, help_: str, *examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            parents=[common],
+            formatter_class=_Help,
+            epilog=_examples(*examples),
+        )
+
+    collector_env = os.environ.get("OOMTRACE_COLLECTOR")
+    a = command(
+        "agent",
+        "record OOM kills on this node (root)",
+        "oomtrace agent --stdout",
+        "oomtrace agent --collector collector.oomtrace:50051 --node $NODE_NAME",
+        "oomtrace agent --collector 127.0.0.1:50051 --host-root /host   # in a container",
+    )
     a.add_argument(
         "--stdout", action="store_true", help="print each record as one JSON line on stdout"
     )
     a.add_argument(
         "--collector",
-        default=os.environ.get("OOMTRACE_COLLECTOR"),
+        default=collector_env,
         metavar="HOST:PORT",
-        help="stream records to this collector (default: $OOMTRACE_COLLECTOR)",
+        help="stream records to this collector ($OOMTRACE_COLLECTOR when set)",
     )
     a.add_argument(
         "--state-dir",
@@ -119,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--spool",
         type=Path,
-        help="records wait here, on disk, until the collector acknowledges them (default STATE_DIR/spool)",
+        help="records wait here, on disk, until the collector acknowledges them "
+        "(default: STATE_DIR/spool)",
     )
     a.add_argument(
         "--no-backfill",
@@ -127,13 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not record kills that happened before this agent started",
     )
-    a.add_argument("--node", help="node name in records (default: $NODE_NAME or the hostname)")
+    a.add_argument("--node", help="node name in records (default: $NODE_NAME, else the hostname)")
     a.add_argument(
         "--hold",
         type=float,
         default=3.0,
         metavar="SECONDS",
-        help="wait at most this long for a victim to exit before recording it (default 3)",
+        help="wait at most this long for a victim to exit before recording it",
     )
     a.add_argument(
         "--status-file",
@@ -165,64 +230,145 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.set_defaults(func=_agent)
 
-    d = sub.add_parser("doctor", help="what this host supports, and what the agent will record")
-    d.add_argument("--json", action="store_true", help="machine-readable report")
+    d = command(
+        "doctor",
+        "what this host supports, and what the agent will record",
+        "oomtrace doctor",
+        "oomtrace doctor --json --no-load",
+    )
+    d.add_argument("--json", action="store_true", help="a machine-readable report")
     d.add_argument(
         "--no-load", action="store_true", help="do not compile and attach the BPF programs"
     )
-    d.add_argument("--status-file", type=Path, default=DEFAULT_STATUS_FILE)
+    d.add_argument(
+        "--status-file",
+        type=Path,
+        default=DEFAULT_STATUS_FILE,
+        help="the running agent's counters, to report",
+    )
     d.set_defaults(func=_doctor)
 
-    c = sub.add_parser("collector", help="store records from agents and answer queries")
-    c.add_argument("--listen", default="127.0.0.1:50051", metavar="ADDR")
-    c.add_argument(
-        "--db", type=Path, default=Path("/var/lib/oomtrace/collector.db"), help="SQLite file"
+    c = command(
+        "collector",
+        "store records from agents and answer queries",
+        "oomtrace collector --listen 0.0.0.0:50051 --db /var/lib/oomtrace/collector.db",
+        "oomtrace collector --retention 90d",
     )
-    c.add_argument("--retention", default="30d", help="drop records older than this (30d, 12h)")
+    c.add_argument(
+        "--listen", default=DEFAULT_COLLECTOR, metavar="ADDR", help="host:port to serve on"
+    )
+    c.add_argument(
+        "--db",
+        type=Path,
+        default=Path("/var/lib/oomtrace/collector.db"),
+        help="the SQLite file that keeps the history",
+    )
+    c.add_argument(
+        "--retention",
+        type=duration_s,
+        default="30d",
+        help="drop records older than this (30d, 12h, 2w)",
+    )
     c.set_defaults(func=_collector)
 
-    collector_default = os.environ.get("OOMTRACE_COLLECTOR", "127.0.0.1:50051")
+    query_collector = collector_env or DEFAULT_COLLECTOR
 
-    h = sub.add_parser("history", help="OOM kills, newest first")
-    h.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
+    def query(name: str, help_: str, *examples: str) -> argparse.ArgumentParser:
+        q = command(name, help_, *examples)
+        q.add_argument(
+            "--collector",
+            default=query_collector,
+            metavar="HOST:PORT",
+            help="the collector to ask ($OOMTRACE_COLLECTOR when set)",
+        )
+        return q
+
+    said = {
+        "table": "table for people",
+        "wide": "wide adds columns",
+        "json": "json is one object a line",
+        "yaml": "yaml one document",
+    }
+
+    def output(q: argparse.ArgumentParser, formats: tuple[str, ...] = OUTPUTS) -> None:
+        q.add_argument(
+            "-o",
+            "--output",
+            choices=formats,
+            default="table",
+            help="; ".join(said[f] for f in formats),
+        )
+        q.add_argument("--json", action="store_true", help="the same as -o json")
+
+    times = "times are shown in the local zone, named; TZ=UTC oomtrace ... for UTC"
+    h = query(
+        "history",
+        "OOM kills, newest first",
+        "oomtrace history",
+        "oomtrace history --namespace shop --since 1d -o wide",
+        "oomtrace history --constraint global --since 2026-11-27T09:00:00Z -o json",
+        "oomtrace history --incidents      # a group kill is one row",
+        times,
+    )
     add_filter_args(h, default_since="7d")
-    h.add_argument("--limit", type=int, default=50)
-    h.add_argument("--json", action="store_true", help="records as protobuf JSON, one per line")
+    h.add_argument("--limit", type=positive, default=50, help="at most this many records")
+    output(h)
     h.add_argument(
         "--incidents",
         action="store_true",
-        help="one row per OOM-killer invocation (group kills folded)",
+        help="one row per OOM-killer invocation (a group kill's victims folded)",
     )
     h.set_defaults(func=_query("history"))
 
-    s = sub.add_parser("show", help="the full report of one kill")
-    s.add_argument("id")
-    s.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
-    s.add_argument("--json", action="store_true")
+    s = query(
+        "show",
+        "the full report of one kill",
+        "oomtrace show 3f2a9c1b77e0          # any unique prefix of the id",
+        "oomtrace show 3f2a9c1b77e0 -o yaml",
+    )
+    s.add_argument("id", help="a record id, or any prefix of one that only one record has")
+    output(s, ("table", "json", "yaml"))
     s.set_defaults(func=_query("show"))
 
-    t = sub.add_parser("top", help="who gets OOM-killed most")
-    t.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
+    t = query(
+        "top",
+        "who gets OOM-killed most",
+        "oomtrace top --by workload --since 30d",
+        "oomtrace top --by pod --namespace shop -o json",
+    )
+    from oomtrace.client import GROUPS
+
     t.add_argument(
         "--by",
         default="cgroup",
-        choices=["cgroup", "container", "pod", "namespace", "node", "image", "comm"],
+        choices=list(GROUPS),
+        help="what to count kills by: pod is namespace/pod; workload is the Deployment, "
+        "StatefulSet, ... owning the pod, the same across rollouts",
     )
     add_filter_args(t, default_since="7d")
-    t.add_argument("--limit", type=int, default=10)
+    t.add_argument("--limit", type=positive, default=10, help="at most this many rows")
+    output(t)
     t.set_defaults(func=_query("top"))
 
-    pr = sub.add_parser("pressure", help="memory pressure records, newest first")
-    pr.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
-    add_filter_args(pr, default_since="1h")
-    pr.add_argument("--limit", type=int, default=50)
-    pr.add_argument("--json", action="store_true")
+    pr = query(
+        "pressure",
+        "memory pressure records (10 s windows with pressure), newest first",
+        "oomtrace pressure --cgroup /kubepods --since 1h",
+        "oomtrace pressure --namespace shop -o wide",
+    )
+    add_filter_args(pr, default_since="1h", kills=False)
+    pr.add_argument("--limit", type=positive, default=50, help="at most this many records")
+    output(pr)
     pr.set_defaults(func=_query("pressure"))
 
-    w = sub.add_parser("watch", help="OOM kills as the collector records them")
-    w.add_argument("--collector", default=collector_default, metavar="HOST:PORT")
+    w = query(
+        "watch",
+        "OOM kills as the collector records them; reconnects when it restarts",
+        "oomtrace watch",
+        "oomtrace watch --namespace shop --since 10m   # what was recorded since, first",
+    )
     add_filter_args(w, default_since=None)
-    w.add_argument("--json", action="store_true")
+    output(w, ("table", "json"))
     w.set_defaults(func=_query("watch"))
     return p
 

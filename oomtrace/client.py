@@ -1,5 +1,8 @@
-"""The people's side of the collector: history, show, top, watch. Talks
-gRPC to the collector and turns its failures into sentences."""
+"""The people's side of the collector: history, show, top, pressure, watch.
+Each command builds and checks its whole request before it connects, so a
+bad flag is reported as a bad flag, not as an unreachable collector; gRPC
+failures become sentences. Imports the wire contract and oomtrace.records,
+never the agent or the collector."""
 
 from __future__ import annotations
 
@@ -7,25 +10,121 @@ import argparse
 import re
 import sys
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from oomtrace import render, rpc
-from oomtrace.records import to_json
+from oomtrace import records, render, rpc
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 
-DEFAULT_COLLECTOR = "127.0.0.1:50051"
+DEFAULT_COLLECTOR = records.DEFAULT_COLLECTOR
+OUTPUTS = ("table", "wide", "json", "yaml")
+# How far back a reconnecting watch asks for again, before the last record it
+# saw: records reach the store out of kill order (an agent's spool drains
+# after a restart), and ids already shown are skipped.
+WATCH_REPLAY_SLACK_S = 60.0
 
 
 class ClientError(Exception):
-    """A query failed; the message says why, for a person."""
+    """A query failed, or was asked wrongly; the message says why, for a person."""
 
 
-def _channel(target: str) -> grpc.Channel:
+# -- arguments --------------------------------------------------------------------------
+
+
+def parse_when(text: str, now: float) -> datetime:
+    """`1h`, `30m`, `7d`, `2w` ago, or an RFC 3339 / ISO 8601 time (UTC
+    unless it names its zone)."""
+    try:
+        return datetime.fromtimestamp(now - records.parse_duration_s(text), tz=UTC)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ClientError(
+            f"{text!r} is neither a duration (1h, 7d) nor a time (2026-11-27T09:00:00Z)"
+        ) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+CONSTRAINTS = {
+    "memcg": event_pb2.OomEvent.MEMCG,
+    "global": event_pb2.OomEvent.GLOBAL,
+    "cpuset": event_pb2.OomEvent.CPUSET,
+    "memory_policy": event_pb2.OomEvent.MEMORY_POLICY,
+}
+_WHERE_FIELDS = ("node", "namespace", "pod", "container", "image")
+
+
+def add_filter_args(
+    p: argparse.ArgumentParser, *, default_since: str | None, kills: bool = True
+) -> None:
+    """kills: the filters that only OOM kills have (--comm, --constraint);
+    pressure records have neither, so `pressure` does not take them."""
+    p.add_argument(
+        "--since",
+        default=default_since,
+        help="from this long ago (30m, 1h, 7d) or this time (2026-11-27T09:00:00Z)",
+    )
+    p.add_argument("--until", help="up to this long ago, or this time")
+    for name in _WHERE_FIELDS:
+        p.add_argument(f"--{name}", default="", help=f"only this {name} (exact match)")
+    if kills:
+        p.add_argument("--comm", default="", help="only victims with this comm (exact match)")
+        p.add_argument("--constraint", choices=sorted(CONSTRAINTS), help="only this kind of OOM")
+    p.add_argument("--cgroup", default="", help="only cgroups under this path prefix")
+
+
+def build_filter(args: argparse.Namespace, now: float) -> collector_pb2.EventFilter:
+    f = collector_pb2.EventFilter(
+        node=args.node,
+        namespace=args.namespace,
+        pod=args.pod,
+        container=args.container,
+        image=args.image,
+        comm=getattr(args, "comm", ""),
+        cgroup_prefix=args.cgroup,
+    )
+    if args.since:
+        f.since.FromDatetime(parse_when(args.since, now))
+    if args.until:
+        f.until.FromDatetime(parse_when(args.until, now))
+    if (
+        f.HasField("since")
+        and f.HasField("until")
+        and f.until.ToNanoseconds() <= f.since.ToNanoseconds()
+    ):
+        raise ClientError(f"--until {args.until} is not after --since {args.since}")
+    if getattr(args, "constraint", None):
+        f.constraint = CONSTRAINTS[args.constraint]
+    return f
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not at least 1")
+    return n
+
+
+# -- talking to the collector -----------------------------------------------------------
+
+
+def _channel(target: str, timeout_s: float = 5) -> grpc.Channel:
     channel = grpc.insecure_channel(target)
     try:
-        grpc.channel_ready_future(channel).result(timeout=5)
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
     except grpc.FutureTimeoutError:
         channel.close()
         raise ClientError(
@@ -42,72 +141,57 @@ def _explain(exc: grpc.RpcError, target: str) -> ClientError:
     return ClientError(detail or (code.name if code else "the call failed"))
 
 
-def parse_when(text: str, now: float | None = None) -> datetime:
-    """`1h`, `30m`, `7d` ago, or an RFC 3339 / ISO 8601 time."""
-    now = time.time() if now is None else now
-    m = re.fullmatch(r"(\d+)([smhdw])", text.strip())
-    if m:
-        seconds = (
-            int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        )
-        return datetime.fromtimestamp(now - seconds, tz=UTC)
+def _call(target: str, fn: Callable[[collector_pb2_grpc.HistoryServiceStub], Any]) -> Any:
+    channel = _channel(target)
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ClientError(
-            f"{text!r} is neither a duration (1h, 7d) nor a time (2026-11-27T09:00:00Z)"
-        ) from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+        return fn(collector_pb2_grpc.HistoryServiceStub(channel))
+    except grpc.RpcError as exc:
+        raise _explain(exc, target) from None
+    finally:
+        channel.close()
 
 
-_CONSTRAINTS = {
-    "memcg": event_pb2.OomEvent.MEMCG,
-    "global": event_pb2.OomEvent.GLOBAL,
-    "cpuset": event_pb2.OomEvent.CPUSET,
-    "memory_policy": event_pb2.OomEvent.MEMORY_POLICY,
-}
+# -- output -----------------------------------------------------------------------------
 
 
-def add_filter_args(p: argparse.ArgumentParser, *, default_since: str | None) -> None:
-    p.add_argument("--since", default=default_since, help="a duration ago (1h, 7d) or a time")
-    p.add_argument("--until", help="a duration ago or a time")
-    for name in ("node", "namespace", "pod", "container", "image", "comm"):
-        p.add_argument(f"--{name}", default="")
-    p.add_argument("--constraint", choices=sorted(_CONSTRAINTS), help="kind of OOM")
-    p.add_argument("--cgroup", default="", help="cgroup path prefix")
+def output_format(args: argparse.Namespace) -> str:
+    """-o, with --json as its old spelling."""
+    return "json" if getattr(args, "json", False) else str(args.output)
 
 
-def build_filter(args: argparse.Namespace) -> collector_pb2.EventFilter:
-    f = collector_pb2.EventFilter(
-        node=args.node,
-        namespace=args.namespace,
-        pod=args.pod,
-        container=args.container,
-        image=args.image,
-        comm=args.comm,
-        cgroup_prefix=args.cgroup,
-    )
-    if args.since:
-        f.since.FromDatetime(parse_when(args.since))
-    if args.until:
-        f.until.FromDatetime(parse_when(args.until))
-    if args.constraint:
-        f.constraint = _CONSTRAINTS[args.constraint]
-    return f
+def _as_dict(msg: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def emit_messages(messages: Iterable[Message], fmt: str, *, one: bool = False) -> bool:
+    """json: one JSON object a line; yaml: one document (a list, or the one
+    message). False when fmt is neither."""
+    if fmt == "json":
+        for m in messages:
+            print(records.to_json(m))
+        return True
+    if fmt == "yaml":
+        items = [_as_dict(m) for m in messages]
+        print(yaml.safe_dump(items[0] if one else items, sort_keys=False), end="")
+        return True
+    return False
+
+
+# -- commands ---------------------------------------------------------------------------
 
 
 def history(args: argparse.Namespace) -> int:
-    channel = _channel(args.collector)
-    stub = collector_pb2_grpc.HistoryServiceStub(channel)
-    events: list[event_pb2.OomEvent] = []
-    token = ""
-    try:
+    now = time.time()
+    f = build_filter(args, now)
+    fmt = output_format(args)
+
+    def fetch(stub: collector_pb2_grpc.HistoryServiceStub) -> list[event_pb2.OomEvent]:
+        events: list[event_pb2.OomEvent] = []
+        token = ""
         while len(events) < args.limit:
             resp = stub.ListEvents(
                 collector_pb2.ListEventsRequest(
-                    filter=build_filter(args),
-                    page_size=min(1000, args.limit - len(events)),
-                    page_token=token,
+                    filter=f, page_size=min(1000, args.limit - len(events)), page_token=token
                 ),
                 timeout=30,
             )
@@ -115,53 +199,46 @@ def history(args: argparse.Namespace) -> int:
             token = resp.next_page_token
             if not token:
                 break
-    except grpc.RpcError as exc:
-        raise _explain(exc, args.collector) from None
-    if args.json:
-        for ev in events:
-            print(to_json(ev))
-    elif args.incidents:
-        print(render.incidents_table(events, now=time.time()))
+        return events
+
+    events = _call(args.collector, fetch)
+    if emit_messages(events, fmt):
+        return 0
+    if args.incidents:
+        print(render.incidents_table(events, now=now))
     else:
-        print(render.history_table(events, now=time.time()))
+        print(render.history_table(events, now=now, wide=fmt == "wide"))
     return 0
 
 
 def pressure(args: argparse.Namespace) -> int:
-    channel = _channel(args.collector)
-    stub = collector_pb2_grpc.HistoryServiceStub(channel)
-    try:
-        resp = stub.ListPressure(
-            collector_pb2.ListPressureRequest(
-                filter=build_filter(args), page_size=min(1000, args.limit)
-            ),
-            timeout=30,
-        )
-    except grpc.RpcError as exc:
-        raise _explain(exc, args.collector) from None
-    if args.json:
-        for r in resp.records:
-            print(to_json(r))
-    else:
-        print(render.pressure_table(list(resp.records), now=time.time()))
+    now = time.time()
+    req = collector_pb2.ListPressureRequest(
+        filter=build_filter(args, now), page_size=min(1000, args.limit)
+    )
+    fmt = output_format(args)
+    resp = _call(args.collector, lambda stub: stub.ListPressure(req, timeout=30))
+    if not emit_messages(resp.records, fmt):
+        print(render.pressure_table(list(resp.records), now=now, wide=fmt == "wide"))
     return 0
 
 
 def show(args: argparse.Namespace) -> int:
-    channel = _channel(args.collector)
-    stub = collector_pb2_grpc.HistoryServiceStub(channel)
-    try:
-        ev = stub.GetEvent(collector_pb2.GetEventRequest(id=args.id), timeout=30)
-    except grpc.RpcError as exc:
-        raise _explain(exc, args.collector) from None
-    print(to_json(ev) if args.json else render.report(ev, now=time.time()))
+    req = collector_pb2.GetEventRequest(id=args.id.strip())
+    if not req.id or not re.fullmatch(r"[0-9A-Za-z_-]+", req.id):
+        raise ClientError(f"{args.id!r} is not a record id (history prints them, 12 characters)")
+    fmt = output_format(args)
+    ev = _call(args.collector, lambda stub: stub.GetEvent(req, timeout=30))
+    if not emit_messages([ev], fmt, one=True):
+        print(render.report(ev, now=time.time()))
     return 0
 
 
-_GROUPS = {
+GROUPS = {
     "cgroup": collector_pb2.TopRequest.CGROUP,
     "container": collector_pb2.TopRequest.CONTAINER,
     "pod": collector_pb2.TopRequest.POD,
+    "workload": collector_pb2.TopRequest.WORKLOAD,
     "namespace": collector_pb2.TopRequest.NAMESPACE,
     "node": collector_pb2.TopRequest.NODE,
     "image": collector_pb2.TopRequest.IMAGE,
@@ -170,36 +247,82 @@ _GROUPS = {
 
 
 def top(args: argparse.Namespace) -> int:
-    channel = _channel(args.collector)
-    stub = collector_pb2_grpc.HistoryServiceStub(channel)
-    try:
-        resp = stub.Top(
-            collector_pb2.TopRequest(
-                group_by=_GROUPS[args.by], filter=build_filter(args), limit=args.limit
-            ),
-            timeout=30,
-        )
-    except grpc.RpcError as exc:
-        raise _explain(exc, args.collector) from None
-    print(render.top_table(resp, args.by, now=time.time()))
+    now = time.time()
+    req = collector_pb2.TopRequest(
+        group_by=GROUPS[args.by], filter=build_filter(args, now), limit=args.limit
+    )
+    fmt = output_format(args)
+    resp = _call(args.collector, lambda stub: stub.Top(req, timeout=30))
+    if not emit_messages(resp.rows, fmt):
+        print(render.top_table(resp, args.by, now=now, wide=fmt == "wide"))
     return 0
 
 
-def watch(args: argparse.Namespace) -> int:
-    channel = _channel(args.collector)
-    stub = collector_pb2_grpc.HistoryServiceStub(channel)
-    if not args.json:
+def watch(
+    args: argparse.Namespace,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    max_backoff_s: float = 10.0,
+) -> int:
+    """Streams new records; when the collector goes away, says so, retries
+    with backoff, and on reconnecting asks again from shortly before the last
+    record it saw (or from when it started), showing each record once."""
+    started = time.time()
+    base = build_filter(args, started)
+    fmt = output_format(args)
+    seen: OrderedDict[str, None] = OrderedDict()
+    last_killed_s: float | None = None
+    backoff = min_backoff = 0.5
+    attempt = 0
+    if fmt != "json":
         print(
             f"watching {args.collector} for OOM kills (Ctrl-C stops)", file=sys.stderr, flush=True
         )
-    stream = stub.WatchEvents(collector_pb2.WatchEventsRequest(filter=build_filter(args)))
-    try:
-        for ev in stream:
-            print(to_json(ev) if args.json else render.one_line(ev), flush=True)
-    except grpc.RpcError as exc:
-        if rpc.status(exc)[0] == grpc.StatusCode.CANCELLED:
+    while True:
+        f = collector_pb2.EventFilter()
+        f.CopyFrom(base)
+        if attempt:
+            replay_from = (last_killed_s or started) - WATCH_REPLAY_SLACK_S
+            if not base.HasField("since") or base.since.ToNanoseconds() < replay_from * 1e9:
+                f.since.FromNanoseconds(int(replay_from * 1e9))
+        attempt += 1
+        channel = grpc.insecure_channel(args.collector)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=5)
+            if attempt > 1:
+                print(f"reconnected to {args.collector}", file=sys.stderr, flush=True)
+            backoff = min_backoff
+            stub = collector_pb2_grpc.HistoryServiceStub(channel)
+            for ev in stub.WatchEvents(collector_pb2.WatchEventsRequest(filter=f)):
+                if ev.id in seen:
+                    continue
+                seen[ev.id] = None
+                if len(seen) > 10000:
+                    seen.popitem(last=False)
+                killed_s = ev.killed_at.ToNanoseconds() / 1e9
+                last_killed_s = max(last_killed_s or killed_s, killed_s)
+                print(records.to_json(ev) if fmt == "json" else render.one_line(ev), flush=True)
+            why = "the collector ended the stream"
+        except grpc.FutureTimeoutError:
+            why = "unreachable"
+        except grpc.RpcError as exc:
+            code, detail = rpc.status(exc)
+            if code == grpc.StatusCode.CANCELLED:
+                return 0
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise _explain(exc, args.collector) from None
+            why = detail or code.name
+        except KeyboardInterrupt:
             return 0
-        raise _explain(exc, args.collector) from None
-    except KeyboardInterrupt:
-        return 0
-    return 0
+        finally:
+            channel.close()
+        print(
+            f"collector at {args.collector}: {why}; reconnecting in {backoff:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            sleep(backoff)
+        except KeyboardInterrupt:
+            return 0
+        backoff = min(backoff * 2, max_backoff_s)

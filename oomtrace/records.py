@@ -1,12 +1,15 @@
-"""What a record's fields mean, for everyone who reads one: the agent's
-verdicts, the collector's index columns, the CLI's tables. One formula each,
-here, so they cannot drift apart. Knows the wire types and nothing else (no
-agent, no collector, no gRPC)."""
+"""What the agent, the collector and the CLI share: what a record's fields
+mean (the agent's verdicts, the collector's index columns and the CLI's
+tables all read RSS, the limit hit, GC counts and the owning workload from
+here, one formula each), how records are written as JSON, durations, and the
+defaults every side agrees on. Knows the wire types and nothing else (no
+agent, no collector, no gRPC), so a query loads none of the agent."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -14,6 +17,18 @@ from google.protobuf.message import Message
 from oomtrace.v1 import event_pb2
 
 DEFAULT_COLLECTOR = "127.0.0.1:50051"
+# Where the agent writes its counters, and `oomtrace doctor` reads them.
+DEFAULT_STATUS_FILE = Path("/run/oomtrace/agent-status.json")
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration_s(text: str) -> int:
+    """Seconds in `30d`, `12h`, `90m`, `45s`, `2w`; raises ValueError."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h or 90m")
+    return int(m.group(1)) * _SECONDS[m.group(2)]
 
 
 def to_json(msg: Message) -> str:
@@ -72,8 +87,14 @@ _STATEFULSET = re.compile(r"^(?P<name>.+)-\d+$")
 _CONTROLLED = re.compile(rf"^(?P<name>.+)-{_SAFE}{{5}}$")
 
 
+def pod_workload(ev: event_pb2.OomEvent) -> str:
+    """The record's workload; records from agents that did not fill
+    pod.workload get it from the pod's name."""
+    return ev.pod.workload or workload_of(ev.pod.name)
+
+
 def workload_of(pod_name: str, labels: Mapping[str, str] | None = None) -> str:
-    """"Kind/name" of what owns a pod, from its name and whatever of its
+    """ "Kind/name" of what owns a pod, from its name and whatever of its
     labels the runtime state gives: Deployment/shop for shop-7d9f8b6c5-x2x4q,
     StatefulSet/db for db-0, CronJob/report for report-29012345-abcde, and
     Controller/agent for agent-x2x4q (a DaemonSet, a Job or a bare

@@ -1,12 +1,38 @@
-"""Records for people: sizes in MiB, times relative and absolute, tables."""
+"""Records for people: sizes in MiB, times relative and absolute (with their
+zone), tables. Every string that came from a node (a command line, a comm,
+a path, a label) goes through clean() first: a record is data from another
+machine, and its control characters must not reach an operator's terminal or
+break a table's layout."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime, tzinfo
 
+from oomtrace import records
 from oomtrace.v1 import collector_pb2, event_pb2
 
 MIB = 1024 * 1024
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def clean(text: str) -> str:
+    """Control and format characters (C0, DEL, C1, bidi overrides...)
+    escaped, everything printable kept."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
 
 
 def size(n: int) -> str:
@@ -27,22 +53,30 @@ def ago(seconds: float) -> str:
     return f"{s}s ago"
 
 
-def when(ts_seconds: float, now: float) -> str:
-    absolute = datetime.fromtimestamp(ts_seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{absolute} ({ago(now - ts_seconds)})"
+def at(ts_seconds: float, tz: tzinfo | None = None) -> str:
+    """An absolute time with its zone named: the local zone (TZ) unless one
+    is given."""
+    t = datetime.fromtimestamp(ts_seconds, tz=tz) if tz else datetime.fromtimestamp(ts_seconds)
+    return t.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def rss(ev: event_pb2.OomEvent) -> int:
-    v = ev.victim
-    return v.anon_rss_bytes + v.file_rss_bytes + v.shmem_rss_bytes
+def when(ts_seconds: float, now: float, tz: tzinfo | None = None) -> str:
+    return f"{at(ts_seconds, tz)} ({ago(now - ts_seconds)})"
+
+
+rss = records.rss_bytes
 
 
 def where(ev: event_pb2.OomEvent) -> str:
     if ev.pod.name:
-        return f"{ev.pod.namespace}/{ev.pod.name}/{ev.container.name or '?'}"
+        return clean(f"{ev.pod.namespace}/{ev.pod.name}/{ev.container.name or '?'}")
     if ev.container.name or ev.container.id:
-        return f"{ev.container.runtime}:{ev.container.name or ev.container.id[:12]}"
-    return ev.cgroup.path or "-"
+        return clean(f"{ev.container.runtime}:{ev.container.name or ev.container.id[:12]}")
+    return clean(ev.cgroup.path) or "-"
+
+
+def victim(ev: event_pb2.OomEvent) -> str:
+    return f"{clean(ev.victim.comm)}[{ev.victim.pid}]"
 
 
 def constraint(ev: event_pb2.OomEvent) -> str:
@@ -59,24 +93,35 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def history_table(events: list[event_pb2.OomEvent], now: float) -> str:
+def history_table(
+    events: list[event_pb2.OomEvent], now: float, *, wide: bool = False, tz: tzinfo | None = None
+) -> str:
+    """wide: the whole id, and the workload, image, cgroup and first verdict."""
     if not events:
         return "no OOM kills match"
     rows = []
     for ev in events:
-        limit = ev.cgroup.oom_memcg_limit_bytes or ev.cgroup.memory_limit_bytes
-        rows.append(
-            [
-                when(ev.killed_at.ToNanoseconds() / 1e9, now),
-                ev.node,
-                where(ev),
-                f"{ev.victim.comm}[{ev.victim.pid}]",
-                f"{size(rss(ev))} / {size(limit)}",
-                constraint(ev),
-                ev.id[:12],
+        row = [
+            when(ev.killed_at.ToNanoseconds() / 1e9, now, tz),
+            clean(ev.node),
+            where(ev),
+            victim(ev),
+            f"{size(rss(ev))} / {size(records.limit_hit_bytes(ev))}",
+            constraint(ev),
+            ev.id if wide else ev.id[:12],
+        ]
+        if wide:
+            row += [
+                clean(records.pod_workload(ev)) or "-",
+                clean(ev.container.image) or "-",
+                clean(ev.cgroup.path) or "-",
+                ev.verdicts[0].code if ev.verdicts else "-",
             ]
-        )
-    return _table(["WHEN", "NODE", "WHERE", "VICTIM", "RSS / LIMIT", "KIND", "ID"], rows)
+        rows.append(row)
+    head = ["WHEN", "NODE", "WHERE", "VICTIM", "RSS / LIMIT", "KIND", "ID"]
+    if wide:
+        head += ["WORKLOAD", "IMAGE", "CGROUP", "VERDICT"]
+    return _table(head, rows)
 
 
 def fold_incidents(events: list[event_pb2.OomEvent]) -> list[tuple[event_pb2.OomEvent, int]]:
@@ -95,17 +140,17 @@ def fold_incidents(events: list[event_pb2.OomEvent]) -> list[tuple[event_pb2.Oom
     return [rows[k] for k in order]
 
 
-def incidents_table(events: list[event_pb2.OomEvent], now: float) -> str:
+def incidents_table(events: list[event_pb2.OomEvent], now: float, tz: tzinfo | None = None) -> str:
     if not events:
         return "no OOM kills match"
     rows = []
     for ev, n in fold_incidents(events):
         rows.append(
             [
-                when(ev.killed_at.ToNanoseconds() / 1e9, now),
-                ev.node,
+                when(ev.killed_at.ToNanoseconds() / 1e9, now, tz),
+                clean(ev.node),
                 where(ev),
-                f"{ev.victim.comm}[{ev.victim.pid}]" + (f" +{n - 1} more" if n > 1 else ""),
+                victim(ev) + (f" +{n - 1} more" if n > 1 else ""),
                 constraint(ev),
                 (ev.incident_id or ev.id)[:12],
             ]
@@ -113,59 +158,65 @@ def incidents_table(events: list[event_pb2.OomEvent], now: float) -> str:
     return _table(["WHEN", "NODE", "WHERE", "VICTIMS", "KIND", "INCIDENT"], rows)
 
 
-def one_line(ev: event_pb2.OomEvent) -> str:
-    limit = ev.cgroup.oom_memcg_limit_bytes or ev.cgroup.memory_limit_bytes
-    t = datetime.fromtimestamp(ev.killed_at.ToNanoseconds() / 1e9, tz=UTC).strftime("%H:%M:%S")
+def one_line(ev: event_pb2.OomEvent, tz: tzinfo | None = None) -> str:
     return (
-        f"{t} OOM kill on {ev.node}: {ev.victim.comm}[{ev.victim.pid}] in {where(ev)}, "
-        f"rss {size(rss(ev))} of limit {size(limit)} ({constraint(ev)}) id={ev.id}"
+        f"{at(ev.killed_at.ToNanoseconds() / 1e9, tz)} OOM kill on {clean(ev.node)}: "
+        f"{victim(ev)} in {where(ev)}, rss {size(rss(ev))} of limit "
+        f"{size(records.limit_hit_bytes(ev))} ({constraint(ev)}) id={ev.id}"
     )
 
 
-def report(ev: event_pb2.OomEvent, now: float) -> str:
+def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
     """The full forensic report of one kill."""
     v, c, t = ev.victim, ev.cgroup, ev.trigger
     out = [f"OOM kill {ev.id}"]
     if ev.verdicts:
         out += ["", "verdict"]
         for vd in ev.verdicts:
-            out += [f"  [{vd.severity}] {vd.code}: {vd.explanation}", f"      → {vd.suggestion}"]
+            out += [
+                f"  [{clean(vd.severity)}] {clean(vd.code)}: {clean(vd.explanation)}",
+                f"      → {clean(vd.suggestion)}",
+            ]
         out.append("")
     out += [
-        f"  when        {when(ev.killed_at.ToNanoseconds() / 1e9, now)} on {ev.node} (boot {ev.boot_id[:8]})",
-        f"  kind        {constraint(ev)} ({ev.constraint_source or 'unknown'})",
+        f"  when        {when(ev.killed_at.ToNanoseconds() / 1e9, now, tz)} on {clean(ev.node)} "
+        f"(boot {clean(ev.boot_id[:8])})",
+        f"  kind        {constraint(ev)} ({clean(ev.constraint_source) or 'unknown'})",
         "",
         "victim",
-        f"  process     {v.comm}[{v.pid}] uid {v.uid}, {v.threads} thread(s), oom_score_adj {v.oom_score_adj}",
+        f"  process     {victim(ev)} uid {v.uid}, {v.threads} thread(s), oom_score_adj {v.oom_score_adj}",
         *(go_lines(ev.go) if ev.HasField("go") else []),
-        f"  command     {v.cmdline or '-'}",
-        f"  executable  {v.exe or '-'}",
+        f"  command     {clean(v.cmdline) or '-'}",
+        f"  executable  {clean(v.exe) or '-'}",
         f"  memory      rss {size(rss(ev))} = anon {size(v.anon_rss_bytes)} + file {size(v.file_rss_bytes)} "
         f"+ shmem {size(v.shmem_rss_bytes)}; virtual {size(v.total_vm_bytes)}, "
         f"page tables {size(v.pgtables_bytes)}, swap {size(v.swap_bytes)}",
         "",
         "cgroup",
-        f"  path        {c.path or '-'} (v{c.version}, id {c.id})",
+        f"  path        {clean(c.path) or '-'} (v{c.version}, id {c.id})",
         f"  memory      usage {size(c.memory_usage_bytes)} of limit {size(c.memory_limit_bytes)}",
     ]
     if c.oom_memcg_path:
         out.append(
-            f"  limit hit   {c.oom_memcg_path}: usage {size(c.oom_memcg_usage_bytes)} of "
+            f"  limit hit   {clean(c.oom_memcg_path)}: usage {size(c.oom_memcg_usage_bytes)} of "
             f"{size(c.oom_memcg_limit_bytes)}, failcnt {c.oom_memcg_failcnt}"
         )
     if ev.pod.name or ev.container.id:
         out += [
             "",
             "workload",
-            f"  pod         {ev.pod.namespace}/{ev.pod.name} ({ev.pod.qos_class or '?'})",
-            f"  container   {ev.container.name} {ev.container.id[:12]} ({ev.container.runtime})",
-            f"  image       {ev.container.image}",
+            f"  pod         {clean(ev.pod.namespace)}/{clean(ev.pod.name)} "
+            f"({clean(ev.pod.qos_class) or '?'})",
+            f"  workload    {clean(records.pod_workload(ev)) or '-'}",
+            f"  container   {clean(ev.container.name)} {clean(ev.container.id[:12])} "
+            f"({clean(ev.container.runtime)})",
+            f"  image       {clean(ev.container.image)}",
         ]
     out += ["", "trigger"]
     same = t.pid == v.pid
     out.append(
-        f"  task        {t.comm}[{t.pid}] thread {t.tid}"
-        + (" (the victim itself)" if same else f" in {t.cgroup_path or '?'}")
+        f"  task        {clean(t.comm)}[{t.pid}] thread {t.tid}"
+        + (" (the victim itself)" if same else f" in {clean(t.cgroup_path) or '?'}")
     )
     timing = []
     if ev.HasField("exit_ns"):
@@ -179,7 +230,7 @@ def report(ev: event_pb2.OomEvent, now: float) -> str:
     if ev.HasField("kernel_report") and ev.kernel_report.tasks:
         out += ["", *task_table(ev.kernel_report)]
     if ev.missing:
-        out += ["", "not known", *(f"  {m}" for m in ev.missing)]
+        out += ["", "not known", *(f"  {clean(m)}" for m in ev.missing)]
     return "\n".join(out)
 
 
@@ -190,17 +241,19 @@ def go_lines(go: event_pb2.GoRuntime) -> list[str]:
     """The Go build and its configuration, then the runtime as the GC probe
     last saw it (what was in effect, whatever the environment said)."""
     out = [
-        f"  go          {go.version} {go.module}; GOMEMLIMIT={go.gomemlimit or 'unset'} "
-        f"GOGC={go.gogc or 'unset'} GOMAXPROCS={go.gomaxprocs or 'unset'}"
+        f"  go          {clean(go.version)} {clean(go.module)}; environment: "
+        f"GOMEMLIMIT={clean(go.gomemlimit) or 'unset'} GOGC={clean(go.gogc) or 'unset'} "
+        f"GOMAXPROCS={clean(go.gomaxprocs) or 'unset'}"
     ]
     if not go.state:
         return out
     last = (
-        f", the last {go.since_last_gc_ns / 1e6:.0f} ms before the kill"
+        f", the last {records.seconds_text(go.since_last_gc_ns)} before the kill"
         if go.HasField("since_last_gc_ns")
         else ""
     )
-    out.append(f"  gc          {go.gc_count} cycles, {go.gc_per_second_10s:.1f}/s over 10 s{last}")
+    recent, span = records.recent_gcs(go)
+    out.append(f"  gc          {go.gc_count} cycles; {recent} of them {span}{last}")
     if go.state == "controller":
         gogc = "off" if go.effective_gogc < 0 else str(go.effective_gogc)
         limit = (
@@ -209,64 +262,109 @@ def go_lines(go: event_pb2.GoRuntime) -> list[str]:
             else "none"
         )
         out.append(
-            f"  in effect   GOGC {gogc}, memory limit {limit}, GOMAXPROCS "
-            f"{go.effective_gomaxprocs or '?'}; heap {size(go.heap_live_bytes)} "
-            f"(goal {size(go.heap_goal_bytes)}, marked live {size(go.heap_marked_bytes)})"
+            f"  in effect   GOGC {gogc}{_source(go.gogc_source)}, memory limit {limit}"
+            f"{_source(go.memory_limit_source)}, GOMAXPROCS {go.effective_gomaxprocs or '?'}"
+            f"{_source(go.gomaxprocs_source)}"
+        )
+        out.append(
+            f"  heap        {size(go.heap_live_bytes)} (goal {size(go.heap_goal_bytes)}, "
+            f"marked live {size(go.heap_marked_bytes)}) at the last GC"
         )
     return out
 
 
-def sparkline(values: list[float], top: float | None = None) -> str:
-    """One character a value, scaled to top (default: the largest)."""
-    top = top if top else max(values, default=0)
-    if not values or top <= 0:
-        return "".join(_BARS[0] for _ in values)
-    return "".join(
-        _BARS[min(len(_BARS) - 1, int(v / top * (len(_BARS) - 1) + 0.5))] for v in values
-    )
+_SOURCES: dict[int, str] = {
+    event_pb2.GoRuntime.ENV: " (environment)",
+    event_pb2.GoRuntime.PROGRAM: " (set by the program)",
+    event_pb2.GoRuntime.DEFAULT: " (default)",
+}
+
+
+def _source(source: int) -> str:
+    return _SOURCES.get(source, "")
+
+
+_GAP = " "  # a second the agent missed: shown as a gap, not as zero
+
+
+def sparkline(values: list[float | None], top: float | None = None) -> str:
+    """One character a value, scaled to top (default: the largest); None is
+    a second with no sample, left blank."""
+    seen = [v for v in values if v is not None]
+    top = top if top else max(seen, default=0)
+    out = []
+    for v in values:
+        if v is None:
+            out.append(_GAP)
+        elif top <= 0:
+            out.append(_BARS[0])
+        else:
+            out.append(_BARS[min(len(_BARS) - 1, int(v / top * (len(_BARS) - 1) + 0.5))])
+    return "".join(out)
 
 
 def timeline_block(ev: event_pb2.OomEvent) -> list[str]:
     pts = list(ev.timeline)
     span = -pts[0].offset_ms / 1000 if pts[0].offset_ms < 0 else 0
     limit = max((p.limit_bytes for p in pts), default=0)
-    usage = [float(p.usage_bytes) for p in pts]
+    sampled = [p for p in pts if not p.missed]
+
+    def series(value: Callable[[event_pb2.TimelinePoint], float]) -> list[float | None]:
+        return [None if p.missed else value(p) for p in pts]
+
+    usage = series(lambda p: float(p.usage_bytes))
+    first, last = (sampled[0].usage_bytes, sampled[-1].usage_bytes) if sampled else (0, 0)
+    missed = len(pts) - len(sampled)
     lines = [
-        f"the last {span:.0f} s of {ev.timeline_cgroup} (one mark a second, the kill at the right)",
-        f"  usage      {sparkline(usage, float(limit) or None)}  {size(int(usage[0]))} → {size(int(usage[-1]))} of {size(limit)}",
+        f"the last {span:.0f} s of {clean(ev.timeline_cgroup)} (one mark a second, the kill at "
+        "the right" + (f"; {missed} second(s) not sampled, left blank" if missed else "") + ")",
+        f"  usage      {sparkline(usage, float(limit) or None)}  {size(first)} → {size(last)} "
+        f"of {size(limit)}",
     ]
-    reclaims = [float(p.reclaims) for p in pts]
-    if any(reclaims):
-        stall_ms = sum(p.reclaim_stall_ns for p in pts) / 1e6
+    if any(p.reclaims for p in sampled):
+        stall_ms = sum(p.reclaim_stall_ns for p in sampled) / 1e6
+        total = sum(p.reclaims for p in sampled)
         lines.append(
-            f"  reclaims   {sparkline(reclaims)}  {int(sum(reclaims))} reclaims, {stall_ms:.1f} ms stalled"
+            f"  reclaims   {sparkline(series(lambda p: float(p.reclaims)))}  {total} reclaims, "
+            f"{stall_ms:.1f} ms stalled"
         )
-    heap = [float(p.go_heap_live_bytes) for p in pts]
-    if any(heap):
+    if any(p.go_heap_live_bytes for p in sampled):
+        heap = series(lambda p: float(p.go_heap_live_bytes))
+        top_heap = max(p.go_heap_live_bytes for p in sampled)
         lines.append(
-            f"  go heap    {sparkline(heap, float(limit) or None)}  live heap up to {size(int(max(heap)))}"
+            f"  go heap    {sparkline(heap, float(limit) or None)}  live heap up to {size(top_heap)}"
         )
-        gcs = [p.go_gc_per_second for p in pts]
-        lines.append(f"  go GC/s    {sparkline(gcs)}  up to {max(gcs):.0f} a second")
-    psi = [p.psi_some_avg10 for p in pts]
-    if any(psi):
-        lines.append(f"  psi some   {sparkline(psi, 100.0)}  avg10 up to {max(psi):.1f} %")
+        gcs = series(lambda p: p.go_gc_per_second)
+        top_gcs = max(p.go_gc_per_second for p in sampled)
+        lines.append(f"  go GC/s    {sparkline(gcs)}  up to {top_gcs:.0f} a second")
+    if any(p.psi_some_avg10 for p in sampled):
+        psi = series(lambda p: p.psi_some_avg10)
+        top_psi = max(p.psi_some_avg10 for p in sampled)
+        lines.append(f"  psi some   {sparkline(psi, 100.0)}  avg10 up to {top_psi:.1f} %")
     return lines
 
 
+def _task_size(nbytes: int, pages: int) -> str:
+    """From bytes at the node's page size; a record from an agent that sent
+    only pages says pages, not a guess at the page size."""
+    if nbytes or not pages:
+        return size(nbytes)
+    return f"{pages} pages"
+
+
 def task_table(kr: event_pb2.KernelReport) -> list[str]:
-    tasks = sorted(kr.tasks, key=lambda t: t.rss_pages, reverse=True)
+    tasks = sorted(kr.tasks, key=lambda t: (t.rss_bytes, t.rss_pages), reverse=True)
     rows = [
         [
             str(t.pid),
             str(t.uid),
-            size(t.rss_pages * 4096),
-            size(t.rss_anon_pages * 4096) if t.rss_anon_pages else "-",
-            size(t.total_vm_pages * 4096),
+            _task_size(t.rss_bytes, t.rss_pages),
+            _task_size(t.rss_anon_bytes, t.rss_anon_pages) if t.rss_anon_pages else "-",
+            _task_size(t.total_vm_bytes, t.total_vm_pages),
             size(t.pgtables_bytes),
             str(t.swapents),
             str(t.oom_score_adj),
-            t.name,
+            clean(t.name),
         ]
         for t in tasks
     ]
@@ -279,39 +377,61 @@ def task_table(kr: event_pb2.KernelReport) -> list[str]:
     return [title, *("  " + line for line in _table(head, rows).splitlines())]
 
 
-def pressure_table(records: list[event_pb2.PressureRecord], now: float) -> str:
-    if not records:
+def pressure_table(
+    pressure: list[event_pb2.PressureRecord],
+    now: float,
+    *,
+    wide: bool = False,
+    tz: tzinfo | None = None,
+) -> str:
+    """wide: the window's start, the cgroup and the PSI source too."""
+    if not pressure:
         return "no pressure records match"
     rows = []
-    for r in records:
+    for r in pressure:
         where_ = f"{r.pod.namespace}/{r.pod.name}/{r.container.name}" if r.pod.name else r.cgroup
-        rows.append(
-            [
-                when(r.end.ToNanoseconds() / 1e9, now),
-                r.node,
-                where_,
-                f"{size(r.usage_max_bytes)} / {size(r.limit_bytes)}",
-                str(r.reclaims),
-                f"{r.reclaim_stall_ns / 1e6:.1f} ms",
-                f"{r.psi_some_avg10_max:.1f}",
-                ",".join(r.reasons),
-            ]
-        )
-    return _table(
-        ["WINDOW END", "NODE", "WHERE", "PEAK / LIMIT", "RECLAIMS", "STALLED", "PSI10", "WHY"], rows
-    )
+        row = [
+            when(r.end.ToNanoseconds() / 1e9, now, tz),
+            clean(r.node),
+            clean(where_),
+            f"{size(r.usage_max_bytes)} / {size(r.limit_bytes)}",
+            str(r.reclaims),
+            f"{r.reclaim_stall_ns / 1e6:.1f} ms",
+            f"{r.psi_some_avg10_max:.1f}",
+            clean(",".join(r.reasons)),
+        ]
+        if wide:
+            row += [at(r.start.ToNanoseconds() / 1e9, tz), clean(r.cgroup), clean(r.psi_source)]
+        rows.append(row)
+    head = ["WINDOW END", "NODE", "WHERE", "PEAK / LIMIT", "RECLAIMS", "STALLED", "PSI10", "WHY"]
+    if wide:
+        head += ["WINDOW START", "CGROUP", "PSI FROM"]
+    return _table(head, rows)
 
 
-def top_table(resp: collector_pb2.TopResponse, by: str, now: float) -> str:
+TOP_HEADINGS = {"pod": "NAMESPACE/POD", "workload": "NAMESPACE/WORKLOAD"}
+
+
+def top_table(
+    resp: collector_pb2.TopResponse,
+    by: str,
+    now: float,
+    *,
+    wide: bool = False,
+    tz: tzinfo | None = None,
+) -> str:
+    """wide: the last kill's absolute time, not only how long ago."""
     if not resp.rows:
         return "no OOM kills match"
-    rows = [
-        [
-            r.key or "-",
-            str(r.kills),
-            when(r.last_killed_at.ToNanoseconds() / 1e9, now),
-            size(r.max_rss_bytes),
-        ]
-        for r in resp.rows
-    ]
-    return _table([by.upper(), "KILLS", "LAST", "MAX RSS"], rows)
+    rows = []
+    for r in resp.rows:
+        last = r.last_killed_at.ToNanoseconds() / 1e9
+        rows.append(
+            [
+                clean(r.key) or "-",
+                str(r.kills),
+                when(last, now, tz) if wide else ago(now - last),
+                size(r.max_rss_bytes),
+            ]
+        )
+    return _table([TOP_HEADINGS.get(by, by.upper()), "KILLS", "LAST", "MAX RSS"], rows)

@@ -19,7 +19,11 @@ from tests.unit.events import make_event
         ("node-agent-x2x4q", {}, "Controller/node-agent"),
         ("node-agent-x2x4q", {"controller-revision-hash": "6b9f"}, "DaemonSet/node-agent"),
         ("migrate-x2x4q", {"job-name": "migrate"}, "Job/migrate"),
-        ("report-29012345-x7k2q", {"batch.kubernetes.io/job-name": "report-29012345"}, "CronJob/report"),
+        (
+            "report-29012345-x7k2q",
+            {"batch.kubernetes.io/job-name": "report-29012345"},
+            "CronJob/report",
+        ),
         ("web-abc-x2x4q", {"pod-template-hash": "abc"}, "Deployment/web"),
         ("debug", {}, "Pod/debug"),
         ("hand-made-pod", {}, "Pod/hand-made-pod"),

@@ -1,0 +1,240 @@
+"""The CLI as a person uses it: against a real collector in this process,
+including one that restarts under a watch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from oomtrace import cli, client
+from oomtrace.collector.service import create_server
+from oomtrace.collector.store import SqliteStore
+from tests.unit.events import BASE_NS, make_event
+
+# The test records are from September 2026: ask from before them, whatever
+# today's date is.
+SINCE = ["--since", "2026-01-01T00:00:00Z"]
+
+
+class Collector:
+    def __init__(self, db: Path, port: int = 0) -> None:
+        self.store = SqliteStore(db)
+        self.server, self.port, _ = create_server(f"127.0.0.1:{port}", self.store)
+        self.server.start()
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop(0).wait(5)
+        self.store.close()
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli.main configures structlog for the process, bound to the stderr of
+    the moment: here capsys's, closed after each test, which later tests
+    would then log into."""
+    monkeypatch.setattr(cli.logs, "configure", lambda level: None)
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    c = Collector(tmp_path / "c.db")
+    yield c
+    c.stop()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_version_and_log_level_after_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip().startswith("oomtrace 0.")
+    args = cli.build_parser().parse_args(["history", "--log-level", "debug"])
+    assert args.log_level == "debug"
+    assert cli.build_parser().parse_args(["--log-level", "error", "top"]).log_level == "error"
+    assert cli.build_parser().parse_args(["top"]).log_level == "info"
+
+
+def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_every_subcommand_and_option_has_help_and_every_subcommand_examples() -> None:
+    parser = cli.build_parser()
+    for name, sub in _subparsers(parser).items():
+        epilog = sub.epilog or ""
+        assert "examples:" in epilog, name
+        assert "oomtrace " + name in epilog, name
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        text = sub.format_help()
+        if name == "history":
+            assert "(default: 7d)" in text
+            assert "(default: 50)" in text
+
+
+def test_flags_are_checked_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad --since against a collector that is down is a bad --since, said at once."""
+    started = time.monotonic()
+    rc, _, err = run(capsys, "history", "--since", "yesterday", "--collector", "127.0.0.1:1")
+    assert rc == 1
+    assert "'yesterday' is neither a duration" in err
+    assert "unreachable" not in err
+    assert time.monotonic() - started < 2  # it did not wait for a connection
+    rc, _, err = run(capsys, "top", "--since", "1h", "--until", "2h", "--collector", "127.0.0.1:1")
+    assert rc == 1
+    assert "--until 2h is not after --since 1h" in err
+
+
+def test_pressure_rejects_filters_that_do_not_apply(capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in (["--comm", "python3"], ["--constraint", "memcg"]):
+        with pytest.raises(SystemExit) as bad:
+            cli.build_parser().parse_args(["pressure", *flag])
+        assert bad.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["history", "--limit", "0"])
+
+
+def test_show_takes_the_prefix_history_prints(
+    collector: Collector, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = make_event(event_id="5a1e" + "1" * 28, namespace="shop", pod="cart-7d9f8b6c5-x2x4q")
+    b = make_event(event_id="5a1f" + "2" * 28)
+    collector.store.put_many([a, b])
+    rc, out, _ = run(capsys, "history", *SINCE, "--collector", collector.addr)
+    assert rc == 0
+    assert a.id[:12] in out
+    rc, out, _ = run(capsys, "show", a.id[:12], "--collector", collector.addr)
+    assert rc == 0
+    assert out.startswith(f"OOM kill {a.id}")
+    rc, _, err = run(capsys, "show", "5a1", "--collector", collector.addr)
+    assert rc == 1
+    assert f"ambiguous: it matches {a.id}, {b.id}" in err
+    rc, out, _ = run(capsys, "show", a.id[:6], "-o", "yaml", "--collector", collector.addr)
+    assert yaml.safe_load(out)["id"] == a.id
+    rc, out, _ = run(capsys, "show", a.id[:6], "--json", "--collector", collector.addr)
+    assert json.loads(out)["id"] == a.id
+
+
+def test_machine_readable_and_wide_output(
+    collector: Collector, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evs = [make_event(namespace="shop", pod=p) for p in ("cart-7d9f8b6c5-x2x4q", "db-0", "db-0")]
+    collector.store.put_many(evs)
+    at = ["--collector", collector.addr, *SINCE]
+    rc, out, _ = run(capsys, "top", "--by", "pod", "-o", "json", *at)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["key"], r["kills"]) for r in rows] == [
+        ("shop/db-0", "2"),
+        ("shop/cart-7d9f8b6c5-x2x4q", "1"),
+    ]
+    rc, out, _ = run(capsys, "top", "--by", "workload", *at)
+    assert out.splitlines()[0].split()[:2] == ["NAMESPACE/WORKLOAD", "KILLS"]
+    assert "shop/StatefulSet/db" in out.splitlines()[1]
+    rc, out, _ = run(capsys, "history", "-o", "yaml", *at)
+    assert [r["id"] for r in yaml.safe_load(out)] == [e.id for e in reversed(evs)]
+    rc, out, _ = run(capsys, "history", "-o", "wide", *at)
+    head = out.splitlines()[0].split()
+    assert "WORKLOAD" in head
+    assert "IMAGE" in head
+    assert evs[0].id in out  # the whole id
+    assert "StatefulSet/db" in out
+    rc, out, _ = run(capsys, "pressure", "-o", "json", *at)
+    assert (rc, out) == (0, "")
+
+
+def test_watch_reconnects_and_shows_what_it_missed_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The collector goes down under a watch and comes back on the same
+    address; a record stored while the watch was away is shown once it is
+    back, a new one after it too, and nothing twice."""
+    from tests.unit.test_collector_service import ingest
+
+    first = Collector(tmp_path / "c.db")
+    r1, r2, r3 = (make_event(namespace="shop") for _ in range(3))
+    first.store.put_many([r1])
+    naps: list[float] = []
+    resume, stop = threading.Event(), threading.Event()
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        resume.wait(20)
+        if stop.is_set():
+            raise KeyboardInterrupt
+
+    args = cli.build_parser().parse_args(
+        ["watch", "--namespace", "shop", "--collector", first.addr, *SINCE]
+    )
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(client.watch(args, sleep=sleep)))
+    t.start()
+    try:
+        shown = _wait_for(capsys, r1.id)  # replayed: stored since --since
+        first.stop()
+        _until(lambda: bool(naps), "the watch noticing the collector went away")
+        second = Collector(tmp_path / "c.db", first.port)
+        second.store.put_many([r2])  # stored while the watch was away
+        resume.set()
+        shown += _wait_for(capsys, r2.id)
+        with grpc.insecure_channel(second.addr) as ch:
+            ingest(ch, [r3])  # new, as an agent sends it
+        shown += _wait_for(capsys, r3.id)
+        stop.set()
+        second.stop()
+        t.join(20)
+    finally:
+        resume.set()
+        stop.set()
+    assert result == [0]
+    assert "reconnecting in 0.5 s" in shown + capsys.readouterr().err or naps[0] == 0.5
+    ids = [line.rsplit("id=", 1)[1] for line in shown.splitlines() if "OOM kill" in line]
+    assert ids == [r1.id, r2.id, r3.id]
+
+
+def _until(cond: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"waited {timeout}s for {what}"
+        time.sleep(0.02)
+
+
+def _wait_for(capsys: pytest.CaptureFixture[str], ident: str) -> str:
+    out = ""
+
+    def seen() -> bool:
+        nonlocal out
+        out += capsys.readouterr().out
+        return ident in out
+
+    _until(seen, f"{ident} to be shown")
+    return out
+
+
+def test_times_are_shown_with_their_zone() -> None:
+    from datetime import timedelta, timezone
+
+    from oomtrace import render
+
+    ev = make_event(killed_at_ns=BASE_NS)
+    line = render.one_line(ev, tz=timezone(timedelta(hours=1), "CET"))
+    assert line.startswith("2026-09-21 15:13:20 CET OOM kill")
+    assert render.at(BASE_NS / 1e9, UTC).endswith(" UTC")
