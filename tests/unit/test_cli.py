@@ -15,7 +15,7 @@ import grpc
 import pytest
 import yaml
 
-from oomtrace import cli, client
+from oomtrace import cli, client, logs
 from oomtrace.collector.service import create_server
 from oomtrace.collector.store import SqliteStore
 from tests.unit.events import BASE_NS, make_event
@@ -42,7 +42,7 @@ def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     """cli.main configures structlog for the process, bound to the stderr of
     the moment: here capsys's, closed after each test, which later tests
     would then log into."""
-    monkeypatch.setattr(cli.logs, "configure", lambda level: None)
+    monkeypatch.setattr(logs, "configure", lambda level: None)
 
 
 @pytest.fixture
