@@ -183,8 +183,9 @@ class AgentProcess:
             state_dir = Path(tempfile.mkdtemp(prefix="oomtrace-agent-"))
             extra = ("--no-backfill", *extra)
         args = [str(OOMTRACE), "agent", "--stdout", "--state-dir", str(state_dir), *extra]
-        if status_file is not None:
-            args += ["--status-file", str(status_file)]
+        # Its own status file, never the host's /run/oomtrace: a test run
+        # leaves nothing behind for the next to find.
+        args += ["--status-file", str(status_file or state_dir / "status.json")]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )

@@ -3,6 +3,7 @@ timeline on the kill's record."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import grpc
@@ -58,6 +59,11 @@ def test_pressure_records_before_the_kill_and_a_timeline_on_it(agent: AgentProce
     assert len(tl) >= 10
     assert tl[0].offset_ms <= -10_000
     assert -1500 <= tl[-1].offset_ms <= 0
+    # A point every second, whatever else the agent was doing: none missed,
+    # none more than a second and a half after the one before.
+    assert not [pt.offset_ms for pt in tl if pt.missed]
+    gaps = [b.offset_ms - a.offset_ms for a, b in itertools.pairwise(tl)]
+    assert max(gaps) < 1500, gaps
     assert all(pt.limit_bytes == 64 * MIB for pt in tl)
     assert max(pt.usage_bytes for pt in tl) >= 0.9 * 64 * MIB
     assert rec["timeline"], "the agent's own record carries the timeline too"
