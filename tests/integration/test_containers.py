@@ -92,6 +92,13 @@ def agent(runc: Runc, containerd: Containerd, dockerd: Dockerd) -> Iterator[Agen
     a.stop()
 
 
+# A Go service: up for half a second, then growing until killed. A Go program
+# that dies within tens of milliseconds of exec can be gone before the agent
+# has read its binary and attached the GC probe (more so with both cores
+# busy); the tests that check the probe's state give it that half second.
+GO_SERVICE = ["grow", "500"]
+
+
 def record_of(agent: AgentProcess, pid: int) -> dict[str, Any]:
     (rec,) = agent.take(1, timeout=30, where=lambda r: r["victim"]["pid"] == pid)
     return rec
@@ -136,7 +143,7 @@ def test_runc_container_killed_by_its_limit(
             cid,
             f"{parent}/{cid}",
             LIMIT,
-            ["grow"],
+            GO_SERVICE,
             cri_annotations("shop-7d9f8b6c5-x2x4q", "shop", pod_uid, "cart", IMAGE),
         )
         pid = wait_victim(kmsg)
@@ -250,7 +257,7 @@ def test_docker_container_with_cri_dockerd_labels(
         for k, v in labels.items():
             args += ["--label", f"{k}={v}"]
         name = f"k8s_cart_shop_{pod_uid[:8]}"
-        cid = dockerd.docker(*args, "--name", name, "oomtrace/oomgo:test", "grow")
+        cid = dockerd.docker(*args, "--name", name, "oomtrace/oomgo:test", *GO_SERVICE)
         pid = wait_victim(kmsg)
         rec = record_of(agent, pid)
         dockerd.docker("rm", "-f", cid, check=False)
