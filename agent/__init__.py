@@ -1,1 +1,0 @@
-"""The node agent: loads the BPF programs, builds one record per OOM kill."""

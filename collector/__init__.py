@@ -1,1 +1,0 @@
-"""The central collector: stores OOM records and answers queries."""
