@@ -11,7 +11,8 @@ from oomtrace.agent import cgroups
 from oomtrace.agent.bcc_loader import BpfSession
 from oomtrace.agent.doctor import preflight, require
 from oomtrace.agent.export import Exporter, SpoolSink
-from oomtrace.agent.goprobes import GoProbes
+from oomtrace.agent.go.probes import GoProbes
+from oomtrace.agent.go.sampling import GoSampler
 from oomtrace.agent.host import boot_id
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kernel_text import KernelText
@@ -65,7 +66,7 @@ def run_agent(
                 go_probes.ensure(pid, info.go)
         workloads = WorkloadCache(hierarchy.mount, runtime_roots or RuntimeRoots())
         containers = workloads.scan()
-        sampler = PressureSampler(hierarchy, session.reclaim_stats, go_states=session.go_states)
+        sampler = PressureSampler(hierarchy, session.reclaim_stats, go=GoSampler(session.go_states))
         sampler.scan()
         # Its own thread: a busy event loop must not leave holes in timelines.
         sampler.start()

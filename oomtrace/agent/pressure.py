@@ -37,6 +37,7 @@ from pathlib import Path
 import structlog
 
 from oomtrace.agent.cgroups import MemoryHierarchy
+from oomtrace.agent.go.sampling import GoSampler
 from oomtrace.agent.host import Clock, boot_ns_now
 
 log = structlog.get_logger(__name__)
@@ -49,15 +50,6 @@ PSI_SOME_PRESSURE = 10.0  # avg10 percent of time stalled
 # overwrites the last byte written with NUL (psi_write), so the terminator
 # must be sent: without it the window reads 100000 us and is refused.
 PSI_TRIGGER = b"some 100000 1000000\0"
-
-
-@dataclass(frozen=True, slots=True)
-class GoPoint:
-    """A Go process's runtime, sampled with the cgroup points (same boot_ns)."""
-
-    boot_ns: int
-    gc_count: int
-    heap_live_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +165,7 @@ class PressureSampler:
         history_s: int = 90,
         max_cgroups: int = 5000,
         max_notifiers: int = 1000,
-        go_states: Callable[[], dict[int, tuple[int, int]]] | None = None,
+        go: GoSampler | None = None,
         clock: Clock = boot_ns_now,
         period_ns: int = 1_000_000_000,
     ) -> None:
@@ -189,11 +181,8 @@ class PressureSampler:
         self.notifiers = 0
         self.dropped = 0  # cgroups not tracked because max_cgroups was reached
         self._flushed: list[WindowReport] = []  # windows of cgroups removed since the last sample
-        self.go_states = go_states
-        # Per Go process (tgid): its points, and when it was last seen; kept a
-        # while after it is gone, since its record is built after it died.
-        self.go_points: dict[int, deque[GoPoint]] = {}
-        self._go_seen_ns: dict[int, int] = {}
+        # Go processes' heap and GC count, sampled in the same second.
+        self.go = go
         self._last_sample_ns = 0
         # Seconds no point was taken for, and how many in all.
         self.missed_ns: deque[int] = deque(maxlen=history_s)
@@ -347,7 +336,8 @@ class PressureSampler:
         host_psi = (0.0, 0.0)
         with contextlib.suppress(OSError):
             host_psi = parse_psi(HOST_PSI.read_text())
-        self._sample_go(now_ns)
+        if self.go is not None:
+            self.go.sample(now_ns)
         closed, self._flushed = self._flushed, []
         gone: list[int] = []
         for cid, t in self.cgroups.items():
@@ -480,30 +470,6 @@ class PressureSampler:
             tuple(reasons),
             "cgroup" if self.h.version == 2 else "host",
         )
-
-    def _sample_go(self, now_ns: int) -> None:
-        if self.go_states is None:
-            return
-        try:
-            states = self.go_states()
-        except (OSError, KeyError) as exc:
-            log.warning("pressure.go_states_unreadable", error=str(exc))
-            return
-        for tgid, (gc_count, heap_live) in states.items():
-            ring = self.go_points.get(tgid)
-            if ring is None:
-                ring = self.go_points[tgid] = deque(maxlen=self.history_s)
-            ring.append(GoPoint(now_ns, gc_count, heap_live))
-            self._go_seen_ns[tgid] = now_ns
-        for tgid in [t for t, seen in self._go_seen_ns.items() if now_ns - seen > 120_000_000_000]:
-            self.go_points.pop(tgid, None)
-            self._go_seen_ns.pop(tgid, None)
-
-    def go_timeline(self, tgid: int, kill_ns: int, span_ns: int = 60_000_000_000) -> list[GoPoint]:
-        with self._lock:
-            return [
-                p for p in self.go_points.get(tgid, ()) if kill_ns - span_ns <= p.boot_ns <= kill_ns
-            ]
 
     def timeline(self, cgroup_id: int, kill_ns: int, span_ns: int = 60_000_000_000) -> list[Point]:
         with self._lock:

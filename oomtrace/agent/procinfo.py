@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from oomtrace.agent.decode import decode_cmdline
-from oomtrace.agent.goruntime import BuildInfo, BuildInfoCache, GoProcess, allowed_cpus, go_env
+from oomtrace.agent.go.buildinfo import BuildInfo, BuildInfoCache, GoProcess, allowed_cpus, go_env
 
 PROC = Path("/proc")
 _CMDLINE_MAX = 4096

@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from oomtrace import __version__, records
-from oomtrace.agent import cgroups, goruntime
-from oomtrace.agent.decode import GO_RING, PAGE_SIZE, GoState, KernelKill, OcConstraint
-from oomtrace.agent.goruntime import GoProcess
+from oomtrace.agent import cgroups
+from oomtrace.agent.decode import PAGE_SIZE, KernelKill, OcConstraint
+from oomtrace.agent.go.record import fill_go
+from oomtrace.agent.go.sampling import GoPoint
 from oomtrace.agent.host import boot_ns_to_datetime
 from oomtrace.agent.kernel_text import OomPath
 from oomtrace.agent.kmsg import ParsedReport
-from oomtrace.agent.pressure import GoPoint, Point, WindowReport
+from oomtrace.agent.pressure import Point, WindowReport
 from oomtrace.agent.procinfo import ProcessInfo
 from oomtrace.agent.verdicts import verdicts
 from oomtrace.agent.workloads import Workload
@@ -131,64 +132,12 @@ def build_event(kill: KernelKill, ctx: KillContext) -> event_pb2.OomEvent:
             timeline(list(ctx.timeline), kill.boot_ns, list(ctx.go_timeline), ctx.timeline_missed)
         )
         ev.timeline_cgroup = ctx.timeline_cgroup
-    if ctx.process is not None and ctx.process.go is not None:
-        _fill_go(ev, ctx.process.go)
-    if kill.go is not None:
-        _fill_go_state(ev, kill.go, kill.boot_ns, ctx.process)
+    fill_go(ev, ctx.process, kill.go, kill.boot_ns)
     ev.incident_id = ctx.incident_id or ev.id
     ev.hooks.extend(ctx.hooks)
     ev.missing.extend(missing)
     ev.verdicts.extend(verdicts(ev))
     return ev
-
-
-_SOURCES = {
-    goruntime.Source.ENV: event_pb2.GoRuntime.ENV,
-    goruntime.Source.PROGRAM: event_pb2.GoRuntime.PROGRAM,
-    goruntime.Source.DEFAULT: event_pb2.GoRuntime.DEFAULT,
-}
-
-
-def _fill_go_state(
-    ev: event_pb2.OomEvent, st: GoState, kill_ns: int, process: ProcessInfo | None
-) -> None:
-    g = ev.go
-    g.state = "controller" if st.controller else "gc"
-    g.gc_count = st.gc_count
-    start_ns = process.start_boot_ns if process is not None else None
-    if start_ns is not None and kill_ns > start_ns:
-        g.lifetime_ns = kill_ns - start_ns
-    count, span_ns = goruntime.recent_gcs(st.gc_count, st.gc_times_ns, GO_RING, kill_ns, start_ns)
-    g.recent_gc_count, g.recent_gc_span_ns = count, span_ns
-    g.gc_per_second_10s = count / max(span_ns / 1e9, 1e-3)
-    if st.last_gc_ns:
-        g.since_last_gc_ns = max(0, kill_ns - st.last_gc_ns)
-    if st.controller:
-        g.effective_gogc = st.gc_percent
-        if 0 < st.memory_limit_bytes < goruntime.NO_MEMORY_LIMIT:
-            g.effective_memory_limit_bytes = st.memory_limit_bytes
-        g.heap_live_bytes = st.heap_live_bytes
-        g.heap_marked_bytes = st.heap_marked_bytes
-        g.heap_goal_bytes = st.heap_goal_bytes
-        if st.gomaxprocs > 0:
-            g.effective_gomaxprocs = st.gomaxprocs
-        go = process.go if process is not None else None
-        env = go.env if go is not None else {}
-        g.gogc_source = _SOURCES[goruntime.gogc_source(env, st.gc_percent)]
-        g.memory_limit_source = _SOURCES[goruntime.memory_limit_source(env, st.memory_limit_bytes)]
-        if go is not None and st.gomaxprocs > 0:
-            g.gomaxprocs_source = _SOURCES[goruntime.gomaxprocs_source(go, st.gomaxprocs)]
-
-
-def _fill_go(ev: event_pb2.OomEvent, go: GoProcess) -> None:
-    g = ev.go
-    g.version = go.build.version
-    g.module = go.build.module
-    g.build_settings.update(go.build.settings)
-    g.gogc = go.env.get("GOGC", "")
-    g.gomemlimit = go.env.get("GOMEMLIMIT", "")
-    g.gomaxprocs = go.env.get("GOMAXPROCS", "")
-    g.godebug = go.env.get("GODEBUG", "")
 
 
 def _fill_workload(ev: event_pb2.OomEvent, w: Workload, missing: list[str]) -> None:

@@ -21,7 +21,7 @@ import structlog
 from oomtrace.agent import cgroups, decode
 from oomtrace.agent.decode import KernelKill, KernelNote
 from oomtrace.agent.errors import DecodeError
-from oomtrace.agent.goprobes import GoProbes
+from oomtrace.agent.go.probes import GoProbes
 from oomtrace.agent.host import Clock, boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kernel_text import KernelText, OomPath
@@ -323,7 +323,11 @@ class Runner:
             points = self.sampler.timeline(kill.memcgs[i].cgroup_id, kill.boot_ns)
             if points:
                 path = cgroups.level_paths(kill.memcgs, kill.depth_cut)[i]
-                go = tuple(self.sampler.go_timeline(kill.victim_tgid, kill.boot_ns))
+                go = (
+                    tuple(self.sampler.go.timeline(kill.victim_tgid, kill.boot_ns))
+                    if self.sampler.go is not None
+                    else ()
+                )
                 missed = tuple(self.sampler.missed(points[0].boot_ns, kill.boot_ns))
                 return {
                     "timeline": tuple(points),

@@ -1,38 +1,15 @@
 """Verdicts: what went wrong in a kill, in plain words, with the numbers and
 what to change. Pure functions of a finished record, so the agent and any
-later reader agree. Each verdict has a stable code.
-
-Go-specific rules read what the runtime had in effect where the GC probe
-read it (a program may set its own limit with debug.SetMemoryLimit, as
-automemlimit-style libraries do), and the environment (GOMEMLIMIT, GOGC)
-only where it did not. GOMEMLIMIT is a soft limit the GC aims at, and Go
-never derives it from the cgroup's limit. Every number in an explanation is
-one that was seen, never extrapolated."""
+later reader agree. Each verdict has a stable code; the Go ones are in
+go/verdicts.py. Every number in an explanation is one that was seen, never
+extrapolated."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from oomtrace.agent.goruntime import parse_size, version_tuple
-from oomtrace.records import limit_hit_bytes, recent_gcs, rss_bytes
+from oomtrace.agent.explain import mib, verdict
+from oomtrace.agent.go.verdicts import go_verdicts
+from oomtrace.records import limit_hit_bytes, rss_bytes
 from oomtrace.v1 import event_pb2
-
-MIB = 1 << 20
-
-
-def _mib(n: int) -> str:
-    return f"{n / MIB:.0f} MiB" if n >= MIB else f"{n / 1024:.0f} KiB"
-
-
-def suggested_gomemlimit(limit: int) -> str:
-    """About 90 % of the limit: room for non-heap memory (stacks, runtime)."""
-    return f"GOMEMLIMIT={int(limit * 0.9) // MIB}MiB"
-
-
-def _verdict(code: str, severity: str, explanation: str, suggestion: str) -> event_pb2.Verdict:
-    return event_pb2.Verdict(
-        code=code, severity=severity, explanation=explanation, suggestion=suggestion
-    )
 
 
 def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
@@ -41,18 +18,16 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
     limit = limit_hit_bytes(ev)
     rss = rss_bytes(ev)
 
-    if ev.HasField("go") and (ev.go.version or ev.go.state == "controller"):
-        out += _go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0)
-    if ev.HasField("go") and ev.go.state:
-        out += _go_runtime_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
+    if ev.HasField("go"):
+        out += go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
 
     if ev.constraint == ev.GLOBAL:
         out.append(
-            _verdict(
+            verdict(
                 "NODE_OUT_OF_MEMORY",
                 "critical",
                 f"The whole node ran out of memory; the kernel chose {v.comm}[{v.pid}] "
-                f"({_mib(rss)} resident) as the largest eligible task.",
+                f"({mib(rss)} resident) as the largest eligible task.",
                 "Set memory limits on workloads (requests = limits for critical ones) so one "
                 "cannot take the node; reserve memory for the system (kubelet --system-reserved).",
             )
@@ -61,14 +36,14 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
     steady = _steady_at_limit_s(ev)
     if limit and steady >= 30:
         out.append(
-            _verdict(
+            verdict(
                 "LIMIT_BELOW_WORKING_SET",
                 "warning",
                 f"{ev.timeline_cgroup or c.path} sat at 90 % or more of "
-                f"its {_mib(limit)} limit for the last {steady:.0f} s before the kill: its working "
+                f"its {mib(limit)} limit for the last {steady:.0f} s before the kill: its working "
                 "set needs more than the limit.",
                 f"Raise the memory limit above the steady working set (it held "
-                f"{_mib(max(p.usage_bytes for p in ev.timeline))}), or reduce what the program keeps.",
+                f"{mib(max(p.usage_bytes for p in ev.timeline))}), or reduce what the program keeps.",
             )
         )
 
@@ -78,180 +53,13 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
             "shared memory (tmpfs, shm)" if v.shmem_rss_bytes > v.file_rss_bytes else "mapped files"
         )
         out.append(
-            _verdict(
+            verdict(
                 "NON_ANON_MAJOR",
                 "info",
-                f"Most of the victim's resident memory was {part}: file {_mib(v.file_rss_bytes)}, "
-                f"shmem {_mib(v.shmem_rss_bytes)}, against {_mib(v.anon_rss_bytes)} anonymous.",
+                f"Most of the victim's resident memory was {part}: file {mib(v.file_rss_bytes)}, "
+                f"shmem {mib(v.shmem_rss_bytes)}, against {mib(v.anon_rss_bytes)} anonymous.",
                 "Shared memory and tmpfs count against the cgroup's limit and cannot be reclaimed "
                 "without swap: move large tmpfs/emptyDir(Medium=Memory) data to disk or raise the limit.",
-            )
-        )
-    return out
-
-
-_NO_GOAL = 1 << 60  # GOGC=off leaves the goal at "never"
-_FROM = {
-    event_pb2.GoRuntime.ENV: "from the environment",
-    event_pb2.GoRuntime.PROGRAM: "set by the program",
-    event_pb2.GoRuntime.DEFAULT: "the default",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _GoConfig:
-    """The GC's configuration the verdicts judge, and how to name it."""
-
-    memory_limit: int | None  # bytes; None: no limit
-    gogc_off: bool
-    gogc: str  # "100", "off"
-    limit_named: str  # "GOMEMLIMIT=100MiB", "a memory limit of 96 MiB (set by the program)"
-    gogc_named: str  # "GOGC=50", "GOGC=off (set by the program)"
-    from_runtime: bool
-
-
-def _go_config(go: event_pb2.GoRuntime) -> _GoConfig:
-    """What was in effect: the runtime's state where the probe read it, the
-    environment where it did not."""
-    if go.state == "controller":
-        limit = (
-            go.effective_memory_limit_bytes if go.HasField("effective_memory_limit_bytes") else None
-        )
-        gogc_value = go.effective_gogc if go.HasField("effective_gogc") else 100
-        gogc = "off" if gogc_value < 0 else str(gogc_value)
-        limit_from = _FROM.get(go.memory_limit_source, "")
-        gogc_from = _FROM.get(go.gogc_source, "")
-        named = (
-            f"GOMEMLIMIT={go.gomemlimit}"
-            if go.memory_limit_source == event_pb2.GoRuntime.ENV and go.gomemlimit
-            else f"a memory limit of {_mib(limit or 0)}"
-            + (f" ({limit_from})" if limit_from else "")
-        )
-        return _GoConfig(
-            limit,
-            gogc_value < 0,
-            gogc,
-            named,
-            f"GOGC={gogc}" + (f" ({gogc_from})" if gogc_from else ""),
-            True,
-        )
-    limit = parse_size(go.gomemlimit) if go.gomemlimit else None
-    gogc = go.gogc.strip().lower() or "100"
-    return _GoConfig(
-        limit, gogc == "off", gogc, f"GOMEMLIMIT={go.gomemlimit}", f"GOGC={gogc}", False
-    )
-
-
-def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[event_pb2.Verdict]:
-    """From the runtime state the uprobes saw."""
-    out: list[event_pb2.Verdict] = []
-    soft = go.effective_memory_limit_bytes if go.HasField("effective_memory_limit_bytes") else 0
-    ceiling = min(x for x in (soft, limit) if x) if (soft or limit) else 0
-    # 20 or more GCs within at most the last 10 s (a healthy service does a
-    # few), counted, not averaged, since a process can die within those 10 s.
-    gcs, span = recent_gcs(go)
-    if gcs >= 20 and ceiling and go.heap_marked_bytes >= 0.9 * ceiling:
-        out.append(
-            _verdict(
-                "GO_GC_DEATH_SPIRAL",
-                "critical",
-                f"The GC ran {gcs} times {span} ({go.gc_count} in all) with "
-                f"{_mib(go.heap_marked_bytes)} live against a {_mib(ceiling)} limit: the live heap "
-                "no longer fit, so the GC ran back to back until the kernel killed the process.",
-                "The live heap needs more memory than the limit: raise the limit (and "
-                "the Go memory limit with it) or reduce what the program keeps alive.",
-            )
-        )
-    # The heap figures are read as the last GC ends; after it the heap may
-    # grow by GOGC percent of what that GC found live (at most heap_live)
-    # before the next cycle, or up to the memory limit. Only memory beyond
-    # that is surely outside the heap.
-    gogc = go.effective_gogc if go.HasField("effective_gogc") else 100
-    # GOGC=off: the heap has no bound but the limit.
-    growth = _NO_GOAL if gogc < 0 else go.heap_live_bytes * (100 + gogc) // 100
-    heap_bound = max(go.heap_live_bytes, go.heap_goal_bytes, growth)
-    if soft:
-        heap_bound = min(heap_bound, max(soft, go.heap_live_bytes))
-    if (
-        go.state == "controller"
-        and go.heap_live_bytes
-        and heap_bound < _NO_GOAL
-        and rss >= 2 * heap_bound
-        and rss - heap_bound >= 32 * MIB
-    ):
-        out.append(
-            _verdict(
-                "GO_NON_HEAP_DOMINATES",
-                "warning",
-                f"Resident memory was {_mib(rss)} but the Go heap could have been at most "
-                f"{_mib(heap_bound)} ({_mib(go.heap_live_bytes)} at the last GC): most memory "
-                "was outside the heap (goroutine stacks, cgo, mmap, the runtime).",
-                "GOMEMLIMIT cannot help with memory outside the heap: look for goroutine leaks, "
-                "cgo allocations or large mmaps.",
-            )
-        )
-    return out
-
-
-def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]:
-    out: list[event_pb2.Verdict] = []
-    ver = version_tuple(go.version)
-    cfg = _go_config(go)
-    if ver < (1, 19) and ver != (0, 0):
-        out.append(
-            _verdict(
-                "GO_NO_MEMLIMIT_SUPPORT",
-                "warning",
-                f"{go.version} has no GOMEMLIMIT (added in Go 1.19): its GC ignores any memory limit.",
-                "Build with Go 1.19 or newer, then set "
-                + (suggested_gomemlimit(limit) if limit else "GOMEMLIMIT"),
-            )
-        )
-        return out
-    nothing_set = (
-        "no memory limit was in effect (GOMEMLIMIT unset, and the program set none)"
-        if cfg.from_runtime
-        else "no GOMEMLIMIT"
-    )
-    if cfg.gogc_off and cfg.memory_limit is None:
-        out.append(
-            _verdict(
-                "GO_GOGC_OFF_WITHOUT_MEMLIMIT",
-                "critical",
-                f"{cfg.gogc_named} and {nothing_set}: the garbage collector never ran, so the "
-                "heap grew until the kernel killed the process.",
-                "Keep GOGC=off only together with GOMEMLIMIT"
-                + (f" ({suggested_gomemlimit(limit)})" if limit else "")
-                + ", or remove GOGC=off.",
-            )
-        )
-    if not limit:
-        return out
-    if cfg.memory_limit is None and not cfg.gogc_off:
-        unset = (
-            "No memory limit was in effect in the Go runtime (GOMEMLIMIT unset, and the "
-            "program set none)"
-            if cfg.from_runtime
-            else "GOMEMLIMIT is not set"
-        )
-        out.append(
-            _verdict(
-                "GO_GOMEMLIMIT_UNSET",
-                "warning",
-                f"{unset} in a cgroup limited to {_mib(limit)}: with {cfg.gogc_named} the GC "
-                "lets the heap grow to about twice what is live, with no regard for the limit "
-                "(Go does not read the cgroup's limit).",
-                f"Set {suggested_gomemlimit(limit)} (about 90 % of the limit).",
-            )
-        )
-    elif cfg.memory_limit is not None and cfg.memory_limit >= limit:
-        out.append(
-            _verdict(
-                "GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT",
-                "warning",
-                f"{cfg.limit_named} is at or above the cgroup's {_mib(limit)} limit: the "
-                "kernel kills the process before the GC ever works to stay under it.",
-                f"Set {suggested_gomemlimit(limit)} (about 90 % of the limit).",
             )
         )
     return out

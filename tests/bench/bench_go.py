@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from oomtrace.agent.goprobes import GC_DONE, GoProbes
-from oomtrace.agent.gosymbols import entries_in, probe_address, read_binary
+from oomtrace.agent.go.probes import GC_DONE, GoProbes
+from oomtrace.agent.go.symbols import entries_in, probe_address, read_binary
 from oomtrace.agent.procinfo import ProcessCache
 from tests.integration.containers import build_oomgo
 from tests.integration.harness import AgentProcess

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oomtrace.agent.goruntime import BuildInfo, GoProcess
+from oomtrace.agent.go.buildinfo import BuildInfo, GoProcess
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
 
 

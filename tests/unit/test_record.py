@@ -149,7 +149,8 @@ def test_unresolved_container_keeps_what_the_path_said_and_why() -> None:
 
 
 def test_timeline_joins_the_go_runtime_by_sample_time() -> None:
-    from oomtrace.agent.pressure import GoPoint, Point
+    from oomtrace.agent.go.sampling import GoPoint
+    from oomtrace.agent.pressure import Point
     from oomtrace.agent.record import timeline
 
     s = 1_000_000_000

@@ -15,9 +15,10 @@ from typing import Protocol
 import structlog
 
 from oomtrace.agent.errors import BpfLoadError
-from oomtrace.agent.go_layouts import GC_CONTROLLER
-from oomtrace.agent.goruntime import GoProcess, version_tuple
-from oomtrace.agent.gosymbols import (
+from oomtrace.agent.go.buildinfo import GoProcess
+from oomtrace.agent.go.layouts import GC_CONTROLLER
+from oomtrace.agent.go.settings import version_tuple
+from oomtrace.agent.go.symbols import (
     GC_START,
     START_CYCLE,
     RuntimeGlobals,

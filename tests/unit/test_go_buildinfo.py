@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent.goruntime import (
+from oomtrace.agent.go.buildinfo import (
     MAGIC,
     BuildInfoCache,
     NotGoError,
     go_env,
     parse_buildinfo,
-    parse_size,
     read_buildinfo,
+)
+from oomtrace.agent.go.settings import (
+    parse_size,
     version_tuple,
 )
 
@@ -143,10 +145,9 @@ def test_sizes_and_versions() -> None:
 
 
 def test_where_each_setting_in_effect_came_from() -> None:
-    from oomtrace.agent.goruntime import (
+    from oomtrace.agent.go.buildinfo import BuildInfo, GoProcess
+    from oomtrace.agent.go.settings import (
         NO_MEMORY_LIMIT,
-        BuildInfo,
-        GoProcess,
         Source,
         gogc_source,
         gomaxprocs_source,
@@ -177,7 +178,7 @@ def test_where_each_setting_in_effect_came_from() -> None:
 
 
 def test_recent_gcs_are_counted_never_extrapolated() -> None:
-    from oomtrace.agent.goruntime import recent_gcs
+    from oomtrace.agent.go.settings import recent_gcs
 
     s = 1_000_000_000
     kill = 100 * s
@@ -192,7 +193,7 @@ def test_recent_gcs_are_counted_never_extrapolated() -> None:
 
 
 def test_allowed_cpus_from_the_status_file(tmp_path: Path) -> None:
-    from oomtrace.agent.goruntime import allowed_cpus
+    from oomtrace.agent.go.buildinfo import allowed_cpus
 
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / "status").write_text("Name:\tx\nCpus_allowed_list:\t0-3,6\n")
