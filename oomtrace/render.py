@@ -79,6 +79,14 @@ def victim(ev: event_pb2.OomEvent) -> str:
     return f"{clean(ev.victim.comm)}[{ev.victim.pid}]"
 
 
+_CONSTRAINT_FROM = {
+    event_pb2.OomEvent.KERNEL: "from the kernel's oom_control",
+    event_pb2.OomEvent.KERNEL_STACK: "from the kernel stack",
+    event_pb2.OomEvent.DERIVED: "derived from the page counters",
+    event_pb2.OomEvent.KERNEL_REPORT: "from the kernel's report",
+}
+
+
 def constraint(ev: event_pb2.OomEvent) -> str:
     return event_pb2.OomEvent.Constraint.Name(ev.constraint)
 
@@ -174,14 +182,15 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         out += ["", "verdict"]
         for vd in ev.verdicts:
             out += [
-                f"  [{clean(vd.severity)}] {clean(vd.code)}: {clean(vd.explanation)}",
+                f"  [{event_pb2.Verdict.Severity.Name(vd.severity).lower()}] {clean(vd.code)}: "
+                f"{clean(vd.explanation)}",
                 f"      → {clean(vd.suggestion)}",
             ]
         out.append("")
     out += [
         f"  when        {when(ev.killed_at.ToNanoseconds() / 1e9, now, tz)} on {clean(ev.node)} "
         f"(boot {clean(ev.boot_id[:8])})",
-        f"  kind        {constraint(ev)} ({clean(ev.constraint_source) or 'unknown'})",
+        f"  kind        {constraint(ev)} ({_CONSTRAINT_FROM.get(ev.constraint_source, 'unknown')})",
         "",
         "victim",
         f"  process     {victim(ev)} uid {v.uid}, {v.threads} thread(s), oom_score_adj {v.oom_score_adj}",
@@ -254,7 +263,7 @@ def go_lines(go: event_pb2.GoRuntime) -> list[str]:
     )
     recent, span = records.recent_gcs(go)
     out.append(f"  gc          {go.gc_count} cycles; {recent} of them {span}{last}")
-    if go.state == "controller":
+    if go.state == event_pb2.GoRuntime.CONTROLLER:
         gogc = "off" if go.effective_gogc < 0 else str(go.effective_gogc)
         limit = (
             size(go.effective_memory_limit_bytes)
@@ -344,31 +353,24 @@ def timeline_block(ev: event_pb2.OomEvent) -> list[str]:
     return lines
 
 
-def _task_size(nbytes: int, pages: int) -> str:
-    """From bytes at the node's page size; a record from an agent that sent
-    only pages says pages, not a guess at the page size."""
-    if nbytes or not pages:
-        return size(nbytes)
-    return f"{pages} pages"
-
-
 def task_table(kr: event_pb2.KernelReport) -> list[str]:
-    tasks = sorted(kr.tasks, key=lambda t: (t.rss_bytes, t.rss_pages), reverse=True)
+    """In bytes, as the record holds them (at the node's own page size)."""
+    tasks = sorted(kr.tasks, key=lambda t: t.rss_bytes, reverse=True)
     rows = [
         [
             str(t.pid),
             str(t.uid),
-            _task_size(t.rss_bytes, t.rss_pages),
-            _task_size(t.rss_anon_bytes, t.rss_anon_pages) if t.rss_anon_pages else "-",
-            _task_size(t.total_vm_bytes, t.total_vm_pages),
+            size(t.rss_bytes),
+            size(t.rss_anon_bytes),
+            size(t.total_vm_bytes),
             size(t.pgtables_bytes),
-            str(t.swapents),
+            size(t.swap_bytes),
             str(t.oom_score_adj),
             clean(t.name),
         ]
         for t in tasks
     ]
-    head = ["PID", "UID", "RSS", "ANON", "VIRT", "PGTABLES", "SWAPENTS", "ADJ", "NAME"]
+    head = ["PID", "UID", "RSS", "ANON", "VIRT", "PGTABLES", "SWAP", "ADJ", "NAME"]
     title = "the kernel's task table at the kill, by RSS" + (
         f" (memcg {size(kr.memcg_usage_bytes)} of {size(kr.memcg_limit_bytes)})"
         if kr.memcg_limit_bytes

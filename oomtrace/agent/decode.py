@@ -14,21 +14,43 @@ from oomtrace.agent.kernel_text import KernelText, OomPath
 
 PAGE_SIZE = resource.getpagesize()
 
-# Mirrors bpf/oomtrace.h.
-MEMCG_DEPTH = 8
-KSTACK_DEPTH = 24
-CGROUP_NAME_LEN = 128
-KIND_KILL = 1
-KIND_EXIT = 2
-KIND_REAP = 3
-KIND_EXEC = 4
-KIND_CGROUP_MKDIR = 5
-KIND_CGROUP_RMDIR = 6
+# Mirror bpf/oomtrace.h (tests/unit/test_header.py reads both and fails when
+# they differ): BCC's event() decodes the structs themselves, but their array
+# lengths, kinds and flags are needed here by name.
+MEMCG_DEPTH = 8  # OOMT_MEMCG_DEPTH
+KSTACK_DEPTH = 24  # OOMT_KSTACK_DEPTH
+CGROUP_NAME_LEN = 128  # OOMT_CGROUP_NAME_LEN
+GO_RING = 32  # OOMT_GO_RING
+
+
+class Kind(enum.IntEnum):
+    """enum oomt_kind: what an event is."""
+
+    KILL = 1
+    EXIT = 2
+    REAP = 3
+    EXEC = 4
+    CGROUP_MKDIR = 5
+    CGROUP_RMDIR = 6
+
+
+class ReapStage(enum.IntEnum):
+    """OOMT_REAP_*: an OOMT_REAP note's `what`."""
+
+    START = 1
+    FINISH = 2
+    SKIP = 3
+
+
+# oomt_kill.flags (OOMT_F_*)
 F_OOM_CONTROL = 0x1
 F_CMDLINE = 0x2
 F_NO_MM = 0x4
 F_DEPTH_CUT = 0x8
 F_TASK_UNKNOWN = 0x10
+# oomt_kill.go_flags (OOMT_GO_*)
+GO_F_GC = 0x1
+GO_F_CONTROLLER = 0x2
 
 # The kernel's "unlimited" for a page counter is PAGE_COUNTER_MAX, which is
 # LONG_MAX / PAGE_SIZE; anything this large means no limit.
@@ -60,7 +82,7 @@ class MemcgLevel:
 @dataclass(frozen=True, slots=True)
 class OomControl:
     constraint: OcConstraint
-    totalpages: int
+    total_bytes: int  # the memory weighed against (oom_control.totalpages)
     chosen_points: int
     order: int
     gfp_mask: int
@@ -114,11 +136,6 @@ class KernelKill:
     oom_path: OomPath = OomPath.UNKNOWN  # who called the OOM killer, from kernel_stack
 
 
-GO_RING = 32
-GO_F_GC = 0x1
-GO_F_CONTROLLER = 0x2
-
-
 def _go_state(ev: Any) -> GoState | None:
     flags = int(getattr(ev, "go_flags", 0))
     if not flags & GO_F_GC and not flags & GO_F_CONTROLLER:
@@ -145,8 +162,8 @@ def _go_state(ev: Any) -> GoState | None:
 class KernelNote:
     """The short events: a victim's exit, the reaper's progress, an exec."""
 
-    kind: int
-    what: int
+    kind: Kind
+    what: int  # a ReapStage for Kind.REAP
     boot_ns: int
     tgid: int
     tid: int
@@ -169,8 +186,8 @@ def decode_cmdline(raw: bytes) -> str:
 def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
     """An OOMT_KILL event (BCC's ctypes view, or anything with its fields).
     text: the running kernel's, to place the kill by its stack."""
-    if ev.kind != KIND_KILL:
-        raise DecodeError(f"expected a kill event (kind {KIND_KILL}), got kind {ev.kind}")
+    if ev.kind != Kind.KILL:
+        raise DecodeError(f"expected a kill event (kind {int(Kind.KILL)}), got kind {ev.kind}")
     depth = int(ev.memcg_depth)
     if not 0 <= depth <= MEMCG_DEPTH:
         raise DecodeError(f"kill event has memcg_depth {depth}, outside 0..{MEMCG_DEPTH}")
@@ -196,7 +213,7 @@ def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
             raise DecodeError(f"unknown oom constraint {ev.oc_constraint}") from None
         oc = OomControl(
             constraint=constraint,
-            totalpages=int(ev.oc_totalpages),
+            total_bytes=int(ev.oc_totalpages) * PAGE_SIZE,
             chosen_points=int(ev.oc_chosen_points),
             order=int(ev.oc_order),
             gfp_mask=int(ev.oc_gfp_mask),
@@ -241,10 +258,10 @@ def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
 
 def decode_note(ev: Any) -> KernelNote:
     kind = int(ev.kind)
-    if kind not in (KIND_EXIT, KIND_REAP, KIND_EXEC):
+    if kind not in (Kind.EXIT, Kind.REAP, Kind.EXEC):
         raise DecodeError(f"unknown note kind {kind}")
     return KernelNote(
-        kind=kind,
+        kind=Kind(kind),
         what=int(ev.what),
         boot_ns=int(ev.boot_ns),
         tgid=int(ev.tgid),
@@ -254,7 +271,7 @@ def decode_note(ev: Any) -> KernelNote:
 
 @dataclass(frozen=True, slots=True)
 class KernelCgroupNote:
-    kind: int  # KIND_CGROUP_MKDIR or KIND_CGROUP_RMDIR
+    kind: Kind  # CGROUP_MKDIR or CGROUP_RMDIR
     cgroup_id: int
     level: int
     boot_ns: int
@@ -263,10 +280,10 @@ class KernelCgroupNote:
 
 def decode_cgroup_note(ev: Any) -> KernelCgroupNote:
     kind = int(ev.kind)
-    if kind not in (KIND_CGROUP_MKDIR, KIND_CGROUP_RMDIR):
+    if kind not in (Kind.CGROUP_MKDIR, Kind.CGROUP_RMDIR):
         raise DecodeError(f"unknown cgroup note kind {kind}")
     return KernelCgroupNote(
-        kind=kind,
+        kind=Kind(kind),
         cgroup_id=int(ev.cgroup_id),
         level=int(ev.level),
         boot_ns=int(ev.boot_ns),

@@ -7,6 +7,11 @@ from __future__ import annotations
 from oomtrace.v1 import event_pb2
 
 MIB = 1 << 20
+INFO, WARNING, CRITICAL = (
+    event_pb2.Verdict.INFO,
+    event_pb2.Verdict.WARNING,
+    event_pb2.Verdict.CRITICAL,
+)
 
 
 def mib(n: int) -> str:
@@ -18,7 +23,9 @@ def suggested_gomemlimit(limit: int) -> str:
     return f"GOMEMLIMIT={int(limit * 0.9) // MIB}MiB"
 
 
-def verdict(code: str, severity: str, explanation: str, suggestion: str) -> event_pb2.Verdict:
+def verdict(
+    code: str, severity: event_pb2.Verdict.Severity.ValueType, explanation: str, suggestion: str
+) -> event_pb2.Verdict:
     return event_pb2.Verdict(
         code=code, severity=severity, explanation=explanation, suggestion=suggestion
     )

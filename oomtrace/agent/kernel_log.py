@@ -245,6 +245,10 @@ class KernelLog:
             self._unclaimed = keep
         return out
 
+    def checkpoint_seq(self) -> int:
+        """The kmsg sequence up to which every report is accounted for."""
+        return self.checkpoint.seq
+
     def take_counter(self) -> dict[str, int]:
         """Kills only counters know of, by cgroup path ("" for the node)."""
         pending, self.counter_pending = self.counter_pending, {}

@@ -24,7 +24,6 @@ windows with `take_reports`."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import select
@@ -37,7 +36,7 @@ from pathlib import Path
 import structlog
 
 from oomtrace.agent.cgroups import MemoryHierarchy
-from oomtrace.agent.go.sampling import GoSampler
+from oomtrace.agent.go.sampling import GoPoint, GoSampler
 from oomtrace.agent.host import Clock, boot_ns_now
 
 log = structlog.get_logger(__name__)
@@ -92,12 +91,6 @@ class WindowReport:
     counters: dict[str, int]
     reasons: tuple[str, ...]
     psi_source: str
-
-    @property
-    def id(self) -> str:
-        return hashlib.sha256(f"pressure:{self.cgroup_id}:{self.start_ns}".encode()).hexdigest()[
-            :32
-        ]
 
 
 @dataclass
@@ -477,6 +470,9 @@ class PressureSampler:
             if t is None:
                 return []
             return [p for p in t.points if kill_ns - span_ns <= p.boot_ns <= kill_ns]
+
+    def go_timeline(self, tgid: int, kill_ns: int) -> list[GoPoint]:
+        return self.go.timeline(tgid, kill_ns) if self.go is not None else []
 
     def missed(self, since_ns: int, until_ns: int) -> list[int]:
         """The seconds in [since_ns, until_ns] that got no point."""

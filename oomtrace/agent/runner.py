@@ -1,9 +1,8 @@
-"""The agent's event loop: kernel events in, finished OomEvent records out.
-
-A kill is held until its victim's last thread has exited (or the oom reaper
-has finished with it), so the record can say how long freeing took; a victim
-that does not exit within `hold_ns` is recorded anyway, saying so. Records go
-to sinks in the order their kills happened."""
+"""The agent's event loop, kept thin: kernel events are decoded and handed
+to the kill assembler (assembly.py), assembled kills are built into records
+(build/live.py) and sent to the sinks in the order the kills happened; kills
+only the kernel's log knows of, and pressure windows, go the same way. Every
+loss is counted here and written to the status file."""
 
 from __future__ import annotations
 
@@ -11,32 +10,28 @@ import json
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from oomtrace.agent import cgroups, decode
-from oomtrace.agent.decode import KernelKill, KernelNote
+from oomtrace.agent import cgroup_names, cgroups, decode
+from oomtrace.agent.assembly import KillAssembler, NoTimelines, NoWorkloads
+from oomtrace.agent.build.live import build_event
+from oomtrace.agent.build.logged import LogContext, counter_event, event_from_report
+from oomtrace.agent.build.pressure import pressure_record
+from oomtrace.agent.decode import KernelKill, Kind, ReapStage
 from oomtrace.agent.errors import DecodeError
-from oomtrace.agent.go.probes import GoProbes
+from oomtrace.agent.go.buildinfo import GoProcess
+from oomtrace.agent.go.sampling import GoPoint
 from oomtrace.agent.host import Clock, boot_id, boot_ns_now, node_name
-from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kernel_text import KernelText, OomPath
 from oomtrace.agent.kmsg import ParsedReport
-from oomtrace.agent.pressure import PressureSampler
-from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
-from oomtrace.agent.record import (
-    KillContext,
-    build_event,
-    counter_event,
-    event_from_report,
-    event_id,
-    pressure_record,
-)
-from oomtrace.agent.workloads import WorkloadCache
+from oomtrace.agent.pressure import Point, WindowReport
+from oomtrace.agent.procinfo import ProcessCache
+from oomtrace.agent.workloads import Workload
 from oomtrace.v1 import event_pb2
 
 log = structlog.get_logger(__name__)
@@ -67,16 +62,6 @@ class EventSource(Protocol):
 
 
 @dataclass
-class _Pending:
-    kill: KernelKill
-    process: ProcessInfo | None
-    exit_ns: int | None = None
-    reap_ns: int | None = None
-    done: bool = False
-    report: ParsedReport | None = None
-
-
-@dataclass
 class Counters:
     """Everything the agent counts; logged when it changes, written to the
     status file for `oomtrace doctor`."""
@@ -102,6 +87,92 @@ class Counters:
         return asdict(self)
 
 
+class LogRecovery(Protocol):
+    """The kernel's log, as the loop sees it (KernelLog, or NoKernelLog)."""
+
+    def claim(self, victim_pid: int) -> ParsedReport | None: ...
+    def orphans(self, now_ns: int | None = None) -> list[ParsedReport]: ...
+    def take_counter(self) -> dict[str, int]: ...
+    def recorded(self, n: int = 1, cgroup_path: str = "") -> None: ...
+    def checkpoint_seq(self) -> int: ...
+
+
+class Pressure(Protocol):
+    """The pressure sampler, as the loop sees it (PressureSampler, or NoPressure)."""
+
+    points_missed: int
+
+    def learn(self, cgroup_id: int, path: str, *, new: bool = False) -> None: ...
+    def forget(self, cgroup_id: int) -> None: ...
+    def take_reports(self) -> list[WindowReport]: ...
+    def timeline(self, cgroup_id: int, kill_ns: int) -> list[Point]: ...
+    def go_timeline(self, tgid: int, kill_ns: int) -> list[GoPoint]: ...
+    def missed(self, since_ns: int, until_ns: int) -> list[int]: ...
+
+
+class Containers(Protocol):
+    """What each cgroup holds, as the loop sees it (WorkloadCache, or NoContainers)."""
+
+    def learn(self, cgroup_id: int, path: str) -> Workload: ...
+    def removed(self, cgroup_id: int) -> None: ...
+    def tick(self) -> None: ...
+    def lookup(self, cgroup_id: int, path: str) -> Workload | None: ...
+    def by_path(self, path: str) -> Workload | None: ...
+
+
+class GoDiscovery(Protocol):
+    def ensure(self, tgid: int, go: GoProcess) -> None: ...
+
+
+class NoKernelLog:
+    def claim(self, victim_pid: int) -> ParsedReport | None:
+        return None
+
+    def orphans(self, now_ns: int | None = None) -> list[ParsedReport]:
+        return []
+
+    def take_counter(self) -> dict[str, int]:
+        return {}
+
+    def recorded(self, n: int = 1, cgroup_path: str = "") -> None:
+        pass
+
+    def checkpoint_seq(self) -> int:
+        return -1
+
+
+class NoPressure(NoTimelines):
+    points_missed = 0
+
+    def learn(self, cgroup_id: int, path: str, *, new: bool = False) -> None:
+        pass
+
+    def forget(self, cgroup_id: int) -> None:
+        pass
+
+    def take_reports(self) -> list[WindowReport]:
+        return []
+
+
+class NoContainers(NoWorkloads):
+    def learn(self, cgroup_id: int, path: str) -> Workload:
+        return Workload(path, cgroup_names.parse(path), None)
+
+    def removed(self, cgroup_id: int) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def by_path(self, path: str) -> Workload | None:
+        return None
+
+
+class NoGoProbes:
+    def ensure(self, tgid: int, go: GoProcess) -> None:
+        pass
+
+
 class Runner:
     def __init__(
         self,
@@ -114,36 +185,40 @@ class Runner:
         processes: ProcessCache | None = None,
         status_file: Path | None = None,
         node: str | None = None,
-        workloads: WorkloadCache | None = None,
-        kernel_log: KernelLog | None = None,
+        workloads: Containers | None = None,
+        kernel_log: LogRecovery | None = None,
         report_wait_ns: int = 300_000_000,
-        sampler: PressureSampler | None = None,
-        go_probes: GoProbes | None = None,
+        sampler: Pressure | None = None,
+        go_probes: GoDiscovery | None = None,
         kernel_text: KernelText | None = None,
         clock: Clock = boot_ns_now,
     ) -> None:
         self.source = source
-        self.clock = clock
         self.sinks = sinks
         self.hierarchy = hierarchy
         self.hooks = hooks
-        self.hold_ns = hold_ns
         self.processes = processes if processes is not None else ProcessCache()
         self.status_file = status_file
         self.node = node or node_name()
         self.boot_id = boot_id()
-        self.workloads = workloads
-        self.kernel_log = kernel_log
-        self.report_wait_ns = report_wait_ns
-        self.sampler = sampler
-        self.go_probes = go_probes
+        self.workloads: Containers = workloads if workloads is not None else NoContainers()
+        self.kernel_log: LogRecovery = kernel_log if kernel_log is not None else NoKernelLog()
+        self.sampler: Pressure = sampler if sampler is not None else NoPressure()
+        self.go_probes: GoDiscovery = go_probes if go_probes is not None else NoGoProbes()
         self.kernel_text = kernel_text
-        self.counters = Counters()
-        # The OOM killer invocation the last kill belonged to, for incident ids.
-        self._incident: tuple[int, int, int, str] | None = (
-            None  # trigger tid, oom memcg, boot ns, id
+        self.clock = clock
+        self.assembler = KillAssembler(
+            boot_id=self.boot_id,
+            hierarchy=hierarchy,
+            processes=self.processes,
+            hold_ns=hold_ns,
+            report_wait_ns=report_wait_ns,
+            reports=kernel_log,
+            workloads=self.workloads,
+            timelines=self.sampler,
+            clock=clock,
         )
-        self._pending: dict[int, _Pending] = {}  # by victim tgid, in kill order
+        self.counters = Counters()
         self._stop = threading.Event()
         self._last_status_ns = 0
 
@@ -165,15 +240,7 @@ class Runner:
             return
         self.counters.kills_seen += 1
         self._check_oom_path(kill)
-        # What was read at exec, while the process was whole; else read the
-        # dying victim's /proc now (its exe and environ may be gone already).
-        process = None
-        if kill.victim_tgid:
-            process = self.processes.lookup(
-                kill.victim_tgid, kill.victim_comm
-            ) or self.processes.remember(kill.victim_tgid)
-        key = kill.victim_tgid or kill.victim_tid
-        self._pending[key] = _Pending(kill, process)
+        self.assembler.add(kill)
 
     def _check_oom_path(self, kill: KernelKill) -> None:
         if kill.oom_control is None or kill.oom_path is OomPath.UNKNOWN:
@@ -194,157 +261,38 @@ class Runner:
         note = self._decode(decode.decode_note, raw, "note")
         if note is None:
             return
-        if note.kind == decode.KIND_EXEC:
+        if note.kind is Kind.EXEC:
             info = self.processes.remember(note.tgid)
-            if info is not None and info.go is not None and self.go_probes is not None:
+            if info is not None and info.go is not None:
                 self.go_probes.ensure(note.tgid, info.go)
-        elif note.kind == decode.KIND_EXIT:
-            p = self._pending.get(note.tgid)
-            if p is not None:
-                p.exit_ns = note.boot_ns - p.kill.boot_ns
-                p.done = True
-        elif note.kind == decode.KIND_REAP:
-            self._on_reap(note)
+        elif note.kind is Kind.EXIT:
+            self.assembler.exited(note.tgid, note.boot_ns)
+        elif note.kind is Kind.REAP:
+            self.assembler.reaped(note.tid, ReapStage(note.what), note.boot_ns)
 
     def on_cgroup(self, raw: Any) -> None:
         note = self._decode(decode.decode_cgroup_note, raw, "cgroup")
         if note is None:
             return
-        if note.kind == decode.KIND_CGROUP_MKDIR:
-            if self.workloads is not None:
-                self.workloads.learn(note.cgroup_id, note.path)
-            if self.sampler is not None:
-                self.sampler.learn(note.cgroup_id, note.path, new=True)
+        if note.kind is Kind.CGROUP_MKDIR:
+            self.workloads.learn(note.cgroup_id, note.path)
+            self.sampler.learn(note.cgroup_id, note.path, new=True)
         else:
-            if self.workloads is not None:
-                self.workloads.removed(note.cgroup_id)
-            if self.sampler is not None:
-                self.sampler.forget(note.cgroup_id)
-
-    def _on_reap(self, note: KernelNote) -> None:
-        # The reaper names the marked thread, not the thread group.
-        for p in self._pending.values():
-            if p.kill.victim_tid == note.tid:
-                if note.what == 2:  # OOMT_REAP_FINISH
-                    p.reap_ns = note.boot_ns - p.kill.boot_ns
-                    p.done = True
-                return
+            self.workloads.removed(note.cgroup_id)
+            self.sampler.forget(note.cgroup_id)
 
     # -- records -----------------------------------------------------------
 
     def flush(self, now_ns: int | None = None) -> None:
-        """Emits every pending kill that is done, or held past hold_ns, in
-        kill order; a kill still waiting holds back the ones after it."""
-        now_ns = self.clock() if now_ns is None else now_ns
-        while self._pending:
-            key, p = next(iter(self._pending.items()))
-            overdue = now_ns - p.kill.boot_ns >= self.hold_ns
-            if not (p.done or overdue):
-                break
-            if self.kernel_log is not None and p.report is None:
-                p.report = self.kernel_log.claim(p.kill.victim_tgid or p.kill.victim_tid)
-                # The kernel prints "Killed process" right after mark_victim;
-                # give the log reader a moment to see it.
-                if (
-                    p.report is None
-                    and now_ns - p.kill.boot_ns < self.report_wait_ns
-                    and not overdue
-                ):
-                    break
-            del self._pending[key]
-            missing: tuple[str, ...] = ()
-            if not p.done:
-                self.counters.held_too_long += 1
-                missing = (
-                    f"exit_ns: the victim had not exited {self.hold_ns / 1e9:g}s after the kill",
-                )
-            self._emit(p, missing)
-
-    def _incident_id(self, kill: KernelKill, own_id: str) -> str:
-        """One OOM-killer invocation (a memory.oom.group kill takes several
-        victims) marks its victims back to back from the same trigger thread,
-        for the same memcg: those records share the first one's id."""
-        level = cgroups.oom_level(kill)
-        if level is not None:
-            oom_memcg = kill.memcgs[level].cgroup_id
-        else:
-            oom_memcg = kill.oom_control.memcg_id if kill.oom_control else 0
-        last = self._incident
-        if (
-            last is not None
-            and last[0] == kill.trigger_tid
-            and last[1] == oom_memcg
-            and 0 <= kill.boot_ns - last[2] < 1_000_000_000
-        ):
-            self._incident = (kill.trigger_tid, oom_memcg, kill.boot_ns, last[3])
-            return last[3]
-        self._incident = (kill.trigger_tid, oom_memcg, kill.boot_ns, own_id)
-        return own_id
-
-    def _emit(self, p: _Pending, missing: tuple[str, ...]) -> None:
-        own_id = event_id(self.boot_id, p.kill.boot_ns, p.kill.victim_tgid or p.kill.victim_tid)
-        if p.process is None and p.kill.victim_tgid:
-            # The rings are drained one after the other: a victim's exec note
-            # can be handled after its kill. It is in by now (the exit note
-            # that released this record comes after it on the same ring).
-            p.process = self.processes.lookup(p.kill.victim_tgid, p.kill.victim_comm)
-        workload = None
-        if self.workloads is not None and p.kill.memcgs:
-            path = cgroups.level_paths(p.kill.memcgs, p.kill.depth_cut)[0]
-            workload = self.workloads.lookup(p.kill.memcgs[0].cgroup_id, path)
-        ctx = KillContext(
-            node=self.node,
-            boot_id=self.boot_id,
-            hierarchy=self.hierarchy,
-            process=p.process,
-            trigger_cgroup_path=self._trigger_path(p.kill),
-            exit_ns=p.exit_ns,
-            reap_ns=p.reap_ns,
-            hooks=self.hooks,
-            missing=missing,
-            workload=workload,
-            incident_id=self._incident_id(p.kill, own_id),
-            report=p.report,
-            **self._timeline(p.kill),
-        )
-        if p.report is None and self.kernel_log is not None:
-            ctx = replace(
-                ctx, missing=(*ctx.missing, "kernel_report: not found in the kernel's log")
-            )
-        self._send(build_event(p.kill, ctx))
-
-    def _timeline(self, kill: KernelKill) -> dict[str, Any]:
-        """The points of the memcg whose limit was hit (else the victim's),
-        and the seconds among them the sampler missed."""
-        if self.sampler is None or not kill.memcgs:
-            return {}
-        level = cgroups.oom_level(kill)
-        for i in ([level] if level is not None else []) + [0]:
-            points = self.sampler.timeline(kill.memcgs[i].cgroup_id, kill.boot_ns)
-            if points:
-                path = cgroups.level_paths(kill.memcgs, kill.depth_cut)[i]
-                go = (
-                    tuple(self.sampler.go.timeline(kill.victim_tgid, kill.boot_ns))
-                    if self.sampler.go is not None
-                    else ()
-                )
-                missed = tuple(self.sampler.missed(points[0].boot_ns, kill.boot_ns))
-                return {
-                    "timeline": tuple(points),
-                    "timeline_cgroup": path,
-                    "go_timeline": go,
-                    "timeline_missed": missed,
-                }
-        return {}
+        """Sends every kill the assembler has ready, in kill order."""
+        for a in self.assembler.ready(now_ns):
+            self._send(build_event(a, node=self.node, hooks=self.hooks))
+        self.counters.held_too_long = self.assembler.held_too_long
 
     def emit_pressure(self) -> None:
         """Pressure records for the windows the sampler thread closed."""
-        if self.sampler is None:
-            return
         for report in self.sampler.take_reports():
-            workload = (
-                self.workloads.lookup(report.cgroup_id, report.path) if self.workloads else None
-            )
+            workload = self.workloads.lookup(report.cgroup_id, report.path)
             record = pressure_record(report, self.node, workload)
             self.counters.pressure_records += 1
             for sink in self.sinks:
@@ -355,28 +303,19 @@ class Runner:
 
     def record_from_log(self, now_ns: int | None = None) -> None:
         """Kills only the kernel's log (or only its counter) knows of."""
-        if self.kernel_log is None:
-            return
         for report in self.kernel_log.orphans(now_ns):
-            ctx = self._log_context(report.constraint_fields.get("task_memcg", ""))
-            self._send(event_from_report(report, ctx))
+            path = report.constraint_fields.get("task_memcg", "")
+            self._send(event_from_report(report, self._log_context(path)))
         for path, n in self.kernel_log.take_counter().items():
             ctx = self._log_context(path)
-            seq = self.kernel_log.checkpoint.seq
-            self._send(counter_event(n, ctx, seq, path, noticed_ns=self.clock()), kills=n)
+            seq = self.kernel_log.checkpoint_seq()
+            ev = counter_event(n, ctx, seq, path, noticed_ns=self.clock())
+            self._send(ev, kills=n)
 
-    def _log_context(self, cgroup_path: str) -> KillContext:
-        """For a kill known only from the log: no process, the workload by path."""
-        workload = None
-        if self.workloads is not None and cgroup_path:
-            workload = self.workloads.by_path(cgroup_path)
-        return KillContext(
-            node=self.node,
-            boot_id=self.boot_id,
-            hierarchy=self.hierarchy,
-            process=None,
-            workload=workload,
-        )
+    def _log_context(self, cgroup_path: str) -> LogContext:
+        """For a kill known only from the log: the workload by path."""
+        workload = self.workloads.by_path(cgroup_path) if cgroup_path else None
+        return LogContext(self.node, self.boot_id, self.hierarchy.version, workload)
 
     def _send(self, event: event_pb2.OomEvent, kills: int = 1) -> None:
         for sink in self.sinks:
@@ -386,8 +325,7 @@ class Runner:
                 self.counters.sink_errors += 1
                 log.error("record.sink_failed", sink=type(sink).__name__, error=str(exc))
         self.counters.records_emitted += 1
-        if self.kernel_log is not None:
-            self.kernel_log.recorded(kills, event.cgroup.path)
+        self.kernel_log.recorded(kills, event.cgroup.path)
         log.info(
             "oom.recorded",
             id=event.id,
@@ -397,15 +335,6 @@ class Runner:
             cgroup=event.cgroup.path,
             constraint=event_pb2.OomEvent.Constraint.Name(event.constraint),
         )
-
-    def _trigger_path(self, kill: KernelKill) -> str:
-        if kill.trigger_tgid == kill.victim_tgid or not kill.memcgs:
-            return cgroups.level_paths(kill.memcgs, kill.depth_cut)[0] if kill.memcgs else ""
-        paths = cgroups.level_paths(kill.memcgs, kill.depth_cut)
-        for m, path in zip(kill.memcgs, paths, strict=True):
-            if m.cgroup_id == kill.trigger_memcg_id:
-                return path
-        return self.hierarchy.find_by_id(kill.trigger_memcg_id) or ""
 
     # -- loop ---------------------------------------------------------------
 
@@ -419,8 +348,7 @@ class Runner:
                 log.error("bpf.events_lost", where="kernel", cause=cause, lost=n - before, total=n)
         self.counters.kernel_lost = kernel
         self.counters.user_lost = user
-        if self.sampler is not None:
-            self.counters.pressure_points_missed = self.sampler.points_missed
+        self.counters.pressure_points_missed = self.sampler.points_missed
 
     def write_status(self) -> None:
         if self.status_file is None:
@@ -441,9 +369,9 @@ class Runner:
         """Events wake the poll at once; the timeout paces what waits on time:
         a finished record waiting for its kernel-log line (the log reader is
         another thread), held kills, and housekeeping."""
-        if any(p.done and p.report is None for p in self._pending.values()):
+        if self.assembler.waiting_for_report():
             return 5
-        return poll_ms if self._pending else idle_poll_ms
+        return poll_ms if len(self.assembler) else idle_poll_ms
 
     def run(self, poll_ms: int = 50, idle_poll_ms: int = 1000) -> None:
         """Polls until stopped. Events wake the poll at once; the timeout only
@@ -456,8 +384,7 @@ class Runner:
             self.flush()
             self.record_from_log()
             self.emit_pressure()
-            if self.workloads is not None:
-                self.workloads.tick()
+            self.workloads.tick()
             now = self.clock()
             if now - self._last_status_ns >= 5_000_000_000:
                 self._last_status_ns = now
@@ -465,7 +392,7 @@ class Runner:
                 self.write_status()
         # Drain: what the kernel already handed over is recorded before exit.
         self.source.poll(0)
-        self.flush(now_ns=self.clock() + self.hold_ns)
+        self.flush(now_ns=self.clock() + self.assembler.hold_ns)
         self.emit_pressure()
         self.check_losses()
         self.write_status()

@@ -6,7 +6,7 @@ extrapolated."""
 
 from __future__ import annotations
 
-from oomtrace.agent.explain import mib, verdict
+from oomtrace.agent.explain import CRITICAL, INFO, WARNING, mib, verdict
 from oomtrace.agent.go.verdicts import go_verdicts
 from oomtrace.records import limit_hit_bytes, rss_bytes
 from oomtrace.v1 import event_pb2
@@ -25,7 +25,7 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
         out.append(
             verdict(
                 "NODE_OUT_OF_MEMORY",
-                "critical",
+                CRITICAL,
                 f"The whole node ran out of memory; the kernel chose {v.comm}[{v.pid}] "
                 f"({mib(rss)} resident) as the largest eligible task.",
                 "Set memory limits on workloads (requests = limits for critical ones) so one "
@@ -38,7 +38,7 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
         out.append(
             verdict(
                 "LIMIT_BELOW_WORKING_SET",
-                "warning",
+                WARNING,
                 f"{ev.timeline_cgroup or c.path} sat at 90 % or more of "
                 f"its {mib(limit)} limit for the last {steady:.0f} s before the kill: its working "
                 "set needs more than the limit.",
@@ -55,7 +55,7 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
         out.append(
             verdict(
                 "NON_ANON_MAJOR",
-                "info",
+                INFO,
                 f"Most of the victim's resident memory was {part}: file {mib(v.file_rss_bytes)}, "
                 f"shmem {mib(v.shmem_rss_bytes)}, against {mib(v.anon_rss_bytes)} anonymous.",
                 "Shared memory and tmpfs count against the cgroup's limit and cannot be reclaimed "

@@ -49,7 +49,7 @@ def test_oom_group_kill_is_one_incident_with_every_victim(
     assert all(r["trigger"]["pid"] == grower.pid for r in records)
     assert "oom_group_kill 1" in events
     if "kprobe/oom_kill_process" in records[0]["hooks"]:
-        assert all(r["constraint_source"] == "kernel" for r in records)
+        assert all(r["constraint_source"] == "KERNEL" for r in records)
         assert all(r["cgroup"]["oom_memcg_path"] == cg.rel for r in records)
 
 

@@ -128,7 +128,7 @@ def assert_go_seen_in_its_container(rec: dict[str, Any]) -> None:
     container's mount namespace; the runtime state comes from the probe."""
     go = rec["go"]
     assert go["module"] == "oomtrace.test/oomgo"
-    assert go["state"] == "controller"
+    assert go["state"] == "CONTROLLER"
     assert int(go["gc_count"]) >= 1
     assert go["effective_gomaxprocs"] >= 1
     assert "GO_GOMEMLIMIT_UNSET" in [v["code"] for v in rec["verdicts"]]

@@ -88,7 +88,7 @@ def test_gc_death_spiral_is_seen_from_the_runtime(agent: AgentProcess, oomgo: Pa
     it: the GC runs back to back until the kernel kills the process."""
     rec = kill_go(agent, oomgo, {"GOMEMLIMIT": "40MiB"})
     go = rec["go"]
-    assert go["state"] == "controller"
+    assert go["state"] == "CONTROLLER"
     assert int(go["effective_memory_limit_bytes"]) == 40 * MIB
     assert go["effective_gogc"] == 100
     assert int(go["gc_count"]) >= 10
@@ -131,7 +131,7 @@ def test_runtime_state_matches_what_the_program_counted(
     go = rec["go"]
     if toolchain == "1.21":
         assert go["version"].startswith("go1.21.")
-    assert go["state"] == "controller", go
+    assert go["state"] == "CONTROLLER", go
     assert abs(int(go["gc_count"]) - printed) <= 2, (go["gc_count"], printed)
     assert printed >= 5, go  # GCs ran: the comparison means something
     assert go["effective_gogc"] == 25
@@ -179,7 +179,7 @@ def test_settings_the_program_made_itself_decide_the_verdicts(
     rec = kill_go(agent, oomgo, env)
     go = rec["go"]
     assert go["gomemlimit"] == go["gogc"] == go["gomaxprocs"] == ""
-    assert go["state"] == "controller", go
+    assert go["state"] == "CONTROLLER", go
     assert int(go["effective_memory_limit_bytes"]) == 96 * MIB
     assert go["memory_limit_source"] == "PROGRAM"
     assert go["effective_gogc"] == 40

@@ -30,7 +30,7 @@ def make_event(
         boot_id="6e0b7d1c-6b0f-4c1e-9d52-8a0f0b5d2c11",
         killed_at_boot_ns=10**12 + n,
         constraint=event_pb2.OomEvent.MEMCG,
-        constraint_source="derived",
+        constraint_source=event_pb2.OomEvent.DERIVED,
         agent_version="0.1.0",
     )
     ev.killed_at.FromNanoseconds(killed_at_ns if killed_at_ns is not None else BASE_NS + n * 10**9)

@@ -42,7 +42,7 @@ def test_cmdline_only_when_the_victim_was_the_trigger() -> None:
 
 def test_exit_notes_decode() -> None:
     notes = [decode.decode_note(raw_event(n)) for n in load()["notes"]]
-    assert [n.kind for n in notes] == [decode.KIND_EXIT, decode.KIND_EXIT]
+    assert [n.kind for n in notes] == [decode.Kind.EXIT, decode.Kind.EXIT]
     assert notes[0].tgid == 4128
 
 

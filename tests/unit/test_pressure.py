@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from oomtrace.agent.assembly import Timeline
+from oomtrace.agent.build.live import timeline
 from oomtrace.agent.cgroups import MemoryHierarchy
 from oomtrace.agent.host import boot_ns_now
 from oomtrace.agent.pressure import PressureSampler, parse_counters, parse_psi
-from oomtrace.agent.record import timeline
 from oomtrace.agent.runner import Runner
 from tests.unit.clock import ManualClock
 
@@ -187,7 +188,9 @@ def test_a_missed_second_is_kept_as_missed_and_shown_in_its_place(tmp_path: Path
     assert s.points_missed == 2
     assert s.missed(0, 6 * S) == [3 * S + 20_000_000, 4 * S + 20_000_000]
     points = s.timeline(a, kill_ns=7 * S)
-    tl = timeline(points, 7 * S, missed_ns=s.missed(points[0].boot_ns, 7 * S))
+    tl = timeline(
+        Timeline("/a", tuple(points), (), tuple(s.missed(points[0].boot_ns, 7 * S))), 7 * S
+    )
     assert [(p.offset_ms, p.missed) for p in tl] == [
         (-5980, False),
         (-4980, False),

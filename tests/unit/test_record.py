@@ -1,4 +1,5 @@
-"""Kernel record plus context to the OomEvent message and its JSON."""
+"""A decoded kernel kill, assembled with what the agent knows, to the
+OomEvent message and its JSON."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import json
 from pathlib import Path
 
 from oomtrace.agent import decode
+from oomtrace.agent.assembly import resolve
+from oomtrace.agent.build.live import build_event
+from oomtrace.agent.build.parts import record_id
 from oomtrace.agent.cgroups import MemoryHierarchy
 from oomtrace.agent.procinfo import ProcessInfo
-from oomtrace.agent.record import KillContext, build_event, event_id
+from oomtrace.agent.workloads import Workload
 from oomtrace.records import to_json
+from oomtrace.v1 import event_pb2
 from tests.unit.fixtures import kernel_lines, load, raw_event
 
 V1 = MemoryHierarchy(1, Path("/sys/fs/cgroup/memory"))
@@ -20,17 +25,40 @@ def kills() -> list[decode.KernelKill]:
     return [decode.decode_kill(raw_event(f)) for f in load()["kills"]]
 
 
-def ctx(**kw: object) -> KillContext:
-    base: dict[str, object] = {"node": "n1", "boot_id": "b-1", "hierarchy": V1, "process": None}
-    base.update(kw)
-    return KillContext(**base)  # type: ignore[arg-type]
+class OneWorkload:
+    def __init__(self, w: Workload) -> None:
+        self.w = w
+
+    def lookup(self, cgroup_id: int, path: str) -> Workload:
+        return self.w
+
+
+def built(
+    kill: decode.KernelKill,
+    *,
+    boot_id: str = "b-1",
+    workload: Workload | None = None,
+    process: ProcessInfo | None = None,
+    exit_ns: int | None = None,
+    reap_ns: int | None = None,
+) -> event_pb2.OomEvent:
+    a = resolve(
+        kill,
+        boot_id=boot_id,
+        hierarchy=V1,
+        process=process,
+        workloads=OneWorkload(workload) if workload is not None else None,
+        exit_ns=exit_ns,
+        reap_ns=reap_ns,
+    )
+    return build_event(a, node="n1")
 
 
 def test_json_uses_proto_field_names_and_matches_the_kernel_report() -> None:
     data = load()
     kernel = kernel_lines(data)
     for kill in kills():
-        rec = json.loads(to_json(build_event(kill, ctx())))
+        rec = json.loads(to_json(built(kill)))
         k = kernel[kill.victim_tgid]
         v = rec["victim"]
         assert int(v["total_vm_bytes"]) == int(k["total_vm"]) * 1024
@@ -41,7 +69,7 @@ def test_json_uses_proto_field_names_and_matches_the_kernel_report() -> None:
         assert rec["cgroup"]["path"] == k["task_memcg"]
         assert rec["cgroup"]["oom_memcg_path"] == k["oom_memcg"]
         assert rec["constraint"] == "MEMCG"
-        assert rec["constraint_source"] == "derived"
+        assert rec["constraint_source"] == "DERIVED"
         assert rec["cgroup"]["version"] == 1
         assert int(rec["cgroup"]["memory_limit_bytes"]) == 48 * 1024 * 1024
         assert rec["killed_at"].endswith("Z")
@@ -50,19 +78,15 @@ def test_json_uses_proto_field_names_and_matches_the_kernel_report() -> None:
 
 def test_id_is_stable_and_distinct_per_kill() -> None:
     a, b = kills()
-    assert (
-        build_event(a, ctx()).id
-        == build_event(a, ctx()).id
-        == event_id("b-1", a.boot_ns, a.victim_tgid)
-    )
-    assert build_event(a, ctx()).id != build_event(b, ctx()).id
-    assert build_event(a, ctx()).id != build_event(a, ctx(boot_id="b-2")).id
+    assert built(a).id == built(a).id == record_id("b-1", a.boot_ns, a.victim_tgid)
+    assert built(a).id != built(b).id
+    assert built(a).id != built(a, boot_id="b-2").id
 
 
 def test_victim_that_was_not_the_trigger_takes_cmdline_from_proc() -> None:
     _own, other = kills()
     info = ProcessInfo(comm="python3", cmdline="/usr/bin/python3 -c hog", exe="/usr/bin/python3.11")
-    rec = build_event(other, ctx(process=info))
+    rec = built(other, process=info)
     assert rec.victim.cmdline == "/usr/bin/python3 -c hog"
     assert rec.victim.exe == "/usr/bin/python3.11"
     assert rec.trigger.pid != rec.victim.pid
@@ -71,7 +95,7 @@ def test_victim_that_was_not_the_trigger_takes_cmdline_from_proc() -> None:
 
 def test_what_could_not_be_resolved_is_listed_not_dropped() -> None:
     _own, other = kills()
-    rec = build_event(other, ctx(process=None))
+    rec = built(other, process=None)
     assert rec.victim.cmdline == ""
     assert rec.victim.exe == "python3.11"  # the kernel's file name
     assert any(m.startswith("victim.cmdline:") for m in rec.missing)
@@ -81,10 +105,10 @@ def test_what_could_not_be_resolved_is_listed_not_dropped() -> None:
 
 def test_timings_are_optional_fields() -> None:
     own, _ = kills()
-    plain = json.loads(to_json(build_event(own, ctx())))
+    plain = json.loads(to_json(built(own)))
     assert "exit_ns" not in plain
     assert "reap_ns" not in plain
-    timed = json.loads(to_json(build_event(own, ctx(exit_ns=1500, reap_ns=0))))
+    timed = json.loads(to_json(built(own, exit_ns=1500, reap_ns=0)))
     assert (timed["exit_ns"], timed["reap_ns"]) == ("1500", "0")
 
 
@@ -95,9 +119,9 @@ def test_constraint_from_the_kernel_wins_over_derivation() -> None:
         "oc_constraint": 0,
         "oc_memcg_id": 0,
     }
-    rec = build_event(decode.decode_kill(raw_event(fields)), ctx())
+    rec = built(decode.decode_kill(raw_event(fields)))
     assert rec.constraint == rec.GLOBAL
-    assert rec.constraint_source == "kernel"
+    assert rec.constraint_source == rec.KERNEL
     assert rec.cgroup.oom_memcg_path == ""
 
 
@@ -119,7 +143,7 @@ def test_workload_fills_container_and_pod() -> None:
         "shop",
         "uid-1",
     )
-    rec = build_event(own, ctx(workload=Workload("/k/x", ident, info)))
+    rec = built(own, workload=Workload("/k/x", ident, info))
     assert (rec.container.runtime, rec.container.name, rec.container.image) == (
         "containerd",
         "cart",
@@ -141,7 +165,7 @@ def test_unresolved_container_keeps_what_the_path_said_and_why() -> None:
 
     own, _ = kills()
     ident = CgroupIdentity("docker", "d" * 64, "uid-2", "BestEffort")
-    rec = build_event(own, ctx(workload=Workload("/k/y", ident, None, ("no runtime state",))))
+    rec = built(own, workload=Workload("/k/y", ident, None, ("no runtime state",)))
     assert (rec.container.runtime, rec.container.id, rec.pod.uid) == ("docker", "d" * 64, "uid-2")
     assert "container: no runtime state" in rec.missing
     assert any(m.startswith("pod.name:") for m in rec.missing)
@@ -149,14 +173,15 @@ def test_unresolved_container_keeps_what_the_path_said_and_why() -> None:
 
 
 def test_timeline_joins_the_go_runtime_by_sample_time() -> None:
+    from oomtrace.agent.assembly import Timeline
+    from oomtrace.agent.build.live import timeline
     from oomtrace.agent.go.sampling import GoPoint
     from oomtrace.agent.pressure import Point
-    from oomtrace.agent.record import timeline
 
     s = 1_000_000_000
-    cg = [Point(t * s, t << 20, 64 << 20, 0, 0, 0.0, 0.0) for t in (1, 2, 3)]
-    go = [GoPoint(2 * s, 10, 30 << 20), GoPoint(3 * s, 16, 40 << 20)]
-    tl = timeline(cg, kill_boot_ns=3 * s, go_points=go)
+    cg = tuple(Point(t * s, t << 20, 64 << 20, 0, 0, 0.0, 0.0) for t in (1, 2, 3))
+    go = (GoPoint(2 * s, 10, 30 << 20), GoPoint(3 * s, 16, 40 << 20))
+    tl = timeline(Timeline("/a", cg, go), kill_boot_ns=3 * s)
     assert [p.offset_ms for p in tl] == [-2000, -1000, 0]
     assert [p.go_heap_live_bytes for p in tl] == [0, 30 << 20, 40 << 20]
     assert [p.go_gc_per_second for p in tl] == [0.0, 0.0, 6.0]
@@ -182,7 +207,7 @@ def go_state(times: list[int], **kw: int) -> decode.GoState:
 def test_go_gc_rate_counts_the_last_ten_seconds() -> None:
     own, _ = kills()
     times = [own.boot_ns - s * 10**9 for s in (25, 9, 6, 3, 1)]  # 4 within 10 s
-    ev = build_event(dataclasses.replace(own, go=go_state(times)), ctx())
+    ev = built(dataclasses.replace(own, go=go_state(times)))
     assert abs(ev.go.gc_per_second_10s - 0.4) < 1e-6  # a float field
     assert ev.go.since_last_gc_ns == 10**9
     assert not ev.go.HasField("effective_memory_limit_bytes")  # MaxInt64: no limit
@@ -194,5 +219,5 @@ def test_go_gc_rate_when_the_ring_holds_less_than_ten_seconds() -> None:
     over that span, not as 32 GCs in 10 s."""
     own, _ = kills()
     times = [own.boot_ns - (32 - i) * 10**7 for i in range(decode.GO_RING)]
-    ev = build_event(dataclasses.replace(own, go=go_state(times)), ctx())
+    ev = built(dataclasses.replace(own, go=go_state(times)))
     assert abs(ev.go.gc_per_second_10s - 100) < 1

@@ -79,7 +79,7 @@ def test_kill_is_held_until_its_victim_exits(tmp_path: Path) -> None:
     assert sink.events == []
     runner.on_note(
         note(
-            decode.KIND_EXIT,
+            decode.Kind.EXIT,
             fields["boot_ns"] + 2_000_000,
             fields["victim_tgid"],
             fields["victim_tgid"],
@@ -110,7 +110,7 @@ def test_reaper_finish_sets_reap_time_by_thread_id(tmp_path: Path) -> None:
     fields = load()["kills"][0]
     runner.on_kill(raw_event(fields))
     runner.on_note(
-        note(decode.KIND_REAP, fields["boot_ns"] + 7000, 0, fields["victim_tid"], what=2)
+        note(decode.Kind.REAP, fields["boot_ns"] + 7000, 0, fields["victim_tid"], what=2)
     )
     runner.flush(now_ns=fields["boot_ns"] + 8000)
     (ev,) = sink.events
@@ -124,12 +124,12 @@ def test_records_leave_in_kill_order(tmp_path: Path) -> None:
     runner.on_kill(raw_event(second))
     # The second victim exits first; its record waits for the first one's.
     runner.on_note(
-        note(decode.KIND_EXIT, second["boot_ns"] + 10, second["victim_tgid"], second["victim_tgid"])
+        note(decode.Kind.EXIT, second["boot_ns"] + 10, second["victim_tgid"], second["victim_tgid"])
     )
     runner.flush(now_ns=second["boot_ns"] + 20)
     assert sink.events == []
     runner.on_note(
-        note(decode.KIND_EXIT, second["boot_ns"] + 30, first["victim_tgid"], first["victim_tgid"])
+        note(decode.Kind.EXIT, second["boot_ns"] + 30, first["victim_tgid"], first["victim_tgid"])
     )
     runner.flush(now_ns=second["boot_ns"] + 40)
     assert [e.victim.pid for e in sink.events] == [first["victim_tgid"], second["victim_tgid"]]

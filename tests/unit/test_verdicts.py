@@ -9,6 +9,7 @@ from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
 
 MIB = 1 << 20
+CONTROLLER = event_pb2.GoRuntime.CONTROLLER
 S = 1_000_000_000
 
 
@@ -87,7 +88,7 @@ def test_global_oom() -> None:
 def test_gc_death_spiral_from_runtime_state() -> None:
     ev = go_kill(gomemlimit="40MiB", limit=64 * MIB)
     g = ev.go
-    g.state, g.gc_count = "controller", 40
+    g.state, g.gc_count = CONTROLLER, 40
     g.recent_gc_count, g.recent_gc_span_ns, g.gc_per_second_10s = 32, 10 * S, 3.2
     g.effective_memory_limit_bytes = 40 * MIB
     g.memory_limit_source = event_pb2.GoRuntime.ENV
@@ -104,7 +105,7 @@ def test_death_spiral_counts_what_was_seen_in_a_short_life() -> None:
     rate stretched over 10 s (it once read "3913 times in the last 10 s")."""
     ev = go_kill(gomemlimit="40MiB", limit=64 * MIB)
     g = ev.go
-    g.state, g.gc_count = "controller", 149
+    g.state, g.gc_count = CONTROLLER, 149
     g.lifetime_ns = g.recent_gc_span_ns = 1_300_000_000
     g.recent_gc_count = 149
     g.gc_per_second_10s = 149 / 1.3
@@ -124,7 +125,7 @@ def controller_kill(limit_bytes: int | None, source: int, gogc: int = 100) -> ev
     environment."""
     ev = go_kill(limit=128 * MIB)
     g = ev.go
-    g.state, g.effective_gogc = "controller", gogc
+    g.state, g.effective_gogc = CONTROLLER, gogc
     g.memory_limit_source = source  # type: ignore[assignment]
     g.gogc_source = event_pb2.GoRuntime.DEFAULT if gogc == 100 else event_pb2.GoRuntime.PROGRAM
     if limit_bytes is not None:
@@ -159,7 +160,7 @@ def test_gogc_off_set_by_the_program() -> None:
 def test_non_heap_memory_dominates() -> None:
     ev = go_kill(gomemlimit="400MiB")
     g = ev.go
-    g.state, g.heap_live_bytes, g.heap_goal_bytes = "controller", 20 * MIB, 40 * MIB
+    g.state, g.heap_live_bytes, g.heap_goal_bytes = CONTROLLER, 20 * MIB, 40 * MIB
     ev.victim.anon_rss_bytes = 300 * MIB
     assert "GO_NON_HEAP_DOMINATES" in codes(ev)
 
@@ -171,7 +172,7 @@ def test_heap_growing_toward_its_next_goal_is_not_non_heap(live: int, goal: int)
     on its way to the next goal, not memory outside it."""
     ev = go_kill()
     g = ev.go
-    g.state, g.heap_live_bytes, g.heap_goal_bytes = "controller", live * MIB, goal * MIB
+    g.state, g.heap_live_bytes, g.heap_goal_bytes = CONTROLLER, live * MIB, goal * MIB
     g.effective_gogc = 100
     ev.victim.anon_rss_bytes = 65 * MIB
     assert "GO_NON_HEAP_DOMINATES" not in codes(ev)
@@ -182,7 +183,7 @@ def test_non_heap_under_gomemlimit_is_judged_against_the_limit() -> None:
     with 90 MiB of heap is mostly outside it."""
     ev = go_kill(gomemlimit="100MiB")
     g = ev.go
-    g.state, g.heap_live_bytes, g.heap_goal_bytes = "controller", 90 * MIB, 95 * MIB
+    g.state, g.heap_live_bytes, g.heap_goal_bytes = CONTROLLER, 90 * MIB, 95 * MIB
     g.effective_gogc, g.effective_memory_limit_bytes = 100, 100 * MIB
     ev.victim.anon_rss_bytes = 300 * MIB
     assert "GO_NON_HEAP_DOMINATES" in codes(ev)

@@ -32,7 +32,7 @@ def _fill_go_state(
     ev: event_pb2.OomEvent, st: GoState, kill_ns: int, process: ProcessInfo | None
 ) -> None:
     g = ev.go
-    g.state = "controller" if st.controller else "gc"
+    g.state = event_pb2.GoRuntime.CONTROLLER if st.controller else event_pb2.GoRuntime.GC
     g.gc_count = st.gc_count
     start_ns = process.start_boot_ns if process is not None else None
     if start_ns is not None and kill_ns > start_ns:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oomtrace.agent.explain import MIB, mib, suggested_gomemlimit, verdict
+from oomtrace.agent.explain import CRITICAL, MIB, WARNING, mib, suggested_gomemlimit, verdict
 from oomtrace.agent.go.settings import parse_size, version_tuple
 from oomtrace.records import recent_gcs
 from oomtrace.v1 import event_pb2
+
+CONTROLLER = event_pb2.GoRuntime.CONTROLLER
 
 
 def go_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[event_pb2.Verdict]:
     """limit: the memcg limit that was hit (0 for a global OOM); rss: the
     victim's resident bytes."""
     out: list[event_pb2.Verdict] = []
-    if go.version or go.state == "controller":
+    if go.version or go.state == CONTROLLER:
         out += _go_verdicts(go, limit)
     if go.state:
         out += _go_runtime_verdicts(go, limit, rss)
@@ -50,7 +52,7 @@ class _GoConfig:
 def _go_config(go: event_pb2.GoRuntime) -> _GoConfig:
     """What was in effect: the runtime's state where the probe read it, the
     environment where it did not."""
-    if go.state == "controller":
+    if go.state == CONTROLLER:
         limit = (
             go.effective_memory_limit_bytes if go.HasField("effective_memory_limit_bytes") else None
         )
@@ -90,7 +92,7 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
         out.append(
             verdict(
                 "GO_GC_DEATH_SPIRAL",
-                "critical",
+                CRITICAL,
                 f"The GC ran {gcs} times {span} ({go.gc_count} in all) with "
                 f"{mib(go.heap_marked_bytes)} live against a {mib(ceiling)} limit: the live heap "
                 "no longer fit, so the GC ran back to back until the kernel killed the process.",
@@ -109,7 +111,7 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
     if soft:
         heap_bound = min(heap_bound, max(soft, go.heap_live_bytes))
     if (
-        go.state == "controller"
+        go.state == CONTROLLER
         and go.heap_live_bytes
         and heap_bound < _NO_GOAL
         and rss >= 2 * heap_bound
@@ -118,7 +120,7 @@ def _go_runtime_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[
         out.append(
             verdict(
                 "GO_NON_HEAP_DOMINATES",
-                "warning",
+                WARNING,
                 f"Resident memory was {mib(rss)} but the Go heap could have been at most "
                 f"{mib(heap_bound)} ({mib(go.heap_live_bytes)} at the last GC): most memory "
                 "was outside the heap (goroutine stacks, cgo, mmap, the runtime).",
@@ -137,7 +139,7 @@ def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]
         out.append(
             verdict(
                 "GO_NO_MEMLIMIT_SUPPORT",
-                "warning",
+                WARNING,
                 f"{go.version} has no GOMEMLIMIT (added in Go 1.19): its GC ignores any memory limit.",
                 "Build with Go 1.19 or newer, then set "
                 + (suggested_gomemlimit(limit) if limit else "GOMEMLIMIT"),
@@ -153,7 +155,7 @@ def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]
         out.append(
             verdict(
                 "GO_GOGC_OFF_WITHOUT_MEMLIMIT",
-                "critical",
+                CRITICAL,
                 f"{cfg.gogc_named} and {nothing_set}: the garbage collector never ran, so the "
                 "heap grew until the kernel killed the process.",
                 "Keep GOGC=off only together with GOMEMLIMIT"
@@ -173,7 +175,7 @@ def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]
         out.append(
             verdict(
                 "GO_GOMEMLIMIT_UNSET",
-                "warning",
+                WARNING,
                 f"{unset} in a cgroup limited to {mib(limit)}: with {cfg.gogc_named} the GC "
                 "lets the heap grow to about twice what is live, with no regard for the limit "
                 "(Go does not read the cgroup's limit).",
@@ -184,7 +186,7 @@ def _go_verdicts(go: event_pb2.GoRuntime, limit: int) -> list[event_pb2.Verdict]
         out.append(
             verdict(
                 "GO_GOMEMLIMIT_AT_OR_ABOVE_LIMIT",
-                "warning",
+                WARNING,
                 f"{cfg.limit_named} is at or above the cgroup's {mib(limit)} limit: the "
                 "kernel kills the process before the GC ever works to stay under it.",
                 f"Set {suggested_gomemlimit(limit)} (about 90 % of the limit).",

@@ -50,6 +50,39 @@ class OomEvent(_message.Message):
     MEMCG: OomEvent.Constraint.ValueType  # 4
     """a memory cgroup's limit was hit"""
 
+    class _ConstraintSource:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ConstraintSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[OomEvent._ConstraintSource.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CONSTRAINT_SOURCE_UNSPECIFIED: OomEvent._ConstraintSource.ValueType  # 0
+        KERNEL: OomEvent._ConstraintSource.ValueType  # 1
+        """oom_kill_process handed over its oom_control"""
+        KERNEL_STACK: OomEvent._ConstraintSource.ValueType  # 2
+        """the OOM killer's caller on the trigger's kernel stack told"""
+        DERIVED: OomEvent._ConstraintSource.ValueType  # 3
+        """memcg from global; the memcg found by the page counters
+        from the memory cgroup page counters at the kill alone
+        """
+        KERNEL_REPORT: OomEvent._ConstraintSource.ValueType  # 4
+        """the kernel's printed report (records recovered from its log)"""
+
+    class ConstraintSource(_ConstraintSource, metaclass=_ConstraintSourceEnumTypeWrapper):
+        """How the constraint (and the memcg whose limit was hit) was known."""
+
+    CONSTRAINT_SOURCE_UNSPECIFIED: OomEvent.ConstraintSource.ValueType  # 0
+    KERNEL: OomEvent.ConstraintSource.ValueType  # 1
+    """oom_kill_process handed over its oom_control"""
+    KERNEL_STACK: OomEvent.ConstraintSource.ValueType  # 2
+    """the OOM killer's caller on the trigger's kernel stack told"""
+    DERIVED: OomEvent.ConstraintSource.ValueType  # 3
+    """memcg from global; the memcg found by the page counters
+    from the memory cgroup page counters at the kill alone
+    """
+    KERNEL_REPORT: OomEvent.ConstraintSource.ValueType  # 4
+    """the kernel's printed report (records recovered from its log)"""
+
     class _Source:
         ValueType = _typing.NewType("ValueType", _builtins.int)
         V: _TypeAlias = ValueType  # noqa: Y015
@@ -106,12 +139,7 @@ class OomEvent(_message.Message):
     """/proc/sys/kernel/random/boot_id of the node at the kill."""
     killed_at_boot_ns: _builtins.int
     constraint: Global___OomEvent.Constraint.ValueType
-    constraint_source: _builtins.str
-    """"kernel" when oom_kill_process handed it over; "kernel stack" when the
-    OOM killer's caller on the trigger's kernel stack told a memcg OOM from a
-    global one (the memcg then found by the page counters); "derived" when
-    inferred from the memory cgroup page counters at the kill alone.
-    """
+    constraint_source: Global___OomEvent.ConstraintSource.ValueType
     reap_ns: _builtins.int
     """Time from mark_victim until the oom reaper finished freeing the victim's
     memory, when the reaper ran (the kernel reports it only then).
@@ -189,7 +217,7 @@ class OomEvent(_message.Message):
         trigger: Global___Trigger | None = ...,
         cgroup: Global___Cgroup | None = ...,
         constraint: Global___OomEvent.Constraint.ValueType = ...,
-        constraint_source: _builtins.str = ...,
+        constraint_source: Global___OomEvent.ConstraintSource.ValueType = ...,
         reap_ns: _builtins.int | None = ...,
         exit_ns: _builtins.int | None = ...,
         oom_control: Global___KernelOomControl | None = ...,
@@ -225,6 +253,30 @@ Global___OomEvent: _TypeAlias = OomEvent  # noqa: Y015
 @_typing.final
 class GoRuntime(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GoRuntime._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        NO_STATE: GoRuntime._State.ValueType  # 0
+        """the probe saw no GC of this process"""
+        GC: GoRuntime._State.ValueType  # 1
+        CONTROLLER: GoRuntime._State.ValueType  # 2
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """From the uprobe on runtime.gcMarkTermination, as last seen before the
+        kill. GC state (counts, rates) for every Go 1.18+ binary; CONTROLLER
+        state (GOGC, memory limit, heap figures, GOMAXPROCS) where the runtime's
+        globals were found in the binary's code and its Go version has a layout
+        generated from DWARF (oomtrace/agent/go/layouts.py).
+        """
+
+    NO_STATE: GoRuntime.State.ValueType  # 0
+    """the probe saw no GC of this process"""
+    GC: GoRuntime.State.ValueType  # 1
+    CONTROLLER: GoRuntime.State.ValueType  # 2
 
     class _SettingSource:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -305,14 +357,7 @@ class GoRuntime(_message.Message):
     gomemlimit: _builtins.str
     gomaxprocs: _builtins.str
     godebug: _builtins.str
-    state: _builtins.str
-    """From the uprobe on runtime.gcMarkTermination, as last seen before the
-    kill. "gc" state (counts, rates) for every Go 1.18+ binary; "controller"
-    state (GOGC, memory limit, heap figures, GOMAXPROCS) where the runtime's
-    globals were found in the binary's code and its Go version has a layout
-    generated from DWARF (agent/go_layouts.py).
-    "controller", "gc", or "" (none seen)
-    """
+    state: Global___GoRuntime.State.ValueType
     gc_count: _builtins.int
     gc_per_second_10s: _builtins.float
     since_last_gc_ns: _builtins.int
@@ -354,7 +399,7 @@ class GoRuntime(_message.Message):
         gomemlimit: _builtins.str = ...,
         gomaxprocs: _builtins.str = ...,
         godebug: _builtins.str = ...,
-        state: _builtins.str = ...,
+        state: Global___GoRuntime.State.ValueType = ...,
         gc_count: _builtins.int = ...,
         gc_per_second_10s: _builtins.float = ...,
         since_last_gc_ns: _builtins.int | None = ...,
@@ -402,14 +447,30 @@ Global___GoRuntime: _TypeAlias = GoRuntime  # noqa: Y015
 class Verdict(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _Severity:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _SeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Verdict._Severity.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        SEVERITY_UNSPECIFIED: Verdict._Severity.ValueType  # 0
+        INFO: Verdict._Severity.ValueType  # 1
+        WARNING: Verdict._Severity.ValueType  # 2
+        CRITICAL: Verdict._Severity.ValueType  # 3
+
+    class Severity(_Severity, metaclass=_SeverityEnumTypeWrapper): ...
+    SEVERITY_UNSPECIFIED: Verdict.Severity.ValueType  # 0
+    INFO: Verdict.Severity.ValueType  # 1
+    WARNING: Verdict.Severity.ValueType  # 2
+    CRITICAL: Verdict.Severity.ValueType  # 3
+
     CODE_FIELD_NUMBER: _builtins.int
     SEVERITY_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
     SUGGESTION_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """stable: GO_GOMEMLIMIT_UNSET, LIMIT_BELOW_WORKING_SET, ..."""
-    severity: _builtins.str
-    """critical, warning, info"""
+    severity: Global___Verdict.Severity.ValueType
     explanation: _builtins.str
     """one sentence, with the numbers"""
     suggestion: _builtins.str
@@ -418,7 +479,7 @@ class Verdict(_message.Message):
         self,
         *,
         code: _builtins.str = ...,
-        severity: _builtins.str = ...,
+        severity: Global___Verdict.Severity.ValueType = ...,
         explanation: _builtins.str = ...,
         suggestion: _builtins.str = ...,
     ) -> None: ...
@@ -708,18 +769,16 @@ Global___KernelReport: _TypeAlias = KernelReport  # noqa: Y015
 
 @_typing.final
 class ReportTask(_message.Message):
+    """One row of the kernel's task table; the kernel prints pages, the record
+    holds bytes at the node's own page size.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PID_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
     TGID_FIELD_NUMBER: _builtins.int
-    TOTAL_VM_PAGES_FIELD_NUMBER: _builtins.int
-    RSS_PAGES_FIELD_NUMBER: _builtins.int
-    RSS_ANON_PAGES_FIELD_NUMBER: _builtins.int
-    RSS_FILE_PAGES_FIELD_NUMBER: _builtins.int
-    RSS_SHMEM_PAGES_FIELD_NUMBER: _builtins.int
     PGTABLES_BYTES_FIELD_NUMBER: _builtins.int
-    SWAPENTS_FIELD_NUMBER: _builtins.int
     OOM_SCORE_ADJ_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TOTAL_VM_BYTES_FIELD_NUMBER: _builtins.int
@@ -731,19 +790,13 @@ class ReportTask(_message.Message):
     pid: _builtins.int
     uid: _builtins.int
     tgid: _builtins.int
-    total_vm_pages: _builtins.int
-    rss_pages: _builtins.int
-    rss_anon_pages: _builtins.int
-    rss_file_pages: _builtins.int
-    rss_shmem_pages: _builtins.int
     pgtables_bytes: _builtins.int
-    swapents: _builtins.int
     oom_score_adj: _builtins.int
     name: _builtins.str
     total_vm_bytes: _builtins.int
-    """The same figures in bytes, at the node's own page size."""
     rss_bytes: _builtins.int
     rss_anon_bytes: _builtins.int
+    """0 where the kernel's table has no rss_anon column"""
     rss_file_bytes: _builtins.int
     rss_shmem_bytes: _builtins.int
     swap_bytes: _builtins.int
@@ -753,13 +806,7 @@ class ReportTask(_message.Message):
         pid: _builtins.int = ...,
         uid: _builtins.int = ...,
         tgid: _builtins.int = ...,
-        total_vm_pages: _builtins.int = ...,
-        rss_pages: _builtins.int = ...,
-        rss_anon_pages: _builtins.int = ...,
-        rss_file_pages: _builtins.int = ...,
-        rss_shmem_pages: _builtins.int = ...,
         pgtables_bytes: _builtins.int = ...,
-        swapents: _builtins.int = ...,
         oom_score_adj: _builtins.int = ...,
         name: _builtins.str = ...,
         total_vm_bytes: _builtins.int = ...,
@@ -771,7 +818,7 @@ class ReportTask(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "oom_score_adj", b"oom_score_adj", "pgtables_bytes", b"pgtables_bytes", "pid", b"pid", "rss_anon_bytes", b"rss_anon_bytes", "rss_anon_pages", b"rss_anon_pages", "rss_bytes", b"rss_bytes", "rss_file_bytes", b"rss_file_bytes", "rss_file_pages", b"rss_file_pages", "rss_pages", b"rss_pages", "rss_shmem_bytes", b"rss_shmem_bytes", "rss_shmem_pages", b"rss_shmem_pages", "swap_bytes", b"swap_bytes", "swapents", b"swapents", "tgid", b"tgid", "total_vm_bytes", b"total_vm_bytes", "total_vm_pages", b"total_vm_pages", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "oom_score_adj", b"oom_score_adj", "pgtables_bytes", b"pgtables_bytes", "pid", b"pid", "rss_anon_bytes", b"rss_anon_bytes", "rss_bytes", b"rss_bytes", "rss_file_bytes", b"rss_file_bytes", "rss_shmem_bytes", b"rss_shmem_bytes", "swap_bytes", b"swap_bytes", "tgid", b"tgid", "total_vm_bytes", b"total_vm_bytes", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1023,25 +1070,29 @@ Global___Cgroup: _TypeAlias = Cgroup  # noqa: Y015
 class KernelOomControl(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    TOTALPAGES_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     CHOSEN_POINTS_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
     GFP_MASK_FIELD_NUMBER: _builtins.int
-    totalpages: _builtins.int
+    total_bytes: _builtins.int
+    """The memory the OOM killer weighed tasks against (oom_control.totalpages:
+    the memcg's limit, or all RAM and swap).
+    """
     chosen_points: _builtins.int
+    """the victim's badness, in the kernel's points"""
     order: _builtins.int
     gfp_mask: _builtins.int
     def __init__(
         self,
         *,
-        totalpages: _builtins.int = ...,
+        total_bytes: _builtins.int = ...,
         chosen_points: _builtins.int = ...,
         order: _builtins.int = ...,
         gfp_mask: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_points", b"chosen_points", "gfp_mask", b"gfp_mask", "order", b"order", "totalpages", b"totalpages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_points", b"chosen_points", "gfp_mask", b"gfp_mask", "order", b"order", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
