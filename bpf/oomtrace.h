@@ -1,5 +1,7 @@
-/* Event layouts shared by the BPF programs. Python reads them through BCC's
- * table event() decoding of these very structs; there is no second copy.
+/* Event layouts and constants shared by the BPF programs and the agent.
+ * Python reads the events through BCC's table event() decoding of these very
+ * structs; the constants it needs by name (array lengths, kinds, flags, loss
+ * causes) are checked against this file by tests/unit/test_header.py.
  *
  * Every kernel struct field is read at an OFF_* offset that the agent resolves
  * from the running kernel's BTF and passes in with -D, so the kernel headers
@@ -33,6 +35,16 @@ enum oomt_kind {
 #define OOMT_F_NO_MM 0x4        /* victim had no mm left: memory figures are 0 */
 #define OOMT_F_DEPTH_CUT 0x8    /* memcg ancestry deeper than OOMT_MEMCG_DEPTH */
 #define OOMT_F_TASK_UNKNOWN 0x10 /* old kernel, no kprobe: only the pid is known */
+
+/* Why an event did not reach user space, counted in the `lost` map. */
+enum oomt_lost {
+    OOMT_LOST_KILLS = 0,         /* the kills buffer was full */
+    OOMT_LOST_NOTES = 1,         /* the notes buffer was full */
+    OOMT_LOST_SCRATCH = 2,       /* no per-CPU scratch space */
+    OOMT_LOST_CGROUP_NOTES = 3,  /* the cgroup notes buffer was full */
+    OOMT_LOST_GO_STATES = 4,     /* go_states was full: a Go process goes unprobed */
+    OOMT_LOST_CAUSES = 5,
+};
 
 /* oomt_reap.what */
 #define OOMT_REAP_START 1

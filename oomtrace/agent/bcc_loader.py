@@ -1,5 +1,5 @@
-"""The one module that imports BCC: compiles bpf/oom.c, attaches its hooks,
-polls its buffers and reads its loss counters.
+"""The one module that imports BCC: compiles the programs in bpf/, attaches
+their hooks, polls their buffers and reads their loss counters.
 
 BCC ships no type information, so its untyped surface stays in here; the rest
 of the agent sees `BpfSession`, `HookStatus` and raw event objects.
@@ -26,11 +26,26 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 KILLS_RING_PAGES = 64  # 256 KiB: ~120 kill events (2 KiB each) waiting at once
 NOTES_RING_PAGES = 16
 
-# struct go_proc's offset fields in bpf/oom.c, by the names go_layouts uses.
+# The programs, in the order they are joined: each may use what an earlier one
+# defines (kill.c copies go.c's state; notes.c clears kill.c's victims).
+BPF_SOURCES = ("common.h", "go.c", "kill.c", "notes.c", "cgroups.c", "reclaim.c")
+
+# struct go_proc's offset fields in bpf/go.c, by the names go/layouts.py uses.
 GO_PROC_FIELDS = ("gc_percent", "memory_limit", "heap_goal", "heap_live", "heap_marked")
 
-# Order matches LOST_* in bpf/oom.c.
+# enum oomt_lost in bpf/oomtrace.h, in its order (tests/unit/test_header.py).
 LOST_CAUSES = ("kills", "notes", "scratch", "cgroup_notes", "go_states")
+
+
+def bpf_text() -> str:
+    """The programs as one text. BCC rewrites map calls only in the text it
+    compiles, not in included files, so they are joined here rather than
+    #included; each file still includes common.h for its readers' sake."""
+    parts = []
+    for name in BPF_SOURCES:
+        text = (BPF_DIR / name).read_text().replace('#include "common.h"\n', "")
+        parts.append(f"/* ---- bpf/{name} ---- */\n{text}")
+    return "\n".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +88,7 @@ def _raw_tracepoint_exists(name: str) -> bool:
 
 
 class BpfSession:
-    """A compiled and attached bpf/oom.c."""
+    """The programs of bpf/, compiled and attached."""
 
     def __init__(
         self, layout: KernelLayout, *, memcg_hierarchy_id: int = -1, with_exec: bool = True
@@ -99,12 +114,11 @@ class BpfSession:
         )
         if victim_kprobe:
             cflags.append("-DVICTIM_KPROBE=1")
-        src = (BPF_DIR / "oom.c").read_text()
         try:
-            self._bpf = bcc.BPF(text=src, cflags=cflags)
+            self._bpf = bcc.BPF(text=bpf_text(), cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile failure
             raise BpfLoadError(
-                f"BCC could not compile bpf/oom.c: {exc}. Kernel headers for BCC must be "
+                f"BCC could not compile the programs in {BPF_DIR}: {exc}. Kernel headers for BCC must be "
                 f"at /lib/modules/{os.uname().release}/build (make setup links Debian's)"
             ) from exc
 

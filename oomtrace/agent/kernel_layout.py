@@ -1,6 +1,6 @@
 """Kernel struct layouts and hook shapes, resolved from the running kernel's BTF.
 
-The result is a set of `-D` constants for bpf/oom.c, plus the facts `doctor`
+The result is a set of `-D` constants for the programs in bpf/, plus the facts `doctor`
 reports (which mark_victim shape, which rss_stat shape, ring buffer or not).
 Features are probed in BTF, never inferred from a version number.
 """
@@ -79,7 +79,7 @@ class KernelLayout:
 
 
 def resolve(btf: Btf) -> KernelLayout:
-    """Every offset bpf/oom.c reads; raises BtfError naming the first field
+    """Every offset the programs in bpf/ read; raises BtfError naming the first field
     this kernel lacks."""
     defines: dict[str, int] = {}
     notes: list[str] = []

@@ -1,0 +1,252 @@
+/* The OOM killer's victims.
+ *
+ * Hooks:
+ *   raw_tracepoint/mark_victim  one OOMT_KILL per victim (base hook, every kernel)
+ *   kprobe/mark_oom_victim      kernels whose mark_victim gives only a pid: the task
+ *   kprobe/oom_kill_process     optional: struct oom_control (constraint,
+ *                               totalpages, chosen points, the memcg whose
+ *                               limit was hit); loaded only where kprobes work
+ *
+ * mark_victim runs in the context of the task that invoked the OOM killer (the
+ * trigger), after the kernel printed its OOM report and before "Killed process".
+ * The trigger's kernel stack goes with each kill: it names the OOM killer's
+ * caller (the memcg charge path or the page allocator).
+ * Memory figures are read the way the kernel's own report reads them
+ * (get_mm_counter: the counter's central value), so they match it to the kB.
+ *
+ * Verified on 6.18 (task pointer in mark_victim's raw arguments, percpu_counter
+ * rss_stat, cgroup v1 memory) and 6.1 (pid-only mark_victim, atomic rss_stat,
+ * cgroup v2): MARK_VICTIM_TASK / RSS_STAT_* select the shapes.
+ */
+#include "common.h"
+
+/* Victims between mark_victim and their exit, by tgid: value is mark_victim's time. */
+BPF_HASH(victims, u32, u64, 4096);
+
+/* The oom_control of the oom_kill_process call this thread is inside, if hooked. */
+struct oc_stash {
+    u64 boot_ns;
+    u64 chosen;
+    u64 memcg_id;
+    u64 totalpages;
+    s64 chosen_points;
+    u32 constraint;
+    s32 order;
+    u32 gfp_mask;
+};
+BPF_HASH(oc_by_tid, u32, struct oc_stash, 1024);
+
+BPF_PERCPU_ARRAY(scratch, struct oomt_kill, 1);
+/* Never written: copied over the scratch event to clear it (memset of a
+ * ~2 KiB struct is not something BPF can do). */
+BPF_ARRAY(blank, struct oomt_kill, 1);
+
+static __always_inline u64 mm_counter(void *mm, int member)
+{
+    /* get_mm_counter(): 6.2+ reads percpu_counter.count, older atomic_long_t. */
+    s64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), mm + OFF_MM_RSS_STAT + member * RSS_STAT_STRIDE + RSS_STAT_COUNT_OFF);
+    return v < 0 ? 0 : v;
+}
+
+static __always_inline void fill_memcgs(struct oomt_kill *ev, void *css)
+{
+#pragma unroll
+    for (int i = 0; i < OOMT_MEMCG_DEPTH; i++) {
+        if (!css)
+            return;
+        ev->memcg_id[i] = css_cgroup_id(css);
+        /* struct mem_cgroup starts with its css (checked in kernel_layout.py). */
+        KREAD(ev->memcg_usage_pages[i], css, OFF_MEMCG_MEMORY + OFF_PAGE_COUNTER_USAGE);
+        KREAD(ev->memcg_max_pages[i], css, OFF_MEMCG_MEMORY + OFF_PAGE_COUNTER_MAX);
+        KREAD(ev->memcg_failcnt[i], css, OFF_MEMCG_MEMORY + OFF_PAGE_COUNTER_FAILCNT);
+#ifdef OFF_MEMCG_MEMSW
+        KREAD(ev->memcg_memsw_usage_pages[i], css, OFF_MEMCG_MEMSW + OFF_PAGE_COUNTER_USAGE);
+        KREAD(ev->memcg_memsw_max_pages[i], css, OFF_MEMCG_MEMSW + OFF_PAGE_COUNTER_MAX);
+#endif
+        void *cgrp = (void *)read_ptr(css, OFF_CSS_CGROUP);
+        void *kn = cgrp ? (void *)read_ptr(cgrp, OFF_CGROUP_KN) : 0;
+        void *name = kn ? (void *)read_ptr(kn, OFF_KERNFS_NODE_NAME) : 0;
+        if (name)
+            bpf_probe_read_kernel_str(&ev->memcg_names[i * OOMT_CGROUP_NAME_LEN], OOMT_CGROUP_NAME_LEN, name);
+        ev->memcg_depth = i + 1;
+        css = (void *)read_ptr(css, OFF_CSS_PARENT);
+    }
+    if (css)
+        ev->flags |= OOMT_F_DEPTH_CUT;
+}
+
+static __always_inline void fill_victim(struct oomt_kill *ev, void *task)
+{
+    KREAD(ev->victim_tgid, task, OFF_TASK_TGID);
+    KREAD(ev->victim_tid, task, OFF_TASK_PID);
+    bpf_probe_read_kernel_str(ev->victim_comm, sizeof(ev->victim_comm), task + OFF_TASK_COMM);
+
+    void *cred = (void *)read_ptr(task, OFF_TASK_REAL_CRED);
+    if (cred)
+        KREAD(ev->victim_uid, cred, OFF_CRED_UID);
+
+    void *sig = (void *)read_ptr(task, OFF_TASK_SIGNAL);
+    if (sig) {
+        short adj = 0;
+        KREAD(adj, sig, OFF_SIGNAL_OOM_SCORE_ADJ);
+        ev->oom_score_adj = adj;
+        KREAD(ev->nr_threads, sig, OFF_SIGNAL_NR_THREADS);
+    }
+
+    void *mm = (void *)read_ptr(task, OFF_TASK_MM);
+    if (!mm) {
+        ev->flags |= OOMT_F_NO_MM;
+    } else {
+        KREAD(ev->total_vm_pages, mm, OFF_MM_TOTAL_VM);
+        ev->file_pages = mm_counter(mm, MM_FILEPAGES_IDX);
+        ev->anon_pages = mm_counter(mm, MM_ANONPAGES_IDX);
+        ev->swap_entries = mm_counter(mm, MM_SWAPENTS_IDX);
+        ev->shmem_pages = mm_counter(mm, MM_SHMEMPAGES_IDX);
+        KREAD(ev->pgtables_bytes, mm, OFF_MM_PGTABLES_BYTES);
+
+        void *exe = (void *)read_ptr(mm, OFF_MM_EXE_FILE);
+        void *dentry = exe ? (void *)read_ptr(exe, OFF_FILE_DENTRY) : 0;
+        void *dname = dentry ? (void *)read_ptr(dentry, OFF_DENTRY_NAME) : 0;
+        if (dname)
+            bpf_probe_read_kernel_str(ev->exe_name, sizeof(ev->exe_name), dname);
+
+        /* A task's argv lives in its own address space: readable here only
+         * when the victim is the task running this program. */
+        if (ev->victim_tgid == (u32)(bpf_get_current_pid_tgid() >> 32)) {
+            u64 start = 0, end = 0;
+            KREAD(start, mm, OFF_MM_ARG_START);
+            KREAD(end, mm, OFF_MM_ARG_END);
+            u64 len = end > start ? end - start : 0;
+            if (len > OOMT_CMDLINE_LEN)
+                len = OOMT_CMDLINE_LEN;
+            len &= (OOMT_CMDLINE_LEN - 1) | OOMT_CMDLINE_LEN;
+            if (len > 0 && bpf_probe_read_user(ev->cmdline, len, (void *)start) == 0) {
+                ev->cmdline_len = len;
+                ev->flags |= OOMT_F_CMDLINE;
+            }
+        }
+    }
+    fill_memcgs(ev, task_memcg(task));
+}
+
+/* One victim: `victim` is its task when the hook has it; else raw_pid is all
+ * there is (mark_victim before 5.19 without the kprobe below). */
+static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid)
+{
+    u32 zero = 0;
+    struct oomt_kill *ev = scratch.lookup(&zero);
+    struct oomt_kill *clean = blank.lookup(&zero);
+    if (!ev || !clean) {
+        count_lost(OOMT_LOST_SCRATCH);
+        return 0;
+    }
+    bpf_probe_read_kernel(ev, sizeof(*ev), clean);
+    ev->kind = OOMT_KILL;
+    ev->boot_ns = bpf_ktime_get_boot_ns();
+
+    u64 id = bpf_get_current_pid_tgid();
+    ev->trigger_tgid = id >> 32;
+    ev->trigger_tid = (u32)id;
+    bpf_get_current_comm(ev->trigger_comm, sizeof(ev->trigger_comm));
+    void *cur = (void *)bpf_get_current_task();
+    void *trigger_css = task_memcg(cur);
+    if (trigger_css)
+        ev->trigger_memcg_id = css_cgroup_id(trigger_css);
+    long stack_bytes = bpf_get_stack(ctx, ev->kstack, sizeof(ev->kstack), 0);
+    if (stack_bytes > 0)
+        ev->kstack_len = stack_bytes / sizeof(ev->kstack[0]);
+
+    struct oc_stash *oc = oc_by_tid.lookup(&ev->trigger_tid);
+    if (oc && ev->boot_ns - oc->boot_ns < 5000000000ULL) {
+        ev->flags |= OOMT_F_OOM_CONTROL;
+        ev->oc_constraint = oc->constraint;
+        ev->oc_order = oc->order;
+        ev->oc_totalpages = oc->totalpages;
+        ev->oc_chosen_points = oc->chosen_points;
+        ev->oc_memcg_id = oc->memcg_id;
+        ev->oc_gfp_mask = oc->gfp_mask;
+        if (!victim && oc->chosen) {
+            /* Only the chosen task is known; a group kill's other members
+             * carry other pids. */
+            u32 chosen_pid = 0;
+            KREAD(chosen_pid, (void *)oc->chosen, OFF_TASK_PID);
+            if (chosen_pid == raw_pid)
+                victim = (void *)oc->chosen;
+        }
+    }
+    if (victim) {
+        fill_victim(ev, victim);
+        struct go_state *gs = go_states.lookup(&ev->victim_tgid);
+        if (gs) {
+            ev->go_flags = gs->flags;
+            ev->go_ring_pos = gs->pos;
+            ev->go_gc_count = gs->gc_count;
+            ev->go_last_gc_ns = gs->last_gc_ns;
+            bpf_probe_read_kernel(ev->go_gc_ns, sizeof(ev->go_gc_ns), gs->gc_ns);
+            ev->go_gc_percent = gs->gc_percent;
+            ev->go_memory_limit = gs->memory_limit;
+            ev->go_heap_live = gs->heap_live;
+            ev->go_heap_marked = gs->heap_marked;
+            ev->go_heap_goal = gs->heap_goal;
+            ev->go_controller_ns = gs->controller_ns;
+            ev->go_gomaxprocs = gs->gomaxprocs;
+        }
+    } else {
+        ev->flags |= OOMT_F_TASK_UNKNOWN;
+        ev->victim_tid = raw_pid;
+    }
+
+    if (ev->victim_tgid) {
+        u64 t = ev->boot_ns;
+        victims.update(&ev->victim_tgid, &t);
+    }
+    if (emit(ctx, OOMT_BUF_KILLS, ev, sizeof(*ev)) < 0)
+        count_lost(OOMT_LOST_KILLS);
+    return 0;
+}
+
+int on_mark_victim(struct bpf_raw_tracepoint_args *ctx)
+{
+#if defined(MARK_VICTIM_TASK)
+    /* 5.19+: (struct task_struct *victim, uid_t uid) */
+    return handle_victim(ctx, (void *)ctx->args[0], 0);
+#elif defined(VICTIM_KPROBE)
+    return 0; /* on_mark_oom_victim records this victim, with its task */
+#else
+    return handle_victim(ctx, 0, (u32)ctx->args[0]);
+#endif
+}
+
+#ifdef VICTIM_KPROBE
+/* Kernels whose mark_victim gives only a pid: mark_oom_victim(struct
+ * task_struct *tsk) runs right before it, once per victim (each member of a
+ * memory.oom.group kill too). */
+int on_mark_oom_victim(struct pt_regs *ctx)
+{
+    return handle_victim(ctx, (void *)PT_REGS_PARM1(ctx), 0);
+}
+#endif
+
+#ifdef WITH_OOM_KILL_PROCESS
+/* Optional: where kprobes exist, oom_kill_process(struct oom_control *oc,
+ * const char *message) hands over what the tracepoint does not. */
+int on_oom_kill_process(struct pt_regs *ctx)
+{
+    void *oc = (void *)PT_REGS_PARM1(ctx);
+    struct oc_stash s = {};
+    s.boot_ns = bpf_ktime_get_boot_ns();
+    s.chosen = read_ptr(oc, OFF_OC_CHOSEN);
+    KREAD(s.totalpages, oc, OFF_OC_TOTALPAGES);
+    KREAD(s.chosen_points, oc, OFF_OC_CHOSEN_POINTS);
+    KREAD(s.constraint, oc, OFF_OC_CONSTRAINT);
+    KREAD(s.order, oc, OFF_OC_ORDER);
+    KREAD(s.gfp_mask, oc, OFF_OC_GFP_MASK);
+    void *memcg = (void *)read_ptr(oc, OFF_OC_MEMCG);
+    if (memcg)
+        s.memcg_id = css_cgroup_id(memcg);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    oc_by_tid.update(&tid, &s);
+    return 0;
+}
+#endif
