@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -16,6 +17,7 @@ from oomtrace.agent.go.sampling import GoSampler
 from oomtrace.agent.host import boot_id
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kernel_text import KernelText
+from oomtrace.agent.memory import in_child, return_freed_heap
 from oomtrace.agent.pressure import PressureSampler
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
@@ -42,7 +44,9 @@ def run_agent(
     """Runs until SIGTERM or SIGINT. Raises HostNotSupportedError or
     BpfLoadError, with every reason, when the agent cannot run here."""
     started = time.monotonic()
-    checks, layout = preflight(mount_tracefs=True)
+    # In a child: indexing every kernel type for the layout costs ~60 MiB that
+    # Python would keep for the agent's whole life.
+    checks, layout = in_child(partial(preflight, mount_tracefs=True))
     require(checks)
     assert layout is not None  # require() fails without BTF
     hierarchy = cgroups.memory_hierarchy()
@@ -55,6 +59,7 @@ def run_agent(
     kernel_log.start()
     kernel_log.note_kill_count()
     session = BpfSession(layout, memcg_hierarchy_id=hierarchy.hierarchy_id)
+    return_freed_heap()  # what the compile left behind
     kernel_log.mark_attached()
     sampler: PressureSampler | None = None
     try:

@@ -1,5 +1,7 @@
 """Agent benchmark (root): start-to-ready time, kill-to-stdout latency, and
-the agent's RSS and idle CPU. Prints figures; asserts nothing.
+the agent's RSS and idle CPU; the RSS beside a minimal BCC program's (one
+raw tracepoint and a ring buffer: the floor any BCC agent sits on). Prints
+figures; asserts nothing.
 
     sudo .venv/bin/python tests/bench/bench_agent.py [--kills 40] [--idle 60] [--starts 5]
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +32,34 @@ from tests.integration.harness import (
 )
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The floor: BCC (its LLVM), one program compiled and attached, and nothing else.
+MINIMAL_BCC = """
+import sys, time
+from bcc import BPF
+b = BPF(text="BPF_RINGBUF_OUTPUT(ev, 8); int f(struct bpf_raw_tracepoint_args *ctx)"
+             "{ u32 x = 1; ev.ringbuf_output(&x, sizeof(x), 0); return 0; }")
+b.attach_raw_tracepoint(tp=b"sched_process_exec", fn_name=b"f")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def minimal_bcc_rss_kib() -> int:
+    p = subprocess.Popen(
+        ["/usr/bin/python3", "-c", MINIMAL_BCC],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("the minimal BCC program did not start")
+        return rss_kib(p.pid)
+    finally:
+        p.kill()
+        p.wait()
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -106,7 +137,12 @@ def main() -> None:
         print(
             f"idle CPU         {100 * (c1 - c0) / (t1 - t0):.3f} % of one core over {t1 - t0:.0f} s (goal < 0.5 %)"
         )
-        print(f"agent RSS        {rss_kib(pid) / 1024:.1f} MiB")
+        agent_rss = rss_kib(pid)
+        floor = minimal_bcc_rss_kib()
+        print(
+            f"agent RSS        {agent_rss / 1024:.1f} MiB against a minimal BCC program's "
+            f"{floor / 1024:.1f} MiB: {agent_rss / floor:.2f}x (goal <= 1.3x)"
+        )
     finally:
         agent.stop()
 
