@@ -238,3 +238,20 @@ def test_times_are_shown_with_their_zone() -> None:
     line = render.one_line(ev, tz=timezone(timedelta(hours=1), "CET"))
     assert line.startswith("2026-09-21 15:13:20 CET OOM kill")
     assert render.at(BASE_NS / 1e9, UTC).endswith(" UTC")
+
+
+def test_the_query_commands_load_no_agent_or_collector_code() -> None:
+    """The CLI's query side reads the wire contract and oomtrace.records only."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from oomtrace import cli, client, render\n"
+        "cli.build_parser().parse_args(['history'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('oomtrace.agent', 'oomtrace.collector'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
