@@ -1,0 +1,102 @@
+"""What every record builder shares."""
+
+from __future__ import annotations
+
+import hashlib
+
+from oomtrace import records
+from oomtrace.agent.decode import PAGE_SIZE
+from oomtrace.agent.kmsg import ParsedReport
+from oomtrace.agent.workloads import Workload
+from oomtrace.v1 import event_pb2
+
+KIB = 1024  # the kernel's report prints kB
+
+# The kernel's enum oom_constraint, by the name its report prints (decode's
+# OcConstraint names are the same without the prefix).
+CONSTRAINTS = {
+    "CONSTRAINT_NONE": event_pb2.OomEvent.GLOBAL,
+    "CONSTRAINT_CPUSET": event_pb2.OomEvent.CPUSET,
+    "CONSTRAINT_MEMORY_POLICY": event_pb2.OomEvent.MEMORY_POLICY,
+    "CONSTRAINT_MEMCG": event_pb2.OomEvent.MEMCG,
+}
+
+
+def record_id(*parts: object) -> str:
+    """Every record's id: stable for the same parts, whoever builds the record
+    and however often. Live kills: boot id, boot ns, victim tgid; the others
+    start with what they are ("kmsg", "counter", "pressure")."""
+    return hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()[:32]
+
+
+def fill_workload(
+    container: event_pb2.Container, pod: event_pb2.Pod, w: Workload, missing: list[str]
+) -> None:
+    """The container and pod of a cgroup, and what of them is not known."""
+    ident, info = w.identity, w.container
+    if not ident.is_container:
+        return
+    container.id = ident.container_id
+    container.runtime = info.runtime if info else ident.runtime
+    pod.uid = ident.pod_uid or (info.pod_uid if info else "")
+    pod.qos_class = ident.qos_class
+    if info is None:
+        missing.append("container: " + "; ".join(w.reasons or ("no runtime state found",)))
+        if pod.uid:
+            missing.append("pod.name: the container's runtime state was not found")
+        return
+    container.name = info.name
+    container.image = info.image
+    container.memory_limit_bytes = info.memory_limit_bytes
+    container.labels.update(info.labels)
+    pod.name = info.pod_name
+    pod.namespace = info.pod_namespace
+    pod.workload = records.workload_of(info.pod_name, info.labels)
+    if not container.image:
+        missing.append(f"container.image: not in {info.source}")
+    if pod.uid and not pod.name:
+        missing.append(f"pod.name: no Kubernetes annotations in {info.source}")
+
+
+def kernel_report(r: ParsedReport) -> event_pb2.KernelReport:
+    """The parsed report as the wire carries it, with its raw lines."""
+    kr = event_pb2.KernelReport(
+        first_seq=r.first_seq,
+        last_seq=r.last_seq,
+        ratelimited=r.ratelimited,
+        invoker_comm=r.invoker_comm,
+        invoker_pid=r.invoker_pid,
+        gfp_mask=r.gfp_mask,
+        order=r.order,
+        invoker_oom_score_adj=r.invoker_oom_score_adj,
+        stats_cgroup=r.stats_cgroup,
+        constraint=r.constraint,
+        oom_memcg=r.constraint_fields.get("oom_memcg", ""),
+        task_memcg=r.constraint_fields.get("task_memcg", ""),
+        raw="\n".join(r.lines),
+    )
+    if "memory" in r.counters:
+        usage, limit, failcnt = r.counters["memory"]
+        kr.memcg_usage_bytes, kr.memcg_limit_bytes = usage * KIB, limit * KIB
+        kr.memcg_failcnt = failcnt
+    if "memory+swap" in r.counters:
+        usage, limit, _ = r.counters["memory+swap"]
+        kr.memsw_usage_bytes, kr.memsw_limit_bytes = usage * KIB, limit * KIB
+    kr.memcg_stats.update(r.stats)
+    for t in r.tasks:
+        v = t.values
+        kr.tasks.add(
+            pid=t.pid,
+            uid=v.get("uid", 0),
+            tgid=v.get("tgid", t.pid),
+            total_vm_bytes=v.get("total_vm_pages", 0) * PAGE_SIZE,
+            rss_bytes=v.get("rss_pages", 0) * PAGE_SIZE,
+            rss_anon_bytes=v.get("rss_anon_pages", 0) * PAGE_SIZE,
+            rss_file_bytes=v.get("rss_file_pages", 0) * PAGE_SIZE,
+            rss_shmem_bytes=v.get("rss_shmem_pages", 0) * PAGE_SIZE,
+            swap_bytes=v.get("swapents", 0) * PAGE_SIZE,
+            pgtables_bytes=v.get("pgtables_bytes", 0),
+            oom_score_adj=v.get("oom_score_adj", 0),
+            name=t.name,
+        )
+    return kr
