@@ -68,6 +68,7 @@ def _agent(args: argparse.Namespace) -> int:
             status_file=args.status_file,
             hold_s=args.hold,
             node=args.node,
+            metrics_listen=args.metrics_listen,
         )
     except AgentError as exc:
         import structlog
@@ -89,7 +90,7 @@ def _collector(args: argparse.Namespace) -> int:
     from oomtrace.collector.main import run_collector
 
     try:
-        run_collector(args.listen, args.db, args.retention)
+        run_collector(args.listen, args.db, args.retention, metrics_listen=args.metrics_listen)
     except (CollectorError, RuntimeError) as exc:
         print(f"oomtrace collector: {exc}", file=sys.stderr)
         return 1
@@ -206,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STATUS_FILE,
         help="where the agent writes its counters for `doctor`",
     )
+    a.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on /metrics here, e.g. 0.0.0.0:9601 (default: none)",
+    )
     roots = a.add_argument_group("container runtime state (read-only)")
     roots.add_argument(
         "--host-root",
@@ -268,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=duration_s,
         default="30d",
         help="drop records older than this (30d, 12h, 2w)",
+    )
+    c.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on /metrics here, e.g. 0.0.0.0:9602 (default: none)",
     )
     c.set_defaults(func=_collector)
 

@@ -18,6 +18,7 @@ from oomtrace.agent.host import boot_id
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kernel_text import KernelText
 from oomtrace.agent.memory import in_child, return_freed_heap
+from oomtrace.agent.metrics import AgentMetrics, Losses
 from oomtrace.agent.pressure import PressureSampler
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
@@ -40,6 +41,7 @@ def run_agent(
     hold_s: float,
     node: str | None,
     runtime_roots: RuntimeRoots | None = None,
+    metrics_listen: str | None = None,
 ) -> None:
     """Runs until SIGTERM or SIGINT. Raises HostNotSupportedError or
     BpfLoadError, with every reason, when the agent cannot run here."""
@@ -77,6 +79,7 @@ def run_agent(
         sampler.start()
         sinks: list[Sink] = []
         exporter = None
+        spool = None
         if collector:
             # The spool comes first: a record is on disk before anything else.
             spool = Spool(spool_dir or state_dir / "spool")
@@ -87,6 +90,7 @@ def run_agent(
             sinks.append(StdoutSink())
         attached = tuple(h.name for h in session.hooks if h.attached)
         kernel_text = KernelText.load()
+        metrics = AgentMetrics() if metrics_listen else None
         runner = Runner(
             session,
             sinks,
@@ -101,7 +105,10 @@ def run_agent(
             sampler=sampler,
             go_probes=go_probes,
             kernel_text=kernel_text,
+            observer=metrics,
         )
+        if metrics is not None and metrics_listen:
+            serve_metrics(metrics, metrics_listen, runner, session, spool)
         log.info(
             "agent.ready",
             hooks=list(attached),
@@ -122,3 +129,28 @@ def run_agent(
             sampler.close()
         session.close()
         kernel_log.stop()
+
+
+def serve_metrics(
+    metrics: AgentMetrics,
+    address: str,
+    runner: Runner,
+    session: BpfSession,
+    spool: Spool | None,
+) -> None:
+    """/metrics on address, reading the agent's own counters at each scrape."""
+    metrics.watch(
+        losses=lambda: Losses(
+            kernel=session.kernel_lost(),
+            buffer=dict(session.user_lost),
+            decode=runner.counters.decode_errors,
+            sink=runner.counters.sink_errors,
+            spool=spool.overflowed if spool is not None else 0,
+        ),
+        hooks=[(h.name, h.attached) for h in session.hooks],
+        spool_depth=(lambda: len(spool)) if spool is not None else None,
+        spool_oldest_at=spool.oldest_written_at if spool is not None else None,
+        seconds_missed=lambda: runner.sampler.points_missed,
+    )
+    port = metrics.serve(address)
+    log.info("metrics.serving", address=address, port=port)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -173,6 +173,21 @@ class NoGoProbes:
         pass
 
 
+class Observer(Protocol):
+    """Told of each record sent (the Prometheus metrics, or NoObserver)."""
+
+    def recorded(self, ev: event_pb2.OomEvent) -> None: ...
+    def pressure_recorded(self, reasons: Sequence[str]) -> None: ...
+
+
+class NoObserver:
+    def recorded(self, ev: event_pb2.OomEvent) -> None:
+        pass
+
+    def pressure_recorded(self, reasons: Sequence[str]) -> None:
+        pass
+
+
 class Runner:
     def __init__(
         self,
@@ -191,9 +206,11 @@ class Runner:
         sampler: Pressure | None = None,
         go_probes: GoDiscovery | None = None,
         kernel_text: KernelText | None = None,
+        observer: Observer | None = None,
         clock: Clock = boot_ns_now,
     ) -> None:
         self.source = source
+        self.observer: Observer = observer if observer is not None else NoObserver()
         self.sinks = sinks
         self.hierarchy = hierarchy
         self.hooks = hooks
@@ -295,6 +312,7 @@ class Runner:
             workload = self.workloads.lookup(report.cgroup_id, report.path)
             record = pressure_record(report, self.node, workload)
             self.counters.pressure_records += 1
+            self.observer.pressure_recorded(report.reasons)
             for sink in self.sinks:
                 emit = getattr(sink, "emit_pressure", None)
                 if emit is not None:
@@ -325,6 +343,7 @@ class Runner:
                 self.counters.sink_errors += 1
                 log.error("record.sink_failed", sink=type(sink).__name__, error=str(exc))
         self.counters.records_emitted += 1
+        self.observer.recorded(event)
         self.kernel_log.recorded(kills, event.cgroup.path)
         log.info(
             "oom.recorded",

@@ -148,6 +148,18 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             (self.dir / f"{seq:020d}{_SUFFIX}").unlink()
 
+    def oldest_written_at(self) -> float | None:
+        """When the oldest record still waiting for the collector was written
+        (wall-clock seconds), or None when none waits."""
+        with self._lock:
+            if not self._entries:
+                return None
+            seq = next(iter(self._entries))
+        try:
+            return (self.dir / f"{seq:020d}{_SUFFIX}").stat().st_mtime
+        except FileNotFoundError:
+            return None  # acknowledged in the meantime
+
     def pending_after(self, seq: int) -> list[Entry]:
         with self._lock:
             return [Entry(s, req) for s, (req, _size) in self._entries.items() if s > seq]

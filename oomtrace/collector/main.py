@@ -10,21 +10,32 @@ from pathlib import Path
 
 import structlog
 
+from oomtrace.collector.metrics import CollectorMetrics
 from oomtrace.collector.service import create_server
 from oomtrace.collector.store import SqliteStore
 
 log = structlog.get_logger(__name__)
 
 
-def run_collector(listen: str, db: Path, retention_s: int, prune_every_s: float = 3600) -> None:
+def run_collector(
+    listen: str,
+    db: Path,
+    retention_s: int,
+    prune_every_s: float = 3600,
+    metrics_listen: str | None = None,
+) -> None:
     store = SqliteStore(db)
-    server, port, health = create_server(listen, store)
+    metrics = CollectorMetrics()
+    server, port, health = create_server(listen, store, metrics=metrics)
+    if metrics_listen:
+        log.info("metrics.serving", address=metrics_listen, port=metrics.serve(metrics_listen))
     stop = threading.Event()
 
     def prune() -> None:
         while not stop.is_set():
             cutoff = time.time_ns() - retention_s * 1_000_000_000
             removed = store.prune(cutoff)
+            metrics.pruned.inc(removed)
             if removed:
                 log.info("store.pruned", removed=removed, retention_s=retention_s)
             stop.wait(prune_every_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -13,6 +14,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError
+from oomtrace.collector.metrics import CollectorMetrics, QueryTimer
 from oomtrace.collector.query import (
     GROUP_COLUMNS,
     MAX_PAGE_SIZE,
@@ -52,6 +54,10 @@ class Broadcast:
             self._watchers.add(q)
         return q
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._watchers)
+
     def unsubscribe(self, q: queue.Queue[event_pb2.OomEvent | None]) -> None:
         with self._lock:
             self._watchers.discard(q)
@@ -76,9 +82,10 @@ class Broadcast:
 
 
 class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
-    def __init__(self, store: Store, broadcast: Broadcast) -> None:
+    def __init__(self, store: Store, broadcast: Broadcast, metrics: CollectorMetrics) -> None:
         self.store = store
         self.broadcast = broadcast
+        self.metrics = metrics
 
     def Ingest(
         self, request_iterator: Iterator[collector_pb2.IngestRequest], context: grpc.ServicerContext
@@ -138,16 +145,25 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
                 acks.append(collector_pb2.IngestAck(id=req.event.id[:128], rejected=reason))
             else:
                 good.append(req.event)
-        if pressure:
-            for rec, s in zip(pressure, self.store.put_pressure(pressure), strict=True):
-                acks.append(collector_pb2.IngestAck(id=rec.id, stored=s))
+        rejected = len(acks)
+        started = time.perf_counter()
+        pressure_stored = self.store.put_pressure(pressure) if pressure else []
+        for rec, s in zip(pressure, pressure_stored, strict=True):
+            acks.append(collector_pb2.IngestAck(id=rec.id, stored=s))
         stored = self.store.put_many(good) if good else []
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
         new = [ev for ev, s in zip(good, stored, strict=True) if s]
         if new:
             self.broadcast.publish(new)
         acks += [
             collector_pb2.IngestAck(id=ev.id, stored=s) for ev, s in zip(good, stored, strict=True)
         ]
+        pressure_rejected = sum(1 for req in batch if req.HasField("pressure")) - len(pressure)
+        self.metrics.received("kill", len(new), len(good) - len(new), rejected - pressure_rejected)
+        new_pressure = sum(pressure_stored)
+        self.metrics.received(
+            "pressure", new_pressure, len(pressure) - new_pressure, pressure_rejected
+        )
         return collector_pb2.IngestResponse(acks=acks)
 
 
@@ -258,19 +274,29 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
 
 
 def create_server(
-    address: str, store: Store, *, max_workers: int = 32
+    address: str,
+    store: Store,
+    *,
+    max_workers: int = 32,
+    metrics: CollectorMetrics | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-ready (not yet started) server bound to address; port 0
-    picks a free port, returned. Raises RuntimeError when it cannot bind."""
+    picks a free port, returned. Raises RuntimeError when it cannot bind.
+    metrics: counted into, when given (served by the caller)."""
+    metrics = metrics if metrics is not None else CollectorMetrics()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[QueryTimer(metrics)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 64 * MAX_MESSAGE_BYTES),
         ],
     )
     broadcast = Broadcast()
-    collector_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(store, broadcast), server)
+    metrics.watch_state(watchers=lambda: len(broadcast), records=store.count, store_path=store.path)
+    collector_pb2_grpc.add_IngestServiceServicer_to_server(
+        IngestServicer(store, broadcast, metrics), server
+    )
     collector_pb2_grpc.add_HistoryServiceServicer_to_server(
         HistoryServicer(store, broadcast), server
     )

@@ -17,6 +17,8 @@ from oomtrace.v1 import event_pb2
 
 
 class Store(Protocol):
+    path: str  # where it keeps its data, for the size it reports
+
     def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
         """Stores each event durably unless its id is already stored; True
         for each one stored now. Returns only once all are on disk."""

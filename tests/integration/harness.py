@@ -275,10 +275,10 @@ def free_port() -> int:
 
 
 class CollectorProcess:
-    def __init__(self, db: Path, port: int) -> None:
+    def __init__(self, db: Path, port: int, *extra: str) -> None:
         self.addr = f"127.0.0.1:{port}"
         self.proc = subprocess.Popen(
-            [str(OOMTRACE), "collector", "--listen", self.addr, "--db", str(db)],
+            [str(OOMTRACE), "collector", "--listen", self.addr, "--db", str(db), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

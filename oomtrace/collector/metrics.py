@@ -1,0 +1,153 @@
+"""The collector's Prometheus metrics, served on --metrics-listen.
+
+Labels are closed sets (kind, outcome, method): never a node, a record id or
+anything an agent sends, so no client can grow the series.
+
+  oomtrace_collector_records_total{kind,outcome}
+      records received: kind kill|pressure, outcome stored|duplicate|rejected
+  oomtrace_collector_ingest_commit_seconds   storing one batch durably (an ack waits for it)
+  oomtrace_collector_query_seconds{method}   each query (ListEvents, GetEvent, Top, ...)
+  oomtrace_collector_watchers                WatchEvents streams open
+  oomtrace_collector_stored_records          kill records in the store
+  oomtrace_collector_store_bytes             the store's size on disk
+  oomtrace_collector_pruned_records_total    records retention removed
+  process_*                                  the collector's own CPU and memory
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+# Queries should answer in tens of ms; commits take an fsync or two.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class CollectorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.records = Counter(
+            "oomtrace_collector_records",
+            "Records received from agents, by kind and what became of them.",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "oomtrace_collector_ingest_commit_seconds",
+            "Time to store one batch of records durably; each ack waits for it.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.query_seconds = Histogram(
+            "oomtrace_collector_query_seconds",
+            "Time to answer one query, by method.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.pruned = Counter(
+            "oomtrace_collector_pruned_records",
+            "Records removed by retention.",
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+
+    def received(self, kind: str, stored: int, duplicate: int, rejected: int) -> None:
+        for outcome, n in (("stored", stored), ("duplicate", duplicate), ("rejected", rejected)):
+            if n:
+                self.records.labels(kind, outcome).inc(n)
+
+    def watch_state(
+        self, *, watchers: Callable[[], int], records: Callable[[], int], store_path: str
+    ) -> None:
+        """What is read at each scrape: open watches, and the store's size."""
+        self.registry.register(_StateCollector(watchers, records, store_path))
+
+    def serve(self, address: str) -> int:
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(
+            int(port), addr=host or "0.0.0.0", registry=self.registry
+        )
+        return int(server.server_address[1])
+
+
+class _StateCollector(Collector):
+    def __init__(
+        self, watchers: Callable[[], int], records: Callable[[], int], store_path: str
+    ) -> None:
+        self.watchers, self.records, self.store_path = watchers, records, store_path
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "oomtrace_collector_watchers", "WatchEvents streams open.", value=self.watchers()
+        )
+        yield GaugeMetricFamily(
+            "oomtrace_collector_stored_records",
+            "Kill records in the store.",
+            value=self.records(),
+        )
+        size = 0
+        for suffix in ("", "-wal", "-shm"):  # SQLite's file and its write-ahead log
+            path = Path(self.store_path + suffix)
+            if path.exists():
+                size += path.stat().st_size
+        yield GaugeMetricFamily(
+            "oomtrace_collector_store_bytes", "The store's size on disk.", value=size
+        )
+
+
+# grpc-stubs make the interceptor generic; grpc's own class is not subscriptable.
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+class QueryTimer(_ServerInterceptor):
+    """Times every unary call of the history service."""
+
+    def __init__(self, metrics: CollectorMetrics) -> None:
+        self.metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if (
+            handler is None
+            or not method.startswith("/oomtrace.v1.HistoryService/")
+            or handler.unary_unary is None
+        ):
+            return handler
+        histogram = self.metrics.query_seconds.labels(method.rsplit("/", 1)[1])
+        inner = handler.unary_unary
+
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                return inner(request, context)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
