@@ -87,10 +87,30 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _collector(args: argparse.Namespace) -> int:
     from oomtrace.collector.errors import CollectorError
+    from oomtrace.collector.kube_events import ApiServer
     from oomtrace.collector.main import run_collector
 
+    kube_api = None
+    if args.kube_api:
+        kube_api = ApiServer(args.kube_api, args.kube_token_file, args.kube_ca_file)
+    elif args.kube_events:
+        try:
+            kube_api = ApiServer.in_cluster()
+        except KeyError:
+            print(
+                "oomtrace collector: --kube-events needs KUBERNETES_SERVICE_HOST (set in a "
+                "pod); elsewhere give --kube-api",
+                file=sys.stderr,
+            )
+            return 2
     try:
-        run_collector(args.listen, args.db, args.retention, metrics_listen=args.metrics_listen)
+        run_collector(
+            args.listen,
+            args.db,
+            args.retention,
+            metrics_listen=args.metrics_listen,
+            kube_api=kube_api,
+        )
     except (CollectorError, RuntimeError) as exc:
         print(f"oomtrace collector: {exc}", file=sys.stderr)
         return 1
@@ -259,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "store records from agents and answer queries",
         "oomtrace collector --listen 0.0.0.0:50051 --db /var/lib/oomtrace/collector.db",
         "oomtrace collector --retention 90d",
+        "oomtrace collector --kube-events --metrics-listen 0.0.0.0:9602   # in a cluster",
     )
     c.add_argument(
         "--listen", default=DEFAULT_COLLECTOR, metavar="ADDR", help="host:port to serve on"
@@ -279,6 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         metavar="HOST:PORT",
         help="serve Prometheus metrics on /metrics here, e.g. 0.0.0.0:9602 (default: none)",
+    )
+    k = c.add_argument_group("Kubernetes Events: a Warning Event on the victim's pod per kill")
+    k.add_argument(
+        "--kube-events",
+        action="store_true",
+        help="post Events to this cluster's API server, as the pod's service account",
+    )
+    k.add_argument("--kube-api", metavar="URL", help="post Events to this API server instead")
+    k.add_argument(
+        "--kube-token-file",
+        type=Path,
+        default=Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        help="the bearer token, with --kube-api",
+    )
+    k.add_argument(
+        "--kube-ca-file",
+        type=Path,
+        default=Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
+        help="the API server's CA, with --kube-api",
     )
     c.set_defaults(func=_collector)
 

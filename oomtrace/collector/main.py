@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from oomtrace.collector.kube_events import ApiServer, KubeEvents
 from oomtrace.collector.metrics import CollectorMetrics
 from oomtrace.collector.service import create_server
 from oomtrace.collector.store import SqliteStore
@@ -23,10 +24,19 @@ def run_collector(
     retention_s: int,
     prune_every_s: float = 3600,
     metrics_listen: str | None = None,
+    kube_api: ApiServer | None = None,
 ) -> None:
+    """kube_api: where to post Kubernetes Events for kills (None: none)."""
     store = SqliteStore(db)
     metrics = CollectorMetrics()
-    server, port, health = create_server(listen, store, metrics=metrics)
+    kube = KubeEvents(kube_api) if kube_api is not None else None
+    on_stored = []
+    if kube is not None:
+        kube.start()
+        metrics.watch_kube_events(lambda: dict(kube.outcomes))
+        on_stored.append(kube.offer)
+        log.info("kube_events.enabled", api=kube_api.url if kube_api else "")
+    server, port, health = create_server(listen, store, metrics=metrics, on_stored=on_stored)
     if metrics_listen:
         log.info("metrics.serving", address=metrics_listen, port=metrics.serve(metrics_listen))
     stop = threading.Event()
@@ -58,6 +68,8 @@ def run_collector(
     # Bounded: gRPC Python's shutdown can wait forever on a call whose request
     # failed to deserialize (grpc/grpc#6891); what is committed is committed.
     finished = server.stop(grace=5).wait(timeout=10)
+    if kube is not None:
+        kube.stop()
     store.close()
     log.info("collector.stopped", grpc_shutdown_finished=finished)
     if not finished:

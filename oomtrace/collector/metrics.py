@@ -11,6 +11,9 @@ anything an agent sends, so no client can grow the series.
   oomtrace_collector_stored_records          kill records in the store
   oomtrace_collector_store_bytes             the store's size on disk
   oomtrace_collector_pruned_records_total    records retention removed
+  oomtrace_collector_kube_events_total{outcome}
+      Kubernetes Events: created, updated (a series), duplicate, rate_limited,
+      dropped, failed, not_kubernetes
   process_*                                  the collector's own CPU and memory
 """
 
@@ -29,7 +32,7 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -77,6 +80,9 @@ class CollectorMetrics:
         """What is read at each scrape: open watches, and the store's size."""
         self.registry.register(_StateCollector(watchers, records, store_path))
 
+    def watch_kube_events(self, outcomes: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_KubeEventsCollector(outcomes))
+
     def serve(self, address: str) -> int:
         host, _, port = address.rpartition(":")
         server, _thread = start_http_server(
@@ -115,6 +121,21 @@ if TYPE_CHECKING:
     _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
 else:
     _ServerInterceptor = grpc.ServerInterceptor
+
+
+class _KubeEventsCollector(Collector):
+    def __init__(self, outcomes: Callable[[], dict[str, int]]) -> None:
+        self.outcomes = outcomes
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "oomtrace_collector_kube_events",
+            "Kubernetes Events for stored records, by what became of them.",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self.outcomes().items()):
+            family.add_metric([outcome], n)
+        yield family
 
 
 class QueryTimer(_ServerInterceptor):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 
 import grpc
@@ -82,10 +82,19 @@ class Broadcast:
 
 
 class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
-    def __init__(self, store: Store, broadcast: Broadcast, metrics: CollectorMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        broadcast: Broadcast,
+        metrics: CollectorMetrics,
+        on_stored: Sequence[Callable[[list[event_pb2.OomEvent]], None]] = (),
+    ) -> None:
         self.store = store
         self.broadcast = broadcast
         self.metrics = metrics
+        # Told of each record stored for the first time (Kubernetes Events);
+        # each must return at once.
+        self.on_stored = tuple(on_stored)
 
     def Ingest(
         self, request_iterator: Iterator[collector_pb2.IngestRequest], context: grpc.ServicerContext
@@ -155,6 +164,8 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
         new = [ev for ev, s in zip(good, stored, strict=True) if s]
         if new:
             self.broadcast.publish(new)
+            for tell in self.on_stored:
+                tell(new)
         acks += [
             collector_pb2.IngestAck(id=ev.id, stored=s) for ev, s in zip(good, stored, strict=True)
         ]
@@ -279,6 +290,7 @@ def create_server(
     *,
     max_workers: int = 32,
     metrics: CollectorMetrics | None = None,
+    on_stored: Sequence[Callable[[list[event_pb2.OomEvent]], None]] = (),
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-ready (not yet started) server bound to address; port 0
     picks a free port, returned. Raises RuntimeError when it cannot bind.
@@ -295,7 +307,7 @@ def create_server(
     broadcast = Broadcast()
     metrics.watch_state(watchers=lambda: len(broadcast), records=store.count, store_path=store.path)
     collector_pb2_grpc.add_IngestServiceServicer_to_server(
-        IngestServicer(store, broadcast, metrics), server
+        IngestServicer(store, broadcast, metrics, on_stored), server
     )
     collector_pb2_grpc.add_HistoryServiceServicer_to_server(
         HistoryServicer(store, broadcast), server
