@@ -36,12 +36,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from oomtrace import __version__
+from oomtrace import __version__, exposition
 from oomtrace.v1 import event_pb2
 
 
@@ -116,11 +116,7 @@ class AgentMetrics:
 
     def serve(self, address: str) -> int:
         """Serves /metrics on host:port (port 0: any); returns the port."""
-        host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(
-            int(port), addr=host or "0.0.0.0", registry=self.registry
-        )
-        return int(server.server_address[1])
+        return exposition.serve(self.registry, address)
 
 
 class _StateCollector(Collector):

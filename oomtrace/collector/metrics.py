@@ -30,11 +30,12 @@ from prometheus_client import (
     Counter,
     Histogram,
     ProcessCollector,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from oomtrace import exposition
 
 # Queries should answer in tens of ms; commits take an fsync or two.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -84,11 +85,8 @@ class CollectorMetrics:
         self.registry.register(_KubeEventsCollector(outcomes))
 
     def serve(self, address: str) -> int:
-        host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(
-            int(port), addr=host or "0.0.0.0", registry=self.registry
-        )
-        return int(server.server_address[1])
+        """Serves /metrics on host:port (port 0: any); returns the port."""
+        return exposition.serve(self.registry, address)
 
 
 class _StateCollector(Collector):
