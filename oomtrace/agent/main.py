@@ -146,6 +146,7 @@ def serve_metrics(
             decode=runner.counters.decode_errors,
             sink=runner.counters.sink_errors,
             spool=spool.overflowed if spool is not None else 0,
+            callback=runner.counters.callback_errors,
         ),
         hooks=[(h.name, h.attached) for h in session.hooks],
         spool_depth=(lambda: len(spool)) if spool is not None else None,

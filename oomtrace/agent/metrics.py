@@ -17,8 +17,8 @@ cgroup path: those grow without bound.
   oomtrace_events_lost_total{layer,cause}
       layer kernel: the BPF side could not hand an event over (cause: the
       buffer or map that was full); buffer: the perf buffer dropped it;
-      decode: user space could not decode it; sink: a sink failed; spool:
-      the spool was full.
+      decode: user space could not decode it; callback: handling it raised;
+      sink: a sink failed; spool: the spool was full.
   oomtrace_spool_records                 records waiting for the collector
   oomtrace_spool_oldest_record_age_seconds
   oomtrace_hook_attached{hook}           1 attached, 0 skipped
@@ -54,6 +54,7 @@ class Losses:
     decode: int
     sink: int
     spool: int
+    callback: int = 0
 
 
 class AgentMetrics:
@@ -149,6 +150,7 @@ class _StateCollector(Collector):
         lost.add_metric(["decode", "undecodable"], lost_now.decode)
         lost.add_metric(["sink", "write_failed"], lost_now.sink)
         lost.add_metric(["spool", "full"], lost_now.spool)
+        lost.add_metric(["callback", "exception"], lost_now.callback)
         yield lost
         hooks = GaugeMetricFamily(
             "oomtrace_hook_attached",

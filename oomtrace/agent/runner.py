@@ -69,6 +69,9 @@ class Counters:
     kills_seen: int = 0
     records_emitted: int = 0
     decode_errors: int = 0
+    # Events whose handling raised (a bug, or input nothing foresaw): BCC
+    # would print and drop the exception; here it is counted and logged.
+    callback_errors: int = 0
     held_too_long: int = 0
     sink_errors: int = 0
     pressure_records: int = 0
@@ -392,10 +395,26 @@ class Runner:
             return 5
         return poll_ms if len(self.assembler) else idle_poll_ms
 
+    def _guarded(self, handle: Callable[[Any], None], kind: str) -> Callable[[Any], None]:
+        """A callback for BCC that never lets an exception escape into it."""
+
+        def guarded(raw: Any) -> None:
+            try:
+                handle(raw)
+            except Exception:
+                self.counters.callback_errors += 1
+                log.exception("bpf.callback_failed", kind=kind)
+
+        return guarded
+
     def run(self, poll_ms: int = 50, idle_poll_ms: int = 1000) -> None:
         """Polls until stopped. Events wake the poll at once; the timeout only
         paces hold deadlines (poll_ms while kills are pending) and housekeeping."""
-        self.source.open_buffers(self.on_kill, self.on_note, self.on_cgroup)
+        self.source.open_buffers(
+            self._guarded(self.on_kill, "kill"),
+            self._guarded(self.on_note, "note"),
+            self._guarded(self.on_cgroup, "cgroup"),
+        )
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         while not self._stop.is_set():

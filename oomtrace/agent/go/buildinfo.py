@@ -115,8 +115,18 @@ def parse_buildinfo(blob: bytes) -> BuildInfo:
 
 
 def read_buildinfo(path: str | os.PathLike[str]) -> BuildInfo:
-    """From an ELF file's .go.buildinfo section (section headers, bounded reads)."""
+    """From an ELF file's .go.buildinfo section (section headers, bounded
+    reads). Any binary on the node can be hostile: whatever a malformed one
+    makes the parsing raise becomes a NotGoError, with the reason."""
+    try:
+        return _read_buildinfo(path)
+    except (struct.error, ValueError, OverflowError, IndexError) as exc:
+        raise NotGoError(f"malformed ELF ({type(exc).__name__}: {exc})") from None
+
+
+def _read_buildinfo(path: str | os.PathLike[str]) -> BuildInfo:
     with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
         ident = f.read(64)
         if len(ident) < 64 or ident[:4] != b"\x7fELF":
             raise NotGoError("not an ELF file")
@@ -126,6 +136,8 @@ def read_buildinfo(path: str | os.PathLike[str]) -> BuildInfo:
         e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", ident, 0x3A)
         if e_shentsize != 64 or not 0 < e_shnum < 4096 or e_shstrndx >= e_shnum:
             raise NotGoError("no usable ELF section table")
+        if e_shoff + 64 * e_shnum > file_size:
+            raise NotGoError("the ELF section table lies past the end of the file")
         f.seek(e_shoff)
         table = f.read(64 * e_shnum)
         if len(table) < 64 * e_shnum:

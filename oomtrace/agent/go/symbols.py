@@ -13,12 +13,14 @@ then comes from the module's moduledata."""
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsError
 from capstone import x86_const as x86
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_REG_RAX, X86_REG_RCX, X86_REG_RIP
 
@@ -29,6 +31,26 @@ MAX_BINARY = 4 * MAX_PCLNTAB
 
 class SymbolError(Exception):
     """No usable pclntab; the message says why."""
+
+
+# What a malformed (or hostile) file makes the parsers below raise: offsets
+# past the end, counts that do not fit, bytes that are not instructions. The
+# binary belongs to whatever process runs on the node, so each becomes a
+# SymbolError, a reason on the record, never an agent that crashes at start.
+_MALFORMED = (struct.error, ValueError, OverflowError, IndexError, UnicodeError, CsError)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _refuses_malformed(fn: F) -> F:
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _MALFORMED as exc:
+            raise SymbolError(f"malformed binary ({type(exc).__name__}: {exc})") from None
+
+    return cast(F, guarded)
 
 
 def _sections(data: bytes) -> dict[str, tuple[int, int, int]]:
@@ -55,6 +77,7 @@ def read_binary(path: str | Path) -> bytes:
         return f.read(MAX_BINARY)
 
 
+@_refuses_malformed
 def entries_in(data: bytes, wanted: set[str]) -> dict[str, int]:
     """Virtual addresses of the wanted functions' entries."""
     secs = _sections(data)
@@ -196,6 +219,7 @@ def _segments(data: bytes) -> list[tuple[int, int, int, int, int]]:
     return out
 
 
+@_refuses_malformed
 def runtime_globals(data: bytes, entries: dict[str, int]) -> RuntimeGlobals:
     """Where runtime.gcController and runtime.gomaxprocs are, read from the
     code rather than a symbol table, so stripped binaries work too. gcStart
@@ -249,6 +273,7 @@ def _code_at(
     raise SymbolError(f"{what} at {addr:#x} is outside the file's segments")
 
 
+@_refuses_malformed
 def probe_address(data: bytes, entry: int, what: str) -> int:
     """Where to put a uprobe for the function at `entry`: its frame's
     `push rbp`, right after the stack-growth check, when the prologue has
@@ -276,6 +301,7 @@ def _rip_target(insn: Any) -> int | None:
     return None
 
 
+@_refuses_malformed
 def elf_entry(data: bytes) -> tuple[bool, int]:
     """(position-independent, e_entry) of an ELF64 executable."""
     e_type = struct.unpack_from("<H", data, 0x10)[0]
