@@ -137,7 +137,9 @@ def _read_buildinfo(path: str | os.PathLike[str]) -> BuildInfo:
         if e_shentsize != 64 or not 0 < e_shnum < 4096 or e_shstrndx >= e_shnum:
             raise NotGoError("no usable ELF section table")
         if e_shoff + 64 * e_shnum > file_size:
-            raise NotGoError("the ELF section table lies past the end of the file")
+            raise NotGoError(
+                "truncated or crafted: the ELF section table lies past the end of the file"
+            )
         f.seek(e_shoff)
         table = f.read(64 * e_shnum)
         if len(table) < 64 * e_shnum:
