@@ -150,12 +150,16 @@ def _read_buildinfo(path: str | os.PathLike[str]) -> BuildInfo:
             return name, offset, size
 
         _n, str_off, str_size = section(e_shstrndx)
+        if str_off >= file_size:
+            raise NotGoError("truncated or crafted: section names lie past the end of the file")
         f.seek(str_off)
         names = f.read(min(str_size, MAX_SECTION_BYTES))
         for i in range(e_shnum):
             name_off, offset, size = section(i)
             end = names.find(b"\0", name_off)
             if names[name_off:end] == b".go.buildinfo":
+                if offset >= file_size:
+                    raise NotGoError("truncated or crafted: .go.buildinfo lies past the end")
                 f.seek(offset)
                 return parse_buildinfo(f.read(min(size, MAX_SECTION_BYTES)))
     raise NotGoError("no .go.buildinfo section")
