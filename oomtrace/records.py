@@ -17,6 +17,10 @@ from google.protobuf.message import Message
 from oomtrace.v1 import event_pb2
 
 DEFAULT_COLLECTOR = "127.0.0.1:50051"
+# The largest message the collector takes; a record is sent inside an
+# IngestRequest, so the agent keeps each record a little under it.
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_RECORD_BYTES = MAX_MESSAGE_BYTES - 4096
 # Where the agent writes its counters, and `oomtrace doctor` reads them.
 DEFAULT_STATUS_FILE = Path("/run/oomtrace/agent-status.json")
 

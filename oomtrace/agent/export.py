@@ -13,6 +13,7 @@ import grpc
 import structlog
 
 from oomtrace import rpc
+from oomtrace.agent.build.parts import fit_to_wire
 from oomtrace.agent.spool import Spool
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 
@@ -124,6 +125,11 @@ class Exporter:
                                 return
                             in_flight.add(entry.id)
                         sent_seq = entry.seq
+                        # Spooled by an agent that did not fit its records:
+                        # one over the limit would fail the stream, again and
+                        # again, with every record behind it.
+                        if entry.request.HasField("event"):
+                            fit_to_wire(entry.request.event)
                         yield entry.request
 
             responses = stub.Ingest(requests())

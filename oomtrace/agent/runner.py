@@ -21,6 +21,7 @@ from oomtrace.agent import cgroup_names, cgroups, decode
 from oomtrace.agent.assembly import KillAssembler, NoTimelines, NoWorkloads
 from oomtrace.agent.build.live import build_event
 from oomtrace.agent.build.logged import LogContext, counter_event, event_from_report
+from oomtrace.agent.build.parts import fit_to_wire
 from oomtrace.agent.build.pressure import pressure_record
 from oomtrace.agent.decode import KernelKill, Kind, ReapStage
 from oomtrace.agent.errors import DecodeError
@@ -74,6 +75,8 @@ class Counters:
     callback_errors: int = 0
     held_too_long: int = 0
     sink_errors: int = 0
+    # Records cut to fit the collector's message limit (what, in `missing`).
+    records_trimmed: int = 0
     pressure_records: int = 0
     # Seconds the pressure sampler took no point for (it was starved).
     pressure_points_missed: int = 0
@@ -339,6 +342,9 @@ class Runner:
         return LogContext(self.node, self.boot_id, self.hierarchy.version, workload)
 
     def _send(self, event: event_pb2.OomEvent, kills: int = 1) -> None:
+        if fit_to_wire(event):
+            self.counters.records_trimmed += 1
+            log.warning("record.trimmed", id=event.id, missing=list(event.missing)[-3:])
         for sink in self.sinks:
             try:
                 sink.emit(event)

@@ -13,6 +13,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from oomtrace import records
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError
 from oomtrace.collector.metrics import CollectorMetrics, QueryTimer
 from oomtrace.collector.query import (
@@ -30,8 +31,8 @@ from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 
 log = structlog.get_logger(__name__)
 
-# One record is a few KiB; anything near this is not a record.
-MAX_MESSAGE_BYTES = 1024 * 1024
+# One record is a few KiB; agents keep theirs under this (oomtrace/records.py).
+MAX_MESSAGE_BYTES = records.MAX_MESSAGE_BYTES
 # Records stored in one transaction at most (group commit: one fsync for all).
 BATCH = 512
 _END = object()

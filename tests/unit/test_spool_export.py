@@ -6,10 +6,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from oomtrace.agent.build.parts import fit_to_wire
 from oomtrace.agent.export import Exporter
 from oomtrace.agent.spool import Spool
 from oomtrace.collector.service import create_server
 from oomtrace.collector.store import SqliteStore
+from oomtrace.records import MAX_MESSAGE_BYTES, MAX_RECORD_BYTES
+from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
 
 
@@ -84,4 +87,57 @@ def test_exporter_delivers_everything_once_after_the_collector_comes_up(tmp_path
         server.stop(0.1).wait(timeout=5)
     finally:
         exporter.stop()
+        store.close()
+
+
+def huge_event() -> event_pb2.OomEvent:
+    """A global OOM on a busy node: a task table of 60,000 rows and its raw
+    text, each alone over the collector's 1 MiB message limit."""
+    ev = make_event()
+    kr = ev.kernel_report
+    for pid in range(100_001, 160_001):  # none the victim's pid
+        kr.tasks.add(pid=pid, uid=0, rss_bytes=pid * 4096, name=f"worker-{pid}")
+    kr.tasks.add(pid=ev.victim.pid, rss_bytes=64 << 20, name="victim")
+    kr.raw = "\n".join(
+        f"[{pid}] 0 {pid} 1000 200 0 0 worker-{pid}" for pid in range(100_001, 160_001)
+    )
+    assert ev.ByteSize() > MAX_MESSAGE_BYTES
+    return ev
+
+
+def test_a_record_over_the_limit_is_cut_least_important_parts_first() -> None:
+    ev = huge_event()
+    dropped = fit_to_wire(ev)
+    assert ev.ByteSize() <= MAX_RECORD_BYTES
+    assert dropped == ["kernel_report.raw", "kernel_report.tasks"]
+    assert [t.name for t in ev.kernel_report.tasks] == ["victim"]  # the victim's row stays
+    assert [m.split(":")[0] for m in ev.missing] == dropped
+    small = make_event()
+    assert fit_to_wire(small) == []
+    assert list(small.missing) == []
+
+
+def test_one_huge_record_does_not_wedge_the_ones_behind_it(tmp_path: Path) -> None:
+    """Spooled as it was (by an agent that did not cut it), it is cut on the
+    way out, and it and every record behind it are stored."""
+    spool = Spool(tmp_path / "spool")
+    big = huge_event()
+    spool.put(big)
+    behind = [make_event() for _ in range(5)]
+    for ev in behind:
+        spool.put(ev)
+    store = SqliteStore(tmp_path / "c.db")
+    server, port, _ = create_server("127.0.0.1:0", store)
+    server.start()
+    exporter = Exporter(spool, f"127.0.0.1:{port}", min_backoff_s=0.05, max_backoff_s=0.2)
+    exporter.start()
+    try:
+        wait_until(lambda: len(spool) == 0)
+        assert store.count() == 6
+        stored = store.get(big.id)
+        assert any(m.startswith("kernel_report.raw: cut") for m in stored.missing)
+        assert exporter.failed_sessions == 0
+    finally:
+        exporter.stop()
+        server.stop(0).wait(5)
         store.close()

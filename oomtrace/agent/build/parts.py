@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from oomtrace import records
 from oomtrace.agent.decode import PAGE_SIZE
@@ -100,3 +101,44 @@ def kernel_report(r: ParsedReport) -> event_pb2.KernelReport:
             name=t.name,
         )
     return kr
+
+
+def fit_to_wire(ev: event_pb2.OomEvent, limit: int = records.MAX_RECORD_BYTES) -> list[str]:
+    """Keeps a record under the collector's message limit by dropping its
+    least important parts first (a global OOM's task table on a busy node can
+    exceed it, and a record over it is refused whole, with every record
+    behind it): the report's raw text, the timeline, the task table but the
+    victim's row, the memcg stats, the command line's tail. Says what went in
+    `missing`; returns what was dropped."""
+    dropped: list[str] = []
+
+    def over() -> bool:
+        return ev.ByteSize() > limit
+
+    steps: tuple[tuple[str, Callable[[], None]], ...] = (
+        ("kernel_report.raw", lambda: ev.kernel_report.ClearField("raw")),
+        ("timeline", lambda: ev.ClearField("timeline")),
+        ("kernel_report.tasks", lambda: _keep_victims_row(ev)),
+        ("kernel_report.memcg_stats", lambda: ev.kernel_report.ClearField("memcg_stats")),
+        ("victim.cmdline", lambda: setattr(ev.victim, "cmdline", ev.victim.cmdline[:4096])),
+        ("container.labels", lambda: ev.container.ClearField("labels")),
+    )
+    for name, drop in steps:
+        if not over():
+            break
+        before = ev.ByteSize()
+        drop()
+        freed = before - ev.ByteSize()
+        if freed:  # a part the record did not have is not reported as cut
+            dropped.append(name)
+            ev.missing.append(
+                f"{name}: cut to fit the collector's {limit // 1024} KiB record limit "
+                f"({freed} bytes)"
+            )
+    return dropped
+
+
+def _keep_victims_row(ev: event_pb2.OomEvent) -> None:
+    rows = [t for t in ev.kernel_report.tasks if t.pid == ev.victim.pid]
+    del ev.kernel_report.tasks[:]
+    ev.kernel_report.tasks.extend(rows)
