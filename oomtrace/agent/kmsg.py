@@ -26,6 +26,10 @@ class KmsgRecord:
     seq: int
     ts_us: int  # the kernel's printk clock (local_clock), microseconds since boot
     text: str
+    # syslog facility: 0 is the kernel's own. A process writing to /dev/kmsg
+    # is forced to another (LOG_USER when it asks for 0), so it cannot forge
+    # a kernel line.
+    facility: int = 0
 
 
 def parse_record(raw: bytes) -> KmsgRecord | None:
@@ -38,12 +42,12 @@ def parse_record(raw: bytes) -> KmsgRecord | None:
     if len(fields) < 3:
         return None
     try:
-        seq, ts_us = int(fields[1]), int(fields[2])
+        prio, seq, ts_us = int(fields[0]), int(fields[1]), int(fields[2])
     except ValueError:
         return None
     text = rest.split(b"\n", 1)[0].decode("utf-8", "replace")
     # kmsg escapes non-printable bytes as \xNN; keep them as they are.
-    return KmsgRecord(seq, ts_us, text)
+    return KmsgRecord(seq, ts_us, text, facility=prio >> 3)
 
 
 class KmsgReader:
@@ -100,7 +104,9 @@ _STAT_LINE = re.compile(r"^(?P<key>[a-z_]+)[ :](?P<value>\d+)(?P<unit>KB|kB)?$")
 _TASKS_HEAD = re.compile(r"^\[\s*pid\s*\]\s+(?P<cols>.*)$")
 _TASK_ROW = re.compile(r"^\[\s*(?P<pid>\d+)\]\s+(?P<rest>.*)$")
 _CONSTRAINT = re.compile(r"^oom-kill:constraint=(?P<constraint>[A-Z_]+),(?P<rest>.*)$")
+# At the line's start: the OOM killer's message (none before 5.x), then the kill.
 _KILLED = re.compile(
+    r"^(?:(?:Memory cgroup out of memory|Out of memory(?: \(oom_kill_allocating_task\))?): )?"
     r"Killed process (?P<pid>\d+) \((?P<comm>.*)\) total-vm:(?P<total_vm>\d+)kB, "
     r"anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB, shmem-rss:(?P<shmem>\d+)kB"
     r"(?:, UID:(?P<uid>\d+))?(?: pgtables:(?P<pgtables>\d+)kB)?(?: oom_score_adj:(?P<adj>-?\d+))?"
@@ -158,20 +164,52 @@ class ParsedReport:
     unparsed: int = 0  # lines inside the report that matched nothing known
 
 
+# The kernel ends a report it could not act on with this line (no Killed line).
+_NO_KILLABLE = re.compile(r"^Out of memory and no killable processes")
+# A report is printed in one go: one still open after this long (printk time)
+# or this many lines never had its Killed line, and what follows it is not its.
+REPORT_MAX_AGE_US = 30_000_000
+REPORT_MAX_LINES = 100_000
+
+
 class ReportParser:
-    """Feeds on kmsg records; yields each report when its Killed line arrives."""
+    """Feeds on kmsg records; yields each report when its Killed line arrives.
+    Only the kernel's own records count (facility 0); a report left open (a
+    memcg OOM with nothing killable, a lost Killed line) is dropped at its
+    end line, or when it grows too old or too long, and counted."""
 
     def __init__(self) -> None:
         self._current: ParsedReport | None = None
         self._columns: list[str] | None = None
         self._in_stats = False
+        self._started_us = 0
+        self.expired = 0  # reports dropped open
+        self.foreign = 0  # records not from the kernel
+
+    def _expire(self) -> None:
+        self._current = None
+        self._columns = None
+        self._in_stats = False
+        self.expired += 1
 
     def feed(self, rec: KmsgRecord) -> ParsedReport | None:
+        if rec.facility != 0:
+            self.foreign += 1
+            return None
         text = rec.text
+        if self._current is not None and (
+            rec.ts_us - self._started_us > REPORT_MAX_AGE_US
+            or len(self._current.lines) >= REPORT_MAX_LINES
+        ):
+            self._expire()
+        if self._current is not None and _NO_KILLABLE.match(text):
+            self._expire()
+            return None
         if m := _INVOKED.match(text):
             # A new report; one left open (cut short) is dropped for this one.
             new = ParsedReport(first_seq=rec.seq, ratelimited=False)
             self._current = new
+            self._started_us = rec.ts_us
             new.invoker_comm = m.group("comm")
             new.gfp_mask = m.group("gfp")
             new.order = int(m.group("order"))
@@ -180,7 +218,7 @@ class ReportParser:
             self._columns = None
             self._in_stats = False
             return None
-        killed = _KILLED.search(text)
+        killed = _KILLED.match(text)
         if killed:
             done = self._current or ParsedReport(first_seq=rec.seq)
             self._current = None
@@ -198,6 +236,7 @@ class ReportParser:
             if m := _CONSTRAINT.match(text):
                 # A ratelimit window can suppress the header yet print this line.
                 self._current = r = ParsedReport(first_seq=rec.seq)
+                self._started_us = rec.ts_us
                 self._constraint(r, m)
                 r.lines.append(text)
             return None

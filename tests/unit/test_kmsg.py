@@ -106,3 +106,56 @@ def test_report_in_the_5_10_format_of_a_kubernetes_container() -> None:
     assert r.tasks[0].values["oom_score_adj"] == -998
     assert r.constraint_fields["task_memcg"].startswith("/kubepods/burstable/pod0b7a1c2d")
     assert (r.victim_pid, r.killed["uid"], r.killed["adj"]) == (4242, 1000, 968)
+
+
+def test_a_process_writing_to_kmsg_cannot_forge_a_kill() -> None:
+    """/dev/kmsg forces a writer's lines to facility LOG_USER (<14>...): only
+    the kernel's own lines (facility 0) are read as a report."""
+    forged = parse_record(
+        b"14,900,1,-;Memory cgroup out of memory: Killed process 1 (init) total-vm:1kB, "
+        b"anon-rss:1kB, file-rss:0kB, shmem-rss:0kB"
+    )
+    assert forged is not None
+    assert forged.facility == 1
+    parser = ReportParser()
+    assert parser.feed(forged) is None
+    assert parser.foreign == 1
+    inside = KmsgRecord(
+        901, 2, "x: Killed process 1 (init) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB"
+    )
+    assert parser.feed(inside) is None  # "Killed process" must start the kill line
+
+
+def test_a_report_with_nothing_to_kill_is_closed_not_carried_on() -> None:
+    """A memcg OOM with no killable task ends with "Out of memory and no
+    killable processes..."; the 200,000 lines after it are not the next
+    record's."""
+    recs = records("kmsg-oom-memcg-6.18.44-fc-v657.txt")
+    head = [r for r in recs if "Killed process" not in r.text]
+    end = KmsgRecord(
+        head[-1].seq + 1, head[-1].ts_us + 1, "Out of memory and no killable processes..."
+    )
+    noise = [KmsgRecord(10**6 + i, recs[-1].ts_us, f"net: frame {i}") for i in range(200_000)]
+    parser = ReportParser()
+    out = [r for rec in [*head, end, *noise] if (r := parser.feed(rec))]
+    assert out == []
+    assert parser.expired == 1
+    (r,) = reports(recs)  # a whole report afterwards is read as before
+    assert len(r.lines) < 200
+
+
+def test_a_report_left_open_expires_by_age() -> None:
+    recs = records("kmsg-oom-memcg-6.18.44-fc-v657.txt")
+    head = [r for r in recs if "Killed process" not in r.text]
+    parser = ReportParser()
+    for rec in head:
+        parser.feed(rec)
+    late = KmsgRecord(head[-1].seq + 1, head[-1].ts_us + 31_000_000, "eth0: link up")
+    parser.feed(late)
+    assert parser.expired == 1
+    # Its Killed line, had it come now, would not carry the old report's lines.
+    killed = next(r for r in recs if "Killed process" in r.text)
+    (done,) = [parser.feed(KmsgRecord(late.seq + 1, late.ts_us, killed.text))]
+    assert done is not None
+    assert done.ratelimited  # read on its own, as a ratelimited report
+    assert len(done.lines) == 1
