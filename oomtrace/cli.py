@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -39,6 +40,7 @@ def _examples(*lines: str) -> str:
 def _agent(args: argparse.Namespace) -> int:
     from oomtrace.agent.errors import AgentError
     from oomtrace.agent.main import run_agent
+    from oomtrace.agent.privacy import CmdlinePolicy, Privacy
     from oomtrace.agent.runtimes import RuntimeRoots
 
     if not args.stdout and not args.collector:
@@ -69,6 +71,7 @@ def _agent(args: argparse.Namespace) -> int:
             hold_s=args.hold,
             node=args.node,
             metrics_listen=args.metrics_listen,
+            privacy=Privacy(CmdlinePolicy(args.cmdline), tuple(args.redact_pattern)),
         )
     except AgentError as exc:
         import structlog
@@ -129,6 +132,13 @@ def _query(command: str) -> Callable[[argparse.Namespace], int]:
         return rc
 
     return run
+
+
+def _regex(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
 
 
 def duration_s(text: str) -> int:
@@ -231,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         metavar="HOST:PORT",
         help="serve Prometheus metrics on /metrics here, e.g. 0.0.0.0:9601 (default: none)",
+    )
+    a.add_argument(
+        "--cmdline",
+        choices=["redact", "drop", "keep"],
+        default="redact",
+        help="victims' command lines in records: secrets redacted, none at all, or as written",
+    )
+    a.add_argument(
+        "--redact-pattern",
+        type=_regex,
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="also redact what this matches in command lines (its first group, if it has "
+        "one); repeatable",
     )
     roots = a.add_argument_group("container runtime state (read-only)")
     roots.add_argument(

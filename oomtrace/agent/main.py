@@ -20,6 +20,7 @@ from oomtrace.agent.kernel_text import KernelText
 from oomtrace.agent.memory import in_child, return_freed_heap
 from oomtrace.agent.metrics import AgentMetrics, Losses
 from oomtrace.agent.pressure import PressureSampler
+from oomtrace.agent.privacy import Privacy
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
 from oomtrace.agent.runtimes import RuntimeRoots
@@ -42,6 +43,7 @@ def run_agent(
     node: str | None,
     runtime_roots: RuntimeRoots | None = None,
     metrics_listen: str | None = None,
+    privacy: Privacy | None = None,
 ) -> None:
     """Runs until SIGTERM or SIGINT. Raises HostNotSupportedError or
     BpfLoadError, with every reason, when the agent cannot run here."""
@@ -106,6 +108,7 @@ def run_agent(
             go_probes=go_probes,
             kernel_text=kernel_text,
             observer=metrics,
+            privacy=privacy,
         )
         if metrics is not None and metrics_listen:
             serve_metrics(metrics, metrics_listen, runner, session, spool)

@@ -31,6 +31,7 @@ from oomtrace.agent.host import Clock, boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_text import KernelText, OomPath
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import Point, WindowReport
+from oomtrace.agent.privacy import Privacy
 from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.workloads import Workload
 from oomtrace.v1 import event_pb2
@@ -213,8 +214,10 @@ class Runner:
         go_probes: GoDiscovery | None = None,
         kernel_text: KernelText | None = None,
         observer: Observer | None = None,
+        privacy: Privacy | None = None,
         clock: Clock = boot_ns_now,
     ) -> None:
+        self.privacy = privacy if privacy is not None else Privacy()
         self.source = source
         self.observer: Observer = observer if observer is not None else NoObserver()
         self.sinks = sinks
@@ -342,6 +345,8 @@ class Runner:
         return LogContext(self.node, self.boot_id, self.hierarchy.version, workload)
 
     def _send(self, event: event_pb2.OomEvent, kills: int = 1) -> None:
+        # The one door records leave by: redacted, then cut to size.
+        self.privacy.apply(event)
         if fit_to_wire(event):
             self.counters.records_trimmed += 1
             log.warning("record.trimmed", id=event.id, missing=list(event.missing)[-3:])

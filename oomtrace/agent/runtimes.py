@@ -20,8 +20,33 @@ MAX_FILE_BYTES = 4 << 20
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 256
 
-# Labels worth carrying in a record; the rest of a container's labels stay home.
-_KEPT_LABEL_PREFIXES = ("io.kubernetes.", "app.kubernetes.io/", "app", "team", "version")
+# Labels worth carrying in a record, on an allowlist; the rest stay home. Not
+# the runtimes' internal annotations (CRI-O's io.kubernetes.cri-o.Annotations
+# holds every pod annotation; others hold volumes, mounts, addresses).
+_KEPT_LABELS = frozenset(
+    {
+        "io.kubernetes.pod.name",
+        "io.kubernetes.pod.namespace",
+        "io.kubernetes.pod.uid",
+        "io.kubernetes.container.name",
+        "io.kubernetes.cri.sandbox-name",
+        "io.kubernetes.cri.sandbox-namespace",
+        "io.kubernetes.cri.sandbox-uid",
+        "io.kubernetes.cri.container-name",
+        "io.kubernetes.cri.container-type",
+        "io.kubernetes.cri.image-name",
+        # what tells a pod's owner (oomtrace.records.workload_of)
+        "pod-template-hash",
+        "controller-revision-hash",
+        "statefulset.kubernetes.io/pod-name",
+        "job-name",
+        "batch.kubernetes.io/job-name",
+        "app",
+        "team",
+        "version",
+    }
+)
+_KEPT_LABEL_PREFIXES = ("app.kubernetes.io/",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +135,11 @@ def selected_labels(labels: object) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     for k, v in labels.items():
-        if isinstance(k, str) and isinstance(v, str) and k.startswith(_KEPT_LABEL_PREFIXES):
+        if (
+            isinstance(k, str)
+            and isinstance(v, str)
+            and (k in _KEPT_LABELS or k.startswith(_KEPT_LABEL_PREFIXES))
+        ):
             out[k[:MAX_LABEL_CHARS]] = v[:MAX_LABEL_CHARS]
             if len(out) >= MAX_LABELS:
                 break
