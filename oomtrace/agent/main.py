@@ -11,6 +11,7 @@ import structlog
 from oomtrace.agent import cgroups
 from oomtrace.agent.bcc_loader import BpfSession
 from oomtrace.agent.doctor import preflight, require
+from oomtrace.agent.errors import AgentError
 from oomtrace.agent.export import Exporter, SpoolSink
 from oomtrace.agent.go.probes import GoProbes
 from oomtrace.agent.go.sampling import GoSampler
@@ -25,7 +26,7 @@ from oomtrace.agent.procinfo import ProcessCache
 from oomtrace.agent.runner import Runner, Sink
 from oomtrace.agent.runtimes import RuntimeRoots
 from oomtrace.agent.sinks import StdoutSink
-from oomtrace.agent.spool import Spool
+from oomtrace.agent.spool import Spool, SpoolLockedError, lock_directory
 from oomtrace.agent.workloads import WorkloadCache
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,14 @@ def run_agent(
     checks, layout = in_child(partial(preflight, mount_tracefs=True))
     require(checks)
     assert layout is not None  # require() fails without BTF
+    # One agent per state directory: two would share the kernel-log
+    # checkpoint and the spool, and delete each other's records.
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock_directory(state_dir, "the state directory")
+        spool = Spool(spool_dir or state_dir / "spool") if collector else None
+    except SpoolLockedError as exc:
+        raise AgentError(exc.strerror or str(exc)) from None
     hierarchy = cgroups.memory_hierarchy()
     kernel_log = KernelLog(
         state_dir / "kmsg-checkpoint.json",
@@ -81,10 +90,8 @@ def run_agent(
         sampler.start()
         sinks: list[Sink] = []
         exporter = None
-        spool = None
-        if collector:
+        if spool is not None and collector:
             # The spool comes first: a record is on disk before anything else.
-            spool = Spool(spool_dir or state_dir / "spool")
             sinks.append(SpoolSink(spool))
             exporter = Exporter(spool, collector)
             exporter.start()

@@ -1,13 +1,23 @@
 """The agent's durable spool: every record is written here (and fsynced)
 before it goes anywhere else, and deleted only when the collector has
 acknowledged it. Pending records survive the agent being killed, the
-collector being down, and reboots. Bounded; overflow is counted and logged."""
+collector being down, and reboots. Bounded; overflow is counted and logged.
+
+One agent per spool: a second one would send and delete the first one's
+records, so the directory is locked (flock) for the spool's life. Each file
+carries a CRC32 of its record, so a torn or rotten file is set aside, not
+sent. A full disk does not lose a record: it is kept in memory (counted as
+`unwritten`, sent like the others) until the collector has it."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import struct
 import threading
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +30,48 @@ from oomtrace.v1 import collector_pb2, event_pb2
 log = structlog.get_logger(__name__)
 
 _SUFFIX = ".rec"
+# A record file: magic, CRC32 of the record, the record. Files without the
+# magic were written before checksums and are read as they are.
+_MAGIC = b"OOMT\x01"
+_HEADER = struct.Struct("<5sI")
+
+
+class SpoolLockedError(OSError):
+    """Another agent (or spool) already uses this directory."""
+
+
+def lock_directory(directory: Path, what: str) -> int:
+    """Holds an exclusive lock on directory for as long as the returned fd is
+    open (the process's life, at the latest); raises SpoolLockedError naming
+    the pid that holds it."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SpoolLockedError(
+            errno.EBUSY,
+            f"another oomtrace agent (pid {holder}) uses {what} at {directory}: give each "
+            "agent its own --state-dir (and --spool)",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _frame(data: bytes) -> bytes:
+    return _HEADER.pack(_MAGIC, zlib.crc32(data)) + data
+
+
+def _unframe(blob: bytes) -> bytes:
+    if not blob.startswith(_MAGIC):
+        return blob  # from before checksums
+    _magic, crc = _HEADER.unpack_from(blob)
+    data = blob[_HEADER.size :]
+    if zlib.crc32(data) != crc:
+        raise ValueError("checksum mismatch: the file is torn or corrupt")
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +97,20 @@ class Spool:
         self.max_bytes = max_bytes
         self.overflowed = 0
         self.corrupt = 0
+        self.unwritten = 0  # kept in memory only: the disk was full
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._entries: OrderedDict[int, tuple[collector_pb2.IngestRequest, int]] = OrderedDict()
         self._seq_by_id: dict[str, int] = {}
         self._bytes = 0
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = lock_directory(self.dir, "the spool")
         self._next_seq = self._load() + 1
+
+    def close(self) -> None:
+        """Releases the directory for another spool."""
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
 
     def _load(self) -> int:
         last = 0
@@ -59,7 +118,7 @@ class Spool:
             try:
                 seq = int(path.stem)
                 ev = collector_pb2.IngestRequest()
-                ev.ParseFromString(path.read_bytes())
+                ev.ParseFromString(_unframe(path.read_bytes()))
                 if not request_id(ev):
                     raise ValueError("no record in it")
             except (ValueError, DecodeError, OSError) as exc:
@@ -117,12 +176,20 @@ class Spool:
             self._next_seq += 1
         path = self.dir / f"{seq:020d}{_SUFFIX}"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.rename(path)
-        self._fsync_dir()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(_frame(data))
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.rename(path)
+            self._fsync_dir()
+        except OSError as exc:
+            # The disk is full (or failing): keep the record in memory, where
+            # the exporter sends it all the same; only a restart now loses it.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self.unwritten += 1
+            log.error("spool.unwritable", id=ident, error=str(exc), unwritten=self.unwritten)
         with self._changed:
             self._entries[seq] = (req, len(data))
             self._seq_by_id[ident] = seq
@@ -158,7 +225,7 @@ class Spool:
         try:
             return (self.dir / f"{seq:020d}{_SUFFIX}").stat().st_mtime
         except FileNotFoundError:
-            return None  # acknowledged in the meantime
+            return None  # acknowledged in the meantime, or kept in memory only
 
     def pending_after(self, seq: int) -> list[Entry]:
         with self._lock:

@@ -13,6 +13,7 @@ from tests.integration.harness import (
     AgentProcess,
     KmsgReader,
     scratch_cgroup,
+    wait_until,
 )
 
 # The agent gives a live record 5 s to claim a report before recording it alone.
@@ -97,3 +98,20 @@ def test_kill_while_no_agent_runs_is_backfilled_once(tmp_path: Path) -> None:
     again.wait_ready()
     assert drain(again, ORPHAN_WAIT_S + 2) == []
     assert again.stop() == 0
+
+
+def test_a_second_agent_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
+    """Two agents would share the checkpoint and the spool and delete each
+    other's records: the second says so and exits, the first runs on."""
+    state = tmp_path / "state"
+    first = AgentProcess(state_dir=state)
+    try:
+        first.wait_ready()
+        second = AgentProcess(state_dir=state)
+        assert second.proc.wait(120) == 1
+        wanted = f"another oomtrace agent (pid {first.proc.pid})"
+        # The log reader thread may still be reading what it wrote.
+        wait_until(lambda: wanted in " ".join(str(e) for e in second.logs), 10, wanted)
+        assert first.proc.poll() is None
+    finally:
+        assert first.stop() == 0

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from oomtrace.agent.build.parts import fit_to_wire
 from oomtrace.agent.export import Exporter
-from oomtrace.agent.spool import Spool
+from oomtrace.agent.spool import Spool, SpoolLockedError
 from oomtrace.collector.service import create_server
 from oomtrace.collector.store import SqliteStore
 from oomtrace.records import MAX_MESSAGE_BYTES, MAX_RECORD_BYTES
@@ -29,6 +33,7 @@ def test_spooled_records_survive_a_restart_until_acked(tmp_path: Path) -> None:
     assert spool.put(a)
     assert spool.put(b)
     spool.ack(a.id)
+    spool.close()  # the agent stops; the next one takes over its spool
     again = Spool(tmp_path)
     assert [e.id for e in again.pending_after(0)] == [b.id]
     # New records continue the sequence after the replayed ones.
@@ -50,6 +55,7 @@ def test_corrupt_and_half_written_files_are_set_aside_not_lost(tmp_path: Path) -
     spool.put(good)
     (tmp_path / "00000000000000000099.rec").write_bytes(b"\xff\xff\xff not a record")
     (tmp_path / "00000000000000000100.tmp").write_bytes(b"half")
+    spool.close()
     again = Spool(tmp_path)
     assert [e.id for e in again.pending_after(0)] == [good.id]
     assert again.corrupt == 1
@@ -141,3 +147,47 @@ def test_one_huge_record_does_not_wedge_the_ones_behind_it(tmp_path: Path) -> No
         exporter.stop()
         server.stop(0).wait(5)
         store.close()
+
+
+def test_a_second_agent_on_the_same_spool_is_refused_with_a_reason(tmp_path: Path) -> None:
+    first = Spool(tmp_path)
+    with pytest.raises(SpoolLockedError, match=f"pid {os.getpid()}.*own --state-dir"):
+        Spool(tmp_path)
+    first.close()
+    Spool(tmp_path).close()  # free again once the first is gone
+
+
+def test_a_torn_record_file_fails_its_checksum_and_is_set_aside(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    good, torn = make_event(), make_event()
+    spool.put(good)
+    spool.put(torn)
+    spool.close()
+    path = sorted(tmp_path.glob("*.rec"))[-1]
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0xFF  # one flipped byte: still parses as protobuf, but is not what was written
+    path.write_bytes(bytes(blob))
+    again = Spool(tmp_path)
+    assert [e.id for e in again.pending_after(0)] == [good.id]
+    assert again.corrupt == 1
+    again.close()
+
+
+def test_a_full_disk_keeps_the_record_in_memory_and_counts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    ev = make_event()
+    assert spool.put(ev)
+    assert spool.unwritten == 1
+    assert [e.id for e in spool.pending_after(0)] == [ev.id]  # still sent
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    spool.ack(ev.id)
+    assert len(spool) == 0
+    spool.close()
