@@ -4,6 +4,7 @@ columns an event is indexed by. Knows nothing of gRPC."""
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 
 from oomtrace import records
@@ -56,14 +57,44 @@ def workload_key(ev: event_pb2.OomEvent) -> str:
     return f"{ev.pod.namespace}/{workload}" if workload else ""
 
 
+# What a stored record's columns can hold: SQLite (and PostgreSQL) integers
+# are signed 64-bit, and a kill time must be a date people can read.
+_INT64_MAX = (1 << 63) - 1
+_EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01
+_LATEST_NS = 7_258_118_400 * 10**9  # 2200-01-01
+_MAX_TEXT = 4096  # a column's text (node, pod, comm, cgroup path...)
+_ID = re.compile(r"[0-9A-Za-z_-]+")
+
+
 def validate(ev: event_pb2.OomEvent) -> str:
-    """Why a record can never be stored, or "" when it can."""
+    """Why a record can never be stored, or "" when it can. Each record is
+    judged on its own: one bad record is refused, the batch around it is
+    stored."""
     if not ev.id:
         return "record has no id"
-    if len(ev.id) > 128:
-        return "record id is longer than 128 characters"
+    if len(ev.id) > 128 or not _ID.fullmatch(ev.id):
+        return "record id must be 1 to 128 letters, digits, '_' or '-'"
     if not ev.HasField("killed_at"):
         return "record has no killed_at"
+    try:
+        killed_ns = ev.killed_at.ToNanoseconds()
+    except (OverflowError, ValueError):
+        return "killed_at is not a time"
+    if not _EARLIEST_NS <= killed_ns <= _LATEST_NS:
+        return "killed_at is outside 2000-2200"
+    if records.rss_bytes(ev) > _INT64_MAX:
+        return "the victim's memory figures add up to more than 2^63 bytes"
+    for name, text in (
+        ("node", ev.node),
+        ("pod.namespace", ev.pod.namespace),
+        ("pod.name", ev.pod.name),
+        ("container.name", ev.container.name),
+        ("container.image", ev.container.image),
+        ("victim.comm", ev.victim.comm),
+        ("cgroup.path", ev.cgroup.path),
+    ):
+        if len(text) > _MAX_TEXT:
+            return f"{name} is longer than {_MAX_TEXT} characters"
     return ""
 
 
@@ -129,8 +160,12 @@ class PageToken:
     @classmethod
     def decode(cls, token: str) -> PageToken:
         try:
+            if len(token) > 256:
+                raise ValueError("too long")
             raw = base64.urlsafe_b64decode(token.encode()).decode()
             ns, _, ident = raw.partition(":")
+            if not -_INT64_MAX <= int(ns) <= _INT64_MAX:
+                raise ValueError("out of range")
             return cls(int(ns), ident)
         except (ValueError, UnicodeError) as exc:
             raise InvalidQueryError(

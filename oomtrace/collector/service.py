@@ -14,7 +14,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from oomtrace import records
-from oomtrace.collector.errors import InvalidQueryError, NotFoundError
+from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
 from oomtrace.collector.metrics import CollectorMetrics, QueryTimer
 from oomtrace.collector.query import (
     GROUP_COLUMNS,
@@ -89,7 +89,9 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
         broadcast: Broadcast,
         metrics: CollectorMetrics,
         on_stored: Sequence[Callable[[list[event_pb2.OomEvent]], None]] = (),
+        health_of_store: Callable[[bool, str], None] = lambda ok, why: None,
     ) -> None:
+        self.health_of_store = health_of_store
         self.store = store
         self.broadcast = broadcast
         self.metrics = metrics
@@ -160,7 +162,14 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
         pressure_stored = self.store.put_pressure(pressure) if pressure else []
         for rec, s in zip(pressure, pressure_stored, strict=True):
             acks.append(collector_pb2.IngestAck(id=rec.id, stored=s))
-        stored = self.store.put_many(good) if good else []
+        try:
+            stored = self.store.put_many(good) if good else []
+        except StoreError as exc:
+            # The store cannot write (disk full, read-only): say so in health,
+            # and fail this stream; the agents keep their records and resend.
+            self.health_of_store(False, str(exc))
+            raise
+        self.health_of_store(True, "")
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         new = [ev for ev, s in zip(good, stored, strict=True) if s]
         if new:
@@ -306,14 +315,34 @@ def create_server(
         ],
     )
     broadcast = Broadcast()
+    health_servicer = health.HealthServicer()
+    writable = [True]
+
+    def health_of_store(ok: bool, why: str) -> None:
+        """Ingest and the whole server are NOT_SERVING while the store cannot
+        write; queries still answer what is stored."""
+        if ok == writable[0]:
+            return
+        writable[0] = ok
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", "oomtrace.v1.IngestService"):
+            health_servicer.set(name, status)
+        if ok:
+            log.info("store.writable_again")
+        else:
+            log.error("store.unwritable", error=why)
+
     metrics.watch_state(watchers=lambda: len(broadcast), records=store.count, store_path=store.path)
     collector_pb2_grpc.add_IngestServiceServicer_to_server(
-        IngestServicer(store, broadcast, metrics, on_stored), server
+        IngestServicer(store, broadcast, metrics, on_stored, health_of_store), server
     )
     collector_pb2_grpc.add_HistoryServiceServicer_to_server(
         HistoryServicer(store, broadcast), server
     )
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", "oomtrace.v1.IngestService", "oomtrace.v1.HistoryService"):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -46,8 +46,10 @@ class Store(Protocol):
         self, f: Filter, limit: int, after: PageToken | None
     ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]: ...
 
-    def prune(self, older_than_ns: int) -> int:
-        """Deletes records killed before the time; returns how many."""
+    def prune(self, older_than_ns: int, batch: int = 1000) -> int:
+        """Deletes records received before the time (by the collector's own
+        clock: a node's clock may be off), a batch per transaction so ingest
+        never waits long; returns how many."""
         ...
 
     def count(self) -> int: ...
@@ -101,6 +103,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE events ADD COLUMN workload TEXT NOT NULL DEFAULT '';
     CREATE INDEX events_workload ON events (workload, killed_at_ns);
+    """,
+    # Retention goes by when the collector received a record.
+    """
+    CREATE INDEX events_stored ON events (stored_at_ns);
     """,
 ]
 # Steps that fill what a schema step added, from the stored records, in the
@@ -158,8 +164,10 @@ class SqliteStore:
     returns. One writer connection (SQLite has one writer anyway), and a
     reader connection per thread, which WAL lets run beside the writer."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, clock: Callable[[], int] = time.time_ns) -> None:
+        """clock: wall-clock ns, for when a record was received (retention)."""
         self.path = str(path)
+        self.clock = clock
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
@@ -216,7 +224,7 @@ class SqliteStore:
         return int(self._writer.execute("PRAGMA user_version").fetchone()[0])
 
     def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
-        now = time.time_ns()
+        now = self.clock()
         rows = []
         for ev in events:
             c = columns_of(ev)
@@ -238,6 +246,18 @@ class SqliteStore:
                     c.workload,
                 )
             )
+        try:
+            present, ids = self._insert_events(rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+        stored: list[bool] = []
+        for ident in ids:
+            # A duplicate inside one batch is stored once: the first one counts.
+            stored.append(ident not in present)
+            present.add(ident)
+        return stored
+
+    def _insert_events(self, rows: Sequence[tuple[object, ...]]) -> tuple[set[str], list[str]]:
         with self._write_lock:
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -245,7 +265,7 @@ class SqliteStore:
                 # Which ids are here already: one query for the batch, then one
                 # executemany, instead of a statement and a rowcount per record.
                 present: set[str] = set()
-                ids = [r[0] for r in rows]
+                ids = [str(r[0]) for r in rows]
                 for i in range(0, len(ids), 500):
                     chunk = ids[i : i + 500]
                     marks = ",".join("?" * len(chunk))
@@ -261,14 +281,10 @@ class SqliteStore:
                 )
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._writer.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
-        stored: list[bool] = []
-        for ident in ids:
-            # A duplicate inside one batch is stored once: the first one counts.
-            stored.append(ident not in present)
-            present.add(ident)
-        return stored
+        return present, ids
 
     def get(self, event_id: str) -> event_pb2.OomEvent:
         row = self._reader().execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
@@ -340,16 +356,30 @@ class SqliteStore:
         )
         return [TopRow(r[0], r[1], r[2], r[3]) for r in rows]
 
-    def prune(self, older_than_ns: int) -> int:
-        with self._write_lock:
-            cur = self._writer.execute(
-                "DELETE FROM events WHERE killed_at_ns < ?", (older_than_ns,)
-            )
-            removed = cur.rowcount
-            self._writer.execute("DELETE FROM pressure WHERE end_ns < ?", (older_than_ns,))
-            return removed
+    def prune(self, older_than_ns: int, batch: int = 1000) -> int:
+        removed = 0
+        for table, column in (("events", "stored_at_ns"), ("pressure", "end_ns")):
+            while True:
+                with self._write_lock:
+                    cur = self._writer.execute(
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "
+                        f"WHERE {column} < ? LIMIT ?)",
+                        (older_than_ns, batch),
+                    )
+                n = cur.rowcount
+                if table == "events":
+                    removed += n
+                if n < batch:
+                    break
+        return removed
 
     def put_pressure(self, records: Sequence[event_pb2.PressureRecord]) -> list[bool]:
+        try:
+            return self._insert_pressure(records)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+
+    def _insert_pressure(self, records: Sequence[event_pb2.PressureRecord]) -> list[bool]:
         stored: list[bool] = []
         with self._write_lock:
             cur = self._writer.cursor()
@@ -374,7 +404,8 @@ class SqliteStore:
                     stored.append(cur.rowcount == 1)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._writer.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
         return stored
 

@@ -207,3 +207,50 @@ def test_oversized_and_garbage_input_get_status_codes_and_the_server_keeps_servi
     ok = make_event()
     assert ingest(channel, [ok])[0].stored
     assert server[1].get(ok.id) == ok
+
+
+def test_a_record_with_out_of_range_fields_is_refused_alone(
+    server: tuple[str, SqliteStore], channel: grpc.Channel
+) -> None:
+    """Each is refused with its reason; the records around it are stored, and
+    the stream goes on (it once ended with UNKNOWN and rolled back the batch)."""
+    good, late, huge, bad_id = make_event(), make_event(), make_event(), make_event()
+    late.killed_at.FromSeconds(32_503_680_000)  # the year 3000
+    huge.victim.anon_rss_bytes = huge.victim.file_rss_bytes = (1 << 64) - 1
+    bad_id.id = "x; DROP TABLE events"
+    acks = {a.id: a for a in ingest(channel, [late, good, huge, bad_id])}
+    assert acks[good.id].stored
+    assert acks[late.id].rejected == "killed_at is outside 2000-2200"
+    assert "2^63" in acks[huge.id].rejected
+    assert "letters, digits" in acks[bad_id.id].rejected
+    assert server[1].count() == 1
+    assert ingest(channel, [make_event()])[0].stored  # the stream is still fine
+
+
+def test_a_huge_page_token_is_a_bad_argument_not_a_crash(channel: grpc.Channel) -> None:
+    import base64
+
+    stub = collector_pb2_grpc.HistoryServiceStub(channel)
+    for token in (base64.urlsafe_b64encode(f"{10**30}:x".encode()).decode(), "A" * 5000):
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.ListEvents(collector_pb2.ListEventsRequest(page_token=token))
+        assert rpc.status(bad.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_says_not_serving_while_the_store_cannot_write(
+    server: tuple[str, SqliteStore], channel: grpc.Channel
+) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def status() -> int:
+        return int(health.Check(health_pb2.HealthCheckRequest(service="")).status)
+
+    assert status() == health_pb2.HealthCheckResponse.SERVING
+    store = server[1]
+    store._writer.execute("PRAGMA query_only = ON")  # as a read-only or full disk would
+    with pytest.raises(grpc.RpcError):
+        ingest(channel, [make_event()])
+    assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    store._writer.execute("PRAGMA query_only = OFF")
+    assert ingest(channel, [make_event()])[0].stored
+    assert status() == health_pb2.HealthCheckResponse.SERVING

@@ -93,11 +93,34 @@ def test_top_counts_by_group(store: SqliteStore) -> None:
         store.top("body; DROP TABLE events", Filter(), 1)
 
 
-def test_retention_prunes_old_records(store: SqliteStore) -> None:
-    old, new = make_event(killed_at_ns=BASE_NS - 10**15), make_event()
-    store.put_many([old, new])
-    assert store.prune(BASE_NS) == 1
-    assert [e.id for e in store.list_events(Filter(), 10, None)[0]] == [new.id]
+def test_retention_goes_by_when_the_collector_received_a_record(tmp_path: Path) -> None:
+    """A node whose clock is a year off sends a record "killed" a year ago: it
+    is kept as long as any record received then, not pruned on arrival."""
+    now = [BASE_NS]
+    store = SqliteStore(tmp_path / "c.db", clock=lambda: now[0])
+    early = make_event()
+    store.put_many([early])
+    now[0] += 10 * 86400 * 10**9
+    skewed = make_event(killed_at_ns=BASE_NS - 365 * 86400 * 10**9)
+    store.put_many([skewed])
+    assert store.prune(BASE_NS + 86400 * 10**9) == 1  # received more than a day ago
+    assert [e.id for e in store.list_events(Filter(), 10, None)[0]] == [skewed.id]
+
+
+def test_retention_prunes_in_small_batches(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db", clock=lambda: BASE_NS)
+    store.put_many([make_event() for _ in range(25)])
+    assert store.prune(BASE_NS + 1, batch=4) == 25
+    assert store.count() == 0
+
+
+def test_a_store_that_cannot_write_says_so_as_a_store_error(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    store._writer.execute("PRAGMA query_only = ON")  # as a read-only disk would
+    with pytest.raises(StoreError, match="cannot write"):
+        store.put_many([make_event()])
+    store._writer.execute("PRAGMA query_only = OFF")
+    assert store.put_many([make_event()]) == [True]
 
 
 def test_a_newer_schema_is_refused_not_damaged(tmp_path: Path) -> None:
