@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 
@@ -35,6 +36,9 @@ log = structlog.get_logger(__name__)
 MAX_MESSAGE_BYTES = records.MAX_MESSAGE_BYTES
 # Records stored in one transaction at most (group commit: one fsync for all).
 BATCH = 512
+# What one stream may hold between the wire and the store, in bytes: a stream
+# of 1 MiB records cannot make the collector hold a gigabyte.
+MAX_INBOX_BYTES = 16 << 20
 _END = object()
 # Ids an ambiguous prefix names at most, in its error.
 _CANDIDATES = 10
@@ -82,6 +86,50 @@ class Broadcast:
                     break
 
 
+class _Inbox:
+    """A stream's requests between its reader and its committer: bounded in
+    bytes (one request always fits), and closed by the committer when the
+    call ends, so a reader blocked on it is never left behind."""
+
+    def __init__(self, max_bytes: int = MAX_INBOX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: deque[tuple[object, int]] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, item: object, size: int, alive: Callable[[], bool]) -> bool:
+        """False when the call ended (or the inbox closed) before there was room."""
+        with self._cond:
+            while self._items and self._bytes + size > self.max_bytes:
+                if self._closed or not alive():
+                    return False
+                self._cond.wait(0.5)
+            if self._closed:
+                return False
+            self._items.append((item, size))
+            self._bytes += size
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> object:
+        """The next item; raises queue.Empty after timeout (None: no wait)."""
+        with self._cond:
+            if not self._items and timeout is not None:
+                self._cond.wait(timeout)
+            if not self._items:
+                raise queue.Empty
+            item, size = self._items.popleft()
+            self._bytes -= size
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
     def __init__(
         self,
@@ -104,40 +152,47 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
     ) -> Iterator[collector_pb2.IngestResponse]:
         # A reader thread takes requests off the stream, so that whatever
         # has arrived while the last batch was committed goes in one commit.
-        inbox: queue.Queue[object] = queue.Queue(BATCH * 2)
+        inbox = _Inbox()
 
         def read() -> None:
             try:
                 for req in request_iterator:
-                    inbox.put(req)
+                    if not inbox.put(req, req.ByteSize(), context.is_active):
+                        return  # the call ended while this stream was over its bytes
             except Exception as exc:  # noqa: BLE001 - any end of the stream ends this call
                 # The peer went away, or sent bytes that are no request (grpc
                 # then fails the call itself); either way the acks loop ends.
                 log.info("ingest.stream_ended", reason=type(exc).__name__)
             finally:
-                inbox.put(_END)
+                inbox.put(_END, 0, lambda: True)
 
         threading.Thread(target=read, daemon=True, name="ingest-reader").start()
-        while True:
-            try:
-                first = inbox.get(timeout=1.0)
-            except queue.Empty:
-                if not context.is_active():
-                    return  # cancelled or failed underneath us; free the worker
-                continue
-            if first is _END:
-                return
-            batch = [first]
-            while len(batch) < BATCH:
+        try:
+            while True:
                 try:
-                    item = inbox.get_nowait()
+                    first = inbox.get(timeout=1.0)
                 except queue.Empty:
-                    break
-                if item is _END:
-                    inbox.put(_END)
-                    break
-                batch.append(item)
-            yield self._store(batch)  # type: ignore[arg-type]
+                    if not context.is_active():
+                        return  # cancelled or failed underneath us; free the worker
+                    continue
+                if first is _END:
+                    return
+                batch = [first]
+                ended = False
+                while len(batch) < BATCH:
+                    try:
+                        item = inbox.get()
+                    except queue.Empty:
+                        break
+                    if item is _END:
+                        ended = True
+                        break
+                    batch.append(item)
+                yield self._store(batch)  # type: ignore[arg-type]
+                if ended:
+                    return
+        finally:
+            inbox.close()  # a reader still waiting for room gives up
 
     def _store(self, batch: list[collector_pb2.IngestRequest]) -> collector_pb2.IngestResponse:
         good: list[event_pb2.OomEvent] = []

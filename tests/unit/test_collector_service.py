@@ -3,6 +3,7 @@ history queries, watch, health, and bad input that must not hurt it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,3 +255,54 @@ def test_health_says_not_serving_while_the_store_cannot_write(
     store._writer.execute("PRAGMA query_only = OFF")
     assert ingest(channel, [make_event()])[0].stored
     assert status() == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_streams_inbox_is_bounded_in_bytes_and_closing_frees_its_reader() -> None:
+    import threading as th
+
+    from oomtrace.collector.service import _Inbox
+
+    inbox = _Inbox(max_bytes=100)
+    assert inbox.put("a", 60, lambda: True)
+    assert inbox.put("b", 40, lambda: True)  # exactly full
+    got: list[bool] = []
+    waiter = th.Thread(target=lambda: got.append(inbox.put("c", 10, lambda: True)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # no room: the reader waits, holding nothing more
+    assert inbox.get() == "a"
+    waiter.join(5)
+    assert got == [True]
+    # A reader waiting when the call ends is let go.
+    late: list[bool] = []
+    blocked = th.Thread(target=lambda: late.append(inbox.put("e", 90, lambda: True)))
+    blocked.start()
+    blocked.join(0.3)
+    inbox.close()
+    blocked.join(5)
+    assert late == [False]
+
+
+def test_a_cancelled_ingest_stream_leaves_no_reader_thread(channel: grpc.Channel) -> None:
+    import threading as th
+
+    def readers() -> int:
+        return sum(1 for t in th.enumerate() if t.name == "ingest-reader")
+
+    before = readers()
+    stub = collector_pb2_grpc.IngestServiceStub(channel)
+    hold = th.Event()
+
+    def requests() -> Iterator[collector_pb2.IngestRequest]:
+        yield collector_pb2.IngestRequest(event=make_event())
+        hold.wait(10)  # an agent that goes quiet with its stream open
+
+    call = stub.Ingest(requests())
+    next(iter(call))  # its first record is acked
+    assert readers() == before + 1
+    call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+    hold.set()
+    deadline = time.monotonic() + 10
+    while readers() > before:
+        assert time.monotonic() < deadline, "the reader thread was left behind"
+        time.sleep(0.05)
