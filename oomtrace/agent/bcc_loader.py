@@ -267,6 +267,13 @@ class BpfSession:
             raise BpfLoadError(f"uprobe on {path} could not be attached: {exc}") from exc
         return ["uprobe/runtime.gcMarkTermination"]
 
+    def detach_go(self, path: str, gc_done: int) -> None:
+        """Takes the GC probe off a binary no process runs any more."""
+        try:
+            self._bpf.detach_uprobe(name=path.encode(), addr=gc_done)
+        except Exception as exc:
+            raise BpfLoadError(f"uprobe on {path} could not be detached: {exc}") from exc
+
     def locate_go(
         self, tgid: int, controller: int, gomaxprocs: int, offsets: dict[str, int]
     ) -> None:

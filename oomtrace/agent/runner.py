@@ -129,6 +129,7 @@ class Containers(Protocol):
 
 class GoDiscovery(Protocol):
     def ensure(self, tgid: int, go: GoProcess) -> None: ...
+    def sweep(self) -> None: ...
 
 
 class NoKernelLog:
@@ -177,6 +178,9 @@ class NoContainers(NoWorkloads):
 
 class NoGoProbes:
     def ensure(self, tgid: int, go: GoProcess) -> None:
+        pass
+
+    def sweep(self) -> None:
         pass
 
 
@@ -437,6 +441,7 @@ class Runner:
             now = self.clock()
             if now - self._last_status_ns >= 5_000_000_000:
                 self._last_status_ns = now
+                self.go_probes.sweep()
                 self.check_losses()
                 self.write_status()
         # Drain: what the kernel already handed over is recorded before exit.

@@ -47,6 +47,9 @@ class NoAttach:
     def attach_go(self, path: str, gc_done: int) -> list[str]:
         return []
 
+    def detach_go(self, path: str, gc_done: int) -> None:
+        pass
+
     def locate_go(
         self, tgid: int, controller: int, gomaxprocs: int, offsets: dict[str, int]
     ) -> None:
@@ -157,6 +160,7 @@ def main() -> None:
             warm.append((time.perf_counter() - t0) * 1000)
             p.kill()
             p.wait()
+            probes.sweep()  # the process is gone: the binary's probe goes too
         print(
             f"discovery        median {statistics.median(cold):.2f} ms for a new Go binary "
             f"(/proc, build info, pclntab, gcStart's code), {statistics.median(warm):.2f} ms for a "

@@ -36,8 +36,14 @@ GC_DONE = "runtime.gcMarkTermination"
 AT_ENTRY = 9
 
 
+# Binaries probed at once, at most: each holds an open file and a uprobe.
+MAX_PROBED_BINARIES = 256
+
+
 class UprobeTarget(Protocol):
     def attach_go(self, path: str, gc_done: int) -> list[str]: ...
+
+    def detach_go(self, path: str, gc_done: int) -> None: ...
 
     def locate_go(
         self, tgid: int, controller: int, gomaxprocs: int, offsets: dict[str, int]
@@ -50,47 +56,90 @@ class GoBinary:
     what the probe may read in its processes."""
 
     outcome: str  # "attached", or why not
+    # The binary as it was read and probed: held open (as /proc/self/fd/N,
+    # the name the probe was attached by) for as long as it is probed, so a
+    # pid reused between reading and attaching cannot swap the file.
+    fd: int = -1
+    path: str = ""
+    gc_done: int = 0
+    pids: set[int] = field(default_factory=set)
     pie: bool = False
     entry: int = 0  # e_entry: with AT_ENTRY, gives a PIE process's load bias
     globals: RuntimeGlobals | None = None
     offsets: dict[str, int] = field(default_factory=dict)
     controller_reason: str = ""  # why the controller is not read, if it is not
+    version: str = ""
 
 
 class GoProbes:
-    def __init__(self, target: UprobeTarget) -> None:
+    def __init__(self, target: UprobeTarget, max_binaries: int = MAX_PROBED_BINARIES) -> None:
         self.target = target
+        self.max_binaries = max_binaries
         self.binaries: dict[tuple[int, int], GoBinary] = {}
         self.attached_binaries = 0
+        self.detached_binaries = 0
         self.failed = 0
+        self.capped = 0  # processes left unprobed: max_binaries were probed already
         self.located = 0  # processes whose controller the probe reads
 
     def ensure(self, pid: int, go: GoProcess) -> None:
-        exe = f"/proc/{pid}/exe"
         try:
-            st = os.stat(exe)
+            fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return  # gone already
+        st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         binary = self.binaries.get(key)
         if binary is None:
-            binary = self.binaries[key] = self._attach(pid, exe, go)
+            if self.attached_binaries - self.detached_binaries >= self.max_binaries:
+                os.close(fd)
+                self.capped += 1
+                if self.capped == 1:
+                    log.warning("go.probes_capped", max_binaries=self.max_binaries)
+                return
+            binary = self.binaries[key] = self._attach(pid, fd, go)
+            if binary.fd < 0:
+                os.close(fd)
+        else:
+            os.close(fd)
+        binary.pids.add(pid)
         if binary.outcome == "attached" and binary.globals is not None:
             self._locate(pid, binary)
 
-    def _attach(self, pid: int, exe: str, go: GoProcess) -> GoBinary:
+    def sweep(self) -> None:
+        """Detaches the probe of every binary no live process runs any more
+        (a pid now running another binary does not count), and forgets it."""
+        for key, binary in list(self.binaries.items()):
+            binary.pids = {pid for pid in binary.pids if _runs(pid, key)}
+            if binary.pids:
+                continue
+            del self.binaries[key]
+            if binary.outcome != "attached":
+                continue
+            try:
+                self.target.detach_go(binary.path, binary.gc_done)
+            except BpfLoadError as exc:
+                log.warning("go.probe_detach_failed", path=binary.path, reason=str(exc))
+            os.close(binary.fd)
+            self.detached_binaries += 1
+            log.info("go.probes_detached", version=binary.version)
+
+    def _attach(self, pid: int, fd: int, go: GoProcess) -> GoBinary:
+        path = f"/proc/self/fd/{fd}"
         try:
-            data = read_binary(exe)
+            data = read_binary(path)
             entries = entries_in(data, {GC_DONE, GC_START, START_CYCLE})
             if GC_DONE not in entries:
                 raise SymbolError(f"no {GC_DONE} in pclntab")
-            hooks = self.target.attach_go(exe, probe_address(data, entries[GC_DONE], GC_DONE))
+            gc_done = probe_address(data, entries[GC_DONE], GC_DONE)
+            hooks = self.target.attach_go(path, gc_done)
         except (SymbolError, OSError, BpfLoadError) as exc:
             self.failed += 1
             log.info("go.probes_skipped", pid=pid, version=go.build.version, reason=str(exc))
             return GoBinary(str(exc))
         self.attached_binaries += 1
-        binary = GoBinary("attached")
+        binary = GoBinary("attached", fd=fd, path=path, gc_done=gc_done)
+        binary.version = go.build.version
         binary.offsets = GC_CONTROLLER.get(version_tuple(go.build.version), {})
         if not binary.offsets:
             binary.controller_reason = f"no gcController layout for {go.build.version}"
@@ -125,6 +174,14 @@ class GoProbes:
             log.info("go.locate_failed", pid=pid, reason=str(exc))
             return
         self.located += 1
+
+
+def _runs(pid: int, key: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == key
 
 
 def load_bias(pid: int, e_entry: int) -> int:
