@@ -220,3 +220,32 @@ def test_a_limit_the_program_set_under_the_cgroup_limit_is_no_fault(
     assert span_ns == int(go["lifetime_ns"])
     assert recent == int(go["gc_count"])
     assert "of life" in explanation
+
+
+def test_the_probe_comes_off_when_the_binarys_last_process_exits(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    """A binary of its own (a copy: a new inode), run once, gone: its probe is
+    detached by the real BCC session at the next sweep, without error."""
+    import shutil
+    import subprocess
+
+    from tests.integration.harness import wait_until
+
+    binary = tmp_path / "oomgo-once"
+    shutil.copy2(build_oomgo(tmp_path), binary)
+    p = subprocess.Popen([str(binary), "sleep"])
+    try:
+        agent.wait_log("go.probes_attached", lambda e: e.get("pid") == p.pid, timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    inode = binary.stat().st_ino
+    wait_until(
+        lambda: any(
+            e.get("event") == "go.probes_detached" and e.get("inode") == inode for e in agent.logs
+        ),
+        30,
+        "go.probes_detached of this binary",
+    )
+    assert not [e for e in agent.logs if e.get("event") == "go.probe_detach_failed"]

@@ -122,7 +122,7 @@ class GoProbes:
                 log.warning("go.probe_detach_failed", path=binary.path, reason=str(exc))
             os.close(binary.fd)
             self.detached_binaries += 1
-            log.info("go.probes_detached", version=binary.version)
+            log.info("go.probes_detached", version=binary.version, inode=key[1])
 
     def _attach(self, pid: int, fd: int, go: GoProcess) -> GoBinary:
         path = f"/proc/self/fd/{fd}"
@@ -152,6 +152,7 @@ class GoProbes:
         log.info(
             "go.probes_attached",
             pid=pid,
+            inode=os.fstat(fd).st_ino,
             version=go.build.version,
             module=go.build.module,
             hooks=hooks,
