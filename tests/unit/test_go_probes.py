@@ -52,11 +52,16 @@ def started() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def run(binary: Path, started: list[subprocess.Popen[bytes]]) -> int:
+    """The pid of the binary running `sleep`, once its exec is complete: the
+    exe link changes before the new program's arguments are in place."""
     p = subprocess.Popen([str(binary), "sleep"])
     started.append(p)
     deadline = time.monotonic() + 10
-    while os.path.realpath(f"/proc/{p.pid}/exe") != str(binary.resolve()):
-        assert time.monotonic() < deadline
+    while not (
+        os.path.realpath(f"/proc/{p.pid}/exe") == str(binary.resolve())
+        and Path(f"/proc/{p.pid}/cmdline").read_bytes().endswith(b"sleep\0")
+    ):
+        assert time.monotonic() < deadline, "the Go program did not start"
         time.sleep(0.01)
     return p.pid
 
