@@ -46,7 +46,10 @@ def kill_go_counting(
         # Like a service: up for a moment before it grows. (A Go process that
         # dies within milliseconds of exec can be gone before the agent reads
         # its binary and environment; its record then lacks the `go` part.)
-        p = cg.spawn_argv([str(oomgo), "grow", "300", str(step_ms)], env=env, stdout=out)
+        # Up for a second before it grows: the agent discovers it at exec
+        # (binary, environment, probe), and a busy run once took longer than
+        # the 300 ms this waited before.
+        p = cg.spawn_argv([str(oomgo), "grow", "1000", str(step_ms)], env=env, stdout=out)
         assert p.wait(60) == -9
         (rec,) = agent.take(1, where=lambda r: r["victim"]["pid"] == p.pid)
         out.seek(0)
