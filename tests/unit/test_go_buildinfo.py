@@ -178,18 +178,18 @@ def test_where_each_setting_in_effect_came_from() -> None:
 
 
 def test_recent_gcs_are_counted_never_extrapolated() -> None:
-    from oomtrace.agent.go.settings import recent_gcs
+    from oomtrace.agent.go.settings import count_recent_gcs
 
     s = 1_000_000_000
     kill = 100 * s
     # Lived 1.3 s: all of its GCs, over its life.
-    assert recent_gcs(149, (), 32, kill, kill - 1_300_000_000) == (149, 1_300_000_000)
+    assert count_recent_gcs(149, (), 32, kill, kill - 1_300_000_000) == (149, 1_300_000_000)
     # A long life, a full ring within the last 80 ms: the ring's span.
     ring = tuple(kill - 80_000_000 + i * 2_500_000 for i in range(32))
-    assert recent_gcs(5000, ring, 32, kill, kill - 3600 * s) == (32, 80_000_000)
+    assert count_recent_gcs(5000, ring, 32, kill, kill - 3600 * s) == (32, 80_000_000)
     # A slow GC: the ring holds every GC of the last 10 s.
     slow = (kill - 30 * s, kill - 9 * s, kill - 2 * s)
-    assert recent_gcs(3, slow, 32, kill, None) == (2, 10 * s)
+    assert count_recent_gcs(3, slow, 32, kill, None) == (2, 10 * s)
 
 
 def test_allowed_cpus_from_the_status_file(tmp_path: Path) -> None:

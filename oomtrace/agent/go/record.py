@@ -37,7 +37,9 @@ def _fill_go_state(
     start_ns = process.start_boot_ns if process is not None else None
     if start_ns is not None and kill_ns > start_ns:
         g.lifetime_ns = kill_ns - start_ns
-    count, span_ns = settings.recent_gcs(st.gc_count, st.gc_times_ns, GO_RING, kill_ns, start_ns)
+    count, span_ns = settings.count_recent_gcs(
+        st.gc_count, st.gc_times_ns, GO_RING, kill_ns, start_ns
+    )
     g.recent_gc_count, g.recent_gc_span_ns = count, span_ns
     g.gc_per_second_10s = count / max(span_ns / 1e9, 1e-3)
     if st.last_gc_ns:

@@ -78,7 +78,7 @@ def gomaxprocs_source(go: GoProcess, gomaxprocs: int) -> Source:
     return Source.DEFAULT if default else Source.PROGRAM
 
 
-def recent_gcs(
+def count_recent_gcs(
     gc_count: int, gc_times_ns: tuple[int, ...], ring: int, kill_ns: int, start_ns: int | None
 ) -> tuple[int, int]:
     """(GCs counted, the span they ended in before the kill, ns): only what
