@@ -1,13 +1,46 @@
-"""Serving a Prometheus registry over HTTP, for the agent and the collector."""
+"""Serving a Prometheus registry over HTTP, for the agent and the collector,
+with /healthz beside /metrics for a Kubernetes probe."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, start_http_server
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+# (healthy, one line saying why)
+Health = Callable[[], tuple[bool, str]]
 
 
-def serve(registry: CollectorRegistry, address: str) -> int:
-    """/metrics on host:port (an empty host: every address; port 0: any free
-    one) from a thread of prometheus_client's; returns the port."""
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every few seconds is not news
+
+
+def serve(registry: CollectorRegistry, address: str, health: Health | None = None) -> int:
+    """/metrics (and /healthz when `health` is given: 200 or 503 with its
+    reason) on host:port (an empty host: every address; port 0: any free
+    one), from a daemon thread; returns the port."""
     host, _, port = address.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if health is not None and environ.get("PATH_INFO") == "/healthz":
+            ok, why = health()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable",
+                [("Content-Type", "text/plain; charset=utf-8")],
+            )
+            return [why.encode() + b"\n"]
+        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+    server = make_server(host or "0.0.0.0", int(port), app, _Server, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return int(server.server_address[1])

@@ -115,9 +115,10 @@ class AgentMetrics:
         self._state = _StateCollector(losses, hooks, spool_depth, spool_oldest_at, seconds_missed)
         self.registry.register(self._state)
 
-    def serve(self, address: str) -> int:
-        """Serves /metrics on host:port (port 0: any); returns the port."""
-        return exposition.serve(self.registry, address)
+    def serve(self, address: str, health: exposition.Health | None = None) -> int:
+        """Serves /metrics, and /healthz when `health` is given, on host:port
+        (port 0: any); returns the port."""
+        return exposition.serve(self.registry, address, health)
 
 
 class _StateCollector(Collector):

@@ -251,6 +251,8 @@ class Runner:
         self.counters = Counters()
         self._stop = threading.Event()
         self._last_status_ns = 0
+        # When the loop last went round: what the liveness probe reads.
+        self.loop_at_ns = clock()
 
     # -- kernel callbacks --------------------------------------------------
 
@@ -422,6 +424,15 @@ class Runner:
 
         return guarded
 
+    def health(self, stalled_after_s: float = 30.0) -> tuple[bool, str]:
+        """(alive, why) for a liveness probe: the loop goes round at least
+        once a second when idle, so one that has not for stalled_after_s is
+        stuck (a hung callback, a deadlock), and a restart is the cure."""
+        age_s = (self.clock() - self.loop_at_ns) / 1e9
+        if age_s > stalled_after_s:
+            return False, f"the event loop has not gone round for {age_s:.0f} s"
+        return True, f"recording; the event loop went round {age_s:.1f} s ago"
+
     def run(self, poll_ms: int = 50, idle_poll_ms: int = 1000) -> None:
         """Polls until stopped. Events wake the poll at once; the timeout only
         paces hold deadlines (poll_ms while kills are pending) and housekeeping."""
@@ -439,6 +450,7 @@ class Runner:
             self.emit_pressure()
             self.workloads.tick()
             now = self.clock()
+            self.loop_at_ns = now
             if now - self._last_status_ns >= 5_000_000_000:
                 self._last_status_ns = now
                 self.go_probes.sweep()

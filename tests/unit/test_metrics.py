@@ -100,3 +100,28 @@ def test_the_collector_counts_records_by_outcome_and_times_queries(tmp_path: Pat
     assert got[("oomtrace_collector_query_seconds_count", (("method", "ListEvents"),))] == 1
     assert got[("oomtrace_collector_store_bytes", ())] > 0
     lint(text)
+
+
+def test_healthz_beside_metrics() -> None:
+    """/healthz answers 200 or 503 with the reason; /metrics is unchanged."""
+    import urllib.error
+    import urllib.request
+
+    from oomtrace import exposition
+
+    state = {"ok": True}
+    m = AgentMetrics()
+    port = exposition.serve(
+        m.registry, "127.0.0.1:0", lambda: (state["ok"], "ok" if state["ok"] else "stuck")
+    )
+    base = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(base + "/healthz", timeout=5) as resp:
+        assert resp.status == 200
+        assert resp.read() == b"ok\n"
+    state["ok"] = False
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(base + "/healthz", timeout=5)
+    assert err.value.code == 503
+    assert err.value.read() == b"stuck\n"
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+        assert b"oomtrace_oom_kills_total" in resp.read()

@@ -188,3 +188,15 @@ def test_kernel_stack_is_checked_against_oom_control(tmp_path: Path) -> None:
     # No stack: nothing to check.
     runner.on_kill(raw_event(base))
     assert (runner.counters.oom_path_checks, runner.counters.oom_path_mismatches) == (2, 1)
+
+
+def test_health_says_when_the_event_loop_stops_going_round(tmp_path: Path) -> None:
+    """What the DaemonSet's liveness probe reads on /healthz."""
+    runner, _sink, _source = make_runner(tmp_path)
+    assert isinstance(runner.clock, ManualClock)
+    ok, why = runner.health()
+    assert ok, why
+    runner.clock.advance(31 * 10**9)  # the loop did not go round for 31 s
+    ok, why = runner.health()
+    assert not ok
+    assert "31 s" in why
