@@ -119,7 +119,8 @@ class BpfSession:
         except Exception as exc:  # BCC raises bare Exception on compile failure
             raise BpfLoadError(
                 f"BCC could not compile the programs in {BPF_DIR}: {exc}. Kernel headers for BCC must be "
-                f"at /lib/modules/{os.uname().release}/build (make setup links Debian's)"
+                f"at /lib/modules/{os.uname().release}/build (make setup links Debian's), or in "
+                f"$BCC_KERNEL_SOURCE (the image sets it when the node has none)"
             ) from exc
 
         self._attach_raw("mark_victim", "on_mark_victim", required=True)

@@ -84,7 +84,20 @@ def preflight(*, mount_tracefs: bool) -> tuple[list[Check], KernelLayout | None]
             )
         )
     build = Path(f"/lib/modules/{os.uname().release}/build")
-    if (build / "Makefile").exists():
+    chosen = os.environ.get("BCC_KERNEL_SOURCE")
+    if chosen:
+        # Set by the image's entrypoint when the node has no headers.
+        found = (Path(chosen) / "include/linux/kconfig.h").exists()
+        checks.append(
+            Check(
+                "kernel_headers",
+                found,
+                True,
+                f"BCC_KERNEL_SOURCE={chosen}"
+                + ("" if found else ": no include/linux/kconfig.h there, BCC cannot compile"),
+            )
+        )
+    elif (build / "Makefile").exists():
         checks.append(Check("kernel_headers", True, True, f"{build} -> {build.resolve()}"))
     else:
         checks.append(

@@ -129,13 +129,27 @@ class KernelLog:
         self._marker_text = ""
         self.read_seq = -1
         self.reader: KmsgReader | None = None
+        self.unreadable = ""  # why the log could not be opened, if it could not
         self.parser = ReportParser()
 
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Opens the log, reads it from the start in a thread."""
-        self.reader = KmsgReader(self.kmsg_path, from_start=True)
+        """Opens the log, reads it from the start in a thread. A log that
+        cannot be opened (a container without access to the device) is said
+        and survived: records then lack the kernel's report, and kills from
+        while no agent ran come back from the kill counters alone."""
+        try:
+            self.reader = KmsgReader(self.kmsg_path, from_start=True)
+        except OSError as exc:
+            self.unreadable = f"{self.kmsg_path}: {exc.strerror or exc}"
+            log.error(
+                "kmsg.unreadable",
+                error=self.unreadable,
+                consequence="no kernel report on records; kills while no agent ran are "
+                "recovered from the kill counters only (no victim details)",
+            )
+            return
         self._thread = threading.Thread(target=self._run, daemon=True, name="kmsg")
         self._thread.start()
 
@@ -149,6 +163,11 @@ class KernelLog:
     def mark_attached(self) -> None:
         """Called once every hook is attached: writes the marker line that
         tells reports from before and after apart."""
+        if self.reader is None:
+            # No log to order the counters' kills against: every kill counted
+            # before attach and not in the checkpoint is a counter record.
+            self._count_unlogged()
+            return
         self._marker_text = f"oomtrace[{os.getpid()}]: hooks attached, recording OOM kills"
         try:
             with open(self.kmsg_path, "w") as f:

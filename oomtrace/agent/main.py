@@ -118,7 +118,7 @@ def run_agent(
             privacy=privacy,
         )
         if metrics is not None and metrics_listen:
-            serve_metrics(metrics, metrics_listen, runner, session, spool)
+            serve_metrics(metrics, metrics_listen, runner, session, spool, kernel_log)
         log.info(
             "agent.ready",
             hooks=list(attached),
@@ -128,6 +128,7 @@ def run_agent(
             processes_cached=scanned,
             containers_known=containers,
             oom_path_from_stack=kernel_text.reason or "yes",
+            kernel_log=kernel_log.unreadable or "yes",
             start_s=round(time.monotonic() - started, 3),
         )
         runner.run()
@@ -147,6 +148,7 @@ def serve_metrics(
     runner: Runner,
     session: BpfSession,
     spool: Spool | None,
+    kernel_log: KernelLog,
 ) -> None:
     """/metrics on address, reading the agent's own counters at each scrape."""
     metrics.watch(
@@ -158,10 +160,15 @@ def serve_metrics(
             spool=spool.overflowed if spool is not None else 0,
             callback=runner.counters.callback_errors,
         ),
-        hooks=[(h.name, h.attached) for h in session.hooks],
+        # The kernel's log is a source like the hooks: 0 when unreadable.
+        hooks=[(h.name, h.attached) for h in session.hooks]
+        + [("kmsg", kernel_log.reader is not None)],
         spool_depth=(lambda: len(spool)) if spool is not None else None,
         spool_oldest_at=spool.oldest_written_at if spool is not None else None,
         seconds_missed=lambda: runner.sampler.points_missed,
     )
-    port = metrics.serve(address)
+    # /healthz answers once the programs are attached (this runs after),
+    # and says 503 when the event loop stops going round: the DaemonSet's
+    # readiness and liveness probes.
+    port = metrics.serve(address, health=runner.health)
     log.info("metrics.serving", address=address, port=port)

@@ -81,3 +81,27 @@ def test_counter_records_count_towards_their_cgroup(tmp_path: Path) -> None:
     kl.recorded(2, "/a")
     kl.recorded(1, "/a")
     assert Checkpoint.load(tmp_path / "cp.json", "boot-1").by_cgroup == {"/a": 3}  # type: ignore[union-attr]
+
+
+def test_an_unreadable_log_is_survived_and_counters_recover_the_kills(tmp_path: Path) -> None:
+    """A container without the device (the least-privilege overlay): the
+    agent runs on; kills from before it attached come back from counters."""
+    previous = Checkpoint("boot-1", 10, 1, {"/kubepods/a": 1})
+    previous.save(tmp_path / "cp.json")
+    counts = {"/kubepods/a": 2, "/kubepods/b": 1}
+    kl = KernelLog(
+        tmp_path / "cp.json",
+        "boot-1",
+        kmsg_path=str(tmp_path / "no-such-device"),
+        cgroup_kills=lambda: dict(counts),
+    )
+    kl.start()
+    assert kl.reader is None
+    assert "no-such-device" in kl.unreadable
+    kl.note_kill_count()
+    kl.oom_kills_at_attach = 4  # the node's count: 1 recorded, 3 not
+    kl.mark_attached()
+    assert kl.take_counter() == {"/kubepods/a": 1, "/kubepods/b": 1, "": 1}
+    assert kl.orphans() == []
+    assert kl.claim(1234) is None
+    kl.stop()
