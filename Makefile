@@ -7,7 +7,7 @@ DATA ?= $(CURDIR)/var
 LISTEN ?= 127.0.0.1:50051
 PROTOS := $(wildcard proto/oomtrace/v1/*.proto)
 
-.PHONY: setup run test unit integration lint proto proto-check bench oom clean test-kernels
+.PHONY: setup run test unit integration lint proto proto-check bench oom clean test-kernels image test-deploy
 
 setup:
 	@tools/bootstrap.sh
@@ -25,7 +25,18 @@ oom: setup
 # Everything CI runs: lint, types, generated-code freshness, unit and
 # privileged tests (the latter skip with their reason when not root).
 test: setup lint proto-check
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/deploy
+
+# The agent and collector images (oomtrace-agent, oomtrace-collector), from
+# Debian's packages and PyPI, on Debian's dockerd (tools/engine.sh).
+image: setup
+	tools/image.sh
+
+# The images run the way deploy/kubernetes says, on real kills in containers
+# of Docker and containerd, with restarts in between (tests/deploy/). CI runs
+# it after the host suite.
+test-deploy: setup
+	$(BIN)/python -m pytest -q -s tests/deploy
 
 # The privileged tests again in a guest running Debian's 6.1 kernel (cgroup v2,
 # kprobes): see tools/test-kernels.sh. CI runs it after the host suite.
