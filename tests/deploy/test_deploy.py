@@ -210,6 +210,7 @@ class DefaultContainerd:
 
     def __init__(self, workdir: Path, oomgo: Path) -> None:
         self.daemon: Daemon | None = None
+        self.ids: list[str] = []  # the containers this test made, removed by stop()
         if not self._answers():
             config = workdir / "containerd.toml"
             config.write_text('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
@@ -242,6 +243,9 @@ class DefaultContainerd:
         return p.stdout
 
     def stop(self) -> None:
+        for cid in self.ids:
+            self.ctr("tasks", "delete", "-f", cid, check=False)
+            self.ctr("containers", "delete", cid, check=False)
         if self.daemon is not None:
             self.daemon.stop()
             subprocess.run(
@@ -357,6 +361,7 @@ def containerd_victim(
     args = ["run", "-d", "--memory-limit", str(LIMIT), "--cgroup", f"{parent}/{cid}"]
     for k, v in cri_annotations(pod, NAMESPACE, pod_uid, "cart", image).items():
         args += ["--annotation", f"{k}={v}"]
+    containerd.ids.append(cid)
     containerd.ctr(*args, image, cid, "/oomgo", "grow")
     c.victims[pod] = _wait_kill(c, pod)
 
