@@ -42,6 +42,7 @@ def _agent(args: argparse.Namespace) -> int:
     from oomtrace.agent.main import run_agent
     from oomtrace.agent.privacy import CmdlinePolicy, Privacy
     from oomtrace.agent.runtimes import RuntimeRoots
+    from oomtrace.tls import ClientTls
 
     if not args.stdout and not args.collector:
         print("oomtrace agent: give --stdout, --collector HOST:PORT, or both", file=sys.stderr)
@@ -72,6 +73,7 @@ def _agent(args: argparse.Namespace) -> int:
             node=args.node,
             metrics_listen=args.metrics_listen,
             privacy=Privacy(CmdlinePolicy(args.cmdline), tuple(args.redact_pattern)),
+            client_tls=ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.insecure),
         )
     except AgentError as exc:
         import structlog
@@ -79,6 +81,25 @@ def _agent(args: argparse.Namespace) -> int:
         structlog.get_logger("oomtrace.agent").error("agent.cannot_run", reason=str(exc))
         print(f"oomtrace agent: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from oomtrace import tls
+
+    made = tls.make_set(
+        args.dir,
+        # localhost too: a port-forward, or a query from inside the pod.
+        collector_hosts=tuple(dict.fromkeys([*args.collector_host, "localhost", "127.0.0.1"])),
+        nodes=tuple(args.node),
+        shared_agents=args.agents,
+        readers=tuple(args.reader),
+        days=args.days,
+    )
+    for path in made:
+        print(path)
+    if args.secrets:
+        print(tls.write_secrets(args.dir, agents=args.agents))
     return 0
 
 
@@ -106,6 +127,27 @@ def _collector(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    from oomtrace import tls
+
+    tls_files = (args.tls_cert, args.tls_key, args.client_ca)
+    if args.insecure:
+        if any(tls_files):
+            print("oomtrace collector: --insecure and TLS files together", file=sys.stderr)
+            return 2
+        if not tls.is_local(args.listen):
+            print(
+                f"oomtrace collector: --insecure serves plaintext, which is only taken on a "
+                f"loopback address or unix socket, not {args.listen}",
+                file=sys.stderr,
+            )
+            return 2
+    elif not all(tls_files):
+        print(
+            "oomtrace collector: give --tls-cert, --tls-key and --client-ca (mutual TLS), or "
+            "--insecure on a loopback address or unix socket",
+            file=sys.stderr,
+        )
+        return 2
     try:
         run_collector(
             args.listen,
@@ -113,8 +155,9 @@ def _collector(args: argparse.Namespace) -> int:
             args.retention,
             metrics_listen=args.metrics_listen,
             kube_api=kube_api,
+            tls_files=None if args.insecure else tls_files,
         )
-    except (CollectorError, RuntimeError) as exc:
+    except (CollectorError, RuntimeError, tls.TlsError) as exc:
         print(f"oomtrace collector: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -147,6 +190,35 @@ def duration_s(text: str) -> int:
         return parse_duration_s(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _client_tls_args(p: argparse.ArgumentParser) -> None:
+    """How a client reaches the collector: mutual TLS, or plaintext locally."""
+    g = p.add_argument_group(
+        "TLS to the collector (plaintext only to a loopback address or unix socket, "
+        "or with --insecure)"
+    )
+    env = os.environ.get
+    g.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=env("OOMTRACE_TLS_CA"),
+        help="the CA that signed the collector's certificate ($OOMTRACE_TLS_CA)",
+    )
+    g.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env("OOMTRACE_TLS_CERT"),
+        help="this client's certificate, with its role ($OOMTRACE_TLS_CERT)",
+    )
+    g.add_argument(
+        "--tls-key", type=Path, default=env("OOMTRACE_TLS_KEY"), help="its key ($OOMTRACE_TLS_KEY)"
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext to a collector that is not local (it must have been started --insecure)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also redact what this matches in command lines (its first group, if it has "
         "one); repeatable",
     )
+    _client_tls_args(a)
     roots = a.add_argument_group("container runtime state (read-only)")
     roots.add_argument(
         "--host-root",
@@ -280,6 +353,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="CRI-O's overlay-containers directory (repeatable)",
     )
     a.set_defaults(func=_agent)
+
+    cs = command(
+        "certs",
+        "make a CA and the certificates mutual TLS needs (kept in DIR; an existing CA is reused)",
+        "oomtrace certs ./pki --node node-a --node node-b --reader alice",
+        "oomtrace certs ./pki --collector-host oomtrace-collector.oomtrace.svc --agents --reader ops",
+    )
+    cs.add_argument("dir", type=Path, help="where ca.crt, ca.key and the others go")
+    cs.add_argument(
+        "--collector-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name or address clients reach the collector at (repeatable; localhost and "
+        "127.0.0.1 are always in)",
+    )
+    cs.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        help="an agent certificate for this node (role ingest: its records must name it); "
+        "repeatable",
+    )
+    cs.add_argument(
+        "--agents",
+        action="store_true",
+        help="one agent certificate for any node (role ingest-any-node), e.g. a DaemonSet's Secret",
+    )
+    cs.add_argument(
+        "--reader",
+        action="append",
+        default=[],
+        help="a query certificate for this person or tool (role query); repeatable",
+    )
+    cs.add_argument("--days", type=float, default=365, help="how long the certificates hold")
+    cs.add_argument(
+        "--secrets",
+        action="store_true",
+        help="also write DIR/secrets.yaml: the Secrets deploy/kubernetes mounts "
+        "(oomtrace-collector-tls, and oomtrace-agent-tls with --agents), for kubectl apply -f",
+    )
+    cs.set_defaults(func=_certs)
 
     d = command(
         "doctor",
@@ -307,7 +422,25 @@ def build_parser() -> argparse.ArgumentParser:
         "oomtrace collector --kube-events --metrics-listen 0.0.0.0:9602   # in a cluster",
     )
     c.add_argument(
-        "--listen", default=DEFAULT_COLLECTOR, metavar="ADDR", help="host:port to serve on"
+        "--listen",
+        default=DEFAULT_COLLECTOR,
+        metavar="ADDR",
+        help="host:port, or unix:PATH, to serve on",
+    )
+    mtls = c.add_argument_group(
+        "mutual TLS (required unless --insecure; `oomtrace certs` makes a throwaway set)"
+    )
+    mtls.add_argument("--tls-cert", type=Path, help="the collector's certificate")
+    mtls.add_argument("--tls-key", type=Path, help="its key")
+    mtls.add_argument(
+        "--client-ca",
+        type=Path,
+        help="the CA whose certificates clients must present; their OU names their role",
+    )
+    mtls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, with no roles: only on a loopback address or a unix socket",
     )
     c.add_argument(
         "--db",
@@ -357,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="HOST:PORT",
             help="the collector to ask ($OOMTRACE_COLLECTOR when set)",
         )
+        _client_tls_args(q)
         return q
 
     said = {

@@ -20,7 +20,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from oomtrace import records, render, rpc
+from oomtrace import records, render, rpc, tls
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 
 DEFAULT_COLLECTOR = records.DEFAULT_COLLECTOR
@@ -121,8 +121,16 @@ def positive(text: str) -> int:
 # -- talking to the collector -----------------------------------------------------------
 
 
-def _channel(target: str, timeout_s: float = 5) -> grpc.Channel:
-    channel = grpc.insecure_channel(target)
+def client_tls(args: argparse.Namespace) -> tls.ClientTls:
+    return tls.ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.insecure)
+
+
+def _channel(args: argparse.Namespace, timeout_s: float = 5) -> grpc.Channel:
+    target = args.collector
+    try:
+        channel = client_tls(args).channel(target)
+    except tls.TlsError as exc:
+        raise ClientError(str(exc)) from None
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
     except grpc.FutureTimeoutError:
@@ -141,8 +149,11 @@ def _explain(exc: grpc.RpcError, target: str) -> ClientError:
     return ClientError(detail or (code.name if code else "the call failed"))
 
 
-def _call(target: str, fn: Callable[[collector_pb2_grpc.HistoryServiceStub], Any]) -> Any:
-    channel = _channel(target)
+def _call(
+    args: argparse.Namespace, fn: Callable[[collector_pb2_grpc.HistoryServiceStub], Any]
+) -> Any:
+    target = args.collector
+    channel = _channel(args)
     try:
         return fn(collector_pb2_grpc.HistoryServiceStub(channel))
     except grpc.RpcError as exc:
@@ -201,7 +212,7 @@ def history(args: argparse.Namespace) -> int:
                 break
         return events
 
-    events = _call(args.collector, fetch)
+    events = _call(args, fetch)
     if emit_messages(events, fmt):
         return 0
     if args.incidents:
@@ -217,7 +228,7 @@ def pressure(args: argparse.Namespace) -> int:
         filter=build_filter(args, now), page_size=min(1000, args.limit)
     )
     fmt = output_format(args)
-    resp = _call(args.collector, lambda stub: stub.ListPressure(req, timeout=30))
+    resp = _call(args, lambda stub: stub.ListPressure(req, timeout=30))
     if not emit_messages(resp.records, fmt):
         print(render.pressure_table(list(resp.records), now=now, wide=fmt == "wide"))
     return 0
@@ -228,7 +239,7 @@ def show(args: argparse.Namespace) -> int:
     if not req.id or not re.fullmatch(r"[0-9A-Za-z_-]+", req.id):
         raise ClientError(f"{args.id!r} is not a record id (history prints them, 12 characters)")
     fmt = output_format(args)
-    ev = _call(args.collector, lambda stub: stub.GetEvent(req, timeout=30))
+    ev = _call(args, lambda stub: stub.GetEvent(req, timeout=30))
     if not emit_messages([ev], fmt, one=True):
         print(render.report(ev, now=time.time()))
     return 0
@@ -252,7 +263,7 @@ def top(args: argparse.Namespace) -> int:
         group_by=GROUPS[args.by], filter=build_filter(args, now), limit=args.limit
     )
     fmt = output_format(args)
-    resp = _call(args.collector, lambda stub: stub.Top(req, timeout=30))
+    resp = _call(args, lambda stub: stub.Top(req, timeout=30))
     if not emit_messages(resp.rows, fmt):
         print(render.top_table(resp, args.by, now=now, wide=fmt == "wide"))
     return 0
@@ -286,7 +297,10 @@ def watch(
             if not base.HasField("since") or base.since.ToNanoseconds() < replay_from * 1e9:
                 f.since.FromNanoseconds(int(replay_from * 1e9))
         attempt += 1
-        channel = grpc.insecure_channel(args.collector)
+        try:
+            channel = client_tls(args).channel(args.collector)
+        except tls.TlsError as exc:
+            raise ClientError(str(exc)) from None
         try:
             grpc.channel_ready_future(channel).result(timeout=5)
             if attempt > 1:

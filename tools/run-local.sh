@@ -18,7 +18,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$bin/oomtrace" collector --listen "$listen" --db "$data/collector.db" 2>>"$data/collector.log" &
+# Plaintext on a loopback address (--insecure refuses any other): one user's
+# machine. In a cluster the collector serves mutual TLS (deploy/README.md).
+"$bin/oomtrace" collector --listen "$listen" --insecure --db "$data/collector.db" \
+    2>>"$data/collector.log" &
 pids+=($!)
 "$bin/oomtrace" agent --collector "$listen" --spool "$data/spool" \
     --status-file "$data/agent-status.json" 2>>"$data/agent.log" &

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 import structlog
 
-from oomtrace import rpc
+from oomtrace import rpc, tls
 from oomtrace.agent.build.parts import fit_to_wire
 from oomtrace.agent.spool import Spool
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
@@ -42,9 +42,14 @@ class Exporter:
         window: int = 256,
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
+        client_tls: tls.ClientTls | None = None,
     ) -> None:
         self.spool = spool
         self.target = target
+        # Checked once here (files readable, plaintext only where allowed);
+        # read again at each connection, so a renewed certificate is used.
+        self.tls = client_tls or tls.ClientTls()
+        self.tls.check(target)
         self.window = window
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -81,6 +86,9 @@ class Exporter:
                     pending=len(self.spool),
                     retry_in_s=round(backoff, 2),
                 )
+            except tls.TlsError as exc:  # a certificate file mid-rotation
+                self.failed_sessions += 1
+                log.warning("export.tls_unreadable", error=str(exc), retry_in_s=round(backoff, 2))
             except grpc.FutureTimeoutError:
                 self.failed_sessions += 1
                 log.warning(
@@ -102,7 +110,7 @@ class Exporter:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
-        with grpc.insecure_channel(self.target, options=options) as channel:
+        with self.tls.channel(self.target, options=options) as channel:
             grpc.channel_ready_future(channel).result(timeout=2)
             stub = collector_pb2_grpc.IngestServiceStub(channel)
             in_flight: set[str] = set()

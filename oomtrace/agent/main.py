@@ -8,6 +8,7 @@ from pathlib import Path
 
 import structlog
 
+from oomtrace import tls
 from oomtrace.agent import cgroups
 from oomtrace.agent.bcc_loader import BpfSession
 from oomtrace.agent.doctor import preflight, require
@@ -45,10 +46,17 @@ def run_agent(
     runtime_roots: RuntimeRoots | None = None,
     metrics_listen: str | None = None,
     privacy: Privacy | None = None,
+    client_tls: tls.ClientTls | None = None,
 ) -> None:
     """Runs until SIGTERM or SIGINT. Raises HostNotSupportedError or
     BpfLoadError, with every reason, when the agent cannot run here."""
     started = time.monotonic()
+    if collector:
+        # Before anything is loaded: a TLS setting that cannot work is said now.
+        try:
+            (client_tls or tls.ClientTls()).check(collector)
+        except tls.TlsError as exc:
+            raise AgentError(str(exc)) from None
     # In a child: indexing every kernel type for the layout costs ~60 MiB that
     # Python would keep for the agent's whole life.
     checks, layout = in_child(partial(preflight, mount_tracefs=True))
@@ -93,7 +101,7 @@ def run_agent(
         if spool is not None and collector:
             # The spool comes first: a record is on disk before anything else.
             sinks.append(SpoolSink(spool))
-            exporter = Exporter(spool, collector)
+            exporter = Exporter(spool, collector, client_tls=client_tls)
             exporter.start()
         if stdout:
             sinks.append(StdoutSink())

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import structlog
+from grpc_health.v1 import health_pb2
 
+from oomtrace import tls
 from oomtrace.collector.kube_events import ApiServer, KubeEvents
 from oomtrace.collector.metrics import CollectorMetrics
 from oomtrace.collector.service import create_server
@@ -25,8 +27,12 @@ def run_collector(
     prune_every_s: float = 3600,
     metrics_listen: str | None = None,
     kube_api: ApiServer | None = None,
+    tls_files: tuple[Path, Path, Path] | None = None,
 ) -> None:
-    """kube_api: where to post Kubernetes Events for kills (None: none)."""
+    """kube_api: where to post Kubernetes Events for kills (None: none).
+    tls_files: (certificate, key, client CA) for mutual TLS; None serves
+    plaintext (the caller allows that on a local address only)."""
+    credentials = tls.server_credentials(*tls_files) if tls_files else None
     store = SqliteStore(db)
     metrics = CollectorMetrics()
     kube = KubeEvents(kube_api) if kube_api is not None else None
@@ -36,9 +42,20 @@ def run_collector(
         metrics.watch_kube_events(lambda: dict(kube.outcomes))
         on_stored.append(kube.offer)
         log.info("kube_events.enabled", api=kube_api.url if kube_api else "")
-    server, port, health = create_server(listen, store, metrics=metrics, on_stored=on_stored)
+    server, port, health = create_server(
+        listen, store, metrics=metrics, on_stored=on_stored, credentials=credentials
+    )
     if metrics_listen:
-        log.info("metrics.serving", address=metrics_listen, port=metrics.serve(metrics_listen))
+        # /healthz for a probe that has no client certificate (a kubelet's):
+        # the gRPC health of the whole server, which says whether it stores.
+        def healthy() -> tuple[bool, str]:
+            request = health_pb2.HealthCheckRequest(service="")
+            status = health.Check(request, None).status  # type: ignore[arg-type]
+            ok = status == health_pb2.HealthCheckResponse.SERVING
+            return ok, "serving" if ok else "not serving: the store cannot write"
+
+        port_m = metrics.serve(metrics_listen, health=healthy)
+        log.info("metrics.serving", address=metrics_listen, port=port_m)
     stop = threading.Event()
 
     def prune() -> None:
@@ -58,6 +75,7 @@ def run_collector(
         "collector.ready",
         listen=listen,
         port=port,
+        tls="mutual" if credentials else "off (local address)",
         db=str(db),
         records=store.count(),
         schema_version=store.schema_version,

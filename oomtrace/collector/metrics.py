@@ -63,6 +63,11 @@ class CollectorMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.forged = Counter(
+            "oomtrace_collector_forged_node_records",
+            "Records rejected because they named a node other than their sender's certificate.",
+            registry=self.registry,
+        )
         self.pruned = Counter(
             "oomtrace_collector_pruned_records",
             "Records removed by retention.",
@@ -84,9 +89,10 @@ class CollectorMetrics:
     def watch_kube_events(self, outcomes: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_KubeEventsCollector(outcomes))
 
-    def serve(self, address: str) -> int:
-        """Serves /metrics on host:port (port 0: any); returns the port."""
-        return exposition.serve(self.registry, address)
+    def serve(self, address: str, health: exposition.Health | None = None) -> int:
+        """Serves /metrics, and /healthz when `health` is given, on host:port
+        (port 0: any); returns the port."""
+        return exposition.serve(self.registry, address, health)
 
 
 class _StateCollector(Collector):

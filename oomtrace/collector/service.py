@@ -14,7 +14,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from oomtrace import records
+from oomtrace import records, tls
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
 from oomtrace.collector.metrics import CollectorMetrics, QueryTimer
 from oomtrace.collector.query import (
@@ -153,6 +153,9 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
         # A reader thread takes requests off the stream, so that whatever
         # has arrived while the last batch was committed goes in one commit.
         inbox = _Inbox()
+        # On a TLS server: the certificate says which node's records this
+        # stream may carry (tls.Identity.node_allowed); None: plaintext, local.
+        who = tls.identity_of(context)
 
         def read() -> None:
             try:
@@ -188,17 +191,27 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
                         ended = True
                         break
                     batch.append(item)
-                yield self._store(batch)  # type: ignore[arg-type]
+                yield self._store(batch, who)  # type: ignore[arg-type]
                 if ended:
                     return
         finally:
             inbox.close()  # a reader still waiting for room gives up
 
-    def _store(self, batch: list[collector_pb2.IngestRequest]) -> collector_pb2.IngestResponse:
+    def _store(
+        self, batch: list[collector_pb2.IngestRequest], who: tls.Identity | None = None
+    ) -> collector_pb2.IngestResponse:
         good: list[event_pb2.OomEvent] = []
         acks: list[collector_pb2.IngestAck] = []
         pressure: list[event_pb2.PressureRecord] = []
         for req in batch:
+            record = req.pressure if req.HasField("pressure") else req.event
+            if who is not None and not who.node_allowed(record.node):
+                # A forged node: rejected alone, the stream goes on.
+                reason = f"node {record.node[:64]!r} is not this client's ({who.subject})"
+                log.warning("ingest.forged_node", id=record.id[:128], reason=reason)
+                self.metrics.forged.inc()
+                acks.append(collector_pb2.IngestAck(id=record.id[:128], rejected=reason))
+                continue
             if req.HasField("pressure"):
                 if req.pressure.id and req.pressure.HasField("end"):
                     pressure.append(req.pressure)
@@ -356,14 +369,21 @@ def create_server(
     max_workers: int = 32,
     metrics: CollectorMetrics | None = None,
     on_stored: Sequence[Callable[[list[event_pb2.OomEvent]], None]] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-ready (not yet started) server bound to address; port 0
     picks a free port, returned. Raises RuntimeError when it cannot bind.
-    metrics: counted into, when given (served by the caller)."""
+    metrics: counted into, when given (served by the caller).
+    credentials: mutual TLS (oomtrace.tls.server_credentials), each method
+    then checked against the caller's certificate's roles; None: plaintext,
+    which the caller allows on a loopback address or unix socket only."""
     metrics = metrics if metrics is not None else CollectorMetrics()
+    interceptors: list[grpc.ServerInterceptor] = [QueryTimer(metrics)]  # type: ignore[type-arg]
+    if credentials is not None:
+        interceptors.insert(0, tls.Authorizer())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[QueryTimer(metrics)],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 64 * MAX_MESSAGE_BYTES),
@@ -401,7 +421,10 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", "oomtrace.v1.IngestService", "oomtrace.v1.HistoryService"):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port(address)
+    if credentials is not None:
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
     return server, port, health_servicer
