@@ -158,6 +158,7 @@ class Pod:
     node_name: str
     network: str  # the container whose network namespace every pod joins
     claims: dict[str, Path] = field(default_factory=dict)  # claim name -> host dir
+    secrets: dict[str, Path] = field(default_factory=dict)  # secret name -> dir of its keys
     overrides: dict[str, str] = field(default_factory=dict)  # hostPath -> another
 
     @property
@@ -281,6 +282,11 @@ class Pod:
                 elif kind == "CharDevice" and not Path(path).is_char_device():
                     raise HarnessError(f"hostPath {path} is not a character device")
                 args += ["--mount", f"type=bind,source={path},target={m['mountPath']}{ro}"]
+            elif "secret" in v:
+                args += [
+                    "--mount",
+                    f"type=bind,source={self._secret(v)},target={m['mountPath']}{ro}",
+                ]
             elif "emptyDir" in v:
                 size = v["emptyDir"].get("sizeLimit")
                 opts = f",tmpfs-size={_quantity_bytes(size)}" if size else ""
@@ -288,6 +294,22 @@ class Pod:
             else:
                 raise HarnessError(f"{self.name}: volume {m['name']} is not carried")
         return args
+
+    def _secret(self, volume: dict[str, Any]) -> Path:
+        """The secret's keys as files, as the kubelet writes them: mode
+        defaultMode, group fsGroup when the pod has one."""
+        name = volume["secret"]["secretName"]
+        if name not in self.secrets:
+            raise HarnessError(f"{self.name}: no files given for Secret {name}")
+        out = self.secrets[name].parent / f"{self.name}-{volume['name']}"
+        out.mkdir(exist_ok=True)
+        mode = volume["secret"].get("defaultMode", 0o644)
+        group = self.spec.get("securityContext", {}).get("fsGroup", 0)
+        for f in self.secrets[name].iterdir():
+            (out / f.name).write_bytes(f.read_bytes())
+            os.chown(out / f.name, 0, group)
+            (out / f.name).chmod(mode)
+        return out
 
     def run(self) -> str:
         """Creates and starts the container; its id."""

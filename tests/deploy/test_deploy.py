@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from oomtrace import tls
 from tests.deploy.pods import (
     DOCKER,
     NOTES,
@@ -84,16 +85,25 @@ class Cluster:
     peaks: dict[str, int] = field(default_factory=dict)  # container -> peak bytes
 
     def history(self) -> list[dict[str, Any]]:
-        """`oomtrace history` in a third container, through the Service."""
+        """`oomtrace history` in a third container, through the Service,
+        with a reader's certificate."""
+        reader = self.workdir / "secrets/reader"
         out = docker(
             "run",
             "--rm",
             "--network",
             f"container:{self.net}",
+            "--mount",
+            f"type=bind,source={reader},target=/pki,readonly",
+            "--user",
+            "0",
             self.collector.container["image"],
             "history",
             "--collector",
             f"{SERVICE}:50051",
+            "--tls-ca=/pki/ca.crt",
+            "--tls-cert=/pki/reader.crt",
+            "--tls-key=/pki/reader.key",
             "--namespace",
             NAMESPACE,
             "--since",
@@ -283,20 +293,43 @@ def state_dir() -> Iterator[Path]:
         shutil.rmtree(STATE, ignore_errors=True)
 
 
+def _pki(workdir: Path) -> dict[str, Path]:
+    """A throwaway CA and the Secrets' files (as `oomtrace certs` makes
+    them), and a reader's certificate for the queries."""
+    pki = workdir / "pki"
+    if not (pki / "ca.crt").exists():
+        tls.make_set(pki, collector_hosts=(SERVICE,), shared_agents=True, readers=("reader",))
+    secrets = {
+        "oomtrace-collector-tls": ("collector.crt", "collector.key", "ca.crt"),
+        "oomtrace-agent-tls": ("agents.crt", "agents.key", "ca.crt"),
+        "reader": ("reader.crt", "reader.key", "ca.crt"),
+    }
+    out = {}
+    for name, files in secrets.items():
+        d = workdir / "secrets" / name
+        d.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy2(pki / f, d / f)
+        out[name] = d
+    return out
+
+
 def _pods(overlay: str, workdir: Path, net: str) -> tuple[Pod, Pod]:
     objects = render(KUBERNETES / overlay)
     ds = find(objects, "DaemonSet", "oomtrace-agent")
     sts = find(objects, "StatefulSet", "oomtrace-collector")
     for w in (ds, sts):
         w["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {})
+    secrets = _pki(workdir)
     collector = Pod(
         f"oomtrace-collector-0-{RUN}",
         sts["spec"]["template"],
         NODE,
         net,
         claims={"data": workdir / "pvc-data-oomtrace-collector-0"},
+        secrets=secrets,
     )
-    agent = Pod(f"oomtrace-agent-{NODE}-{RUN}", ds["spec"]["template"], NODE, net)
+    agent = Pod(f"oomtrace-agent-{NODE}-{RUN}", ds["spec"]["template"], NODE, net, secrets=secrets)
     return agent, collector
 
 

@@ -170,10 +170,10 @@ def test_collector_is_not_root(rendered: list[dict[str, Any]]) -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     ports = {p["name"] for p in container["ports"]}
-    assert container["readinessProbe"]["grpc"]["port"] == next(
-        p["containerPort"] for p in container["ports"] if p["name"] == "grpc"
-    )
     assert {"grpc", "metrics"} <= ports
+    # A kubelet's gRPC probe has no client certificate: /healthz on metrics.
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
 
@@ -243,3 +243,34 @@ def test_kube_events_grants_only_events() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "oomtrace-collector", "namespace": "oomtrace"}
     ]
+
+
+def test_both_ends_speak_mutual_tls_from_mounted_secrets(
+    rendered: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Every TLS file an argument names is in a read-only Secret mount, and
+    the Secrets `oomtrace certs --secrets` writes are the ones mounted, with
+    the keys the arguments name."""
+    from oomtrace import tls
+
+    tls.make_set(tmp_path, collector_hosts=("oomtrace-collector.oomtrace.svc",), shared_agents=True)
+    written = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all(tls.write_secrets(tmp_path, agents=True).read_text())
+    }
+    for workload, flags in (
+        (_agent(rendered), ("tls_ca", "tls_cert", "tls_key")),
+        (_collector(rendered), ("tls_cert", "tls_key", "client_ca")),
+    ):
+        container = _container(workload)
+        args = build_parser().parse_args(container["args"])
+        assert not args.insecure
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        for flag in flags:
+            path = getattr(args, flag)
+            (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+            assert mount.get("readOnly") is True
+            secret = volumes[mount["name"]]["secret"]["secretName"]
+            assert path.name in written[secret]["data"], f"{secret} has no {path.name}"
+    for doc in written.values():
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
