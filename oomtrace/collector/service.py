@@ -3,6 +3,7 @@ query logic, the health service beside them, and create_server()."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -138,7 +139,9 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
         metrics: CollectorMetrics,
         on_stored: Sequence[Callable[[list[event_pb2.OomEvent]], None]] = (),
         health_of_store: Callable[[bool, str], None] = lambda ok, why: None,
+        slots: Slots | None = None,
     ) -> None:
+        self.slots = slots or Slots(MAX_INGEST_STREAMS, "agent streams")
         self.health_of_store = health_of_store
         self.store = store
         self.broadcast = broadcast
@@ -148,6 +151,12 @@ class IngestServicer(collector_pb2_grpc.IngestServiceServicer):
         self.on_stored = tuple(on_stored)
 
     def Ingest(
+        self, request_iterator: Iterator[collector_pb2.IngestRequest], context: grpc.ServicerContext
+    ) -> Iterator[collector_pb2.IngestResponse]:
+        with self.slots.taken(context):
+            yield from self._ingest(request_iterator, context)
+
+    def _ingest(
         self, request_iterator: Iterator[collector_pb2.IngestRequest], context: grpc.ServicerContext
     ) -> Iterator[collector_pb2.IngestResponse]:
         # A reader thread takes requests off the stream, so that whatever
@@ -270,9 +279,10 @@ def _page_args(
 
 
 class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
-    def __init__(self, store: Store, broadcast: Broadcast) -> None:
+    def __init__(self, store: Store, broadcast: Broadcast, slots: Slots | None = None) -> None:
         self.store = store
         self.broadcast = broadcast
+        self.slots = slots or Slots(MAX_WATCHERS, "watchers")
 
     def ListEvents(
         self, request: collector_pb2.ListEventsRequest, context: grpc.ServicerContext
@@ -305,6 +315,12 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
             return self.store.get(ids[0])
 
     def WatchEvents(
+        self, request: collector_pb2.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[event_pb2.OomEvent]:
+        with self.slots.taken(context):
+            yield from self._watch(request, context)
+
+    def _watch(
         self, request: collector_pb2.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[event_pb2.OomEvent]:
         f = Filter.from_proto(request.filter)
@@ -362,11 +378,44 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
         return resp
 
 
+class Slots:
+    """At most n calls of one kind at a time; one more is refused at once
+    with RESOURCE_EXHAUSTED (the agent's exporter and `watch` retry with
+    backoff), so long-lived streams cannot take every worker thread."""
+
+    def __init__(self, n: int, what: str) -> None:
+        self.n = n
+        self.what = what
+        self._free = threading.BoundedSemaphore(n)
+
+    @contextlib.contextmanager
+    def taken(self, context: grpc.ServicerContext) -> Iterator[None]:
+        if not self._free.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.n} {self.what} are open, the most this collector takes; retry later",
+            )
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+# Each stream holds a worker thread for its life (gRPC's sync server): the
+# pool is sized for every stream allowed plus QUERY_WORKERS that only unary
+# queries can use. Idle threads cost little: a blocked stack.
+MAX_INGEST_STREAMS = 512
+MAX_WATCHERS = 64
+QUERY_WORKERS = 32
+
+
 def create_server(
     address: str,
     store: Store,
     *,
-    max_workers: int = 32,
+    max_ingest_streams: int = MAX_INGEST_STREAMS,
+    max_watchers: int = MAX_WATCHERS,
+    query_workers: int = QUERY_WORKERS,
     metrics: CollectorMetrics | None = None,
     on_stored: Sequence[Callable[[list[event_pb2.OomEvent]], None]] = (),
     credentials: grpc.ServerCredentials | None = None,
@@ -382,7 +431,11 @@ def create_server(
     if credentials is not None:
         interceptors.insert(0, tls.Authorizer())
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(
+            # Each ingest stream's reader thread is its own, not the pool's.
+            max_workers=max_ingest_streams + max_watchers + query_workers,
+            thread_name_prefix="grpc",
+        ),
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -413,10 +466,18 @@ def create_server(
 
     metrics.watch_state(watchers=lambda: len(broadcast), records=store.count, store_path=store.path)
     collector_pb2_grpc.add_IngestServiceServicer_to_server(
-        IngestServicer(store, broadcast, metrics, on_stored, health_of_store), server
+        IngestServicer(
+            store,
+            broadcast,
+            metrics,
+            on_stored,
+            health_of_store,
+            slots=Slots(max_ingest_streams, "agent streams"),
+        ),
+        server,
     )
     collector_pb2_grpc.add_HistoryServiceServicer_to_server(
-        HistoryServicer(store, broadcast), server
+        HistoryServicer(store, broadcast, Slots(max_watchers, "watchers")), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", "oomtrace.v1.IngestService", "oomtrace.v1.HistoryService"):

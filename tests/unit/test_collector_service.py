@@ -306,3 +306,49 @@ def test_a_cancelled_ingest_stream_leaves_no_reader_thread(channel: grpc.Channel
     while readers() > before:
         assert time.monotonic() < deadline, "the reader thread was left behind"
         time.sleep(0.05)
+
+
+def test_idle_agent_streams_cannot_starve_queries(tmp_path: Path) -> None:
+    """200 agents connected and silent: the stream past the limit is refused
+    at once (not queued), and queries still answer at once."""
+    import threading
+
+    store = SqliteStore(tmp_path / "c.db")
+    srv, port, _ = create_server("127.0.0.1:0", store, max_ingest_streams=200)
+    srv.start()
+    release = threading.Event()
+
+    def silent() -> Iterator[collector_pb2.IngestRequest]:
+        release.wait(60)
+        yield from ()
+
+    calls = []
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = collector_pb2_grpc.IngestServiceStub(ch)
+            history = collector_pb2_grpc.HistoryServiceStub(ch)
+            calls = [stub.Ingest(silent(), timeout=60) for _ in range(200)]
+            # Once every stream holds its slot, one more is refused.
+            deadline = time.monotonic() + 30
+            while True:
+                extra = stub.Ingest(silent(), timeout=1)
+                try:
+                    list(extra)
+                except grpc.RpcError as exc:
+                    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        break
+                    # It got a slot: some of the 200 have not reached the
+                    # server yet. Its slot is freed when it times out.
+                    assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                finally:
+                    extra.cancel()  # type: ignore[no-untyped-call]
+                assert time.monotonic() < deadline, "the 201st stream was never refused"
+            started = time.monotonic()
+            history.ListEvents(collector_pb2.ListEventsRequest(), timeout=5)
+            assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        for c in calls:
+            c.cancel()  # type: ignore[no-untyped-call]
+        srv.stop(grace=0.1).wait(timeout=5)
+        store.close()
