@@ -1,6 +1,8 @@
 """Collector benchmark: ingest rate into SQLite, `history` query latency over
-a large store, and (as root) kill-to-visible-in-history end to end. Prints
-figures; asserts nothing. The collector runs as its own process, as deployed.
+a large store, `history` while 200 agent streams are connected, and (as
+root) kill-to-visible-in-history end to end; ingest, kill-to-history and
+the 200-stream query each without TLS and with mutual TLS. Prints figures;
+asserts nothing. The collector runs as its own process, as deployed.
 
     .venv/bin/python tests/bench/bench_collector.py [--ingest 50000] [--rows 1000000] [--kills 20]
 """
@@ -15,12 +17,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from oomtrace import tls
 from oomtrace.collector.store import SqliteStore
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.integration.harness import CollectorProcess, free_port
@@ -46,14 +50,48 @@ def realistic(i: int, base_ns: int, spread_s: int) -> event_pb2.OomEvent:
     return ev
 
 
+class Mode:
+    """Plaintext on loopback, or mutual TLS with a throwaway CA."""
+
+    def __init__(self, pki: Path | None) -> None:
+        self.pki = pki
+        self.name = "mTLS " if pki else "plain"
+        if pki:
+            tls.make_set(pki, shared_agents=True, readers=("reader",))
+
+    def collector(self, db: Path) -> CollectorProcess:
+        if self.pki is None:
+            return CollectorProcess(db, free_port())
+        p = self.pki
+        return CollectorProcess(
+            db,
+            free_port(),
+            f"--tls-cert={p}/collector.crt",
+            f"--tls-key={p}/collector.key",
+            f"--client-ca={p}/ca.crt",
+        )
+
+    def channel(self, addr: str, who: str) -> grpc.Channel:
+        if self.pki is None:
+            return grpc.insecure_channel(addr)
+        p = self.pki
+        return tls.channel(addr, ca=p / "ca.crt", cert=p / f"{who}.crt", key=p / f"{who}.key")
+
+    def agent_args(self) -> list[str]:
+        if self.pki is None:
+            return []
+        p = self.pki
+        return [f"--tls-ca={p}/ca.crt", f"--tls-cert={p}/agents.crt", f"--tls-key={p}/agents.key"]
+
+
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-def bench_ingest(n: int, streams: int) -> None:
+def bench_ingest(n: int, streams: int, mode: Mode) -> None:
     with tempfile.TemporaryDirectory() as d:
-        col = CollectorProcess(Path(d) / "c.db", free_port())
+        col = mode.collector(Path(d) / "c.db")
         try:
             now = time.time_ns()
             events = [realistic(i, now - 86400 * 10**9, 86400) for i in range(n)]
@@ -62,7 +100,7 @@ def bench_ingest(n: int, streams: int) -> None:
             acked = [0] * streams
 
             def run(k: int) -> None:
-                with grpc.insecure_channel(col.addr) as ch:
+                with mode.channel(col.addr, "agents") as ch:
                     stub = collector_pb2_grpc.IngestServiceStub(ch)
                     reqs = (
                         collector_pb2.IngestRequest(event=e)
@@ -79,7 +117,7 @@ def bench_ingest(n: int, streams: int) -> None:
                 t.join()
             dt = time.monotonic() - t0
             print(
-                f"ingest           {sum(acked) / dt:,.0f} records/s acked ({sum(acked)} records of "
+                f"ingest {mode.name}     {sum(acked) / dt:,.0f} records/s acked ({sum(acked)} records of "
                 f"~{size:.0f} B over {streams} stream(s) in {dt:.1f} s; goal >= 5,000/s)"
             )
         finally:
@@ -124,16 +162,67 @@ def bench_query(rows: int, queries: int) -> None:
             col.stop()
 
 
-def bench_kill_to_history(kills: int) -> None:
+def bench_query_with_streams(rows: int, queries: int, streams: int, mode: Mode) -> None:
+    """history while `streams` agents are connected (idle, as most are)."""
+    with tempfile.TemporaryDirectory() as d:
+        db = Path(d) / "c.db"
+        store = SqliteStore(db)
+        now = time.time_ns()
+        for start in range(0, rows, 5000):
+            store.put_many(
+                [
+                    realistic(i, now - 30 * 86400 * 10**9, 30 * 86400)
+                    for i in range(start, min(rows, start + 5000))
+                ]
+            )
+        store.close()
+        col = mode.collector(db)
+        release = threading.Event()
+
+        def idle() -> Iterator[collector_pb2.IngestRequest]:
+            release.wait(600)
+            yield from ()
+
+        agents = [mode.channel(col.addr, "agents") for _ in range(streams)]
+        calls = []
+        try:
+            for ch in agents:
+                calls.append(collector_pb2_grpc.IngestServiceStub(ch).Ingest(idle()))
+            for ch in agents:
+                grpc.channel_ready_future(ch).result(timeout=30)
+            with mode.channel(col.addr, "reader") as ch:
+                stub = collector_pb2_grpc.HistoryServiceStub(ch)
+                lat = []
+                for q in range(queries):
+                    f = collector_pb2.EventFilter(namespace=NAMESPACES[q % len(NAMESPACES)])
+                    f.since.FromNanoseconds(now - 7 * 86400 * 10**9)
+                    t = time.perf_counter()
+                    stub.ListEvents(collector_pb2.ListEventsRequest(filter=f, page_size=50))
+                    lat.append((time.perf_counter() - t) * 1000)
+            print(
+                f"history {mode.name}    p50 {percentile(lat, 50):.1f} ms  p99 {percentile(lat, 99):.1f} ms "
+                f"with {streams} agent streams connected (n={queries}, over {rows:,} records; "
+                "goal p99 < 100 ms)"
+            )
+        finally:
+            release.set()
+            for c in calls:
+                c.cancel()  # type: ignore[no-untyped-call]
+            for ch in agents:
+                ch.close()
+            col.stop()
+
+
+def bench_kill_to_history(kills: int, mode: Mode) -> None:
     from tests.integration.harness import ALLOCATE_FOREVER, MIB, AgentProcess, scratch_cgroup
 
     with tempfile.TemporaryDirectory() as d:
-        col = CollectorProcess(Path(d) / "c.db", free_port())
-        agent = AgentProcess("--collector", col.addr, "--spool", f"{d}/spool")
+        col = mode.collector(Path(d) / "c.db")
+        agent = AgentProcess("--collector", col.addr, "--spool", f"{d}/spool", *mode.agent_args())
         try:
             agent.wait_ready()
             lat = []
-            with scratch_cgroup(32 * MIB) as cg, grpc.insecure_channel(col.addr) as ch:
+            with scratch_cgroup(32 * MIB) as cg, mode.channel(col.addr, "reader") as ch:
                 stub = collector_pb2_grpc.HistoryServiceStub(ch)
                 for _ in range(kills):
                     p = cg.spawn(ALLOCATE_FOREVER)
@@ -149,7 +238,7 @@ def bench_kill_to_history(kills: int) -> None:
                     assert found is not None, f"kill of {p.pid} never reached the collector"
                     lat.append((seen - found.killed_at.ToNanoseconds()) / 1e6)
             print(
-                f"kill-to-history  p50 {percentile(lat, 50):.1f} ms  p99 {percentile(lat, 99):.1f} ms "
+                f"kill-to-history {mode.name} p50 {percentile(lat, 50):.1f} ms  p99 {percentile(lat, 99):.1f} ms "
                 f"(n={kills}; goal p99 < 1 s)"
             )
         finally:
@@ -164,14 +253,21 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--idle-streams", type=int, default=200)
     args = ap.parse_args()
     random.seed(7)
-    bench_ingest(args.ingest, args.streams)
-    if args.rows:
-        bench_query(args.rows, args.queries)
-    if os.geteuid() == 0 and args.kills:
-        bench_kill_to_history(args.kills)
-    else:
+    with tempfile.TemporaryDirectory() as pki:
+        modes = [Mode(None), Mode(Path(pki))]
+        for mode in modes:
+            bench_ingest(args.ingest, args.streams, mode)
+        if args.rows:
+            bench_query(args.rows, args.queries)
+        for mode in modes:
+            bench_query_with_streams(100_000, args.queries, args.idle_streams, mode)
+        if os.geteuid() == 0 and args.kills:
+            for mode in modes:
+                bench_kill_to_history(args.kills, mode)
+    if os.geteuid() != 0:
         print("kill-to-history  skipped: needs root to OOM-kill in a scratch cgroup")
 
 
