@@ -297,6 +297,8 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
     ) -> event_pb2.OomEvent:
         try:
             return self.store.get(request.id)
+        except InvalidQueryError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFoundError as exc:
             if not request.id:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no id given")
@@ -312,7 +314,10 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
                     + ", ".join(ids[:_CANDIDATES])
                     + more,
                 )
-            return self.store.get(ids[0])
+            try:
+                return self.store.get(ids[0])
+            except InvalidQueryError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     def WatchEvents(
         self, request: collector_pb2.WatchEventsRequest, context: grpc.ServicerContext

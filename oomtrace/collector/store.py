@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from oomtrace.collector.errors import NotFoundError, StoreError
+from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
 from oomtrace.collector.query import Filter, PageToken, TopRow, columns_of, workload_key
 from oomtrace.v1 import event_pb2
 
@@ -107,6 +107,64 @@ MIGRATIONS: list[str] = [
     # Retention goes by when the collector received a record.
     """
     CREATE INDEX events_stored ON events (stored_at_ns);
+    """,
+    # A record is one node's: unique by (node, id), so a node cannot claim an
+    # id another node's agent will use and have that record dropped as a
+    # duplicate (SECURITY.md). SQLite cannot drop a column's UNIQUE: the
+    # tables are copied into ones without it, and their indexes made again.
+    """
+    CREATE TABLE events_by_node (
+        id TEXT NOT NULL,
+        killed_at_ns INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        pod TEXT NOT NULL,
+        container TEXT NOT NULL,
+        image TEXT NOT NULL,
+        comm TEXT NOT NULL,
+        oom_constraint INTEGER NOT NULL,
+        cgroup TEXT NOT NULL,
+        rss_bytes INTEGER NOT NULL,
+        stored_at_ns INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        workload TEXT NOT NULL DEFAULT '',
+        UNIQUE (node, id)
+    );
+    INSERT INTO events_by_node (id, killed_at_ns, node, namespace, pod, container, image, comm,
+        oom_constraint, cgroup, rss_bytes, stored_at_ns, body, workload)
+    SELECT id, killed_at_ns, node, namespace, pod, container, image, comm,
+        oom_constraint, cgroup, rss_bytes, stored_at_ns, body, workload FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_by_node RENAME TO events;
+    CREATE INDEX events_id ON events (id);
+    CREATE INDEX events_time ON events (killed_at_ns, id);
+    CREATE INDEX events_node ON events (node, killed_at_ns);
+    CREATE INDEX events_namespace ON events (namespace, killed_at_ns);
+    CREATE INDEX events_pod ON events (pod, killed_at_ns);
+    CREATE INDEX events_container ON events (container, killed_at_ns);
+    CREATE INDEX events_image ON events (image, killed_at_ns);
+    CREATE INDEX events_comm ON events (comm, killed_at_ns);
+    CREATE INDEX events_workload ON events (workload, killed_at_ns);
+    CREATE INDEX events_stored ON events (stored_at_ns);
+    CREATE TABLE pressure_by_node (
+        id TEXT NOT NULL,
+        end_ns INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        pod TEXT NOT NULL,
+        container TEXT NOT NULL,
+        image TEXT NOT NULL,
+        cgroup TEXT NOT NULL,
+        body BLOB NOT NULL,
+        UNIQUE (node, id)
+    );
+    INSERT INTO pressure_by_node SELECT id, end_ns, node, namespace, pod, container, image,
+        cgroup, body FROM pressure;
+    DROP TABLE pressure;
+    ALTER TABLE pressure_by_node RENAME TO pressure;
+    CREATE INDEX pressure_time ON pressure (end_ns, id);
+    CREATE INDEX pressure_namespace ON pressure (namespace, end_ns);
+    CREATE INDEX pressure_cgroup ON pressure (cgroup, end_ns);
     """,
 ]
 # Steps that fill what a schema step added, from the stored records, in the
@@ -247,31 +305,37 @@ class SqliteStore:
                 )
             )
         try:
-            present, ids = self._insert_events(rows)
+            present, keys = self._insert_events(rows)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write to {self.path}: {exc}") from exc
         stored: list[bool] = []
-        for ident in ids:
+        for key in keys:
             # A duplicate inside one batch is stored once: the first one counts.
-            stored.append(ident not in present)
-            present.add(ident)
+            stored.append(key not in present)
+            present.add(key)
         return stored
 
-    def _insert_events(self, rows: Sequence[tuple[object, ...]]) -> tuple[set[str], list[str]]:
+    def _insert_events(
+        self, rows: Sequence[tuple[object, ...]]
+    ) -> tuple[set[tuple[str, str]], list[tuple[str, str]]]:
         with self._write_lock:
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 # Which ids are here already: one query for the batch, then one
                 # executemany, instead of a statement and a rowcount per record.
-                present: set[str] = set()
-                ids = [str(r[0]) for r in rows]
+                # A record is its node's: (node, id) is the key.
+                present: set[tuple[str, str]] = set()
+                keys = [(str(r[2]), str(r[0])) for r in rows]
+                ids = [k[1] for k in keys]
                 for i in range(0, len(ids), 500):
                     chunk = ids[i : i + 500]
                     marks = ",".join("?" * len(chunk))
                     present.update(
-                        r[0]
-                        for r in cur.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk)
+                        (r[0], r[1])
+                        for r in cur.execute(
+                            f"SELECT node, id FROM events WHERE id IN ({marks})", chunk
+                        )
                     )
                 cur.executemany(
                     "INSERT OR IGNORE INTO events (id, killed_at_ns, node, namespace, pod, "
@@ -284,13 +348,24 @@ class SqliteStore:
                 if self._writer.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
-        return present, ids
+        return present, keys
 
     def get(self, event_id: str) -> event_pb2.OomEvent:
-        row = self._reader().execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
-        if row is None:
+        rows = (
+            self._reader()
+            .execute("SELECT node, body FROM events WHERE id = ? LIMIT 4", (event_id,))
+            .fetchall()
+        )
+        if not rows:
             raise NotFoundError(event_id)
-        return _parse(row[0])
+        if len(rows) > 1:
+            # Only a node that forged or reused another's id gets here.
+            nodes = ", ".join(sorted(r[0] for r in rows))
+            raise InvalidQueryError(
+                f"id {event_id} is held by records of more than one node ({nodes}): "
+                "ask with history --node NODE"
+            )
+        return _parse(rows[0][1])
 
     def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         # A range on the unique index: every id with the prefix sorts between
@@ -298,7 +373,7 @@ class SqliteStore:
         rows = (
             self._reader()
             .execute(
-                "SELECT id FROM events WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                "SELECT DISTINCT id FROM events WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
                 (prefix, prefix + "\U0010ffff", limit),
             )
             .fetchall()

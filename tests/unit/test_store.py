@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.collector.errors import NotFoundError, StoreError
+from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
 from oomtrace.collector.query import Filter, PageToken
 from oomtrace.collector.store import MIGRATIONS, SqliteStore
 from oomtrace.v1 import event_pb2
@@ -176,3 +176,21 @@ def test_upgrading_fills_the_workload_of_records_stored_before_it(tmp_path: Path
     (row,) = store.top("workload", Filter(), 10)
     assert (row.key, row.kills) == ("shop/Deployment/cart", 1)
     assert store.get(ev.id) == ev
+
+
+def test_an_id_is_its_nodes_own(tmp_path: Path) -> None:
+    """A node storing a record under an id another node will use first does
+    not make the real record a duplicate: (node, id) is the key. A resend
+    from the same node still is one."""
+    store = SqliteStore(tmp_path / "c.db")
+    forged = make_event(node="node-b", event_id="0123456789abcdef0123456789abcdef")
+    real = make_event(node="node-a", event_id=forged.id)
+    assert store.put_many([forged]) == [True]
+    assert store.put_many([real]) == [True]
+    assert store.put_many([real]) == [False]
+    assert store.count() == 2
+    with pytest.raises(InvalidQueryError, match="node-a, node-b"):
+        store.get(real.id)
+    assert store.ids_with_prefix(real.id[:12], 5) == [real.id]
+    (mine,) = store.list_events(Filter(node="node-a"), 10, None)[0]
+    assert mine == real
