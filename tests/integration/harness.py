@@ -278,7 +278,7 @@ class CollectorProcess:
     def __init__(self, db: Path, port: int, *extra: str) -> None:
         self.addr = f"127.0.0.1:{port}"
         # Plaintext on loopback unless the test gives TLS files.
-        plain = [] if "--tls-cert" in extra else ["--insecure"]
+        plain = [] if any(a.startswith("--tls-cert") for a in extra) else ["--insecure"]
         self.proc = subprocess.Popen(
             [str(OOMTRACE), "collector", "--listen", self.addr, "--db", str(db), *plain, *extra],
             stdout=subprocess.DEVNULL,
