@@ -339,7 +339,8 @@ def test_idle_agent_streams_cannot_starve_queries(tmp_path: Path) -> None:
                         break
                     # It got a slot: some of the 200 have not reached the
                     # server yet. Its slot is freed when it times out.
-                    assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                    if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise
                 finally:
                     extra.cancel()  # type: ignore[no-untyped-call]
                 assert time.monotonic() < deadline, "the 201st stream was never refused"
