@@ -83,13 +83,16 @@ def run_agent(
     return_freed_heap()  # what the compile left behind
     kernel_log.mark_attached()
     sampler: PressureSampler | None = None
+    go_probes = GoProbes(session)
     try:
         processes = ProcessCache()
         scanned = processes.scan()
-        go_probes = GoProbes(session)
         for pid, info in processes.items():
             if info.go is not None:
                 go_probes.ensure(pid, info.go)
+        # Each binary's parse is bounded (go/worker.py); at start-up they are
+        # waited for, so processes running at start are probed before ready.
+        go_probes.poll(wait_s=60)
         workloads = WorkloadCache(hierarchy.mount, runtime_roots or RuntimeRoots())
         containers = workloads.scan()
         sampler = PressureSampler(hierarchy, session.reclaim_stats, go=GoSampler(session.go_states))
@@ -146,6 +149,7 @@ def run_agent(
     finally:
         if sampler is not None:
             sampler.close()
+        go_probes.close()
         session.close()
         kernel_log.stop()
 

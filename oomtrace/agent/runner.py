@@ -129,7 +129,10 @@ class Containers(Protocol):
 
 class GoDiscovery(Protocol):
     def ensure(self, tgid: int, go: GoProcess) -> None: ...
+    def poll(self, wait_s: float = 0.0) -> None: ...
     def sweep(self) -> None: ...
+    @property
+    def pending(self) -> int: ...
 
 
 class NoKernelLog:
@@ -177,7 +180,12 @@ class NoContainers(NoWorkloads):
 
 
 class NoGoProbes:
+    pending = 0
+
     def ensure(self, tgid: int, go: GoProcess) -> None:
+        pass
+
+    def poll(self, wait_s: float = 0.0) -> None:
         pass
 
     def sweep(self) -> None:
@@ -408,8 +416,8 @@ class Runner:
         """Events wake the poll at once; the timeout paces what waits on time:
         a finished record waiting for its kernel-log line (the log reader is
         another thread), held kills, and housekeeping."""
-        if self.assembler.waiting_for_report():
-            return 5
+        if self.assembler.waiting_for_report() or self.go_probes.pending:
+            return 5  # a kernel-log line, or a Go binary's parse, is on its way
         return poll_ms if len(self.assembler) else idle_poll_ms
 
     def _guarded(self, handle: Callable[[Any], None], kind: str) -> Callable[[Any], None]:
@@ -449,6 +457,7 @@ class Runner:
             self.record_from_log()
             self.emit_pressure()
             self.workloads.tick()
+            self.go_probes.poll()
             now = self.clock()
             self.loop_at_ns = now
             if now - self._last_status_ns >= 5_000_000_000:

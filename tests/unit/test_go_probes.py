@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from oomtrace.agent.go.probes import GoProbes
+from oomtrace.agent.go.worker import Parsed, ParserWorker
 from oomtrace.agent.procinfo import ProcessCache
 from tests.integration.containers import oomgo_or_skip
 
@@ -78,10 +79,14 @@ def test_one_probe_per_binary_taken_off_with_its_last_process(
         assert info is not None
         assert info.go is not None
         probes.ensure(pid, info.go)
+    assert target.attached == []  # parsed off the event loop: not yet
+    assert probes.pending == 1  # one parse for both processes
+    probes.poll(wait_s=30)
+    probes.close()
     ((path, addr, inode),) = target.attached  # once for both processes
     assert path.startswith("/proc/self/fd/")  # the file it read, not /proc/PID/exe again
     assert inode == newest.stat().st_ino
-    assert target.located == pids
+    assert sorted(target.located) == sorted(pids)
     started[0].kill()
     started[0].wait()
     probes.sweep()
@@ -108,5 +113,46 @@ def test_probed_binaries_are_capped_and_the_rest_counted(
         assert info is not None
         assert info.go is not None
         probes.ensure(pid, info.go)
+    probes.poll(wait_s=30)
+    probes.close()
     assert len(target.attached) == 1
     assert probes.capped == 1
+
+
+def test_a_parse_that_takes_too_long_or_too_much_is_a_reason_not_a_crash(
+    binaries: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The parser's own process is killed at its deadline, capped in memory,
+    and may die: each is a reason for that binary, and the next binary is
+    parsed by a new worker."""
+    newest, _ = binaries
+
+    def parse_with(worker: ParserWorker, path: Path) -> Parsed:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            worker.submit("k", fd)
+            ((key, parsed),) = worker.wait(60)
+        finally:
+            os.close(fd)
+        assert key == "k"
+        return parsed
+
+    slow = ParserWorker(timeout_s=0.0)
+    assert "took over" in parse_with(slow, newest).error
+    slow.timeout_s = 60
+    assert parse_with(slow, newest).gc_done  # a new worker, a real answer
+    assert slow.restarts == 1
+    slow.close()
+
+    starved = ParserWorker(data_limit=16 << 20)
+    error = parse_with(starved, newest).error
+    assert "more than 16 MiB" in error or "parser died" in error, error
+    starved.close()
+
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x7fELF" + os.urandom(4096))
+    worker = ParserWorker()
+    assert parse_with(worker, junk).error
+    assert parse_with(worker, newest).gc_done  # the same worker goes on
+    assert worker.restarts == 0
+    worker.close()

@@ -18,17 +18,8 @@ from oomtrace.agent.errors import BpfLoadError
 from oomtrace.agent.go.buildinfo import GoProcess
 from oomtrace.agent.go.layouts import GC_CONTROLLER
 from oomtrace.agent.go.settings import version_tuple
-from oomtrace.agent.go.symbols import (
-    GC_START,
-    START_CYCLE,
-    RuntimeGlobals,
-    SymbolError,
-    elf_entry,
-    entries_in,
-    probe_address,
-    read_binary,
-    runtime_globals,
-)
+from oomtrace.agent.go.symbols import RuntimeGlobals, SymbolError
+from oomtrace.agent.go.worker import Parsed, ParserWorker
 
 log = structlog.get_logger(__name__)
 
@@ -71,10 +62,28 @@ class GoBinary:
     version: str = ""
 
 
+@dataclass
+class _Parsing:
+    """A binary whose parse is under way: held open, with its processes."""
+
+    fd: int
+    go: GoProcess
+    pids: set[int] = field(default_factory=set)
+
+
 class GoProbes:
-    def __init__(self, target: UprobeTarget, max_binaries: int = MAX_PROBED_BINARIES) -> None:
+    def __init__(
+        self,
+        target: UprobeTarget,
+        max_binaries: int = MAX_PROBED_BINARIES,
+        parser: ParserWorker | None = None,
+    ) -> None:
         self.target = target
         self.max_binaries = max_binaries
+        # Binaries are parsed in a process of their own, off the event loop
+        # (go/worker.py); poll() attaches what has been parsed.
+        self.parser = parser or ParserWorker()
+        self.parsing: dict[tuple[int, int], _Parsing] = {}
         self.binaries: dict[tuple[int, int], GoBinary] = {}
         self.attached_binaries = 0
         self.detached_binaries = 0
@@ -89,22 +98,53 @@ class GoProbes:
             return  # gone already
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
+        parsing = self.parsing.get(key)
+        if parsing is not None:
+            os.close(fd)
+            parsing.pids.add(pid)
+            return
         binary = self.binaries.get(key)
         if binary is None:
-            if self.attached_binaries - self.detached_binaries >= self.max_binaries:
+            if self.attached_binaries - self.detached_binaries + len(self.parsing) >= (
+                self.max_binaries
+            ):
                 os.close(fd)
                 self.capped += 1
                 if self.capped == 1:
                     log.warning("go.probes_capped", max_binaries=self.max_binaries)
                 return
-            binary = self.binaries[key] = self._attach(pid, fd, go)
-            if binary.fd < 0:
-                os.close(fd)
-        else:
-            os.close(fd)
+            self.parsing[key] = _Parsing(fd, go, {pid})
+            self.parser.submit(key, fd)
+            return
+        os.close(fd)
         binary.pids.add(pid)
         if binary.outcome == "attached" and binary.globals is not None:
             self._locate(pid, binary)
+
+    @property
+    def pending(self) -> int:
+        """Binaries being parsed: the event loop polls sooner while any are."""
+        return len(self.parsing)
+
+    def poll(self, wait_s: float = 0.0) -> None:
+        """Attaches the probes of the binaries parsed since the last call
+        (waiting up to wait_s for all of them: at start-up), and locates the
+        controller in each of their processes."""
+        done = self.parser.wait(wait_s) if wait_s else self.parser.results()
+        for key, parsed in done:
+            parsing = self.parsing.pop(key, None)
+            if parsing is None:
+                continue
+            binary = self.binaries[key] = self._attach(parsing, parsed)
+            if binary.fd < 0:
+                os.close(parsing.fd)
+            binary.pids = {p for p in parsing.pids if _runs(p, key)}
+            if binary.outcome == "attached" and binary.globals is not None:
+                for pid in binary.pids:
+                    self._locate(pid, binary)
+
+    def close(self) -> None:
+        self.parser.close()
 
     def sweep(self) -> None:
         """Detaches the probe of every binary no live process runs any more
@@ -124,31 +164,29 @@ class GoProbes:
             self.detached_binaries += 1
             log.info("go.probes_detached", version=binary.version, inode=key[1])
 
-    def _attach(self, pid: int, fd: int, go: GoProcess) -> GoBinary:
+    def _attach(self, parsing: _Parsing, parsed: Parsed) -> GoBinary:
+        fd, go = parsing.fd, parsing.go
         path = f"/proc/self/fd/{fd}"
+        pid = min(parsing.pids)
         try:
-            data = read_binary(path)
-            entries = entries_in(data, {GC_DONE, GC_START, START_CYCLE})
-            if GC_DONE not in entries:
-                raise SymbolError(f"no {GC_DONE} in pclntab")
-            gc_done = probe_address(data, entries[GC_DONE], GC_DONE)
-            hooks = self.target.attach_go(path, gc_done)
-        except (SymbolError, OSError, BpfLoadError) as exc:
+            if parsed.error:
+                raise SymbolError(parsed.error)
+            hooks = self.target.attach_go(path, parsed.gc_done)
+        except (SymbolError, BpfLoadError) as exc:
             self.failed += 1
             log.info("go.probes_skipped", pid=pid, version=go.build.version, reason=str(exc))
             return GoBinary(str(exc))
         self.attached_binaries += 1
-        binary = GoBinary("attached", fd=fd, path=path, gc_done=gc_done)
+        binary = GoBinary("attached", fd=fd, path=path, gc_done=parsed.gc_done)
         binary.version = go.build.version
         binary.offsets = GC_CONTROLLER.get(version_tuple(go.build.version), {})
         if not binary.offsets:
             binary.controller_reason = f"no gcController layout for {go.build.version}"
+        elif parsed.globals is None:
+            binary.controller_reason = parsed.globals_reason
         else:
-            try:
-                binary.pie, binary.entry = elf_entry(data)
-                binary.globals = runtime_globals(data, entries)
-            except SymbolError as exc:
-                binary.controller_reason = str(exc)
+            binary.pie, binary.entry = parsed.pie, parsed.entry
+            binary.globals = RuntimeGlobals(*parsed.globals)
         log.info(
             "go.probes_attached",
             pid=pid,

@@ -14,6 +14,7 @@ then comes from the module's moduledata."""
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from capstone import x86_const as x86
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_REG_RAX, X86_REG_RCX, X86_REG_RIP
 
 MAGICS = {0xFFFFFFF1: "1.20+", 0xFFFFFFF0: "1.18-1.19"}
+# A binary as parsed: its bytes, or the file mapped (go/worker.py).
+Binary = bytes | mmap.mmap
 MAX_PCLNTAB = 64 << 20
 MAX_BINARY = 4 * MAX_PCLNTAB
 
@@ -53,7 +56,7 @@ def _refuses_malformed(fn: F) -> F:
     return cast(F, guarded)
 
 
-def _sections(data: bytes) -> dict[str, tuple[int, int, int]]:
+def _sections(data: Binary) -> dict[str, tuple[int, int, int]]:
     """name -> (address, file offset, size) of an ELF64 LE file's sections."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise SymbolError("not a 64-bit little-endian ELF")
@@ -78,7 +81,7 @@ def read_binary(path: str | Path) -> bytes:
 
 
 @_refuses_malformed
-def entries_in(data: bytes, wanted: set[str]) -> dict[str, int]:
+def entries_in(data: Binary, wanted: set[str]) -> dict[str, int]:
     """Virtual addresses of the wanted functions' entries."""
     secs = _sections(data)
     for name in (".gopclntab", ".data.rel.ro.gopclntab"):
@@ -130,7 +133,7 @@ def entries_in(data: bytes, wanted: set[str]) -> dict[str, int]:
 
 
 def _module_text(
-    data: bytes, tab_off: int, funcname_off: int, cu_off: int, first_off: int, end_off: int
+    data: Binary, tab_off: int, funcname_off: int, cu_off: int, first_off: int, end_off: int
 ) -> int:
     """runtime.text, from the module's moduledata: its first word points at
     the pclntab header, the next slices at funcnametab and cutab inside it,
@@ -203,7 +206,7 @@ class RuntimeGlobals:
     gomaxprocs: int  # runtime.gomaxprocs (int32)
 
 
-def _segments(data: bytes) -> list[tuple[int, int, int, int, int]]:
+def _segments(data: Binary) -> list[tuple[int, int, int, int, int]]:
     """(flags, file offset, vaddr, file size, memory size) of each PT_LOAD."""
     phoff = struct.unpack_from("<Q", data, 0x20)[0]
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
@@ -220,7 +223,7 @@ def _segments(data: bytes) -> list[tuple[int, int, int, int, int]]:
 
 
 @_refuses_malformed
-def runtime_globals(data: bytes, entries: dict[str, int]) -> RuntimeGlobals:
+def runtime_globals(data: Binary, entries: dict[str, int]) -> RuntimeGlobals:
     """Where runtime.gcController and runtime.gomaxprocs are, read from the
     code rather than a symbol table, so stripped binaries work too. gcStart
     makes one call `gcController.startCycle(now, int(gomaxprocs), trigger)`;
@@ -263,7 +266,7 @@ def runtime_globals(data: bytes, entries: dict[str, int]) -> RuntimeGlobals:
 
 
 def _code_at(
-    data: bytes, segments: list[tuple[int, int, int, int, int]], addr: int, size: int, what: str
+    data: Binary, segments: list[tuple[int, int, int, int, int]], addr: int, size: int, what: str
 ) -> bytes:
     """Up to `size` bytes of the file's contents at virtual address addr."""
     for _flags, off, vaddr, filesz, _memsz in segments:
@@ -274,7 +277,7 @@ def _code_at(
 
 
 @_refuses_malformed
-def probe_address(data: bytes, entry: int, what: str) -> int:
+def probe_address(data: Binary, entry: int, what: str) -> int:
     """Where to put a uprobe for the function at `entry`: its frame's
     `push rbp`, right after the stack-growth check, when the prologue has
     one; else the entry itself. The kernel emulates a push, but single-steps
@@ -302,7 +305,7 @@ def _rip_target(insn: Any) -> int | None:
 
 
 @_refuses_malformed
-def elf_entry(data: bytes) -> tuple[bool, int]:
+def elf_entry(data: Binary) -> tuple[bool, int]:
     """(position-independent, e_entry) of an ELF64 executable."""
     e_type = struct.unpack_from("<H", data, 0x10)[0]
     if e_type not in (2, 3):  # ET_EXEC, ET_DYN
