@@ -45,17 +45,47 @@ _END = object()
 _CANDIDATES = 10
 
 
+class _ByteQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue.Queue whose size is the bytes of the records in it (None, the
+    end, counts one): maxsize bounds a watcher's memory, not its count."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self._bytes = 0
+
+    def _qsize(self) -> int:
+        return self._bytes
+
+    @staticmethod
+    def _size(item: event_pb2.OomEvent | None) -> int:
+        return 1 if item is None else max(1, item.ByteSize())
+
+    def _put(self, item: event_pb2.OomEvent | None) -> None:
+        self.queue.append(item)
+        self._bytes += self._size(item)
+
+    def _get(self) -> event_pb2.OomEvent | None:
+        item: event_pb2.OomEvent | None = self.queue.popleft()
+        self._bytes -= self._size(item)
+        return item
+
+
+# What one watcher may have waiting before it is dropped as too slow.
+WATCHER_MAX_BYTES = 16 << 20
+
+
 class Broadcast:
     """New records to every watcher. A watcher that falls behind by more than
-    its queue holds is dropped (told so), never allowed to block ingest."""
+    its queue holds (in bytes) is dropped (told so), never allowed to block
+    ingest."""
 
-    def __init__(self, depth: int = 10000) -> None:
-        self.depth = depth
+    def __init__(self, max_bytes: int = WATCHER_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._watchers: set[queue.Queue[event_pb2.OomEvent | None]] = set()
 
     def subscribe(self) -> queue.Queue[event_pb2.OomEvent | None]:
-        q: queue.Queue[event_pb2.OomEvent | None] = queue.Queue(self.depth)
+        q: queue.Queue[event_pb2.OomEvent | None] = _ByteQueue(self.max_bytes)
         with self._lock:
             self._watchers.add(q)
         return q

@@ -353,3 +353,25 @@ def test_idle_agent_streams_cannot_starve_queries(tmp_path: Path) -> None:
             c.cancel()  # type: ignore[no-untyped-call]
         srv.stop(grace=0.1).wait(timeout=5)
         store.close()
+
+
+def test_a_slow_watcher_is_dropped_by_the_bytes_it_holds_not_kept() -> None:
+    """A watcher that reads nothing holds at most its byte budget; past it,
+    it is dropped and told (its queue ends with None), and ingest goes on."""
+    from oomtrace.collector.service import Broadcast
+
+    b = Broadcast(max_bytes=64 << 10)
+    slow = b.subscribe()
+    big = make_event()
+    big.victim.cmdline = "x" * (16 << 10)  # ~16 KiB a record
+    for _ in range(10):
+        b.publish([big])
+    assert len(b) == 0  # dropped
+    assert slow.qsize() <= (64 << 10) + big.ByteSize()
+    items = []
+    while not slow.empty():
+        items.append(slow.get_nowait())
+    assert items[-1] is None
+    fast = b.subscribe()
+    b.publish([make_event()])
+    assert fast.get_nowait() is not None
