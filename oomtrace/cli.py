@@ -149,15 +149,22 @@ def _collector(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        store_url = None
+        password = None
+        if args.store:
+            store_url = args.store
+            if args.store_password_file:
+                password = args.store_password_file.read_text().strip()
         run_collector(
             args.listen,
-            args.db,
+            store_url or args.db,
             args.retention,
             metrics_listen=args.metrics_listen,
             kube_api=kube_api,
             tls_files=None if args.insecure else tls_files,
+            store_password=password,
         )
-    except (CollectorError, RuntimeError, tls.TlsError) as exc:
+    except (CollectorError, RuntimeError, tls.TlsError, OSError) as exc:
         print(f"oomtrace collector: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -275,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--collector",
         default=collector_env,
         metavar="HOST:PORT",
-        help="stream records to this collector ($OOMTRACE_COLLECTOR when set)",
+        help="stream records to this collector, or to the first of several that answers "
+        "(a:50051,b:50051) ($OOMTRACE_COLLECTOR when set)",
     )
     a.add_argument(
         "--state-dir",
@@ -447,6 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("/var/lib/oomtrace/collector.db"),
         help="the SQLite file that keeps the history",
+    )
+    c.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the history in PostgreSQL instead (postgresql://USER@HOST:PORT/DB); "
+        "several collectors may share one. Not with --db",
+    )
+    c.add_argument(
+        "--store-password-file",
+        type=Path,
+        help="the database password (never in the URL, which shows in the process list); "
+        "libpq's $PGPASSWORD and ~/.pgpass work too",
     )
     c.add_argument(
         "--retention",

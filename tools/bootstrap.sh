@@ -16,9 +16,10 @@ cd "$(dirname "$0")/.."
 # runc, containerd, docker.io: the privileged tests run real containers of each.
 # gcc: a Go test workload is linked externally, as cgo programs are.
 # mmdebstrap: the images' base, a Debian root filesystem (make image).
+# postgresql: the store tests start a real server of their own (initdb, pg_ctl).
 # prometheus: a real one scrapes the agent and the collector in the tests (and
 # brings promtool, which checks the metrics and the sample rules).
-apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io gcc prometheus mmdebstrap)
+apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io gcc prometheus mmdebstrap postgresql)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

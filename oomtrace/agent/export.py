@@ -45,11 +45,18 @@ class Exporter:
         client_tls: tls.ClientTls | None = None,
     ) -> None:
         self.spool = spool
-        self.target = target
+        # Several collectors (a,b,c): one at a time, the next after a failed
+        # or broken session. Each stores a record once by (node, id), so a
+        # record resent through another is acknowledged as a duplicate.
+        self.targets = [t.strip() for t in target.split(",") if t.strip()]
+        if not self.targets:
+            raise ValueError("no collector address")
+        self.target = self.targets[0]
         # Checked once here (files readable, plaintext only where allowed);
         # read again at each connection, so a renewed certificate is used.
         self.tls = client_tls or tls.ClientTls()
-        self.tls.check(target)
+        for t in self.targets:
+            self.tls.check(t)
         self.window = window
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -98,6 +105,7 @@ class Exporter:
                     retry_in_s=round(backoff, 2),
                 )
             self.connected.clear()
+            self.target = self.targets[(self.targets.index(self.target) + 1) % len(self.targets)]
             self._stop.wait(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.max_backoff_s)
 

@@ -54,7 +54,8 @@ def run_agent(
     if collector:
         # Before anything is loaded: a TLS setting that cannot work is said now.
         try:
-            (client_tls or tls.ClientTls()).check(collector)
+            for target in collector.split(","):
+                (client_tls or tls.ClientTls()).check(target.strip())
         except tls.TlsError as exc:
             raise AgentError(str(exc)) from None
     # In a child: indexing every kernel type for the layout costs ~60 MiB that

@@ -15,25 +15,35 @@ from oomtrace import tls
 from oomtrace.collector.kube_events import ApiServer, KubeEvents
 from oomtrace.collector.metrics import CollectorMetrics
 from oomtrace.collector.service import create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.store import SqliteStore, Store
 
 log = structlog.get_logger(__name__)
 
 
+def open_store(where: Path | str, password: str | None = None) -> Store:
+    """The SQLite file at a path, or the PostgreSQL database at a URL."""
+    if isinstance(where, str) and where.startswith(("postgresql://", "postgres://")):
+        from oomtrace.collector.postgres import PostgresStore
+
+        return PostgresStore(where, password=password)
+    return SqliteStore(Path(where))
+
+
 def run_collector(
     listen: str,
-    db: Path,
+    db: Path | str,
     retention_s: int,
     prune_every_s: float = 3600,
     metrics_listen: str | None = None,
     kube_api: ApiServer | None = None,
     tls_files: tuple[Path, Path, Path] | None = None,
+    store_password: str | None = None,
 ) -> None:
     """kube_api: where to post Kubernetes Events for kills (None: none).
     tls_files: (certificate, key, client CA) for mutual TLS; None serves
     plaintext (the caller allows that on a local address only)."""
     credentials = tls.server_credentials(*tls_files) if tls_files else None
-    store = SqliteStore(db)
+    store = open_store(db, store_password)
     metrics = CollectorMetrics()
     kube = KubeEvents(kube_api) if kube_api is not None else None
     on_stored = []
@@ -76,7 +86,7 @@ def run_collector(
         listen=listen,
         port=port,
         tls="mutual" if credentials else "off (local address)",
-        db=str(db),
+        store=store.path,
         records=store.count(),
         schema_version=store.schema_version,
         retention_s=retention_s,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -81,10 +80,10 @@ class CollectorMetrics:
                 self.records.labels(kind, outcome).inc(n)
 
     def watch_state(
-        self, *, watchers: Callable[[], int], records: Callable[[], int], store_path: str
+        self, *, watchers: Callable[[], int], records: Callable[[], int], size: Callable[[], int]
     ) -> None:
         """What is read at each scrape: open watches, and the store's size."""
-        self.registry.register(_StateCollector(watchers, records, store_path))
+        self.registry.register(_StateCollector(watchers, records, size))
 
     def watch_kube_events(self, outcomes: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_KubeEventsCollector(outcomes))
@@ -97,9 +96,9 @@ class CollectorMetrics:
 
 class _StateCollector(Collector):
     def __init__(
-        self, watchers: Callable[[], int], records: Callable[[], int], store_path: str
+        self, watchers: Callable[[], int], records: Callable[[], int], size: Callable[[], int]
     ) -> None:
-        self.watchers, self.records, self.store_path = watchers, records, store_path
+        self.watchers, self.records, self.size = watchers, records, size
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
@@ -110,13 +109,8 @@ class _StateCollector(Collector):
             "Kill records in the store.",
             value=self.records(),
         )
-        size = 0
-        for suffix in ("", "-wal", "-shm"):  # SQLite's file and its write-ahead log
-            path = Path(self.store_path + suffix)
-            if path.exists():
-                size += path.stat().st_size
         yield GaugeMetricFamily(
-            "oomtrace_collector_store_bytes", "The store's size on disk.", value=size
+            "oomtrace_collector_store_bytes", "The store's size on disk.", value=self.size()
         )
 
 

@@ -499,7 +499,9 @@ def create_server(
         else:
             log.error("store.unwritable", error=why)
 
-    metrics.watch_state(watchers=lambda: len(broadcast), records=store.count, store_path=store.path)
+    metrics.watch_state(watchers=lambda: len(broadcast), records=store.count, size=store.size_bytes)
+    # Records other collectors on the same database stored, for watchers here.
+    store.follow(broadcast.publish)
     collector_pb2_grpc.add_IngestServiceServicer_to_server(
         IngestServicer(
             store,

@@ -17,7 +17,10 @@ from oomtrace.v1 import event_pb2
 
 
 class Store(Protocol):
-    path: str  # where it keeps its data, for the size it reports
+    path: str  # where it keeps its data, for logs
+
+    @property
+    def schema_version(self) -> int: ...
 
     def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
         """Stores each event durably unless its id is already stored; True
@@ -53,6 +56,16 @@ class Store(Protocol):
         ...
 
     def count(self) -> int: ...
+
+    def size_bytes(self) -> int:
+        """What the store takes on disk."""
+        ...
+
+    def follow(self, publish: Callable[[list[event_pb2.OomEvent]], None]) -> None:
+        """Hands records that other collectors on the same store stored to
+        publish (for watchers here), from a thread of its own; a store only
+        one collector uses does nothing."""
+        ...
 
     def close(self) -> None: ...
 
@@ -172,7 +185,7 @@ MIGRATIONS: list[str] = [
 _BACKFILLS = {2: "_backfill_workload"}
 
 # What top groups by, as SQL over the columns.
-_TOP_KEYS = {
+TOP_KEYS = {
     "cgroup": "cgroup",
     "container": "container",
     "pod": "CASE WHEN pod = '' THEN '' ELSE namespace || '/' || pod END",
@@ -184,16 +197,21 @@ _TOP_KEYS = {
 }
 
 
-def _where(
-    f: Filter, time_column: str = "killed_at_ns", with_event_columns: bool = True
+def where_sql(
+    f: Filter,
+    time_column: str = "killed_at_ns",
+    with_event_columns: bool = True,
+    mark: str = "?",
 ) -> tuple[list[str], list[object]]:
+    """SQL conditions and their arguments for a filter; `mark` is the
+    driver's placeholder (SQLite's ?, psycopg's %s)."""
     conds: list[str] = []
     args: list[object] = []
     if f.since_ns is not None:
-        conds.append(f"{time_column} >= ?")
+        conds.append(f"{time_column} >= {mark}")
         args.append(f.since_ns)
     if f.until_ns is not None:
-        conds.append(f"{time_column} < ?")
+        conds.append(f"{time_column} < {mark}")
         args.append(f.until_ns)
     columns = [
         ("node", f.node),
@@ -206,13 +224,13 @@ def _where(
         columns.append(("comm", f.comm))
     for column, value in columns:
         if value:
-            conds.append(f"{column} = ?")
+            conds.append(f"{column} = {mark}")
             args.append(value)
     if f.constraint and with_event_columns:
-        conds.append("oom_constraint = ?")
+        conds.append(f"oom_constraint = {mark}")
         args.append(f.constraint)
     if f.cgroup_prefix:
-        conds.append("substr(cgroup, 1, ?) = ?")
+        conds.append(f"substr(cgroup, 1, {mark}) = {mark}")
         args += [len(f.cgroup_prefix), f.cgroup_prefix]
     return conds, args
 
@@ -383,7 +401,7 @@ class SqliteStore:
     def list_events(
         self, f: Filter, limit: int, after: PageToken | None
     ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
-        conds, args = _where(f)
+        conds, args = where_sql(f)
         bodies, token = self._page("events", "killed_at_ns", conds, args, limit, after)
         return [_parse(b) for b in bodies], token
 
@@ -415,10 +433,10 @@ class SqliteStore:
         return [r[2] for r in rows[:limit]], token
 
     def top(self, column: str, f: Filter, limit: int) -> list[TopRow]:
-        key = _TOP_KEYS.get(column)
+        key = TOP_KEYS.get(column)
         if key is None:
             raise ValueError(f"cannot group by {column}")
-        conds, args = _where(f)
+        conds, args = where_sql(f)
         where = " WHERE " + " AND ".join(conds) if conds else ""
         rows = (
             self._reader()
@@ -487,7 +505,7 @@ class SqliteStore:
     def list_pressure(
         self, f: Filter, limit: int, after: PageToken | None
     ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]:
-        conds, args = _where(f, time_column="end_ns", with_event_columns=False)
+        conds, args = where_sql(f, time_column="end_ns", with_event_columns=False)
         bodies, token = self._page("pressure", "end_ns", conds, args, limit, after)
         out = []
         for body in bodies:
@@ -498,6 +516,17 @@ class SqliteStore:
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def size_bytes(self) -> int:
+        size = 0
+        for suffix in ("", "-wal", "-shm"):  # the file and its write-ahead log
+            path = Path(self.path + suffix)
+            if path.exists():
+                size += path.stat().st_size
+        return size
+
+    def follow(self, publish: Callable[[list[event_pb2.OomEvent]], None]) -> None:
+        pass  # one collector per SQLite file
 
     def close(self) -> None:
         self._writer.close()

@@ -1,25 +1,52 @@
-"""The SQLite store: durable dedup, filters, pages, top, retention, schema."""
+"""The stores, each test on every backend (SQLite, and a real PostgreSQL
+server the tests start: tests/postgres_server.py) unless it is about one:
+durable dedup, filters, pages, top, retention, schema."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
 from oomtrace.collector.query import Filter, PageToken
-from oomtrace.collector.store import MIGRATIONS, SqliteStore
+from oomtrace.collector.store import MIGRATIONS, SqliteStore, Store
 from oomtrace.v1 import event_pb2
 from tests.unit.events import BASE_NS, make_event
 
+MakeStore = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    """A new, empty store of the backend (clock: the receive time)."""
+    made: list[Store] = []
+
+    def make(clock: Callable[[], int] = time.time_ns) -> Store:
+        if request.param == "sqlite":
+            s: Store = SqliteStore(tmp_path / f"c{len(made)}.db", clock=clock)
+        else:
+            from oomtrace.collector.postgres import PostgresStore
+
+            server = request.getfixturevalue("postgres")
+            s = PostgresStore(server.database(), clock=clock)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "c.db")
+def store(make_store: MakeStore) -> Store:
+    return make_store()
 
 
-def test_a_record_is_stored_once_whatever_how_often_it_is_sent(store: SqliteStore) -> None:
+def test_a_record_is_stored_once_whatever_how_often_it_is_sent(store: Store) -> None:
     ev = make_event()
     assert store.put_many([ev, ev]) == [True, False]
     assert store.put_many([ev]) == [False]
@@ -37,12 +64,12 @@ def test_records_survive_reopening(tmp_path: Path) -> None:
     assert again.schema_version == len(MIGRATIONS)
 
 
-def test_unknown_id_is_not_found(store: SqliteStore) -> None:
+def test_unknown_id_is_not_found(store: Store) -> None:
     with pytest.raises(NotFoundError, match="no record with id 'x'"):
         store.get("x")
 
 
-def test_filters_select_on_every_column(store: SqliteStore) -> None:
+def test_filters_select_on_every_column(store: Store) -> None:
     a = make_event(
         namespace="shop", pod="cart-1", container="cart", image="cart:1", node="n1", comm="java"
     )
@@ -66,7 +93,7 @@ def test_filters_select_on_every_column(store: SqliteStore) -> None:
     assert ids(until_ns=t_b) == [a.id]
 
 
-def test_pages_walk_every_record_once_even_with_equal_times(store: SqliteStore) -> None:
+def test_pages_walk_every_record_once_even_with_equal_times(store: Store) -> None:
     same = BASE_NS - 10**9
     evs = [make_event(killed_at_ns=same if i % 3 == 0 else None) for i in range(25)]
     store.put_many(evs)
@@ -82,7 +109,7 @@ def test_pages_walk_every_record_once_even_with_equal_times(store: SqliteStore) 
     assert len(seen) == len(set(seen))
 
 
-def test_top_counts_by_group(store: SqliteStore) -> None:
+def test_top_counts_by_group(store: Store) -> None:
     store.put_many(
         [make_event(container="cart", rss_mib=r) for r in (10, 70)] + [make_event(container="web")]
     )
@@ -93,11 +120,11 @@ def test_top_counts_by_group(store: SqliteStore) -> None:
         store.top("body; DROP TABLE events", Filter(), 1)
 
 
-def test_retention_goes_by_when_the_collector_received_a_record(tmp_path: Path) -> None:
+def test_retention_goes_by_when_the_collector_received_a_record(make_store: MakeStore) -> None:
     """A node whose clock is a year off sends a record "killed" a year ago: it
     is kept as long as any record received then, not pruned on arrival."""
     now = [BASE_NS]
-    store = SqliteStore(tmp_path / "c.db", clock=lambda: now[0])
+    store = make_store(clock=lambda: now[0])
     early = make_event()
     store.put_many([early])
     now[0] += 10 * 86400 * 10**9
@@ -107,8 +134,8 @@ def test_retention_goes_by_when_the_collector_received_a_record(tmp_path: Path) 
     assert [e.id for e in store.list_events(Filter(), 10, None)[0]] == [skewed.id]
 
 
-def test_retention_prunes_in_small_batches(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db", clock=lambda: BASE_NS)
+def test_retention_prunes_in_small_batches(make_store: MakeStore) -> None:
+    store = make_store(clock=lambda: BASE_NS)
     store.put_many([make_event() for _ in range(25)])
     assert store.prune(BASE_NS + 1, batch=4) == 25
     assert store.count() == 0
@@ -140,7 +167,7 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
         SqliteStore(db)
 
 
-def test_pressure_records_are_stored_once_and_listed_by_cgroup(store: SqliteStore) -> None:
+def test_pressure_records_are_stored_once_and_listed_by_cgroup(store: Store) -> None:
     def rec(i: int, cgroup: str) -> event_pb2.PressureRecord:
         r = event_pb2.PressureRecord(id=f"p{i}", node="n1", cgroup=cgroup, reasons=["reclaim"])
         r.end.FromNanoseconds(BASE_NS + i * 10**10)
@@ -178,11 +205,10 @@ def test_upgrading_fills_the_workload_of_records_stored_before_it(tmp_path: Path
     assert store.get(ev.id) == ev
 
 
-def test_an_id_is_its_nodes_own(tmp_path: Path) -> None:
+def test_an_id_is_its_nodes_own(store: Store) -> None:
     """A node storing a record under an id another node will use first does
     not make the real record a duplicate: (node, id) is the key. A resend
     from the same node still is one."""
-    store = SqliteStore(tmp_path / "c.db")
     forged = make_event(node="node-b", event_id="0123456789abcdef0123456789abcdef")
     real = make_event(node="node-a", event_id=forged.id)
     assert store.put_many([forged]) == [True]

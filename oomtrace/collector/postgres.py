@@ -1,0 +1,434 @@
+"""The collector's store on PostgreSQL, for several collectors on one
+database: the same `Store` protocol as SQLite (collector/store.py).
+
+  - Each record as JSONB (`record`, for SQL and Grafana) and as the exact
+    protobuf (`body`, what is served), with a typed, indexed column for
+    every filter; the key is (node, id), so the database, not a replica's
+    memory, decides what is a duplicate: a record sent to two collectors at
+    once is stored once.
+  - Migrations are numbered steps in `oomtrace_schema`, run on start under
+    an advisory lock (replicas starting together run each step once); a
+    database at a newer step than this collector knows is refused.
+  - Each stored record is announced with NOTIFY (in the same transaction,
+    so only committed records are): every collector LISTENs and hands what
+    others stored to its own watchers.
+  - Retention deletes in batches, each its own short transaction.
+
+Connections come from psycopg-pool; the password from the URL is refused
+(it would sit in the command line): give it with --store-password-file or
+libpq's own $PGPASSWORD / ~/.pgpass."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
+from oomtrace.collector.query import Filter, PageToken, TopRow, columns_of
+from oomtrace.collector.store import TOP_KEYS, where_sql
+from oomtrace.records import to_json
+from oomtrace.v1 import event_pb2
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "oomtrace_records"
+# pg_advisory_lock key for migrations: any number no other program uses.
+_MIGRATION_LOCK = 0x6F6F6D74
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE events (
+        node text NOT NULL,
+        id text COLLATE "C" NOT NULL,
+        killed_at_ns bigint NOT NULL,
+        namespace text NOT NULL,
+        pod text NOT NULL,
+        container text NOT NULL,
+        image text NOT NULL,
+        comm text NOT NULL,
+        oom_constraint integer NOT NULL,
+        cgroup text COLLATE "C" NOT NULL,
+        rss_bytes bigint NOT NULL,
+        workload text NOT NULL,
+        incident_id text NOT NULL,
+        stored_at_ns bigint NOT NULL,
+        body bytea NOT NULL,
+        record jsonb NOT NULL,
+        PRIMARY KEY (node, id)
+    );
+    CREATE INDEX events_id ON events (id);
+    CREATE INDEX events_time ON events (killed_at_ns, id);
+    CREATE INDEX events_node ON events (node, killed_at_ns);
+    CREATE INDEX events_namespace ON events (namespace, killed_at_ns);
+    CREATE INDEX events_pod ON events (pod, killed_at_ns);
+    CREATE INDEX events_container ON events (container, killed_at_ns);
+    CREATE INDEX events_image ON events (image, killed_at_ns);
+    CREATE INDEX events_comm ON events (comm, killed_at_ns);
+    CREATE INDEX events_constraint ON events (oom_constraint, killed_at_ns);
+    CREATE INDEX events_cgroup ON events (cgroup, killed_at_ns);
+    CREATE INDEX events_workload ON events (workload, killed_at_ns);
+    CREATE INDEX events_incident ON events (incident_id) WHERE incident_id <> '';
+    CREATE INDEX events_stored ON events (stored_at_ns);
+    CREATE TABLE pressure (
+        node text NOT NULL,
+        id text COLLATE "C" NOT NULL,
+        end_ns bigint NOT NULL,
+        namespace text NOT NULL,
+        pod text NOT NULL,
+        container text NOT NULL,
+        image text NOT NULL,
+        cgroup text COLLATE "C" NOT NULL,
+        body bytea NOT NULL,
+        record jsonb NOT NULL,
+        PRIMARY KEY (node, id)
+    );
+    CREATE INDEX pressure_time ON pressure (end_ns, id);
+    CREATE INDEX pressure_namespace ON pressure (namespace, end_ns);
+    CREATE INDEX pressure_cgroup ON pressure (cgroup, end_ns);
+    """,
+]
+
+
+def _jsonb(msg: Any) -> str:
+    # JSONB refuses the NUL character, which a process name may hold.
+    return to_json(msg).replace("\\u0000", "\\ufffd")
+
+
+def _parse(body: bytes) -> event_pb2.OomEvent:
+    ev = event_pb2.OomEvent()
+    ev.ParseFromString(body)
+    return ev
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        max_connections: int = 8,
+    ) -> None:
+        params = conninfo_to_dict(url)
+        if params.get("password"):
+            raise StoreError(
+                "the store URL holds a password, which would show in the command line: "
+                "give it with --store-password-file or $PGPASSWORD"
+            )
+        if password is not None:
+            params["password"] = password
+        self._params = params
+        host = params.get("host", "")
+        self.path = f"postgresql://{params.get('user', '')}@{host}/{params.get('dbname', '')}"
+        self.clock = clock
+        self.replica = uuid.uuid4().hex[:12]  # tells our own NOTIFYs from others'
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        try:
+            self._pool = ConnectionPool(
+                kwargs={**params, "autocommit": True},
+                min_size=1,
+                max_size=max_connections,
+                open=True,
+                timeout=10,
+                name="oomtrace",
+                # A connection the database dropped (a restart) is found on
+                # checkout and replaced, not handed to a query.
+                check=ConnectionPool.check_connection,
+            )
+            self._pool.wait(timeout=10)
+            self._migrate()
+        except (psycopg.Error, Exception) as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot use {self.path}: {exc}") from exc
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS oomtrace_schema (version integer NOT NULL)"
+                )
+                row = conn.execute("SELECT max(version) FROM oomtrace_schema").fetchone()
+                version = int(row[0]) if row and row[0] is not None else 0
+                if version > len(MIGRATIONS):
+                    raise StoreError(
+                        f"{self.path} has schema version {version}, newer than this collector "
+                        f"knows ({len(MIGRATIONS)}): upgrade oomtrace"
+                    )
+                for step in range(version, len(MIGRATIONS)):
+                    with conn.transaction():
+                        conn.execute(MIGRATIONS[step])
+                        conn.execute("INSERT INTO oomtrace_schema VALUES (%s)", (step + 1,))
+                    log.info("store.migrated", store=self.path, version=step + 1)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+
+    @property
+    def schema_version(self) -> int:
+        row = self._query("SELECT max(version) FROM oomtrace_schema")[0]
+        return int(row[0])
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, args).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+
+    # -- records -------------------------------------------------------------------------
+
+    def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
+        now = self.clock()
+        rows = []
+        for ev in events:
+            c = columns_of(ev)
+            rows.append(
+                (
+                    c.node,
+                    c.id,
+                    c.killed_at_ns,
+                    c.namespace,
+                    c.pod,
+                    c.container,
+                    c.image,
+                    c.comm,
+                    c.constraint,
+                    c.cgroup,
+                    c.rss_bytes,
+                    c.workload,
+                    ev.incident_id,
+                    now,
+                    ev.SerializeToString(),
+                    _jsonb(ev),
+                )
+            )
+        stored = self._insert(
+            "INSERT INTO events (node, id, killed_at_ns, namespace, pod, container, image, comm, "
+            "oom_constraint, cgroup, rss_bytes, workload, incident_id, stored_at_ns, body, record) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+            "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
+            rows,
+            "events",
+        )
+        out: list[bool] = []
+        for row in rows:
+            key = (str(row[0]), str(row[1]))
+            out.append(key in stored)
+            stored.discard(key)  # a duplicate inside one batch counts once
+        return out
+
+    def _insert(
+        self, sql: str, rows: Sequence[tuple[object, ...]], kind: str
+    ) -> set[tuple[str, str]]:
+        """Inserts in one transaction, announcing what was new to every
+        collector (NOTIFY is delivered at commit); the (node, id) stored."""
+        stored: set[tuple[str, str]] = set()
+        if not rows:
+            return stored
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.executemany(sql, rows, returning=True)
+                while True:
+                    for node, ident in cur.fetchall():
+                        stored.add((node, ident))
+                    if not cur.nextset():
+                        break
+                if stored:
+                    payload = [[kind, node, ident] for node, ident in stored]
+                    for i in range(0, len(payload), 100):  # a NOTIFY payload is < 8000 bytes
+                        cur.execute(
+                            "SELECT pg_notify(%s, %s)",
+                            (CHANNEL, json.dumps([self.replica, payload[i : i + 100]])),
+                        )
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+        return stored
+
+    def get(self, event_id: str) -> event_pb2.OomEvent:
+        rows = self._query("SELECT node, body FROM events WHERE id = %s LIMIT 4", (event_id,))
+        if not rows:
+            raise NotFoundError(event_id)
+        if len(rows) > 1:
+            nodes = ", ".join(sorted(r[0] for r in rows))
+            raise InvalidQueryError(
+                f"id {event_id} is held by records of more than one node ({nodes}): "
+                "ask with history --node NODE"
+            )
+        return _parse(rows[0][1])
+
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        rows = self._query(
+            "SELECT DISTINCT id FROM events WHERE id >= %s AND id < %s ORDER BY id LIMIT %s",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r[0] for r in rows]
+
+    def list_events(
+        self, f: Filter, limit: int, after: PageToken | None
+    ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
+        conds, args = where_sql(f, mark="%s")
+        bodies, token = self._page("events", "killed_at_ns", conds, args, limit, after)
+        return [_parse(b) for b in bodies], token
+
+    def _page(
+        self,
+        table: str,
+        time_column: str,
+        conds: list[str],
+        args: list[object],
+        limit: int,
+        after: PageToken | None,
+    ) -> tuple[list[bytes], PageToken | None]:
+        """Newest first, keyset-paged on (time, id), as in SQLite."""
+        if after is not None:
+            conds = [*conds, f"({time_column}, id) < (%s, %s)"]
+            args = [*args, after.killed_at_ns, after.id]
+        where = " WHERE " + " AND ".join(conds) if conds else ""
+        rows = self._query(
+            f"SELECT {time_column}, id, body FROM {table}{where} "
+            f"ORDER BY {time_column} DESC, id DESC LIMIT %s",
+            [*args, limit + 1],
+        )
+        token = PageToken(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
+        return [bytes(r[2]) for r in rows[:limit]], token
+
+    def top(self, column: str, f: Filter, limit: int) -> list[TopRow]:
+        key = TOP_KEYS.get(column)
+        if key is None:
+            raise ValueError(f"cannot group by {column}")
+        conds, args = where_sql(f, mark="%s")
+        where = " WHERE " + " AND ".join(conds) if conds else ""
+        rows = self._query(
+            f"SELECT {key} AS k, count(*), max(killed_at_ns), max(rss_bytes) FROM events{where} "
+            "GROUP BY k ORDER BY count(*) DESC, max(killed_at_ns) DESC LIMIT %s",
+            [*args, limit],
+        )
+        return [TopRow(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def prune(self, older_than_ns: int, batch: int = 1000) -> int:
+        removed = 0
+        for table, column in (("events", "stored_at_ns"), ("pressure", "end_ns")):
+            while True:
+                try:
+                    with self._pool.connection() as conn:
+                        n = conn.execute(
+                            f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "
+                            f"WHERE {column} < %s LIMIT %s)",
+                            (older_than_ns, batch),
+                        ).rowcount
+                except psycopg.Error as exc:
+                    raise StoreError(f"cannot prune {self.path}: {exc}") from exc
+                if table == "events":
+                    removed += n
+                if n < batch:
+                    break
+        return removed
+
+    def put_pressure(self, records: Sequence[event_pb2.PressureRecord]) -> list[bool]:
+        rows: list[tuple[object, ...]] = [
+            (
+                r.node,
+                r.id,
+                r.end.ToNanoseconds(),
+                r.pod.namespace,
+                r.pod.name,
+                r.container.name,
+                r.container.image,
+                r.cgroup,
+                r.SerializeToString(),
+                _jsonb(r),
+            )
+            for r in records
+        ]
+        stored = self._insert(
+            "INSERT INTO pressure (node, id, end_ns, namespace, pod, container, image, cgroup, "
+            "body, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+            "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
+            rows,
+            "pressure",
+        )
+        out = []
+        for row in rows:
+            key = (str(row[0]), str(row[1]))
+            out.append(key in stored)
+            stored.discard(key)
+        return out
+
+    def list_pressure(
+        self, f: Filter, limit: int, after: PageToken | None
+    ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]:
+        conds, args = where_sql(f, time_column="end_ns", with_event_columns=False, mark="%s")
+        bodies, token = self._page("pressure", "end_ns", conds, args, limit, after)
+        out = []
+        for body in bodies:
+            rec = event_pb2.PressureRecord()
+            rec.ParseFromString(body)
+            out.append(rec)
+        return out, token
+
+    def count(self) -> int:
+        return int(self._query("SELECT count(*) FROM events")[0][0])
+
+    def size_bytes(self) -> int:
+        row = self._query(
+            "SELECT pg_total_relation_size('events') + pg_total_relation_size('pressure')"
+        )[0]
+        return int(row[0])
+
+    # -- other collectors' records --------------------------------------------------------
+
+    def follow(self, publish: Callable[[list[event_pb2.OomEvent]], None]) -> None:
+        """LISTENs on its own connection (reconnecting when the database
+        restarts) and publishes the records other collectors stored."""
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    with psycopg.connect(**self._params, autocommit=True) as conn:  # type: ignore[arg-type]
+                        conn.execute(f"LISTEN {CHANNEL}")
+                        while not self._stop.is_set():
+                            for note in conn.notifies(timeout=1.0):
+                                self._on_notify(note.payload, publish)
+                except psycopg.Error as exc:
+                    log.warning("store.listen_reconnecting", store=self.path, error=str(exc))
+                    self._stop.wait(1.0)
+
+        self._listener = threading.Thread(target=run, daemon=True, name="pg-listen")
+        self._listener.start()
+
+    def _on_notify(self, payload: str, publish: Callable[[list[event_pb2.OomEvent]], None]) -> None:
+        try:
+            replica, items = json.loads(payload)
+        except (ValueError, TypeError):
+            return
+        if replica == self.replica:
+            return  # ours: the service published them already
+        keys = [(node, ident) for kind, node, ident in items if kind == "events"]
+        if not keys:
+            return
+        rows = self._query(
+            "SELECT body FROM events WHERE (node, id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        )
+        publish([_parse(bytes(r[0])) for r in rows])
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(3)
+        self._pool.close()
