@@ -25,8 +25,11 @@ class KustomizeError(Exception):
 
 
 def overlays() -> list[Path]:
-    """The base and every overlay: each directory with a kustomization.yaml."""
-    return sorted(p.parent for p in KUBERNETES.rglob("kustomization.yaml"))
+    """What people apply: the base and every overlay (parts/ are their pieces)."""
+    return [
+        KUBERNETES / "base",
+        *sorted(p.parent for p in KUBERNETES.glob("overlays/*/kustomization.yaml")),
+    ]
 
 
 def render(directory: Path) -> list[dict[str, Any]]:

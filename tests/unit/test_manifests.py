@@ -42,7 +42,13 @@ def _agent(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _collector(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    return find(objects, "StatefulSet", "oomtrace-collector")
+    """One collector on its volume (StatefulSet), or several on PostgreSQL."""
+    for kind in ("StatefulSet", "Deployment"):
+        try:
+            return find(objects, kind, "oomtrace-collector")
+        except KeyError:
+            continue
+    raise KeyError("no collector workload")
 
 
 def _container(workload: dict[str, Any]) -> dict[str, Any]:
@@ -111,8 +117,15 @@ def test_arguments_are_oomtraces_own(rendered: list[dict[str, Any]]) -> None:
     # Durable state on the node, the history on the volume.
     mounts = {m["mountPath"]: m["name"] for m in _container(_agent(rendered))["volumeMounts"]}
     assert mounts[str(agent.state_dir)] == "state"
-    cmounts = {m["mountPath"] for m in _container(_collector(rendered))["volumeMounts"]}
-    assert str(collector.db.parent) in cmounts
+    ccontainer = _container(_collector(rendered))
+    cmounts = {m["mountPath"] for m in ccontainer["volumeMounts"]}
+    if collector.store:
+        # PostgreSQL: the URL from the Secret's env, the password from a file.
+        env = {e["name"] for e in ccontainer["env"]}
+        assert collector.store.startswith("$(") and collector.store[2:-1] in env
+        assert str(collector.store_password_file.parent) in cmounts
+    else:
+        assert str(collector.db.parent) in cmounts
 
 
 def test_the_agent_mounts_what_it_reads(rendered: list[dict[str, Any]]) -> None:
@@ -174,8 +187,11 @@ def test_collector_is_not_root(rendered: list[dict[str, Any]]) -> None:
     # A kubelet's gRPC probe has no client certificate: /healthz on metrics.
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    (claim,) = sts["spec"]["volumeClaimTemplates"]
-    assert claim["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
+    if sts["kind"] == "StatefulSet":
+        (claim,) = sts["spec"]["volumeClaimTemplates"]
+        assert claim["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
+    else:
+        assert sts["spec"]["replicas"] >= 2
 
 
 def _labels(workload: dict[str, Any]) -> dict[str, str]:
