@@ -33,8 +33,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
-from oomtrace.collector.query import Filter, PageToken, TopRow, columns_of
-from oomtrace.collector.store import TOP_KEYS, where_sql
+from oomtrace.collector.query import Filter, PageToken, TopRow
+from oomtrace.collector.store import EVENT_COLUMNS, TOP_KEYS, event_row, where_sql
 from oomtrace.records import to_json
 from oomtrace.v1 import event_pb2
 
@@ -103,6 +103,19 @@ def _jsonb(msg: Any) -> str:
     return to_json(msg).replace("\\u0000", "\\ufffd")
 
 
+def _stored_flags(
+    rows: Sequence[tuple[object, ...]], stored: set[tuple[str, str]], node_at: int, id_at: int
+) -> list[bool]:
+    """True for each row the database stored now; a duplicate inside one
+    batch counts once."""
+    out = []
+    for row in rows:
+        key = (str(row[node_at]), str(row[id_at]))
+        out.append(key in stored)
+        stored.discard(key)
+    return out
+
+
 def _parse(body: bytes) -> event_pb2.OomEvent:
     ev = event_pb2.OomEvent()
     ev.ParseFromString(body)
@@ -139,7 +152,9 @@ class PostgresStore:
                 min_size=1,
                 max_size=max_connections,
                 open=True,
-                timeout=10,
+                # Shorter than an agent's call deadline: a database that is
+                # gone is said (health NOT_SERVING) before the agent gives up.
+                timeout=5,
                 name="oomtrace",
                 # A connection the database dropped (a restart) is found on
                 # checkout and replaced, not handed to a query.
@@ -194,43 +209,15 @@ class PostgresStore:
 
     def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
         now = self.clock()
-        rows = []
-        for ev in events:
-            c = columns_of(ev)
-            rows.append(
-                (
-                    c.node,
-                    c.id,
-                    c.killed_at_ns,
-                    c.namespace,
-                    c.pod,
-                    c.container,
-                    c.image,
-                    c.comm,
-                    c.constraint,
-                    c.cgroup,
-                    c.rss_bytes,
-                    c.workload,
-                    ev.incident_id,
-                    now,
-                    ev.SerializeToString(),
-                    _jsonb(ev),
-                )
-            )
+        rows = [(*event_row(ev, now), ev.incident_id, _jsonb(ev)) for ev in events]
         stored = self._insert(
-            "INSERT INTO events (node, id, killed_at_ns, namespace, pod, container, image, comm, "
-            "oom_constraint, cgroup, rss_bytes, workload, incident_id, stored_at_ns, body, record) "
+            f"INSERT INTO events ({EVENT_COLUMNS}, incident_id, record) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
             "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
             rows,
             "events",
         )
-        out: list[bool] = []
-        for row in rows:
-            key = (str(row[0]), str(row[1]))
-            out.append(key in stored)
-            stored.discard(key)  # a duplicate inside one batch counts once
-        return out
+        return _stored_flags(rows, stored, node_at=2, id_at=0)
 
     def _insert(
         self, sql: str, rows: Sequence[tuple[object, ...]], kind: str
@@ -362,12 +349,7 @@ class PostgresStore:
             rows,
             "pressure",
         )
-        out = []
-        for row in rows:
-            key = (str(row[0]), str(row[1]))
-            out.append(key in stored)
-            stored.discard(key)
-        return out
+        return _stored_flags(rows, stored, node_at=0, id_at=1)
 
     def list_pressure(
         self, f: Filter, limit: int, after: PageToken | None

@@ -197,6 +197,34 @@ TOP_KEYS = {
 }
 
 
+# The columns event_row() fills, in its order; both stores insert these.
+EVENT_COLUMNS = (
+    "id, killed_at_ns, node, namespace, pod, container, image, comm, oom_constraint, cgroup, "
+    "rss_bytes, stored_at_ns, body, workload"
+)
+
+
+def event_row(ev: event_pb2.OomEvent, stored_at_ns: int) -> tuple[object, ...]:
+    """A record's EVENT_COLUMNS values."""
+    c = columns_of(ev)
+    return (
+        c.id,
+        c.killed_at_ns,
+        c.node,
+        c.namespace,
+        c.pod,
+        c.container,
+        c.image,
+        c.comm,
+        c.constraint,
+        c.cgroup,
+        c.rss_bytes,
+        stored_at_ns,
+        ev.SerializeToString(),
+        c.workload,
+    )
+
+
 def where_sql(
     f: Filter,
     time_column: str = "killed_at_ns",
@@ -301,27 +329,7 @@ class SqliteStore:
 
     def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
         now = self.clock()
-        rows = []
-        for ev in events:
-            c = columns_of(ev)
-            rows.append(
-                (
-                    c.id,
-                    c.killed_at_ns,
-                    c.node,
-                    c.namespace,
-                    c.pod,
-                    c.container,
-                    c.image,
-                    c.comm,
-                    c.constraint,
-                    c.cgroup,
-                    c.rss_bytes,
-                    now,
-                    ev.SerializeToString(),
-                    c.workload,
-                )
-            )
+        rows = [event_row(ev, now) for ev in events]
         try:
             present, keys = self._insert_events(rows)
         except sqlite3.Error as exc:
@@ -356,9 +364,8 @@ class SqliteStore:
                         )
                     )
                 cur.executemany(
-                    "INSERT OR IGNORE INTO events (id, killed_at_ns, node, namespace, pod, "
-                    "container, image, comm, oom_constraint, cgroup, rss_bytes, stored_at_ns, body, "
-                    "workload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 cur.execute("COMMIT")

@@ -213,30 +213,39 @@ def bench_query_with_streams(rows: int, queries: int, streams: int, mode: Mode) 
             col.stop()
 
 
+def time_kills_to_history(stub: collector_pb2_grpc.HistoryServiceStub, kills: int) -> list[float]:
+    """ms from each kill (its record's killed_at) to its record in history
+    as `stub` answers, for `kills` real kills in a scratch cgroup (root)."""
+    from tests.integration.harness import ALLOCATE_FOREVER, MIB, scratch_cgroup
+
+    lat = []
+    with scratch_cgroup(32 * MIB) as cg:
+        for _ in range(kills):
+            p = cg.spawn(ALLOCATE_FOREVER)
+            deadline = time.monotonic() + 30
+            found = None
+            while found is None and time.monotonic() < deadline:
+                resp = stub.ListEvents(collector_pb2.ListEventsRequest(page_size=5))
+                found = next((e for e in resp.events if e.victim.pid == p.pid), None)
+                if found is None:
+                    time.sleep(0.002)
+            seen = time.time_ns()
+            p.wait()
+            assert found is not None, f"kill of {p.pid} never reached the collector"
+            lat.append((seen - found.killed_at.ToNanoseconds()) / 1e6)
+    return lat
+
+
 def bench_kill_to_history(kills: int, mode: Mode) -> None:
-    from tests.integration.harness import ALLOCATE_FOREVER, MIB, AgentProcess, scratch_cgroup
+    from tests.integration.harness import AgentProcess
 
     with tempfile.TemporaryDirectory() as d:
         col = mode.collector(Path(d) / "c.db")
         agent = AgentProcess("--collector", col.addr, "--spool", f"{d}/spool", *mode.agent_args())
         try:
             agent.wait_ready()
-            lat = []
-            with scratch_cgroup(32 * MIB) as cg, mode.channel(col.addr, "reader") as ch:
-                stub = collector_pb2_grpc.HistoryServiceStub(ch)
-                for _ in range(kills):
-                    p = cg.spawn(ALLOCATE_FOREVER)
-                    deadline = time.monotonic() + 30
-                    found = None
-                    while found is None and time.monotonic() < deadline:
-                        resp = stub.ListEvents(collector_pb2.ListEventsRequest(page_size=5))
-                        found = next((e for e in resp.events if e.victim.pid == p.pid), None)
-                        if found is None:
-                            time.sleep(0.002)
-                    seen = time.time_ns()
-                    p.wait()
-                    assert found is not None, f"kill of {p.pid} never reached the collector"
-                    lat.append((seen - found.killed_at.ToNanoseconds()) / 1e6)
+            with mode.channel(col.addr, "reader") as ch:
+                lat = time_kills_to_history(collector_pb2_grpc.HistoryServiceStub(ch), kills)
             print(
                 f"kill-to-history {mode.name} p50 {percentile(lat, 50):.1f} ms  p99 {percentile(lat, 99):.1f} ms "
                 f"(n={kills}; goal p99 < 1 s)"

@@ -149,7 +149,10 @@ def test_a_database_restart_mid_ingest_loses_nothing_and_health_says_so(
                 during = [make_event() for _ in range(5)]
                 with pytest.raises(grpc.RpcError):
                     ingest(ch, during)  # not acked: the agent keeps them spooled
-                assert not r.serving()
+                deadline = time.monotonic() + 15
+                while r.serving():
+                    assert time.monotonic() < deadline, "health never said NOT_SERVING"
+                    time.sleep(0.1)
             finally:
                 postgres.start()
             deadline = time.monotonic() + 20
