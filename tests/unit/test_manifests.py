@@ -122,7 +122,8 @@ def test_arguments_are_oomtraces_own(rendered: list[dict[str, Any]]) -> None:
     if collector.store:
         # PostgreSQL: the URL from the Secret's env, the password from a file.
         env = {e["name"] for e in ccontainer["env"]}
-        assert collector.store.startswith("$(") and collector.store[2:-1] in env
+        assert collector.store.startswith("$(")
+        assert collector.store[2:-1] in env
         assert str(collector.store_password_file.parent) in cmounts
     else:
         assert str(collector.db.parent) in cmounts
