@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -72,13 +73,14 @@ class PostgresServer:
         self.start()
         self.url = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, tool: str, *args: str) -> str:
+    def _run(self, tool: str, *args: str, env: dict[str, str] | None = None) -> str:
         p = subprocess.run(
             [*self._as, str(self.bin / tool), *args],
             capture_output=True,
             text=True,
             timeout=120,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
         if p.returncode != 0:
             raise RuntimeError(f"{tool} {' '.join(args)}: {p.stdout}{p.stderr}")
@@ -119,6 +121,34 @@ class PostgresServer:
             "-c",
             statement,
         )
+
+    def read_only(self, on: bool) -> None:
+        """The whole server read-only (as a full or read-only disk makes a
+        database refuse writes), or writable again; sessions open now too."""
+        value = "on" if on else "off"
+        for statement in (
+            f"ALTER SYSTEM SET default_transaction_read_only = {value}",
+            "SELECT pg_reload_conf()",
+        ):
+            self._run(
+                "psql",
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                statement,
+                env={"PGOPTIONS": "-c default_transaction_read_only=off"},
+            )
+        time.sleep(0.3)  # each session takes the reload at its next command
 
     def database(self) -> str:
         """A new, empty database; its URL."""

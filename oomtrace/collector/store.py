@@ -258,8 +258,11 @@ def where_sql(
         conds.append(f"oom_constraint = {mark}")
         args.append(f.constraint)
     if f.cgroup_prefix:
-        conds.append(f"substr(cgroup, 1, {mark}) = {mark}")
-        args += [len(f.cgroup_prefix), f.cgroup_prefix]
+        # A range, not a function of the column, so an index on cgroup serves
+        # it: every path with the prefix sorts between the prefix and the
+        # prefix followed by the highest character (byte order in both stores).
+        conds.append(f"cgroup >= {mark} AND cgroup < {mark}")
+        args += [f.cgroup_prefix, f.cgroup_prefix + "\U0010ffff"]
     return conds, args
 
 

@@ -13,14 +13,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oomtrace import rpc
 from oomtrace.collector.service import MAX_MESSAGE_BYTES, create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.store import SqliteStore, Store
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.unit.events import make_event
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, SqliteStore]]:
-    store = SqliteStore(tmp_path / "c.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Store]]:
+    """The service on each backend (a real PostgreSQL: tests/postgres_server.py)."""
+    store: Store
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "c.db")
+    else:
+        from oomtrace.collector.postgres import PostgresStore
+
+        store = PostgresStore(request.getfixturevalue("postgres").database())
     srv, port, _health = create_server("127.0.0.1:0", store)
     srv.start()
     yield f"127.0.0.1:{port}", store
@@ -30,7 +37,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, SqliteStore]]:
 
 
 @pytest.fixture
-def channel(server: tuple[str, SqliteStore]) -> Iterator[grpc.Channel]:
+def channel(server: tuple[str, Store]) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(server[0]) as ch:
         yield ch
 
@@ -46,7 +53,7 @@ def ingest(
 
 
 def test_each_record_is_acked_after_it_is_stored_and_resends_are_not_stored_twice(
-    server: tuple[str, SqliteStore], channel: grpc.Channel
+    server: tuple[str, Store], channel: grpc.Channel
 ) -> None:
     evs = [make_event() for _ in range(20)]
     acks = ingest(channel, evs)
@@ -59,7 +66,7 @@ def test_each_record_is_acked_after_it_is_stored_and_resends_are_not_stored_twic
 
 
 def test_records_that_can_never_be_stored_are_rejected_with_a_reason(
-    server: tuple[str, SqliteStore], channel: grpc.Channel
+    server: tuple[str, Store], channel: grpc.Channel
 ) -> None:
     no_id = make_event()
     no_id.id = ""
@@ -165,7 +172,7 @@ def test_watch_replays_since_then_streams_new_records_each_once(channel: grpc.Ch
 
 
 def test_oversized_and_garbage_input_get_status_codes_and_the_server_keeps_serving(
-    server: tuple[str, SqliteStore], channel: grpc.Channel
+    server: tuple[str, Store], channel: grpc.Channel
 ) -> None:
     big = make_event()
     big.victim.cmdline = "x" * (MAX_MESSAGE_BYTES + 10)
@@ -211,7 +218,7 @@ def test_oversized_and_garbage_input_get_status_codes_and_the_server_keeps_servi
 
 
 def test_a_record_with_out_of_range_fields_is_refused_alone(
-    server: tuple[str, SqliteStore], channel: grpc.Channel
+    server: tuple[str, Store], channel: grpc.Channel
 ) -> None:
     """Each is refused with its reason; the records around it are stored, and
     the stream goes on (it once ended with UNKNOWN and rolled back the batch)."""
@@ -239,20 +246,29 @@ def test_a_huge_page_token_is_a_bad_argument_not_a_crash(channel: grpc.Channel) 
 
 
 def test_health_says_not_serving_while_the_store_cannot_write(
-    server: tuple[str, SqliteStore], channel: grpc.Channel
+    server: tuple[str, Store], channel: grpc.Channel, request: pytest.FixtureRequest
 ) -> None:
     health = health_pb2_grpc.HealthStub(channel)
 
     def status() -> int:
         return int(health.Check(health_pb2.HealthCheckRequest(service="")).status)
 
+    def read_only(on: bool) -> None:
+        """As a read-only or full disk would make the store refuse writes."""
+        store = server[1]
+        if isinstance(store, SqliteStore):
+            store._writer.execute(f"PRAGMA query_only = {'ON' if on else 'OFF'}")
+        else:
+            request.getfixturevalue("postgres").read_only(on)
+
     assert status() == health_pb2.HealthCheckResponse.SERVING
-    store = server[1]
-    store._writer.execute("PRAGMA query_only = ON")  # as a read-only or full disk would
-    with pytest.raises(grpc.RpcError):
-        ingest(channel, [make_event()])
-    assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
-    store._writer.execute("PRAGMA query_only = OFF")
+    read_only(True)
+    try:
+        with pytest.raises(grpc.RpcError):
+            ingest(channel, [make_event()])
+        assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        read_only(False)
     assert ingest(channel, [make_event()])[0].stored
     assert status() == health_pb2.HealthCheckResponse.SERVING
 

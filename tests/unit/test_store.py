@@ -220,3 +220,15 @@ def test_an_id_is_its_nodes_own(store: Store) -> None:
     assert store.ids_with_prefix(real.id[:12], 5) == [real.id]
     (mine,) = store.list_events(Filter(node="node-a"), 10, None)[0]
     assert mine == real
+
+
+def test_postgresql_refuses_a_newer_schema_and_a_password_in_the_url(postgres: object) -> None:
+    from oomtrace.collector.postgres import PostgresStore
+
+    url = postgres.database()  # type: ignore[attr-defined]
+    PostgresStore(url).close()
+    postgres.sql("INSERT INTO oomtrace_schema VALUES (99)", dbname=url.rsplit("/", 1)[1])  # type: ignore[attr-defined]
+    with pytest.raises(StoreError, match="schema version 99, newer"):
+        PostgresStore(url)
+    with pytest.raises(StoreError, match="password"):
+        PostgresStore(url.replace("oomtrace@", "oomtrace:secret@"))
