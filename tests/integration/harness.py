@@ -212,10 +212,18 @@ class AgentProcess:
             if entry.get("event") == "agent.ready":
                 self._ready.set()
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise AssertionError(f"agent not ready after {timeout}s; its log: {self.logs}")
+    def wait_ready(self, timeout: float = 600) -> None:
+        """Until the agent says it is ready: the BCC compile takes seconds
+        here and minutes under a guest's emulation on a busy machine. An agent
+        that exits fails this at once."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(
+                    f"agent not ready after {timeout}s (exit {self.proc.poll()}); "
+                    f"its log: {self.logs}"
+                )
 
     def wait_log(
         self, event: str, where: Callable[[dict[str, Any]], bool], timeout: float = 20

@@ -83,6 +83,7 @@ class GoProbes:
         # Binaries are parsed in a process of their own, off the event loop
         # (go/worker.py); poll() attaches what has been parsed.
         self.parser = parser or ParserWorker()
+        self.parser.start()
         self.parsing: dict[tuple[int, int], _Parsing] = {}
         self.binaries: dict[tuple[int, int], GoBinary] = {}
         self.attached_binaries = 0

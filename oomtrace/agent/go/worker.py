@@ -36,6 +36,8 @@ import structlog
 log = structlog.get_logger(__name__)
 
 PARSE_TIMEOUT_S = 5.0
+# The worker's interpreter and imports: seconds under emulation.
+STARTUP_TIMEOUT_S = 120.0
 # The worker's private memory: Python and capstone need ~30 MiB, a real
 # binary's pclntab copy up to 64 MiB (symbols.MAX_PCLNTAB).
 DATA_LIMIT_BYTES = 256 << 20
@@ -90,8 +92,13 @@ def parse(fd: int) -> dict[str, Any]:
 
 
 def _serve(sock: socket.socket, data_limit: int) -> None:
-    """The worker's loop: a request is a JSON id with the binary's fd."""
+    """The worker's loop: a request is a JSON id with the binary's fd. It
+    says it is ready once its imports are done: the deadline of a parse must
+    not include the interpreter's start (seconds under emulation)."""
+    from oomtrace.agent.go import symbols  # noqa: F401 - imported before "ready"
+
     resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
+    sock.send(json.dumps({"ready": True}).encode())
     while True:
         msg, fds, _flags, _addr = socket.recv_fds(sock, 1024, 1)
         if not msg:
@@ -124,7 +131,15 @@ class ParserWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._done: list[tuple[Any, Parsed]] = []
+        self._ready = False  # the worker has said it is ready
+        self._started_at = 0.0
         self.restarts = 0  # workers killed for time or lost to a crash
+
+    def start(self) -> None:
+        """Starts the worker now (it is started on demand otherwise): the
+        agent does it at start-up, so the first Go binary does not wait."""
+        if self._proc is None:
+            self._start_worker()
 
     @property
     def pending(self) -> int:
@@ -171,6 +186,8 @@ class ParserWorker:
         child.close()
         parent.setblocking(False)
         self._sock = parent
+        self._ready = False
+        self._started_at = time.monotonic()
 
     def _stop_worker(self) -> None:
         if self._proc is not None:
@@ -191,6 +208,17 @@ class ParserWorker:
             self._stop_worker()
             self._start_worker()
         assert self._sock is not None
+        if not self._ready:
+            try:
+                msg = self._sock.recv(1024)
+            except BlockingIOError:
+                if time.monotonic() - self._started_at > STARTUP_TIMEOUT_S:
+                    self._fail_queue(f"the parser did not start in {STARTUP_TIMEOUT_S:g} s")
+                return
+            if not msg:
+                self._fail_queue("the parser exited at start")
+                return
+            self._ready = True
         key, fd = self._queue.popleft()
         self._next_id += 1
         try:
@@ -200,6 +228,14 @@ class ParserWorker:
             self._stop_worker()
             return
         self._in_flight = (key, self._next_id, time.monotonic())
+
+    def _fail_queue(self, why: str) -> None:
+        """Every queued binary gets the reason; a new worker for the next."""
+        log.warning("go.parser_unavailable", reason=why)
+        while self._queue:
+            key, _fd = self._queue.popleft()
+            self._done.append((key, Parsed(error=why)))
+        self._stop_worker()
 
     def _receive(self) -> None:
         if self._in_flight is None or self._sock is None:
