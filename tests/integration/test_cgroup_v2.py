@@ -47,7 +47,10 @@ def test_oom_group_kill_is_one_incident_with_every_victim(
     assert {r["victim"]["pid"] for r in records} == pids == set(kernel)
     assert len({r["incident_id"] for r in records}) == 1
     assert all(r["trigger"]["pid"] == grower.pid for r in records)
-    assert "oom_group_kill 1" in events
+    # The kernel's own count of group kills, where it keeps one (5.16+;
+    # 5.10's memory.events has no such line).
+    if "oom_group_kill" in events:
+        assert "oom_group_kill 1" in events
     if "kprobe/oom_kill_process" in records[0]["hooks"]:
         assert all(r["constraint_source"] == "KERNEL" for r in records)
         assert all(r["cgroup"]["oom_memcg_path"] == cg.rel for r in records)
