@@ -2,9 +2,12 @@
 # `make test-kernels`: the privileged tests again on the kernels users run,
 # each booted with virtme-ng under QEMU's software emulation (this VM's
 # /dev/kvm does not boot stock kernels), one after another:
-#   5.10  Debian 11's (bullseye-security), cgroup v2
-#   6.1   Debian 12's, cgroup v2
-#   6.12  Debian 12's backports, booted with cgroup v1 hierarchies
+#   5.10     Debian 11's (bullseye-security), cgroup v2
+#   5.10-v1  the same kernel booted with cgroup v1 hierarchies (6.12 cannot:
+#            Debian builds it without CONFIG_MEMCG_V1), the kill, pressure
+#            and kernel-log tests only
+#   6.1      Debian 12's, cgroup v2
+#   6.12     Debian 12's backports, cgroup v2
 # KERNELS="5.10" (or "6.1 6.12") runs a choice. One boot per kernel, BPF
 # compiled once in it, all its tests sharing it; each guest's report and exit
 # code come back to the host (var/guest/<kernel>/).
@@ -18,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-kernels=${KERNELS:-"5.10 6.1 6.12"}
+kernels=${KERNELS:-"5.10 5.10-v1 6.1 6.12"}
 
 declare -A KVER=([5.10]=5.10.0-46-amd64 [6.1]=6.1.0-56-amd64 [6.12]=6.12.95+deb12-amd64)
 declare -A PKGVER=([5.10]=5.10.262-1 [6.1]="" [6.12]=6.12.95-1~bpo12+1)
@@ -27,7 +30,10 @@ declare -A SUITE=(
     [6.1]=""
     [6.12]="deb http://deb.debian.org/debian bookworm-backports main"
 )
-declare -A CGROUP=([5.10]=v2 [6.1]=v2 [6.12]=v1)
+declare -A CGROUP=([5.10]=v2 [5.10-v1]=v1 [6.1]=v2 [6.12]=v2)
+# The suite each boot runs (guest-tests.sh): all of it, or the part that
+# differs between cgroup versions.
+declare -A TESTS=([5.10]=all [5.10-v1]=v1 [6.1]=all [6.12]=all)
 
 need=(qemu-system-x86 busybox-static linux-image-6.1.0-56-amd64 linux-headers-6.1.0-56-amd64)
 missing=()
@@ -76,13 +82,14 @@ build_every_oomgo(pathlib.Path(tempfile.mkdtemp()))'
 rc=0
 summary=()
 for label in $kernels; do
-    kver=${KVER[$label]:?unknown kernel $label (known: ${!KVER[*]})}
+    base=${label%-v1}
+    kver=${KVER[$base]:?unknown kernel $label (known: ${!CGROUP[*]})}
     out=$(mktemp -d /tmp/oomtrace-guest-XXXXXX)
-    if [ -n "${SUITE[$label]}" ]; then
-        fetch "$label"
-        image=$repo/var/kernels/$label/root/boot/vmlinuz-$kver
-        modules=$repo/var/kernels/$label/root/lib/modules/$kver
-        headers=$repo/var/kernels/$label/headers
+    if [ -n "${SUITE[$base]}" ]; then
+        fetch "$base"
+        image=$repo/var/kernels/$base/root/boot/vmlinuz-$kver
+        modules=$repo/var/kernels/$base/root/lib/modules/$kver
+        headers=$repo/var/kernels/$base/headers
     else
         image=/boot/vmlinuz-$kver
         modules=""
@@ -90,7 +97,7 @@ for label in $kernels; do
     fi
     echo "test-kernels: booting $kver, cgroup ${CGROUP[$label]} (software emulation: expect minutes)" >&2
     started=$(date +%s)
-    guest="/bin/sh $repo/tools/guest-tests.sh $out $repo ${CGROUP[$label]} ${headers:-none}"
+    guest="/bin/sh $repo/tools/guest-tests.sh $out $repo ${CGROUP[$label]} ${headers:-none} ${TESTS[$label]}"
     # No setsid between timeout and vng: qemu must die with the timeout. The
     # kernel's modules appear at /lib/modules in a mount namespace of vng's
     # own, which its root export shows the guest.
