@@ -32,9 +32,8 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
-from oomtrace.collector.query import Filter, PageToken, TopRow
-from oomtrace.collector.store import EVENT_COLUMNS, TOP_KEYS, event_row, where_sql
+from oomtrace.collector.errors import StoreError
+from oomtrace.collector.store import EVENT_COLUMNS, SqlReads, event_row, parse_event
 from oomtrace.records import to_json
 from oomtrace.v1 import event_pb2
 
@@ -116,13 +115,9 @@ def _stored_flags(
     return out
 
 
-def _parse(body: bytes) -> event_pb2.OomEvent:
-    ev = event_pb2.OomEvent()
-    ev.ParseFromString(body)
-    return ev
+class PostgresStore(SqlReads):
+    MARK = "%s"
 
-
-class PostgresStore:
     def __init__(
         self,
         url: str,
@@ -198,6 +193,9 @@ class PostgresStore:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def _rows(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        return self._query(sql, args)
+
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         try:
             with self._pool.connection() as conn:
@@ -246,67 +244,6 @@ class PostgresStore:
             raise StoreError(f"cannot write to {self.path}: {exc}") from exc
         return stored
 
-    def get(self, event_id: str) -> event_pb2.OomEvent:
-        rows = self._query("SELECT node, body FROM events WHERE id = %s LIMIT 4", (event_id,))
-        if not rows:
-            raise NotFoundError(event_id)
-        if len(rows) > 1:
-            nodes = ", ".join(sorted(r[0] for r in rows))
-            raise InvalidQueryError(
-                f"id {event_id} is held by records of more than one node ({nodes}): "
-                "ask with history --node NODE"
-            )
-        return _parse(rows[0][1])
-
-    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
-        rows = self._query(
-            "SELECT DISTINCT id FROM events WHERE id >= %s AND id < %s ORDER BY id LIMIT %s",
-            (prefix, prefix + "\U0010ffff", limit),
-        )
-        return [r[0] for r in rows]
-
-    def list_events(
-        self, f: Filter, limit: int, after: PageToken | None
-    ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
-        conds, args = where_sql(f, mark="%s")
-        bodies, token = self._page("events", "killed_at_ns", conds, args, limit, after)
-        return [_parse(b) for b in bodies], token
-
-    def _page(
-        self,
-        table: str,
-        time_column: str,
-        conds: list[str],
-        args: list[object],
-        limit: int,
-        after: PageToken | None,
-    ) -> tuple[list[bytes], PageToken | None]:
-        """Newest first, keyset-paged on (time, id), as in SQLite."""
-        if after is not None:
-            conds = [*conds, f"({time_column}, id) < (%s, %s)"]
-            args = [*args, after.killed_at_ns, after.id]
-        where = " WHERE " + " AND ".join(conds) if conds else ""
-        rows = self._query(
-            f"SELECT {time_column}, id, body FROM {table}{where} "
-            f"ORDER BY {time_column} DESC, id DESC LIMIT %s",
-            [*args, limit + 1],
-        )
-        token = PageToken(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
-        return [bytes(r[2]) for r in rows[:limit]], token
-
-    def top(self, column: str, f: Filter, limit: int) -> list[TopRow]:
-        key = TOP_KEYS.get(column)
-        if key is None:
-            raise ValueError(f"cannot group by {column}")
-        conds, args = where_sql(f, mark="%s")
-        where = " WHERE " + " AND ".join(conds) if conds else ""
-        rows = self._query(
-            f"SELECT {key} AS k, count(*), max(killed_at_ns), max(rss_bytes) FROM events{where} "
-            "GROUP BY k ORDER BY count(*) DESC, max(killed_at_ns) DESC LIMIT %s",
-            [*args, limit],
-        )
-        return [TopRow(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
-
     def prune(self, older_than_ns: int, batch: int = 1000) -> int:
         removed = 0
         for table, column in (("events", "stored_at_ns"), ("pressure", "end_ns")):
@@ -351,21 +288,6 @@ class PostgresStore:
         )
         return _stored_flags(rows, stored, node_at=0, id_at=1)
 
-    def list_pressure(
-        self, f: Filter, limit: int, after: PageToken | None
-    ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]:
-        conds, args = where_sql(f, time_column="end_ns", with_event_columns=False, mark="%s")
-        bodies, token = self._page("pressure", "end_ns", conds, args, limit, after)
-        out = []
-        for body in bodies:
-            rec = event_pb2.PressureRecord()
-            rec.ParseFromString(body)
-            out.append(rec)
-        return out, token
-
-    def count(self) -> int:
-        return int(self._query("SELECT count(*) FROM events")[0][0])
-
     def size_bytes(self) -> int:
         row = self._query(
             "SELECT pg_total_relation_size('events') + pg_total_relation_size('pressure')"
@@ -407,7 +329,7 @@ class PostgresStore:
             "SELECT body FROM events WHERE (node, id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
             ([k[0] for k in keys], [k[1] for k in keys]),
         )
-        publish([_parse(bytes(r[0])) for r in rows])
+        publish([parse_event(bytes(r[0])) for r in rows])
 
     def close(self) -> None:
         self._stop.set()

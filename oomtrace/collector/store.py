@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
 from oomtrace.collector.query import Filter, PageToken, TopRow, columns_of, workload_key
@@ -266,7 +266,101 @@ def where_sql(
     return conds, args
 
 
-class SqliteStore:
+class SqlReads:
+    """The reads both stores share: SQL that SQLite and PostgreSQL both take,
+    written with the driver's placeholder (MARK); each store says how a query
+    runs (_rows)."""
+
+    MARK = "?"
+
+    def _rows(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def get(self, event_id: str) -> event_pb2.OomEvent:
+        m = self.MARK
+        rows = self._rows(f"SELECT node, body FROM events WHERE id = {m} LIMIT 4", (event_id,))
+        if not rows:
+            raise NotFoundError(event_id)
+        if len(rows) > 1:
+            # Only a node that forged or reused another's id gets here.
+            nodes = ", ".join(sorted(r[0] for r in rows))
+            raise InvalidQueryError(
+                f"id {event_id} is held by records of more than one node ({nodes}): "
+                "ask with history --node NODE"
+            )
+        return parse_event(bytes(rows[0][1]))
+
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        # A range on the id index: every id with the prefix sorts between the
+        # prefix and the prefix followed by the highest character.
+        m = self.MARK
+        rows = self._rows(
+            f"SELECT DISTINCT id FROM events WHERE id >= {m} AND id < {m} ORDER BY id LIMIT {m}",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r[0] for r in rows]
+
+    def list_events(
+        self, f: Filter, limit: int, after: PageToken | None
+    ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
+        conds, args = where_sql(f, mark=self.MARK)
+        bodies, token = self._page("events", "killed_at_ns", conds, args, limit, after)
+        return [parse_event(b) for b in bodies], token
+
+    def _page(
+        self,
+        table: str,
+        time_column: str,
+        conds: list[str],
+        args: list[object],
+        limit: int,
+        after: PageToken | None,
+    ) -> tuple[list[bytes], PageToken | None]:
+        """Bodies newest first, keyset-paged on (time, id): stable under
+        inserts, and an index range scan whatever the page number."""
+        m = self.MARK
+        if after is not None:
+            conds = [*conds, f"({time_column} < {m} OR ({time_column} = {m} AND id < {m}))"]
+            args = [*args, after.killed_at_ns, after.killed_at_ns, after.id]
+        where = " WHERE " + " AND ".join(conds) if conds else ""
+        rows = self._rows(
+            f"SELECT {time_column}, id, body FROM {table}{where} "
+            f"ORDER BY {time_column} DESC, id DESC LIMIT {m}",
+            [*args, limit + 1],
+        )
+        token = PageToken(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
+        return [bytes(r[2]) for r in rows[:limit]], token
+
+    def top(self, column: str, f: Filter, limit: int) -> list[TopRow]:
+        key = TOP_KEYS.get(column)
+        if key is None:
+            raise ValueError(f"cannot group by {column}")
+        conds, args = where_sql(f, mark=self.MARK)
+        where = " WHERE " + " AND ".join(conds) if conds else ""
+        rows = self._rows(
+            f"SELECT {key} AS k, count(*), max(killed_at_ns), max(rss_bytes) FROM events{where} "
+            f"GROUP BY k ORDER BY count(*) DESC, max(killed_at_ns) DESC LIMIT {self.MARK}",
+            [*args, limit],
+        )
+        return [TopRow(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def list_pressure(
+        self, f: Filter, limit: int, after: PageToken | None
+    ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]:
+        conds, args = where_sql(f, time_column="end_ns", with_event_columns=False, mark=self.MARK)
+        bodies, token = self._page("pressure", "end_ns", conds, args, limit, after)
+        out = []
+        for body in bodies:
+            rec = event_pb2.PressureRecord()
+            rec.ParseFromString(body)
+            out.append(rec)
+        return out, token
+
+    def count(self) -> int:
+        return int(self._rows("SELECT count(*) FROM events", ())[0][0])
+
+
+class SqliteStore(SqlReads):
     """SQLite in WAL mode with synchronous=FULL: a commit is on disk when it
     returns. One writer connection (SQLite has one writer anyway), and a
     reader connection per thread, which WAL lets run beside the writer."""
@@ -299,6 +393,9 @@ class SqliteStore:
             self._local.conn = conn
         return conn
 
+    def _rows(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        return self._reader().execute(sql, args).fetchall()
+
     def _migrate(self) -> None:
         version = self._writer.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
@@ -323,7 +420,7 @@ class SqliteStore:
 
     def _backfill_workload(self) -> None:
         rows = self._writer.execute("SELECT id, body FROM events WHERE pod != ''").fetchall()
-        updates = [(workload_key(_parse(body)), ident) for ident, body in rows]
+        updates = [(workload_key(parse_event(body)), ident) for ident, body in rows]
         self._writer.executemany("UPDATE events SET workload = ? WHERE id = ?", updates)
 
     @property
@@ -378,87 +475,6 @@ class SqliteStore:
                 raise
         return present, keys
 
-    def get(self, event_id: str) -> event_pb2.OomEvent:
-        rows = (
-            self._reader()
-            .execute("SELECT node, body FROM events WHERE id = ? LIMIT 4", (event_id,))
-            .fetchall()
-        )
-        if not rows:
-            raise NotFoundError(event_id)
-        if len(rows) > 1:
-            # Only a node that forged or reused another's id gets here.
-            nodes = ", ".join(sorted(r[0] for r in rows))
-            raise InvalidQueryError(
-                f"id {event_id} is held by records of more than one node ({nodes}): "
-                "ask with history --node NODE"
-            )
-        return _parse(rows[0][1])
-
-    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
-        # A range on the unique index: every id with the prefix sorts between
-        # the prefix and the prefix followed by the highest character.
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT DISTINCT id FROM events WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
-                (prefix, prefix + "\U0010ffff", limit),
-            )
-            .fetchall()
-        )
-        return [r[0] for r in rows]
-
-    def list_events(
-        self, f: Filter, limit: int, after: PageToken | None
-    ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
-        conds, args = where_sql(f)
-        bodies, token = self._page("events", "killed_at_ns", conds, args, limit, after)
-        return [_parse(b) for b in bodies], token
-
-    def _page(
-        self,
-        table: str,
-        time_column: str,
-        conds: list[str],
-        args: list[object],
-        limit: int,
-        after: PageToken | None,
-    ) -> tuple[list[bytes], PageToken | None]:
-        """Bodies newest first, keyset-paged on (time, id): stable under
-        inserts, and an index range scan whatever the page number."""
-        if after is not None:
-            conds = [*conds, f"({time_column} < ? OR ({time_column} = ? AND id < ?))"]
-            args = [*args, after.killed_at_ns, after.killed_at_ns, after.id]
-        where = " WHERE " + " AND ".join(conds) if conds else ""
-        rows = (
-            self._reader()
-            .execute(
-                f"SELECT {time_column}, id, body FROM {table}{where} "
-                f"ORDER BY {time_column} DESC, id DESC LIMIT ?",
-                [*args, limit + 1],
-            )
-            .fetchall()
-        )
-        token = PageToken(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
-        return [r[2] for r in rows[:limit]], token
-
-    def top(self, column: str, f: Filter, limit: int) -> list[TopRow]:
-        key = TOP_KEYS.get(column)
-        if key is None:
-            raise ValueError(f"cannot group by {column}")
-        conds, args = where_sql(f)
-        where = " WHERE " + " AND ".join(conds) if conds else ""
-        rows = (
-            self._reader()
-            .execute(
-                f"SELECT {key} AS k, count(*), max(killed_at_ns), max(rss_bytes) FROM events{where} "
-                "GROUP BY k ORDER BY count(*) DESC, max(killed_at_ns) DESC LIMIT ?",
-                [*args, limit],
-            )
-            .fetchall()
-        )
-        return [TopRow(r[0], r[1], r[2], r[3]) for r in rows]
-
     def prune(self, older_than_ns: int, batch: int = 1000) -> int:
         removed = 0
         for table, column in (("events", "stored_at_ns"), ("pressure", "end_ns")):
@@ -512,21 +528,6 @@ class SqliteStore:
                 raise
         return stored
 
-    def list_pressure(
-        self, f: Filter, limit: int, after: PageToken | None
-    ) -> tuple[list[event_pb2.PressureRecord], PageToken | None]:
-        conds, args = where_sql(f, time_column="end_ns", with_event_columns=False)
-        bodies, token = self._page("pressure", "end_ns", conds, args, limit, after)
-        out = []
-        for body in bodies:
-            rec = event_pb2.PressureRecord()
-            rec.ParseFromString(body)
-            out.append(rec)
-        return out, token
-
-    def count(self) -> int:
-        return int(self._reader().execute("SELECT count(*) FROM events").fetchone()[0])
-
     def size_bytes(self) -> int:
         size = 0
         for suffix in ("", "-wal", "-shm"):  # the file and its write-ahead log
@@ -545,7 +546,7 @@ class SqliteStore:
             conn.close()
 
 
-def _parse(body: bytes) -> event_pb2.OomEvent:
+def parse_event(body: bytes) -> event_pb2.OomEvent:
     ev = event_pb2.OomEvent()
     ev.ParseFromString(body)
     return ev
