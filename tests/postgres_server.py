@@ -102,7 +102,9 @@ class PostgresServer:
         self.stop("fast")
         self.start()
 
-    def sql(self, statement: str, dbname: str = "postgres") -> str:
+    def sql(
+        self, statement: str, dbname: str = "postgres", env: dict[str, str] | None = None
+    ) -> str:
         return self._run(
             "psql",
             "-X",
@@ -120,34 +122,17 @@ class PostgresServer:
             "-At",
             "-c",
             statement,
+            env=env,
         )
 
     def read_only(self, on: bool) -> None:
         """The whole server read-only (as a full or read-only disk makes a
         database refuse writes), or writable again; sessions open now too."""
         value = "on" if on else "off"
-        for statement in (
-            f"ALTER SYSTEM SET default_transaction_read_only = {value}",
-            "SELECT pg_reload_conf()",
-        ):
-            self._run(
-                "psql",
-                "-X",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                statement,
-                env={"PGOPTIONS": "-c default_transaction_read_only=off"},
-            )
+        # The session that turns it off must itself be writable.
+        writable = {"PGOPTIONS": "-c default_transaction_read_only=off"}
+        self.sql(f"ALTER SYSTEM SET default_transaction_read_only = {value}", env=writable)
+        self.sql("SELECT pg_reload_conf()", env=writable)
         time.sleep(0.3)  # each session takes the reload at its next command
 
     def database(self) -> str:
