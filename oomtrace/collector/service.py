@@ -45,9 +45,14 @@ _END = object()
 _CANDIDATES = 10
 
 
+# A record on its way to a watcher, with its size in bytes (computed once per
+# record in publish, not once per watcher); None ends the watch.
+Entry = tuple[event_pb2.OomEvent, int] | None
+
+
 class _ByteQueue(queue.Queue):  # type: ignore[type-arg]
-    """A queue.Queue whose size is the bytes of the records in it (None, the
-    end, counts one): maxsize bounds a watcher's memory, not its count."""
+    """A queue.Queue of Entries whose size is their bytes (None counts one):
+    maxsize bounds a watcher's memory, not its count."""
 
     def _init(self, maxsize: int) -> None:
         super()._init(maxsize)
@@ -56,18 +61,14 @@ class _ByteQueue(queue.Queue):  # type: ignore[type-arg]
     def _qsize(self) -> int:
         return self._bytes
 
-    @staticmethod
-    def _size(item: event_pb2.OomEvent | None) -> int:
-        return 1 if item is None else max(1, item.ByteSize())
+    def _put(self, entry: Entry) -> None:
+        self.queue.append(entry)
+        self._bytes += 1 if entry is None else entry[1]
 
-    def _put(self, item: event_pb2.OomEvent | None) -> None:
-        self.queue.append(item)
-        self._bytes += self._size(item)
-
-    def _get(self) -> event_pb2.OomEvent | None:
-        item: event_pb2.OomEvent | None = self.queue.popleft()
-        self._bytes -= self._size(item)
-        return item
+    def _get(self) -> Entry:
+        entry: Entry = self.queue.popleft()
+        self._bytes -= 1 if entry is None else entry[1]
+        return entry
 
 
 # What one watcher may have waiting before it is dropped as too slow.
@@ -82,10 +83,10 @@ class Broadcast:
     def __init__(self, max_bytes: int = WATCHER_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._watchers: set[queue.Queue[event_pb2.OomEvent | None]] = set()
+        self._watchers: set[queue.Queue[Entry]] = set()
 
-    def subscribe(self) -> queue.Queue[event_pb2.OomEvent | None]:
-        q: queue.Queue[event_pb2.OomEvent | None] = _ByteQueue(self.max_bytes)
+    def subscribe(self) -> queue.Queue[Entry]:
+        q: queue.Queue[Entry] = _ByteQueue(self.max_bytes)
         with self._lock:
             self._watchers.add(q)
         return q
@@ -94,17 +95,20 @@ class Broadcast:
         with self._lock:
             return len(self._watchers)
 
-    def unsubscribe(self, q: queue.Queue[event_pb2.OomEvent | None]) -> None:
+    def unsubscribe(self, q: queue.Queue[Entry]) -> None:
         with self._lock:
             self._watchers.discard(q)
 
     def publish(self, events: list[event_pb2.OomEvent]) -> None:
         with self._lock:
             watchers = list(self._watchers)
+        if not watchers:
+            return
+        entries = [(ev, max(1, ev.ByteSize())) for ev in events]
         for q in watchers:
-            for ev in events:
+            for entry in entries:
                 try:
-                    q.put_nowait(ev)
+                    q.put_nowait(entry)
                 except queue.Full:
                     self.unsubscribe(q)
                     # Wake the watcher so it can end its stream with a reason.
@@ -372,16 +376,17 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
                     yield old
             while context.is_active():
                 try:
-                    ev = q.get(timeout=1.0)
+                    entry = q.get(timeout=1.0)
                 except queue.Empty:
                     continue
-                if ev is None:
+                if entry is None:
                     if context.is_active():
                         context.abort(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
                             "watcher fell too far behind; reconnect and list what was missed",
                         )
                     return
+                ev = entry[0]
                 if ev.id in replayed:
                     replayed.discard(ev.id)
                     continue
