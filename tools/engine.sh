@@ -9,7 +9,9 @@
 #
 # Started with no bridge, NAT or iptables rules: containers here use the
 # host's network or share one another's, and the machine's firewall is left
-# alone. Its log: var/engine/dockerd.log.
+# alone. Its containers' cgroups go under /oomtrace-engine (not dockerd's
+# default /docker, which it never removes), removed when it stops. Its log:
+# var/engine/dockerd.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$PWD/var/engine
@@ -25,7 +27,7 @@ start)
     mkdir -p "$dir"
     setsid dockerd --host "unix://$sock" --pidfile "$dir/dockerd.pid" \
         --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none \
-        --exec-opt native.cgroupdriver=cgroupfs \
+        --exec-opt native.cgroupdriver=cgroupfs --cgroup-parent /oomtrace-engine \
         >"$dir/dockerd.log" 2>&1 </dev/null &
     for _ in $(seq 1 300); do
         answers && { echo "engine: dockerd started (pid $(cat "$dir/dockerd.pid"))" >&2; exit 0; }
@@ -44,6 +46,12 @@ stop)
         for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     fi
     rm -f "$dir/dockerd.pid"
+    # The cgroups its containers had: empty now (rmdir removes only empty ones).
+    for tree in /sys/fs/cgroup/*/oomtrace-engine /sys/fs/cgroup/oomtrace-engine; do
+        if [ -d "$tree" ]; then
+            find "$tree" -depth -type d -exec rmdir {} + 2>/dev/null || true
+        fi
+    done
     ;;
 *)
     echo "usage: tools/engine.sh start|stop" >&2

@@ -333,9 +333,14 @@ class Dockerd:
         self.dir.mkdir()
         self.sock = self.dir / "docker.sock"
         self.data_root = self.dir / "data"
+        # Its containers' cgroups (docker build's too) under a scratch parent
+        # of the test's, not dockerd's default /docker, which nothing removes.
+        self.cgroup_top = f"oomtrace-test-{secrets.token_hex(4)}"
         self.daemon = Daemon(
             [
                 "dockerd",
+                "--cgroup-parent",
+                f"/{self.cgroup_top}",
                 "--data-root",
                 str(self.data_root),
                 "--exec-root",
@@ -376,6 +381,7 @@ class Dockerd:
         if ids:
             self.docker("rm", "-f", *ids, check=False)
         self.daemon.stop()
+        remove_cgroup_everywhere(self.cgroup_top)
 
 
 # -- images -----------------------------------------------------------------------

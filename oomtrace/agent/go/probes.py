@@ -130,7 +130,10 @@ class GoProbes:
     def poll(self, wait_s: float = 0.0) -> None:
         """Attaches the probes of the binaries parsed since the last call
         (waiting up to wait_s for all of them: at start-up), and locates the
-        controller in each of their processes."""
+        controller in each of their processes. Called on every pass of the
+        event loop: nothing to do costs one check."""
+        if not self.parsing:
+            return
         done = self.parser.wait(wait_s) if wait_s else self.parser.results()
         for key, parsed in done:
             parsing = self.parsing.pop(key, None)
