@@ -42,6 +42,7 @@ from tests.integration.containers import (
     Daemon,
     build_oomgo,
     cri_annotations,
+    cri_dockerd_run,
     k8s_parent,
     oci_image_tar,
 )
@@ -157,14 +158,21 @@ class Cluster:
             time.sleep(1)
 
     def note_peak(self, pod: Pod) -> None:
-        cid = docker("inspect", "-f", "{{.Id}}", pod.name)
-        for f in ("memory.max_usage_in_bytes", "memory.peak"):
-            for base in (Path("/sys/fs/cgroup/memory/docker"), Path("/sys/fs/cgroup/docker")):
-                path = base / cid / f
-                if path.exists():
-                    peak = int(path.read_text())
-                    self.peaks[pod.name] = max(self.peaks.get(pod.name, 0), peak)
-                    return
+        """The running container's peak memory so far, from its own memory
+        cgroup (wherever the engine put it, found in /proc/PID/cgroup)."""
+        pid = int(docker("inspect", "-f", "{{.State.Pid}}", pod.name))
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _id, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):  # v1
+                peak = Path(f"/sys/fs/cgroup/memory{path}/memory.max_usage_in_bytes")
+            elif controllers == "":  # v2 (or v1's unified, which has no memory files)
+                peak = Path(f"/sys/fs/cgroup{path}/memory.peak")
+            else:
+                continue
+            if peak.exists():
+                value = int(peak.read_text())
+                self.peaks[pod.name] = max(self.peaks.get(pod.name, 0), value)
+                return
 
 
 # -- the engine, the images, the runtimes ----------------------------------------
@@ -363,26 +371,10 @@ def cluster(images: None, state_dir: Path, workdir: Path, victim_image: str) -> 
 def docker_victim(c: Cluster, pod: str, parent: str, pod_uid: str) -> None:
     """A pod's container as cri-dockerd makes one: the kubelet's labels, the
     pod's cgroup parent, the container's memory limit."""
-    labels = {
-        "io.kubernetes.pod.name": pod,
-        "io.kubernetes.pod.namespace": NAMESPACE,
-        "io.kubernetes.pod.uid": pod_uid,
-        "io.kubernetes.container.name": "cart",
-        "oomtrace-test-run": RUN,
-    }
-    args = [
-        "run",
-        "-d",
-        "--memory",
-        str(LIMIT),
-        "--memory-swap",
-        str(LIMIT),
-        "--cgroup-parent",
-        parent,
-    ]
-    for k, v in labels.items():
-        args += ["--label", f"{k}={v}"]
-    docker(*args, "--name", f"k8s_cart_{pod}_{NAMESPACE}_{pod_uid[:8]}_0", VICTIM_IMAGE, "grow")
+    args = cri_dockerd_run(
+        parent, LIMIT, pod, NAMESPACE, pod_uid, "cart", {"oomtrace-test-run": RUN}
+    )
+    docker(*args, VICTIM_IMAGE, "grow")
     c.victims[pod] = _wait_kill(c, pod)
 
 

@@ -170,6 +170,32 @@ def cri_annotations(
     }
 
 
+def cri_dockerd_run(
+    parent: str,
+    limit: int,
+    pod: str,
+    namespace: str,
+    pod_uid: str,
+    container: str,
+    extra_labels: dict[str, str] | None = None,
+) -> list[str]:
+    """`docker run` arguments for a pod's container as cri-dockerd makes one:
+    the kubelet's labels and container name, the pod's cgroup parent, the
+    container's memory limit (no swap). The image and command follow."""
+    labels = {
+        "io.kubernetes.pod.name": pod,
+        "io.kubernetes.pod.namespace": namespace,
+        "io.kubernetes.pod.uid": pod_uid,
+        "io.kubernetes.container.name": container,
+        **(extra_labels or {}),
+    }
+    args = ["run", "-d", "--memory", str(limit), "--memory-swap", str(limit)]
+    args += ["--cgroup-parent", parent]
+    for k, v in labels.items():
+        args += ["--label", f"{k}={v}"]
+    return [*args, "--name", f"k8s_{container}_{pod}_{namespace}_{pod_uid[:8]}_0"]
+
+
 # -- runc -------------------------------------------------------------------------
 
 

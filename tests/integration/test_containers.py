@@ -22,6 +22,7 @@ from tests.integration.containers import (
     build_oomgo,
     container_id,
     cri_annotations,
+    cri_dockerd_run,
     k8s_parent,
     oci_image_tar,
 )
@@ -238,26 +239,8 @@ def test_docker_container_with_cri_dockerd_labels(
     agent: AgentProcess, dockerd: Dockerd, kmsg: KmsgReader
 ) -> None:
     with k8s_parent() as (parent, pod_uid):
-        labels = {
-            "io.kubernetes.pod.name": "shop-7d9f8b6c5-x2x4q",
-            "io.kubernetes.pod.namespace": "shop",
-            "io.kubernetes.pod.uid": pod_uid,
-            "io.kubernetes.container.name": "cart",
-        }
-        args = [
-            "run",
-            "-d",
-            "--memory",
-            str(LIMIT),
-            "--memory-swap",
-            str(LIMIT),
-            "--cgroup-parent",
-            parent,
-        ]
-        for k, v in labels.items():
-            args += ["--label", f"{k}={v}"]
-        name = f"k8s_cart_shop_{pod_uid[:8]}"
-        cid = dockerd.docker(*args, "--name", name, "oomtrace/oomgo:test", *GO_SERVICE)
+        args = cri_dockerd_run(parent, LIMIT, "shop-7d9f8b6c5-x2x4q", "shop", pod_uid, "cart")
+        cid = dockerd.docker(*args, "oomtrace/oomgo:test", *GO_SERVICE)
         pid = wait_victim(kmsg)
         rec = record_of(agent, pid)
         dockerd.docker("rm", "-f", cid, check=False)
