@@ -12,13 +12,14 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.integration.harness import free_port
 
 
 def _bin_dir() -> Path | None:
@@ -37,13 +38,6 @@ def skip_reason() -> str:
     return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class PostgresServer:
     def __init__(self) -> None:
         bin_dir = _bin_dir()
@@ -53,7 +47,7 @@ class PostgresServer:
         # Under /tmp, not pytest's 0700 tree: the postgres user must reach it.
         self.dir = Path(tempfile.mkdtemp(prefix="oomtrace-pg-", dir="/tmp"))
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "oomtrace"
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as:

@@ -25,7 +25,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from oomtrace import tls
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.store import SqliteStore, Store
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.integration.harness import CollectorProcess, free_port
 from tests.unit.events import make_event
@@ -89,6 +89,43 @@ def percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
+def fill(store: Store, rows: int) -> float:
+    """Stores `rows` realistic records over the last 30 days; the seconds."""
+    now = time.time_ns()
+    t0 = time.monotonic()
+    for start in range(0, rows, 5000):
+        store.put_many(
+            [
+                realistic(i, now - 30 * 86400 * 10**9, 30 * 86400)
+                for i in range(start, min(rows, start + 5000))
+            ]
+        )
+    return time.monotonic() - t0
+
+
+def last_week(q: int) -> collector_pb2.EventFilter:
+    """The q-th query people run: one namespace, the last 7 days."""
+    f = collector_pb2.EventFilter(namespace=NAMESPACES[q % len(NAMESPACES)])
+    f.since.FromNanoseconds(time.time_ns() - 7 * 86400 * 10**9)
+    return f
+
+
+def time_history(
+    stub: collector_pb2_grpc.HistoryServiceStub, queries: int, expect: int | None = None
+) -> list[float]:
+    """ms for each of `queries` history queries (a page of 50); expect: how
+    many records each must return, when the store is large enough to know."""
+    lat = []
+    for q in range(queries):
+        f = last_week(q)
+        t = time.perf_counter()
+        resp = stub.ListEvents(collector_pb2.ListEventsRequest(filter=f, page_size=50))
+        lat.append((time.perf_counter() - t) * 1000)
+        if expect is not None:
+            assert len(resp.events) == expect
+    return lat
+
+
 def bench_ingest(n: int, streams: int, mode: Mode) -> None:
     with tempfile.TemporaryDirectory() as d:
         col = mode.collector(Path(d) / "c.db")
@@ -128,32 +165,15 @@ def bench_query(rows: int, queries: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "c.db"
         store = SqliteStore(db)
-        now = time.time_ns()
-        t0 = time.monotonic()
-        batch = 5000
-        for start in range(0, rows, batch):
-            store.put_many(
-                [
-                    realistic(i, now - 30 * 86400 * 10**9, 30 * 86400)
-                    for i in range(start, min(rows, start + batch))
-                ]
-            )
+        took = fill(store, rows)
         store.close()
         print(
-            f"                 (filled {rows:,} records in {time.monotonic() - t0:.0f} s, {db.stat().st_size / 2**20:.0f} MiB)"
+            f"                 (filled {rows:,} records in {took:.0f} s, {db.stat().st_size / 2**20:.0f} MiB)"
         )
         col = CollectorProcess(db, free_port())
         try:
             with grpc.insecure_channel(col.addr) as ch:
-                stub = collector_pb2_grpc.HistoryServiceStub(ch)
-                lat = []
-                for q in range(queries):
-                    f = collector_pb2.EventFilter(namespace=NAMESPACES[q % len(NAMESPACES)])
-                    f.since.FromNanoseconds(now - 7 * 86400 * 10**9)
-                    t = time.perf_counter()
-                    resp = stub.ListEvents(collector_pb2.ListEventsRequest(filter=f, page_size=50))
-                    lat.append((time.perf_counter() - t) * 1000)
-                    assert len(resp.events) == 50
+                lat = time_history(collector_pb2_grpc.HistoryServiceStub(ch), queries, expect=50)
             print(
                 f"history query    p50 {percentile(lat, 50):.1f} ms  p99 {percentile(lat, 99):.1f} ms "
                 f"(namespace + last 7 days, 50 per page, n={queries}, over {rows:,} records; goal p99 < 50 ms)"
@@ -167,14 +187,7 @@ def bench_query_with_streams(rows: int, queries: int, streams: int, mode: Mode) 
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "c.db"
         store = SqliteStore(db)
-        now = time.time_ns()
-        for start in range(0, rows, 5000):
-            store.put_many(
-                [
-                    realistic(i, now - 30 * 86400 * 10**9, 30 * 86400)
-                    for i in range(start, min(rows, start + 5000))
-                ]
-            )
+        fill(store, rows)
         store.close()
         col = mode.collector(db)
         release = threading.Event()
@@ -191,14 +204,7 @@ def bench_query_with_streams(rows: int, queries: int, streams: int, mode: Mode) 
             for ch in agents:
                 grpc.channel_ready_future(ch).result(timeout=30)
             with mode.channel(col.addr, "reader") as ch:
-                stub = collector_pb2_grpc.HistoryServiceStub(ch)
-                lat = []
-                for q in range(queries):
-                    f = collector_pb2.EventFilter(namespace=NAMESPACES[q % len(NAMESPACES)])
-                    f.since.FromNanoseconds(now - 7 * 86400 * 10**9)
-                    t = time.perf_counter()
-                    stub.ListEvents(collector_pb2.ListEventsRequest(filter=f, page_size=50))
-                    lat.append((time.perf_counter() - t) * 1000)
+                lat = time_history(collector_pb2_grpc.HistoryServiceStub(ch), queries)
             print(
                 f"history {mode.name}    p50 {percentile(lat, 50):.1f} ms  p99 {percentile(lat, 99):.1f} ms "
                 f"with {streams} agent streams connected (n={queries}, over {rows:,} records; "

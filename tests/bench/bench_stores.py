@@ -31,7 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from oomtrace.collector.postgres import PostgresStore
 from oomtrace.collector.store import SqliteStore, Store
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc
-from tests.bench.bench_collector import NAMESPACES, percentile, realistic, time_kills_to_history
+from tests.bench.bench_collector import (
+    fill,
+    last_week,
+    percentile,
+    realistic,
+    time_history,
+    time_kills_to_history,
+)
 from tests.integration.harness import CollectorProcess, free_port
 from tests.postgres_server import PostgresServer
 
@@ -87,33 +94,17 @@ def bench_ingest(name: str, cols: list[CollectorProcess], agents: int, per_agent
     )
 
 
-def fill(store: Store, rows: int) -> float:
-    now = time.time_ns()
-    t0 = time.monotonic()
-    for start in range(0, rows, 5000):
-        store.put_many(
-            [
-                realistic(i, now - 30 * 86400 * 10**9, 30 * 86400)
-                for i in range(start, min(rows, start + 5000))
-            ]
-        )
-    return time.monotonic() - t0
-
-
 def bench_queries(name: str, addr: str, rows: int, n: int) -> None:
-    now = time.time_ns()
-    hist, top = [], []
     with grpc.insecure_channel(addr) as ch:
         stub = collector_pb2_grpc.HistoryServiceStub(ch)
+        hist = time_history(stub, n)
+        top = []
         for q in range(n):
-            f = collector_pb2.EventFilter(namespace=NAMESPACES[q % len(NAMESPACES)])
-            f.since.FromNanoseconds(now - 7 * 86400 * 10**9)
-            t = time.perf_counter()
-            stub.ListEvents(collector_pb2.ListEventsRequest(filter=f, page_size=50))
-            hist.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
             stub.Top(
-                collector_pb2.TopRequest(filter=f, group_by=collector_pb2.TopRequest.POD, limit=10)
+                collector_pb2.TopRequest(
+                    filter=last_week(q), group_by=collector_pb2.TopRequest.POD, limit=10
+                )
             )
             top.append((time.perf_counter() - t) * 1000)
     print(
@@ -187,7 +178,9 @@ def main() -> None:
             if os.geteuid() == 0 and args.kills:
                 bench_kill_through_second_replica(server.database(), d, args.kills)
             else:
-                print("kill to history: skipped, needs root to OOM-kill in a scratch cgroup")
+                print(
+                    "kill to history: skipped (--kills 0, or not root: it OOM-kills in a scratch cgroup)"
+                )
     finally:
         server.close()
 
