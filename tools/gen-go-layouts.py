@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes agent/go/layouts.py: where the fields the Go probes read sit inside
-runtime.gcControllerState, for each Go minor version, as the DWARF of a real
-binary built by that version's toolchain says.
+runtime.gcControllerState, and how the heap profile's buckets are laid out
+(runtime.bucket, its memRecord), for each Go minor version, as the DWARF of a
+real binary built by that version's toolchain says.
 
     .venv/bin/python tools/gen-go-layouts.py [1.21.13 1.27.3 ...]
 
@@ -74,58 +75,114 @@ def build_empty(go: Path, work: Path) -> Path:
     return work / "prog"
 
 
-def struct_offsets(binary: Path) -> dict[str, int]:
-    """Our field name -> byte offset in gcControllerState, from DWARF."""
+# The heap profile (runtime/mprof.go): a bucket is a header, then nstk
+# PCs, then a memRecord whose `active` cycle holds the counts as of the last
+# completed GC. Go 1.27's memRecordCycle keeps counts only (bytes are counts
+# times the bucket's size): the fields it lacks are -1.
+# The symboliser also needs where moduledata keeps gofunc (funcdata offsets,
+# such as the inline tree's, count from it), which moves between versions.
+PROFILE_STRUCTS = (
+    "runtime.bucket",
+    "runtime.memRecord",
+    "runtime.memRecordCycle",
+    "runtime.moduledata",
+)
+
+
+def _structs(binary: Path, wanted: set[str]) -> dict[str, tuple[int, dict[str, int]]]:
+    """struct name -> (byte size, member -> offset), from the binary's DWARF."""
+    found: dict[str, tuple[int, dict[str, int]]] = {}
     with open(binary, "rb") as f:
         dwarf = ELFFile(f).get_dwarf_info()
         for cu in dwarf.iter_CUs():
             for die in cu.iter_DIEs():
                 name = die.attributes.get("DW_AT_name")
-                if (
-                    die.tag != "DW_TAG_structure_type"
-                    or name is None
-                    or name.value != STRUCT.encode()
-                ):
+                if die.tag != "DW_TAG_structure_type" or name is None:
+                    continue
+                n = name.value.decode()
+                if n not in wanted or n in found:
                     continue
                 members = {
-                    c.attributes["DW_AT_name"].value.decode(): c.attributes[
-                        "DW_AT_data_member_location"
-                    ].value
+                    c.attributes["DW_AT_name"].value.decode(): int(
+                        c.attributes["DW_AT_data_member_location"].value
+                    )
                     for c in die.iter_children()
                     if c.tag == "DW_TAG_member"
                 }
-                out = {}
-                for ours, theirs in FIELDS.items():
-                    for n in theirs:
-                        if n in members:
-                            out[ours] = int(members[n])
-                            break
-                return out
-    raise SystemExit(f"{binary}: no {STRUCT} in its DWARF")
+                found[n] = (int(die.attributes["DW_AT_byte_size"].value), members)
+                if len(found) == len(wanted):
+                    return found
+    missing = wanted - set(found)
+    raise SystemExit(f"{binary}: no {', '.join(sorted(missing))} in its DWARF")
+
+
+def struct_offsets(binary: Path) -> dict[str, int]:
+    """Our field name -> byte offset in gcControllerState, from DWARF."""
+    _size, members = _structs(binary, {STRUCT})[STRUCT]
+    out = {}
+    for ours, theirs in FIELDS.items():
+        for n in theirs:
+            if n in members:
+                out[ours] = members[n]
+                break
+    return out
+
+
+def profile_layout(binary: Path) -> dict[str, int]:
+    """Where the heap profile's bucket fields are: offsets in the bucket
+    header, its size (the PCs follow it), and offsets of the counts in the
+    memRecord that follows the PCs (its active cycle)."""
+    s = _structs(binary, set(PROFILE_STRUCTS))
+    header, bucket = s["runtime.bucket"]
+    _rsize, record = s["runtime.memRecord"]
+    _csize, cycle = s["runtime.memRecordCycle"]
+    active = record["active"]
+    return {
+        "allnext": bucket["allnext"],
+        "size": bucket["size"],
+        "nstk": bucket["nstk"],
+        "header": header,
+        "allocs": active + cycle["allocs"],
+        "frees": active + cycle["frees"],
+        "alloc_bytes": active + cycle["alloc_bytes"] if "alloc_bytes" in cycle else -1,
+        "free_bytes": active + cycle["free_bytes"] if "free_bytes" in cycle else -1,
+        "moduledata_gofunc": s["runtime.moduledata"][1]["gofunc"],
+    }
 
 
 def main() -> None:
     versions = sys.argv[1:] or VERSIONS
     table: dict[str, dict[str, int]] = {}
+    profiles: dict[str, dict[str, int]] = {}
     for v in versions:
         with tempfile.TemporaryDirectory() as tmp:
-            offsets = struct_offsets(build_empty(toolchain(v), Path(tmp)))
+            binary = build_empty(toolchain(v), Path(tmp))
+            offsets = struct_offsets(binary)
+            profile = profile_layout(binary)
         minor = ".".join(v.split(".")[:2])
         table[minor] = offsets
-        print(f"go{v}: {offsets}", file=sys.stderr)
+        profiles[minor] = profile
+        print(f"go{v}: {offsets} {profile}", file=sys.stderr)
     lines = [
         '"""Generated by tools/gen-go-layouts.py from the DWARF of binaries built',
         "by each Go toolchain; do not edit. Byte offsets of the fields the probes",
-        'read in runtime.gcControllerState, by Go minor version."""',
+        "read in runtime.gcControllerState, and the heap profile's bucket layout",
+        '(-1: a field that version does not have), by Go minor version."""',
         "",
-        "GC_CONTROLLER: dict[tuple[int, int], dict[str, int]] = {",
     ]
-    for minor, offsets in sorted(table.items(), key=lambda kv: tuple(map(int, kv[0].split(".")))):
-        major_s, minor_s = minor.split(".")
-        fields = ", ".join(f'"{k}": {offsets[k]}' for k in FIELDS if k in offsets)
-        lines.append(f"    ({major_s}, {minor_s}): {{{fields}}},")
-    lines.append("}")
-    OUT.write_text("\n".join(lines) + "\n")
+
+    def by_version(t: dict[str, dict[str, int]]) -> list[tuple[str, dict[str, int]]]:
+        return sorted(t.items(), key=lambda kv: tuple(map(int, kv[0].split("."))))
+
+    for name, t in (("GC_CONTROLLER", table), ("HEAP_PROFILE", profiles)):
+        lines.append(f"{name}: dict[tuple[int, int], dict[str, int]] = {{")
+        for minor, offsets in by_version(t):
+            major_s, minor_s = minor.split(".")
+            fields = ", ".join(f'"{k}": {v}' for k, v in offsets.items())
+            lines.append(f"    ({major_s}, {minor_s}): {{{fields}}},")
+        lines.append("}")
+        lines.append("")
+    OUT.write_text("\n".join(lines))
     print(f"wrote {OUT.relative_to(REPO)}", file=sys.stderr)
 
 

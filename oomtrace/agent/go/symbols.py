@@ -80,9 +80,25 @@ def read_binary(path: str | Path) -> bytes:
         return f.read(MAX_BINARY)
 
 
-@_refuses_malformed
-def entries_in(data: Binary, wanted: set[str]) -> dict[str, int]:
-    """Virtual addresses of the wanted functions' entries."""
+@dataclass(frozen=True, slots=True)
+class PcHeader:
+    """A binary's pclntab: where it starts in the file, its bytes, and the
+    header's counts and offsets (relative to the table's start)."""
+
+    offset: int
+    tab: Binary
+    nfunc: int
+    text_start: int
+    funcname_off: int
+    cu_off: int
+    filetab_off: int
+    pctab_off: int
+    pcln_off: int
+    func_size: int  # sizeof(runtime._func): 44 from Go 1.20, 40 before
+
+
+def pclntab(data: Binary) -> PcHeader:
+    """The pclntab of a Go 1.18+ binary, found by section name or by magic."""
     secs = _sections(data)
     for name in (".gopclntab", ".data.rel.ro.gopclntab"):
         if name in secs:
@@ -105,7 +121,7 @@ def entries_in(data: Binary, wanted: set[str]) -> dict[str, int]:
     ptr = tab[7]
     if ptr != 8:
         raise SymbolError(f"pointer size {ptr} is not supported")
-    nfunc, _nfiles, text_start, funcname_off, cu_off, _filetab, _pctab, pcln_off = (
+    nfunc, _nfiles, text_start, funcname_off, cu_off, filetab_off, pctab_off, pcln_off = (
         struct.unpack_from("<QQQQQQQQ", tab, 8)
     )
     if nfunc > 10_000_000 or pcln_off + 8 * (nfunc + 1) + 4 > len(tab):
@@ -114,28 +130,47 @@ def entries_in(data: Binary, wanted: set[str]) -> dict[str, int]:
         # Go 1.26+ no longer stores runtime.text in the header.
         first_off = struct.unpack_from("<I", tab, pcln_off)[0]
         end_off = struct.unpack_from("<I", tab, pcln_off + 8 * nfunc)[0]
-        text_start = _module_text(data, tab_off, funcname_off, cu_off, first_off, end_off)
+        _pos, text_start = moduledata(data, tab_off, funcname_off, cu_off, first_off, end_off)
+    return PcHeader(
+        tab_off,
+        tab,
+        nfunc,
+        text_start,
+        funcname_off,
+        cu_off,
+        filetab_off,
+        pctab_off,
+        pcln_off,
+        44 if magic == 0xFFFFFFF1 else 40,
+    )
+
+
+@_refuses_malformed
+def entries_in(data: Binary, wanted: set[str]) -> dict[str, int]:
+    """Virtual addresses of the wanted functions' entries."""
+    h = pclntab(data)
+    tab = h.tab
     found: dict[str, int] = {}
-    for i in range(nfunc):
-        entry_off, func_off = struct.unpack_from("<II", tab, pcln_off + 8 * i)
-        fpos = pcln_off + func_off
+    for i in range(h.nfunc):
+        entry_off, func_off = struct.unpack_from("<II", tab, h.pcln_off + 8 * i)
+        fpos = h.pcln_off + func_off
         if fpos + 8 > len(tab):
             continue
         _entry, name_off = struct.unpack_from("<Ii", tab, fpos)
-        start = funcname_off + name_off
+        start = h.funcname_off + name_off
         end = tab.find(b"\0", start, start + 512)
         name = tab[start:end].decode("utf-8", "replace")
         if name in wanted:
-            found[name] = text_start + entry_off
+            found[name] = h.text_start + entry_off
             if len(found) == len(wanted):
                 break
     return found
 
 
-def _module_text(
+def moduledata(
     data: Binary, tab_off: int, funcname_off: int, cu_off: int, first_off: int, end_off: int
-) -> int:
-    """runtime.text, from the module's moduledata: its first word points at
+) -> tuple[int, int]:
+    """(file offset of the module's moduledata, runtime.text). Its first word points at
     the pclntab header, the next slices at funcnametab and cutab inside it,
     and its minpc and maxpc are runtime.text plus the function table's first
     and end offsets. The .text section's start is no stand-in: an external
@@ -163,7 +198,7 @@ def _module_text(
                     and f[_MD_MINPC] == text + first_off
                     and f[_MD_MAXPC] == text + end_off
                 ):
-                    return int(text)
+                    return pos, int(text)
             pos = data.find(needle, pos + 1, off + filesz)
     raise SymbolError("no moduledata points at the pclntab, so runtime.text is unknown")
 
@@ -311,3 +346,91 @@ def elf_entry(data: Binary) -> tuple[bool, int]:
     if e_type not in (2, 3):  # ET_EXEC, ET_DYN
         raise SymbolError(f"ELF type {e_type} is not an executable")
     return e_type == 3, struct.unpack_from("<Q", data, 0x18)[0]
+
+
+# -- the heap profile's globals ------------------------------------------------------
+
+MPROF_FLUSH = "runtime.mProf_FlushLocked"
+SCHEDINIT = "runtime.schedinit"
+MPROF_FLUSH_SCAN = 256  # the head is loaded within the first few instructions
+SCHEDINIT_SCAN = 16 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileGlobals:
+    """Link-time addresses the heap-profile walk needs, and whether the
+    linker turned memory profiling off in this binary."""
+
+    mbuckets: int  # runtime.mbuckets: head of the memory-profile buckets (allnext list)
+    mem_profile_rate: int  # runtime.MemProfileRate (int)
+    disabled: bool  # runtime.disableMemoryProfiling was set by the linker
+
+
+@_refuses_malformed
+def profile_globals(data: Binary, entries: dict[str, int]) -> ProfileGlobals:
+    """Where the heap profile is, read from the code as runtime_globals is.
+    mProf_FlushLocked walks every memory-profile bucket from
+    `head := mbuckets.Load()`: its first load from memory through rip is the
+    head. schedinit runs `if disableMemoryProfiling { MemProfileRate = 0 }`:
+    a byte compared with 0, a jump, and a quadword store of 0; the one such
+    sequence names both. The linker sets disableMemoryProfiling in the file's
+    data when nothing references runtime.MemProfile (a .bss address: it is
+    not set)."""
+    for name in (MPROF_FLUSH, SCHEDINIT):
+        if name not in entries:
+            raise SymbolError(f"no {name} in pclntab")
+    segments = _segments(data)
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    start = entries[MPROF_FLUSH]
+    head = None
+    for insn in md.disasm(_code_at(data, segments, start, MPROF_FLUSH_SCAN, MPROF_FLUSH), start):
+        if insn.mnemonic in ("call", "ret"):
+            break
+        target = _rip_target(insn)
+        if target is not None and insn.mnemonic == "mov" and insn.operands[0].size == 8:
+            head = target
+            break
+    if head is None:
+        raise SymbolError(f"{MPROF_FLUSH} does not load the bucket list's head through rip")
+
+    start = entries[SCHEDINIT]
+    insns = list(md.disasm(_code_at(data, segments, start, SCHEDINIT_SCAN, SCHEDINIT), start))
+    found = []
+    for a, b, c in zip(insns, insns[1:], insns[2:], strict=False):
+        if (
+            a.mnemonic == "cmp"
+            and a.operands[0].size == 1
+            and a.operands[1].type == X86_OP_IMM
+            and a.operands[1].imm == 0
+            and b.mnemonic in ("je", "jne")
+            and c.mnemonic == "mov"
+            and c.operands[0].size == 8
+            and c.operands[1].type == X86_OP_IMM
+            and c.operands[1].imm == 0
+        ):
+            flag, rate = _rip_target(a), _rip_target(c)
+            if flag is not None and rate is not None:
+                found.append((flag, rate))
+    if len(found) != 1:
+        raise SymbolError(
+            f"{SCHEDINIT} has {len(found)} places that could turn memory profiling off, not one"
+        )
+    flag, rate = found[0]
+    for name, addr in (
+        ("mbuckets", head),
+        ("MemProfileRate", rate),
+        ("disableMemoryProfiling", flag),
+    ):
+        if not any(f & PF_W and va <= addr < va + msz for f, _o, va, _fs, msz in segments):
+            raise SymbolError(f"{name} at {addr:#x} is not in a writable segment")
+    return ProfileGlobals(head, rate, _byte_at(data, segments, flag) != 0)
+
+
+def _byte_at(data: Binary, segments: list[tuple[int, int, int, int, int]], addr: int) -> int:
+    """A data byte's value as the file holds it: 0 past a segment's file
+    size (.bss), which the loader zeroes."""
+    for _flags, off, vaddr, filesz, memsz in segments:
+        if vaddr <= addr < vaddr + memsz:
+            return int(data[off + addr - vaddr]) if addr < vaddr + filesz else 0
+    raise SymbolError(f"{addr:#x} is outside the file's segments")
