@@ -15,10 +15,13 @@
 BPF_RINGBUF_OUTPUT(kills, KILLS_RING_PAGES);
 BPF_RINGBUF_OUTPUT(notes, NOTES_RING_PAGES);
 BPF_RINGBUF_OUTPUT(cgroup_notes, NOTES_RING_PAGES);
+/* Heap profiles have their own: a big one never crowds out a kill. */
+BPF_RINGBUF_OUTPUT(profiles, PROFILES_RING_PAGES);
 #else
 BPF_PERF_OUTPUT(kills);
 BPF_PERF_OUTPUT(notes);
 BPF_PERF_OUTPUT(cgroup_notes);
+BPF_PERF_OUTPUT(profiles);
 #endif
 
 /* Events the kernel side could not hand over, by cause (enum oomt_lost);
@@ -29,6 +32,7 @@ enum oomt_buffer {
     OOMT_BUF_KILLS,
     OOMT_BUF_NOTES,
     OOMT_BUF_CGROUP_NOTES,
+    OOMT_BUF_PROFILES,
 };
 
 /* The one place that knows ring buffers from perf buffers. BCC rewrites map
@@ -41,12 +45,15 @@ static __always_inline int emit(void *ctx, enum oomt_buffer buf, void *data, u32
     struct oomt_kill *kill = data;
     struct oomt_note *note = data;
     struct oomt_cgroup_note *cgroup_note = data;
+    struct oomt_go_bucket *bucket = data; /* or an oomt_go_profile: user space reads the kind */
 #ifdef USE_RINGBUF
     switch (buf) {
     case OOMT_BUF_KILLS:
         return kills.ringbuf_output(kill, size, 0);
     case OOMT_BUF_NOTES:
         return notes.ringbuf_output(note, size, 0);
+    case OOMT_BUF_PROFILES:
+        return profiles.ringbuf_output(bucket, size, 0);
     default:
         return cgroup_notes.ringbuf_output(cgroup_note, size, 0);
     }
@@ -56,6 +63,8 @@ static __always_inline int emit(void *ctx, enum oomt_buffer buf, void *data, u32
         return kills.perf_submit(ctx, kill, size);
     case OOMT_BUF_NOTES:
         return notes.perf_submit(ctx, note, size);
+    case OOMT_BUF_PROFILES:
+        return profiles.perf_submit(ctx, bucket, size);
     default:
         return cgroup_notes.perf_submit(ctx, cgroup_note, size);
     }

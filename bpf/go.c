@@ -1,9 +1,13 @@
 /* Go programs' GC, seen from inside the runtime.
  *
- * Hook: uprobe on runtime.gcMarkTermination of each Go binary (attached by
- * user space, oomtrace/agent/go/probes.py), once per completed GC cycle.
- * Emits nothing: it keeps each process's state in go_states, which kill.c
- * copies into the kill event and user space samples each second.
+ * Hooks:
+ *   uprobe on runtime.gcMarkTermination of each Go binary (attached by user
+ *     space, oomtrace/agent/go/probes.py), once per completed GC cycle. Emits
+ *     nothing: it keeps each process's state in go_states, which kill.c
+ *     copies into the kill event and user space samples each second.
+ *   raw_tracepoint/signal_deliver: a Go victim (kill.c marks it due) dequeues
+ *     its SIGKILL in its own context, its memory still mapped: the heap
+ *     profile's buckets are copied out then (walk below).
  * Verified on 6.18 and 6.1 with Go 1.21 to 1.27.
  */
 #include "common.h"
@@ -38,6 +42,19 @@ struct go_proc {
     s32 off_heap_live;
     s32 off_heap_marked;
     s32 pad;
+    /* The heap profile, where found (0: not walked): runtime.mbuckets and
+     * runtime.MemProfileRate at run time, and the bucket layout of the
+     * process's Go version (go/layouts.py HEAP_PROFILE). */
+    u64 mbuckets;
+    u64 mem_profile_rate;
+    s32 bucket_allnext;
+    s32 bucket_size;
+    s32 bucket_nstk;
+    s32 bucket_header;      /* the PCs start here */
+    s32 record_allocs;      /* in the memRecord after the PCs: the active cycle */
+    s32 record_frees;
+    s32 record_alloc_bytes; /* -1: counts only (Go 1.27): bytes = count * size */
+    s32 record_free_bytes;
 };
 BPF_HASH(go_procs, u32, struct go_proc, 16384);
 
@@ -91,5 +108,154 @@ int on_go_gc_done(struct pt_regs *ctx)
     st->gomaxprocs = procs;
     st->controller_ns = now;
     st->flags |= OOMT_GO_CONTROLLER;
+    return 0;
+}
+
+
+/* -- the heap profile at the kill ----------------------------------------- */
+
+/* Go victims whose profile is still to be walked: tgid -> the kill's boot_ns.
+ * Set by kill.c at mark_victim; the first of the victim's threads to dequeue
+ * SIGKILL takes the entry and walks. */
+BPF_HASH(go_profile_due, u32, u64, 4096);
+
+/* A walk in progress, carried across tail calls (same CPU, same run). */
+struct go_walk {
+    struct go_proc proc;
+    struct oomt_go_profile end;
+    u64 next;               /* the next bucket's address; 0: done */
+    u64 hdr[8];             /* the bucket header being read: next, allnext, typ, hash,
+                             * size, nstk (indexed by the layout's offsets: a map
+                             * value, as 5.10 refuses variable stack offsets) */
+};
+BPF_PERCPU_ARRAY(go_walks, struct go_walk, 1);
+BPF_PERCPU_ARRAY(go_bucket_scratch, struct oomt_go_bucket, 1);
+BPF_PROG_ARRAY(go_walk_next, 1);
+
+/* Copies up to OOMT_GO_WALK_STEP buckets; returns 1 while more are left. */
+static __always_inline int go_walk_step(void *ctx, struct go_walk *w)
+{
+    u32 zero = 0;
+    struct oomt_go_bucket *b = go_bucket_scratch.lookup(&zero);
+    if (!b)
+        return 0;
+    struct go_proc *gp = &w->proc;
+    for (int i = 0; i < OOMT_GO_WALK_STEP; i++) {
+        u64 addr = w->next;
+        if (!addr)
+            return 0;
+        u64 *hdr = w->hdr;
+        if (bpf_probe_read_user(hdr, 6 * sizeof(u64), (void *)addr) < 0) {
+            w->end.status = OOMT_PROFILE_READ_FAILED;
+            w->next = 0;
+            return 0;
+        }
+        u64 nstk = hdr[((u32)gp->bucket_nstk >> 3) & 7];
+        if (nstk > OOMT_GO_MAX_NSTK) {
+            w->end.status = OOMT_PROFILE_BAD_BUCKET;
+            w->next = 0;
+            return 0;
+        }
+        b->kind = OOMT_GO_BUCKET;
+        b->tgid = w->end.tgid;
+        b->kill_ns = w->end.kill_ns;
+        b->size = hdr[((u32)gp->bucket_size >> 3) & 7];
+        b->nstk = nstk;
+        u32 depth = nstk < OOMT_GO_STACK_DEPTH ? nstk : OOMT_GO_STACK_DEPTH;
+        if (nstk > OOMT_GO_STACK_DEPTH)
+            w->end.stacks_cut++;
+        b->depth = depth;
+        u32 bytes = (depth & (OOMT_GO_STACK_DEPTH * 2 - 1)) * 8;
+        if (bytes > sizeof(b->pc))
+            bytes = sizeof(b->pc);
+        u64 pcs = addr + (gp->bucket_header & 0xff);
+        u64 rec = pcs + nstk * 8;
+        u64 counts[4] = {};
+        if ((bytes && bpf_probe_read_user(b->pc, bytes, (void *)pcs) < 0) ||
+            bpf_probe_read_user(counts, sizeof(counts), (void *)(rec + (gp->record_allocs & 0xff))) < 0) {
+            w->end.status = OOMT_PROFILE_READ_FAILED;
+            w->next = 0;
+            return 0;
+        }
+        /* allocs, frees, alloc_bytes, free_bytes follow each other in every
+         * layout that has the bytes; Go 1.27 keeps counts only. */
+        b->allocs = counts[0];
+        b->frees = counts[1];
+        if (gp->record_alloc_bytes >= 0) {
+            b->alloc_bytes = counts[2];
+            b->free_bytes = counts[3];
+        } else {
+            b->alloc_bytes = counts[0] * b->size;
+            b->free_bytes = counts[1] * b->size;
+        }
+        u32 size = sizeof(*b) - sizeof(b->pc) + bytes;
+        if (size > sizeof(*b))
+            size = sizeof(*b);
+        if (emit(ctx, OOMT_BUF_PROFILES, b, size) < 0) {
+            w->end.lost++;
+            count_lost(OOMT_LOST_PROFILES);
+        }
+        w->end.buckets++;
+        w->next = hdr[((u32)gp->bucket_allnext >> 3) & 7];
+    }
+    return w->next != 0;
+}
+
+static __always_inline void go_walk_finish(void *ctx, struct go_walk *w)
+{
+    w->end.more = w->next != 0;
+    w->end.walk_ns = bpf_ktime_get_boot_ns() - w->end.boot_ns;
+    struct oomt_go_bucket *end = (struct oomt_go_bucket *)&w->end;
+    if (emit(ctx, OOMT_BUF_PROFILES, end, sizeof(w->end)) < 0)
+        count_lost(OOMT_LOST_PROFILES);
+}
+
+/* The walk's continuation, reached only by tail call. */
+int go_walk_more(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 zero = 0;
+    struct go_walk *w = go_walks.lookup(&zero);
+    if (!w)
+        return 0;
+    if (go_walk_step(ctx, w))
+        go_walk_next.call(ctx, 0); /* returns only when no more tail calls are allowed */
+    go_walk_finish(ctx, w);
+    return 0;
+}
+
+/* signal_deliver(int sig, struct kernel_siginfo *info, struct k_sigaction *ka) */
+int on_signal_deliver(struct bpf_raw_tracepoint_args *ctx)
+{
+    if ((int)ctx->args[0] != 9)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 *due = go_profile_due.lookup(&tgid);
+    if (!due)
+        return 0;
+    u64 kill_ns = *due;
+    if (go_profile_due.delete(&tgid) != 0)
+        return 0; /* another of its threads took it */
+    struct go_proc *gp = go_procs.lookup(&tgid);
+    u32 zero = 0;
+    struct go_walk *w = go_walks.lookup(&zero);
+    if (!gp || !w)
+        return 0;
+    bpf_probe_read_kernel(&w->proc, sizeof(w->proc), gp);
+    __builtin_memset(&w->end, 0, sizeof(w->end));
+    w->end.kind = OOMT_GO_PROFILE;
+    w->end.tgid = tgid;
+    w->end.kill_ns = kill_ns;
+    w->end.boot_ns = bpf_ktime_get_boot_ns();
+    w->end.mbuckets = gp->mbuckets;
+    w->next = 0;
+    if (bpf_probe_read_user(&w->end.rate, sizeof(w->end.rate), (void *)gp->mem_profile_rate) < 0 ||
+        bpf_probe_read_user(&w->next, sizeof(w->next), (void *)gp->mbuckets) < 0) {
+        w->end.status = OOMT_PROFILE_READ_FAILED;
+        go_walk_finish(ctx, w);
+        return 0;
+    }
+    if (go_walk_step(ctx, w))
+        go_walk_next.call(ctx, 0);
+    go_walk_finish(ctx, w);
     return 0;
 }

@@ -192,6 +192,14 @@ static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid)
             ev->go_controller_ns = gs->controller_ns;
             ev->go_gomaxprocs = gs->gomaxprocs;
         }
+        /* A Go victim whose heap profile was found: walked when it
+         * dequeues its SIGKILL (go.c), in its own context. */
+        struct go_proc *gp = go_procs.lookup(&ev->victim_tgid);
+        if (gp && gp->mbuckets) {
+            u64 t = ev->boot_ns;
+            go_profile_due.update(&ev->victim_tgid, &t);
+            ev->go_flags |= OOMT_GO_PROFILE_DUE;
+        }
     } else {
         ev->flags |= OOMT_F_TASK_UNKNOWN;
         ev->victim_tid = raw_pid;

@@ -23,6 +23,8 @@ enum oomt_kind {
     OOMT_EXEC = 4, /* a process called exec: user space caches its cmdline */
     OOMT_CGROUP_MKDIR = 5, /* a memory cgroup appeared: user space learns its container */
     OOMT_CGROUP_RMDIR = 6, /* ...and went: its entry is kept for a grace period */
+    OOMT_GO_BUCKET = 7,    /* one bucket of a Go victim's heap profile */
+    OOMT_GO_PROFILE = 8,   /* ...and the end of that profile's walk */
 };
 
 #define OOMT_CGROUP_PATH_LEN 256
@@ -43,7 +45,8 @@ enum oomt_lost {
     OOMT_LOST_SCRATCH = 2,       /* no per-CPU scratch space */
     OOMT_LOST_CGROUP_NOTES = 3,  /* the cgroup notes buffer was full */
     OOMT_LOST_GO_STATES = 4,     /* go_states was full: a Go process goes unprobed */
-    OOMT_LOST_CAUSES = 5,
+    OOMT_LOST_PROFILES = 5,      /* the profiles buffer was full: a bucket or a walk's end */
+    OOMT_LOST_CAUSES = 6,
 };
 
 /* oomt_reap.what */
@@ -116,6 +119,52 @@ struct oomt_kill {
 
 #define OOMT_GO_GC 0x1         /* gc_count, ring: from runtime.gcMarkTermination */
 #define OOMT_GO_CONTROLLER 0x2 /* gcController fields and gomaxprocs were read */
+#define OOMT_GO_PROFILE_DUE 0x4 /* the victim's heap profile will be walked at its SIGKILL */
+
+/* A Go victim's heap profile, walked in its own context when it dequeues
+ * its SIGKILL (bpf/go.c): one OOMT_GO_BUCKET per runtime bucket, at most
+ * OOMT_GO_MAX_BUCKETS of them and OOMT_GO_STACK_DEPTH PCs each, then one
+ * OOMT_GO_PROFILE. Bucket events are sent only as long as their depth. */
+#define OOMT_GO_STACK_DEPTH 64
+#define OOMT_GO_WALK_STEP 128    /* buckets per program run; tail calls continue */
+#define OOMT_GO_WALK_CALLS 32    /* runs after the first (the kernel allows 33 in all) */
+#define OOMT_GO_MAX_BUCKETS (OOMT_GO_WALK_STEP * (OOMT_GO_WALK_CALLS + 1))
+#define OOMT_GO_MAX_NSTK 1024    /* a bucket claiming more is not a bucket */
+
+struct oomt_go_bucket {
+    u32 kind;
+    u32 tgid;
+    u64 kill_ns;             /* the kill's boot_ns: which kill this profile is of */
+    u64 size;                /* bytes per allocation */
+    u64 allocs;              /* the active cycle: as of the last completed GC */
+    u64 frees;
+    u64 alloc_bytes;
+    u64 free_bytes;
+    u32 nstk;                /* the bucket's own stack depth */
+    u32 depth;               /* PCs copied below */
+    u64 pc[OOMT_GO_STACK_DEPTH]; /* return addresses, innermost first, run-time */
+};
+
+/* oomt_go_profile.status */
+#define OOMT_PROFILE_OK 0
+#define OOMT_PROFILE_READ_FAILED 1 /* the victim's memory could not be read (reaped?) */
+#define OOMT_PROFILE_BAD_BUCKET 2  /* a bucket did not look like one: the walk stopped */
+
+struct oomt_go_profile {
+    u32 kind;
+    u32 tgid;
+    u64 kill_ns;
+    u64 boot_ns;             /* when the walk started */
+    u64 walk_ns;             /* how long it took, in the victim's context */
+    s64 rate;                /* runtime.MemProfileRate at the kill */
+    u64 mbuckets;            /* run-time address of runtime.mbuckets: gives the load bias */
+    u32 status;              /* OOMT_PROFILE_* */
+    u32 buckets;             /* buckets walked */
+    u32 more;                /* 1: buckets were left: OOMT_GO_MAX_BUCKETS reached */
+    u32 stacks_cut;          /* buckets deeper than OOMT_GO_STACK_DEPTH */
+    u32 lost;                /* buckets the buffer had no room for */
+    u32 pad;
+};
 
 /* The short events share a header with the kill event: kind, then flags. */
 struct oomt_note {

@@ -560,6 +560,14 @@ def build_parser() -> argparse.ArgumentParser:
     output(s, ("table", "json", "yaml"))
     s.set_defaults(func=_query("show"))
 
+    pp = query(
+        "pprof",
+        "a Go victim's heap profile at the kill, for go tool pprof",
+        "oomtrace pprof 3f2a9c1b77e0 > heap.pb.gz && go tool pprof -top heap.pb.gz",
+    )
+    pp.add_argument("id", help="a record id, or any prefix of one that only one record has")
+    pp.set_defaults(func=_query("pprof"))
+
     t = query(
         "top",
         "who gets OOM-killed most",

@@ -245,6 +245,26 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def pprof(args: argparse.Namespace, out: Any = None) -> int:
+    """A Go victim's heap profile at the kill, as the pprof file go tool pprof reads."""
+    req = collector_pb2.GetEventRequest(id=args.id.strip())
+    if not req.id or not re.fullmatch(r"[0-9A-Za-z_-]+", req.id):
+        raise ClientError(f"{args.id!r} is not a record id (history prints them, 12 characters)")
+    out = out if out is not None else sys.stdout.buffer
+    if out.isatty():
+        raise ClientError("the profile is binary: redirect it to a file (> heap.pb.gz)")
+    ev = _call(args, lambda stub: stub.GetEvent(req, timeout=30))
+    if not ev.HasField("go"):
+        raise ClientError(f"{ev.id} is not the kill of a Go program")
+    if ev.go.heap_profile_missing:
+        raise ClientError(f"{ev.id} has no heap profile: {ev.go.heap_profile_missing}")
+    if not ev.go.heap_profile.pprof:
+        raise ClientError(f"{ev.id} has no heap profile file (see `oomtrace show {ev.id}`)")
+    out.write(ev.go.heap_profile.pprof)
+    out.flush()
+    return 0
+
+
 GROUPS = {
     "cgroup": collector_pb2.TopRequest.CGROUP,
     "container": collector_pb2.TopRequest.CONTAINER,

@@ -255,7 +255,7 @@ def go_lines(go: event_pb2.GoRuntime) -> list[str]:
         f"GOMAXPROCS={clean(go.gomaxprocs) or 'unset'}"
     ]
     if not go.state:
-        return out
+        return out + heap_profile_lines(go)
     last = (
         f", the last {records.seconds_text(go.since_last_gc_ns)} before the kill"
         if go.HasField("since_last_gc_ns")
@@ -278,6 +278,38 @@ def go_lines(go: event_pb2.GoRuntime) -> list[str]:
         out.append(
             f"  heap        {size(go.heap_live_bytes)} (goal {size(go.heap_goal_bytes)}, "
             f"marked live {size(go.heap_marked_bytes)}) at the last GC"
+        )
+    return out + heap_profile_lines(go)
+
+
+def heap_profile_lines(go: event_pb2.GoRuntime) -> list[str]:
+    """The heap profile's top allocation sites by in-use bytes, or why there
+    is no profile."""
+    if go.heap_profile_missing:
+        return [f"  heap profile none: {clean(go.heap_profile_missing)}"]
+    hp = go.heap_profile
+    if not hp.buckets:
+        return []
+    cut = []
+    if hp.buckets_cut:
+        cut.append("more stacks than were read")
+    if hp.stacks_cut:
+        cut.append(f"{hp.stacks_cut} stacks cut to their first frames")
+    if hp.buckets_lost:
+        cut.append(f"{hp.buckets_lost} stacks lost")
+    out = [
+        f"  heap profile {size(hp.inuse_bytes)} in use at the last GC, {hp.buckets} stacks, "
+        f"one sample per {size(hp.sample_rate)}"
+        + (f" ({'; '.join(cut)})" if cut else "")
+        + ("; oomtrace pprof ID writes it for go tool pprof" if hp.pprof else "")
+    ]
+    for site in hp.top:
+        if site.inuse_bytes <= 0:
+            continue
+        share = site.inuse_bytes / hp.inuse_bytes if hp.inuse_bytes else 0
+        where = f"{clean(site.file).rsplit('/', 1)[-1]}:{site.line}"
+        out.append(
+            f"    {size(site.inuse_bytes):>9} {share:4.0%}  {clean(site.function)} ({where})"
         )
     return out
 

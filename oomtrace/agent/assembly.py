@@ -27,6 +27,7 @@ from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import Point
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
 from oomtrace.agent.workloads import Workload
+from oomtrace.v1 import event_pb2
 
 # Kills marked back to back by one OOM-killer call (a memory.oom.group kill)
 # come within this of each other.
@@ -52,6 +53,21 @@ class Timelines(Protocol):
     def timeline(self, cgroup_id: int, kill_ns: int) -> list[Point]: ...
     def go_timeline(self, tgid: int, kill_ns: int) -> list[GoPoint]: ...
     def missed(self, since_ns: int, until_ns: int) -> list[int]: ...
+
+
+class Profiles(Protocol):
+    """Go victims' heap profiles, as the assembly waits for them (go/heap.py)."""
+
+    def pending(self, tgid: int, kill_ns: int) -> bool: ...
+    def take(self, tgid: int, kill_ns: int) -> tuple[event_pb2.GoHeapProfile | None, str]: ...
+
+
+class NoProfiles:
+    def pending(self, tgid: int, kill_ns: int) -> bool:
+        return False
+
+    def take(self, tgid: int, kill_ns: int) -> tuple[event_pb2.GoHeapProfile | None, str]:
+        return None, ""
 
 
 class NoReports:
@@ -110,6 +126,8 @@ class AssembledKill:
     report: ParsedReport | None = None
     timeline: Timeline | None = None
     missing: tuple[str, ...] = ()
+    heap_profile: event_pb2.GoHeapProfile | None = None  # a Go victim's, at the kill
+    heap_profile_missing: str = ""  # why a Go victim has none
 
 
 def resolve(
@@ -222,6 +240,7 @@ class KillAssembler:
         reports: Reports | None = None,
         workloads: Workloads | None = None,
         timelines: Timelines | None = None,
+        profiles: Profiles | None = None,
         clock: Clock = boot_ns_now,
     ) -> None:
         """reports: None when no kernel log is read (no report is then
@@ -235,6 +254,7 @@ class KillAssembler:
         self.expect_reports = reports is not None
         self.workloads: Workloads = workloads if workloads is not None else NoWorkloads()
         self.timelines: Timelines = timelines if timelines is not None else NoTimelines()
+        self.profiles: Profiles = profiles if profiles is not None else NoProfiles()
         self.clock = clock
         self.held_too_long = 0
         self._pending: dict[int, _Pending] = {}  # by victim tgid, in kill order
@@ -285,6 +305,10 @@ class KillAssembler:
             overdue = now_ns - p.kill.boot_ns >= self.hold_ns
             if not (p.done or overdue):
                 break
+            # A Go victim's heap profile is walked as it dies and symbolised
+            # after: moments after its exit.
+            if not overdue and self.profiles.pending(key, p.kill.boot_ns):
+                break
             if p.report is None:
                 p.report = self.reports.claim(p.kill.victim_tgid or p.kill.victim_tid)
                 # The kernel prints "Killed process" right after mark_victim;
@@ -326,6 +350,9 @@ class KillAssembler:
             reap_ns=p.reap_ns,
             missing=missing,
         )
+        profile, why = self.profiles.take(p.kill.victim_tgid, p.kill.boot_ns)
+        if profile is not None or why:
+            a = replace(a, heap_profile=profile, heap_profile_missing=why)
         incident = self._incident_of(a)
         return a if incident == a.id else replace(a, incident_id=incident)
 

@@ -25,6 +25,9 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 
 KILLS_RING_PAGES = 64  # 256 KiB: ~120 kill events (2 KiB each) waiting at once
 NOTES_RING_PAGES = 16
+# 4 MiB: a walk of the most buckets a profile may have (OOMT_GO_MAX_BUCKETS,
+# ~300 bytes each with a typical stack) fits three times over.
+PROFILES_RING_PAGES = 1024
 
 # The programs, in the order they are joined: each may use what an earlier one
 # defines (kill.c copies go.c's state; notes.c clears kill.c's victims).
@@ -34,7 +37,19 @@ BPF_SOURCES = ("common.h", "go.c", "kill.c", "notes.c", "cgroups.c", "reclaim.c"
 GO_PROC_FIELDS = ("gc_percent", "memory_limit", "heap_goal", "heap_live", "heap_marked")
 
 # enum oomt_lost in bpf/oomtrace.h, in its order (tests/unit/test_header.py).
-LOST_CAUSES = ("kills", "notes", "scratch", "cgroup_notes", "go_states")
+LOST_CAUSES = ("kills", "notes", "scratch", "cgroup_notes", "go_states", "profiles")
+
+# struct go_proc's heap-profile layout fields, by go/layouts.py HEAP_PROFILE's names.
+GO_PROFILE_FIELDS = {
+    "bucket_allnext": "allnext",
+    "bucket_size": "size",
+    "bucket_nstk": "nstk",
+    "bucket_header": "header",
+    "record_allocs": "allocs",
+    "record_frees": "frees",
+    "record_alloc_bytes": "alloc_bytes",
+    "record_free_bytes": "free_bytes",
+}
 
 
 def bpf_text() -> str:
@@ -98,13 +113,14 @@ class BpfSession:
         bcc = import_bcc()
         self.layout = layout
         self.hooks: list[HookStatus] = []
-        self.user_lost = {"kills": 0, "notes": 0, "cgroup_notes": 0}
+        self.user_lost = {"kills": 0, "notes": 0, "cgroup_notes": 0, "profiles": 0}
         want_kprobe, kprobe_reason = self._want_oom_kill_process(bcc)
         cflags = [
             *layout.cflags(),
             f"-I{BPF_DIR}",
             f"-DKILLS_RING_PAGES={KILLS_RING_PAGES}",
             f"-DNOTES_RING_PAGES={NOTES_RING_PAGES}",
+            f"-DPROFILES_RING_PAGES={PROFILES_RING_PAGES}",
             f"-DMEMCG_HIERARCHY_ID={memcg_hierarchy_id}",
         ]
         if want_kprobe:
@@ -140,6 +156,7 @@ class BpfSession:
                 "not kprobe-able here: victims are known by pid only",
             )
         self._attach_raw("sched_process_exit", "on_process_exit", required=True)
+        self._attach_profile_walk(bcc)
         for tp in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping"):
             self._attach_raw(tp, f"on_{tp}", required=False)
         if with_exec:
@@ -158,6 +175,22 @@ class BpfSession:
                 self._hook("kprobe/oom_kill_process", False, False, str(exc))
         else:
             self._hook("kprobe/oom_kill_process", False, False, kprobe_reason)
+
+    def _attach_profile_walk(self, bcc: Any) -> None:
+        """Go victims' heap profiles: the walk starts at signal_deliver and
+        goes on by tail calls into go_walk_more (the verifier bounds each
+        run's loop)."""
+        try:
+            more = self._bpf.load_func(b"go_walk_more", bcc.BPF.RAW_TRACEPOINT)
+            self._bpf["go_walk_next"][ctypes.c_int(0)] = ctypes.c_int(more.fd)
+        except Exception as exc:  # noqa: BLE001 - BCC raises bare Exception on load failure
+            self._hook("raw_tracepoint/signal_deliver", False, False, f"go_walk_more: {exc}")
+            return
+        self._attach_raw("signal_deliver", "on_signal_deliver", required=False)
+
+    @property
+    def profiles_hooked(self) -> bool:
+        return any(h.name == "raw_tracepoint/signal_deliver" and h.attached for h in self.hooks)
 
     @staticmethod
     def _kprobe_able(bcc: Any, function: str) -> bool:
@@ -210,11 +243,18 @@ class BpfSession:
         on_kill: Callable[[Any], None],
         on_note: Callable[[Any], None],
         on_cgroup: Callable[[Any], None] | None = None,
+        on_profile: Callable[[bytes], None] | None = None,
     ) -> None:
-        """Calls the callbacks with BCC's decoded struct for each event."""
+        """Calls the callbacks with BCC's decoded struct for each event (the
+        raw bytes for profile events, which are as long as their stack)."""
         kills = self._bpf["kills"]
         notes = self._bpf["notes"]
         cgroup_notes = self._bpf["cgroup_notes"]
+        profiles = self._bpf["profiles"]
+
+        def profile_cb(_cpu: Any, data: Any, size: Any) -> None:
+            if on_profile is not None:
+                on_profile(ctypes.string_at(data, size))
 
         def kill_cb(_cpu: Any, data: Any, _size: Any = None) -> None:
             on_kill(kills.event(data))
@@ -230,6 +270,7 @@ class BpfSession:
             kills.open_ring_buffer(lambda ctx, data, size: kill_cb(None, data, size))
             notes.open_ring_buffer(lambda ctx, data, size: note_cb(None, data, size))
             cgroup_notes.open_ring_buffer(lambda ctx, data, size: cgroup_cb(None, data, size))
+            profiles.open_ring_buffer(lambda ctx, data, size: profile_cb(None, data, size))
         else:
 
             def lost(which: str) -> Callable[[int], None]:
@@ -244,8 +285,12 @@ class BpfSession:
             cgroup_notes.open_perf_buffer(
                 cgroup_cb, page_cnt=NOTES_RING_PAGES, lost_cb=lost("cgroup_notes")
             )
+            # Per CPU: a quarter of the ring's size each.
+            profiles.open_perf_buffer(
+                profile_cb, page_cnt=PROFILES_RING_PAGES // 4, lost_cb=lost("profiles")
+            )
         # Keep the callbacks alive as long as the session.
-        self._callbacks = (kill_cb, note_cb, cgroup_cb)
+        self._callbacks = (kill_cb, note_cb, cgroup_cb, profile_cb)
 
     def poll(self, timeout_ms: int) -> None:
         if self.layout.has_ringbuf:
@@ -276,16 +321,28 @@ class BpfSession:
             raise BpfLoadError(f"uprobe on {path} could not be detached: {exc}") from exc
 
     def locate_go(
-        self, tgid: int, controller: int, gomaxprocs: int, offsets: dict[str, int]
+        self,
+        tgid: int,
+        controller: int,
+        gomaxprocs: int,
+        offsets: dict[str, int],
+        profile: tuple[int, int] | None = None,
+        profile_layout: dict[str, int] | None = None,
     ) -> None:
         """Tells the GC probe where this process's runtime keeps its state
-        (run-time addresses); offsets missing from `offsets` are not read."""
+        (run-time addresses); offsets missing from `offsets` are not read.
+        profile: run-time (runtime.mbuckets, runtime.MemProfileRate), with
+        the bucket layout, when the heap profile is to be walked at a kill."""
         table = self._bpf["go_procs"]
         leaf = table.Leaf()
         leaf.controller = controller
         leaf.gomaxprocs = gomaxprocs
         for name in GO_PROC_FIELDS:
             setattr(leaf, f"off_{name}", offsets.get(name, -1))
+        if profile is not None and profile_layout is not None:
+            leaf.mbuckets, leaf.mem_profile_rate = profile
+            for field, name in GO_PROFILE_FIELDS.items():
+                setattr(leaf, field, profile_layout[name])
         try:
             table[table.Key(tgid)] = leaf
         except Exception as exc:  # BCC raises bare Exception when the map is full

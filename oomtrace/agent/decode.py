@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import resource
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ MEMCG_DEPTH = 8  # OOMT_MEMCG_DEPTH
 KSTACK_DEPTH = 24  # OOMT_KSTACK_DEPTH
 CGROUP_NAME_LEN = 128  # OOMT_CGROUP_NAME_LEN
 GO_RING = 32  # OOMT_GO_RING
+GO_STACK_DEPTH = 64  # OOMT_GO_STACK_DEPTH
 
 
 class Kind(enum.IntEnum):
@@ -32,6 +34,8 @@ class Kind(enum.IntEnum):
     EXEC = 4
     CGROUP_MKDIR = 5
     CGROUP_RMDIR = 6
+    GO_BUCKET = 7
+    GO_PROFILE = 8
 
 
 class ReapStage(enum.IntEnum):
@@ -51,6 +55,7 @@ F_TASK_UNKNOWN = 0x10
 # oomt_kill.go_flags (OOMT_GO_*)
 GO_F_GC = 0x1
 GO_F_CONTROLLER = 0x2
+GO_F_PROFILE_DUE = 0x4
 
 # The kernel's "unlimited" for a page counter is PAGE_COUNTER_MAX, which is
 # LONG_MAX / PAGE_SIZE; anything this large means no limit.
@@ -133,6 +138,7 @@ class KernelKill:
     oom_control: OomControl | None
     go: GoState | None = None
     kernel_stack: tuple[int, ...] = ()  # the trigger's, innermost first
+    go_profile_due: bool = False  # the victim's heap profile is walked at its SIGKILL
     oom_path: OomPath = OomPath.UNKNOWN  # who called the OOM killer, from kernel_stack
 
 
@@ -251,6 +257,7 @@ def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
         task_unknown=bool(flags & F_TASK_UNKNOWN),
         oom_control=oc,
         go=_go_state(ev),
+        go_profile_due=bool(int(getattr(ev, "go_flags", 0)) & GO_F_PROFILE_DUE),
         kernel_stack=stack,
         oom_path=text.oom_path(stack) if text is not None else OomPath.UNKNOWN,
     )
@@ -289,3 +296,75 @@ def decode_cgroup_note(ev: Any) -> KernelCgroupNote:
         boot_ns=int(ev.boot_ns),
         path=_text(ev.path),
     )
+
+
+# -- a Go victim's heap profile (struct oomt_go_bucket, struct oomt_go_profile) --------
+
+_BUCKET = struct.Struct("<IIQQQQQQII")  # then `depth` u64 PCs
+_PROFILE = struct.Struct("<IIQQQqQIIIIII")
+
+
+class ProfileStatus(enum.IntEnum):
+    """OOMT_PROFILE_*: how a heap-profile walk ended."""
+
+    OK = 0
+    READ_FAILED = 1
+    BAD_BUCKET = 2
+
+
+@dataclass(frozen=True, slots=True)
+class GoBucket:
+    """One runtime memory-profile bucket: an allocation stack and its counts
+    as of the last completed GC."""
+
+    tgid: int
+    kill_ns: int
+    size: int
+    allocs: int
+    frees: int
+    alloc_bytes: int
+    free_bytes: int
+    nstk: int
+    pcs: tuple[int, ...]  # run-time return addresses, innermost first (at most nstk)
+
+
+@dataclass(frozen=True, slots=True)
+class GoProfileEnd:
+    tgid: int
+    kill_ns: int
+    boot_ns: int
+    walk_ns: int
+    rate: int  # runtime.MemProfileRate at the kill
+    mbuckets: int  # run-time address of runtime.mbuckets
+    status: ProfileStatus
+    buckets: int
+    more: bool
+    stacks_cut: int
+    lost: int
+
+
+def decode_profile_event(raw: bytes) -> GoBucket | GoProfileEnd:
+    """A profiles-buffer event, from its raw bytes (bucket events are as long
+    as their stack)."""
+    if len(raw) < 4:
+        raise DecodeError(f"a profile event of {len(raw)} bytes")
+    kind = struct.unpack_from("<I", raw)[0]
+    if kind == Kind.GO_PROFILE:
+        if len(raw) < _PROFILE.size:
+            raise DecodeError(f"a profile end of {len(raw)} bytes")
+        f = _PROFILE.unpack_from(raw)
+        try:
+            status = ProfileStatus(f[7])
+        except ValueError:
+            raise DecodeError(f"unknown profile status {f[7]}") from None
+        return GoProfileEnd(
+            f[1], f[2], f[3], f[4], f[5], f[6], status, f[8], bool(f[9]), f[10], f[11]
+        )
+    if kind != Kind.GO_BUCKET or len(raw) < _BUCKET.size:
+        raise DecodeError(f"a profile event of kind {kind} and {len(raw)} bytes")
+    f = _BUCKET.unpack_from(raw)
+    depth = f[9]
+    if depth > GO_STACK_DEPTH or len(raw) < _BUCKET.size + 8 * depth:
+        raise DecodeError(f"a bucket of depth {depth} in {len(raw)} bytes")
+    pcs = struct.unpack_from(f"<{depth}Q", raw, _BUCKET.size)
+    return GoBucket(f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pcs)

@@ -14,9 +14,10 @@ from oomtrace.agent.bcc_loader import BpfSession
 from oomtrace.agent.doctor import preflight, require
 from oomtrace.agent.errors import AgentError
 from oomtrace.agent.export import Exporter, SpoolSink
+from oomtrace.agent.go.heap import HeapProfiles
 from oomtrace.agent.go.probes import GoProbes
 from oomtrace.agent.go.sampling import GoSampler
-from oomtrace.agent.host import boot_id
+from oomtrace.agent.host import boot_id, boot_ns_now
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kernel_text import KernelText
 from oomtrace.agent.memory import in_child, return_freed_heap
@@ -125,6 +126,9 @@ def run_agent(
             kernel_log=kernel_log,
             sampler=sampler,
             go_probes=go_probes,
+            heap_profiles=HeapProfiles(
+                go_probes, now_ns=boot_ns_now, hooked=session.profiles_hooked
+            ),
             kernel_text=kernel_text,
             observer=metrics,
             privacy=privacy,

@@ -26,6 +26,7 @@ from oomtrace.agent.build.pressure import pressure_record
 from oomtrace.agent.decode import KernelKill, Kind, ReapStage
 from oomtrace.agent.errors import DecodeError
 from oomtrace.agent.go.buildinfo import GoProcess
+from oomtrace.agent.go.heap import BinaryProfile, HeapProfiles
 from oomtrace.agent.go.sampling import GoPoint
 from oomtrace.agent.host import Clock, boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_text import KernelText, OomPath
@@ -55,6 +56,7 @@ class EventSource(Protocol):
         on_kill: Callable[[Any], None],
         on_note: Callable[[Any], None],
         on_cgroup: Callable[[Any], None] | None = None,
+        on_profile: Callable[[bytes], None] | None = None,
     ) -> None: ...
     def poll(self, timeout_ms: int) -> None: ...
     def kernel_lost(self) -> dict[str, int]: ...
@@ -133,6 +135,8 @@ class GoDiscovery(Protocol):
     def sweep(self) -> None: ...
     @property
     def pending(self) -> int: ...
+    def binary_profile(self, pid: int) -> BinaryProfile | None: ...
+    def profile_reason(self, pid: int) -> str: ...
 
 
 class NoKernelLog:
@@ -191,6 +195,12 @@ class NoGoProbes:
     def sweep(self) -> None:
         pass
 
+    def binary_profile(self, pid: int) -> BinaryProfile | None:
+        return None
+
+    def profile_reason(self, pid: int) -> str:
+        return ""
+
 
 class Observer(Protocol):
     """Told of each record sent (the Prometheus metrics, or NoObserver)."""
@@ -224,6 +234,7 @@ class Runner:
         report_wait_ns: int = 300_000_000,
         sampler: Pressure | None = None,
         go_probes: GoDiscovery | None = None,
+        heap_profiles: HeapProfiles | None = None,
         kernel_text: KernelText | None = None,
         observer: Observer | None = None,
         privacy: Privacy | None = None,
@@ -243,6 +254,7 @@ class Runner:
         self.kernel_log: LogRecovery = kernel_log if kernel_log is not None else NoKernelLog()
         self.sampler: Pressure = sampler if sampler is not None else NoPressure()
         self.go_probes: GoDiscovery = go_probes if go_probes is not None else NoGoProbes()
+        self.heap_profiles = heap_profiles
         self.kernel_text = kernel_text
         self.clock = clock
         self.assembler = KillAssembler(
@@ -254,6 +266,7 @@ class Runner:
             reports=kernel_log,
             workloads=self.workloads,
             timelines=self.sampler,
+            profiles=heap_profiles,
             clock=clock,
         )
         self.counters = Counters()
@@ -280,7 +293,26 @@ class Runner:
             return
         self.counters.kills_seen += 1
         self._check_oom_path(kill)
+        self._expect_profile(kill)
         self.assembler.add(kill)
+
+    def _expect_profile(self, kill: KernelKill) -> None:
+        """A Go victim's heap profile: waited for when BPF walks it, else
+        why not (said on the record of a Go process only)."""
+        tgid = kill.victim_tgid
+        if self.heap_profiles is None or not tgid:
+            return
+        if kill.go_profile_due:
+            self.heap_profiles.expect(tgid, kill.boot_ns, self.go_probes.binary_profile(tgid))
+        else:
+            reason = self.go_probes.profile_reason(tgid)
+            if reason:
+                self.heap_profiles.not_due(tgid, kill.boot_ns, reason)
+
+    def on_profile(self, raw: bytes) -> None:
+        ev = self._decode(decode.decode_profile_event, raw, "profile")
+        if ev is not None and self.heap_profiles is not None:
+            self.heap_profiles.on_event(ev)
 
     def _check_oom_path(self, kill: KernelKill) -> None:
         if kill.oom_control is None or kill.oom_path is OomPath.UNKNOWN:
@@ -416,8 +448,12 @@ class Runner:
         """Events wake the poll at once; the timeout paces what waits on time:
         a finished record waiting for its kernel-log line (the log reader is
         another thread), held kills, and housekeeping."""
-        if self.assembler.waiting_for_report() or self.go_probes.pending:
-            return 5  # a kernel-log line, or a Go binary's parse, is on its way
+        if (
+            self.assembler.waiting_for_report()
+            or self.go_probes.pending
+            or (self.heap_profiles is not None and self.heap_profiles.waiting)
+        ):
+            return 5  # a kernel-log line, a Go binary's parse or a profile is on its way
         return poll_ms if len(self.assembler) else idle_poll_ms
 
     def _guarded(self, handle: Callable[[Any], None], kind: str) -> Callable[[Any], None]:
@@ -448,6 +484,7 @@ class Runner:
             self._guarded(self.on_kill, "kill"),
             self._guarded(self.on_note, "note"),
             self._guarded(self.on_cgroup, "cgroup"),
+            self._guarded(self.on_profile, "profile"),
         )
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
@@ -458,6 +495,8 @@ class Runner:
             self.emit_pressure()
             self.workloads.tick()
             self.go_probes.poll()
+            if self.heap_profiles is not None:
+                self.heap_profiles.poll()
             now = self.clock()
             self.loop_at_ns = now
             if now - self._last_status_ns >= 5_000_000_000:

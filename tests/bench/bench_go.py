@@ -52,7 +52,13 @@ class NoAttach:
         pass
 
     def locate_go(
-        self, tgid: int, controller: int, gomaxprocs: int, offsets: dict[str, int]
+        self,
+        tgid: int,
+        controller: int,
+        gomaxprocs: int,
+        offsets: dict[str, int],
+        profile: tuple[int, int] | None = None,
+        profile_layout: dict[str, int] | None = None,
     ) -> None:
         pass
 

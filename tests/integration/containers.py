@@ -28,6 +28,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 GO = REPO / ".venv/lib/python3.11/site-packages/go/bin/go"
 OOMGO_SRC = Path(__file__).resolve().parent / "oomgo"
+# A leaking service that keeps memory profiling on (the heap-profile tests).
+LEAKGO_SRC = Path(__file__).resolve().parent / "leakgo"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -51,7 +53,9 @@ GO_BUILDS = {
 OOMGO_CACHE = REPO / "var/oomgo"
 
 
-def build_oomgo(out: Path, toolchain: str = "newest", build: str = "normal") -> Path:
+def build_oomgo(
+    out: Path, toolchain: str = "newest", build: str = "normal", src: Path = OOMGO_SRC
+) -> Path:
     """The Go workload, built by one of GO_TOOLCHAINS in one of GO_BUILDS.
     Built once per source and toolchain into var/oomgo, so the guest kernel
     (which cannot write the repository, and builds slowly under emulation)
@@ -60,12 +64,12 @@ def build_oomgo(out: Path, toolchain: str = "newest", build: str = "normal") -> 
     go = GO_TOOLCHAINS[toolchain]
     flags = GO_BUILDS[build]
     key = hashlib.sha256()
-    for part in (*sorted(OOMGO_SRC.iterdir()), go):
+    for part in (*sorted(src.iterdir()), go):
         key.update(str(part).encode())
         if part.is_file() and part.suffix in (".go", ".mod"):
             key.update(part.read_bytes())
     key.update(" ".join(flags).encode())
-    cached = OOMGO_CACHE / f"oomgo-{toolchain}-{build}-{key.hexdigest()[:12]}"
+    cached = OOMGO_CACHE / f"{src.name}-{toolchain}-{build}-{key.hexdigest()[:12]}"
     if cached.exists():
         return cached
     env = {
@@ -77,10 +81,10 @@ def build_oomgo(out: Path, toolchain: str = "newest", build: str = "normal") -> 
             Path(os.environ.get("XDG_CACHE_HOME", "/root/.cache")) / "oomtrace-go-build"
         ),
     }
-    binary = out / f"oomgo-{toolchain}-{build}"
+    binary = out / f"{src.name}-{toolchain}-{build}"
     subprocess.run(
         [str(go), "build", *flags, "-o", str(binary), "."],
-        cwd=OOMGO_SRC,
+        cwd=src,
         env=env,
         check=True,
         capture_output=True,
@@ -99,20 +103,22 @@ GO_VARIANTS = [(t, b) for t in ("newest", "1.21") for b in GO_BUILDS]
 GO_VARIANT_IDS = [f"{t}-{b}" for t, b in GO_VARIANTS]
 
 
-def oomgo_or_skip(out: Path, toolchain: str, build: str = "normal") -> Path:
+def oomgo_or_skip(out: Path, toolchain: str, build: str = "normal", src: Path = OOMGO_SRC) -> Path:
     """build_oomgo for a test, which skips, saying why, when the toolchain is
     not installed."""
     if not GO_TOOLCHAINS[toolchain].exists():
         pytest.skip(f"Go toolchain {toolchain} is not installed (make setup installs it)")
-    return build_oomgo(out, toolchain, build)
+    return build_oomgo(out, toolchain, build, src)
 
 
 def build_every_oomgo(out: Path) -> list[Path]:
     """Every toolchain and build the Go tests use (make test-kernels runs
     this on the host before booting the guest)."""
-    return [build_oomgo(out, t, b) for t, b in GO_VARIANTS] + [
-        build_oomgo(out, t) for t in GO_TOOLCHAINS if (t, "normal") not in GO_VARIANTS
-    ]
+    return (
+        [build_oomgo(out, t, b) for t, b in GO_VARIANTS]
+        + [build_oomgo(out, t) for t in GO_TOOLCHAINS if (t, "normal") not in GO_VARIANTS]
+        + [build_oomgo(out, t, b, LEAKGO_SRC) for t, b in GO_VARIANTS]
+    )
 
 
 @contextlib.contextmanager

@@ -255,3 +255,33 @@ def test_the_query_commands_load_no_agent_or_collector_code() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_show_names_the_sites_and_pprof_writes_the_profile(
+    collector: Collector, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A Go victim's record as the collector keeps it: `show` lists the top
+    allocation sites, `pprof` writes the file unchanged; a record without a
+    profile says why."""
+    import gzip
+
+    from oomtrace.v1 import pprof_pb2
+
+    profile = pprof_pb2.Profile(string_table=["", "inuse_space", "bytes"], period=524288)
+    data = gzip.compress(profile.SerializeToString())
+    a = make_event(event_id="6b00" + "1" * 28)
+    hp = a.go.heap_profile
+    hp.pprof, hp.sample_rate, hp.buckets, hp.inuse_bytes = data, 524288, 12, 40 << 20
+    hp.top.add(function="main.leakAlpha", file="/src/main.go", line=40, inuse_bytes=30 << 20)
+    b = make_event(event_id="6b01" + "2" * 28)
+    b.go.heap_profile_missing = "the linker turned memory profiling off in this binary"
+    collector.store.put_many([a, b])
+    assert cli.main(["show", a.id[:12], "--collector", collector.addr]) == 0
+    out = capsysbinary.readouterr().out.decode()
+    assert "heap profile 40.0 MiB in use at the last GC, 12 stacks" in out, out
+    assert "30.0 MiB  75%  main.leakAlpha (main.go:40)" in out, out
+    assert cli.main(["pprof", a.id[:12], "--collector", collector.addr]) == 0
+    assert capsysbinary.readouterr().out == data
+    assert cli.main(["pprof", b.id[:12], "--collector", collector.addr]) == 1
+    err = capsysbinary.readouterr().err.decode()
+    assert "has no heap profile: the linker turned memory profiling off" in err

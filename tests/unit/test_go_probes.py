@@ -23,6 +23,7 @@ class FakeTarget:
         self.attached: list[tuple[str, int, int]] = []  # path, address, inode of the file
         self.detached: list[tuple[str, int]] = []
         self.located: list[int] = []
+        self.profiles: list[tuple[int, tuple[int, int] | None]] = []
 
     def attach_go(self, path: str, gc_done: int) -> list[str]:
         self.attached.append((path, gc_done, os.stat(path).st_ino))
@@ -32,9 +33,16 @@ class FakeTarget:
         self.detached.append((path, gc_done))
 
     def locate_go(
-        self, tgid: int, controller: int, gomaxprocs: int, offsets: dict[str, int]
+        self,
+        tgid: int,
+        controller: int,
+        gomaxprocs: int,
+        offsets: dict[str, int],
+        profile: tuple[int, int] | None = None,
+        profile_layout: dict[str, int] | None = None,
     ) -> None:
         self.located.append(tgid)
+        self.profiles.append((tgid, profile))
 
 
 @pytest.fixture(scope="module")

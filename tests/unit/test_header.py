@@ -100,3 +100,32 @@ def test_every_program_the_loader_joins_exists_and_includes_the_common_header() 
             assert '#include "common.h"' in text, name
     programs = {p.name for p in BPF.glob("*.c")}
     assert programs == {n for n in bcc_loader.BPF_SOURCES if n.endswith(".c")}
+
+
+def test_the_heap_profile_events_decode_as_the_header_lays_them_out() -> None:
+    """The profile events are decoded from raw bytes (a bucket's is as long
+    as its stack), so their struct formats are checked field by field."""
+    c_types = {"u32": "I", "s32": "i", "u64": "Q", "s64": "q"}
+
+    def layout(name: str) -> str:
+        m = re.search(rf"struct {name} \{{(.*?)\}};", HEADER, re.S)
+        assert m, name
+        body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
+        fields = re.findall(r"\b(u32|s32|u64|s64) (\w+)(\[[^\]]*\])?;", body)
+        return "<" + "".join(c_types[t] for t, _n, array in fields if not array)
+
+    assert decode._BUCKET.format == layout("oomt_go_bucket")
+    assert decode._PROFILE.format == layout("oomt_go_profile")
+    d = defines(HEADER)
+    assert d["OOMT_GO_STACK_DEPTH"] == decode.GO_STACK_DEPTH
+    assert d["OOMT_GO_PROFILE_DUE"] == decode.GO_F_PROFILE_DUE
+    assert {f"OOMT_PROFILE_{s.name}": int(s) for s in decode.ProfileStatus} == {
+        k: v for k, v in d.items() if k.startswith("OOMT_PROFILE_")
+    }
+
+
+def test_the_heap_profile_layout_fields_are_the_ones_user_space_writes() -> None:
+    fields = struct_fields((BPF / "go.c").read_text(), "go_proc")
+    assert [f for f in fields if f.startswith(("bucket_", "record_"))] == list(
+        bcc_loader.GO_PROFILE_FIELDS
+    )

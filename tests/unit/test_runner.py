@@ -34,6 +34,7 @@ class FakeSource:
         on_kill: Callable[[Any], None],
         on_note: Callable[[Any], None],
         on_cgroup: Callable[[Any], None] | None = None,
+        on_profile: Callable[[bytes], None] | None = None,
     ) -> None:
         pass
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from oomtrace.agent.errors import BpfLoadError
 from oomtrace.agent.go.buildinfo import GoProcess
-from oomtrace.agent.go.layouts import GC_CONTROLLER
+from oomtrace.agent.go.heap import ENABLE_HINT, OFF_BY_LINKER, BinaryProfile
+from oomtrace.agent.go.layouts import GC_CONTROLLER, HEAP_PROFILE
 from oomtrace.agent.go.settings import version_tuple
 from oomtrace.agent.go.symbols import RuntimeGlobals, SymbolError
 from oomtrace.agent.go.worker import Parsed, ParserWorker
@@ -37,7 +38,13 @@ class UprobeTarget(Protocol):
     def detach_go(self, path: str, gc_done: int) -> None: ...
 
     def locate_go(
-        self, tgid: int, controller: int, gomaxprocs: int, offsets: dict[str, int]
+        self,
+        tgid: int,
+        controller: int,
+        gomaxprocs: int,
+        offsets: dict[str, int],
+        profile: tuple[int, int] | None = None,
+        profile_layout: dict[str, int] | None = None,
     ) -> None: ...
 
 
@@ -60,6 +67,11 @@ class GoBinary:
     offsets: dict[str, int] = field(default_factory=dict)
     controller_reason: str = ""  # why the controller is not read, if it is not
     version: str = ""
+    # The heap profile: link-time (runtime.mbuckets, runtime.MemProfileRate)
+    # and the bucket layout, when victims' profiles can be walked; else why not.
+    profile: tuple[int, int] | None = None
+    profile_layout: dict[str, int] = field(default_factory=dict)
+    profile_reason: str = ""
 
 
 @dataclass
@@ -91,6 +103,8 @@ class GoProbes:
         self.failed = 0
         self.capped = 0  # processes left unprobed: max_binaries were probed already
         self.located = 0  # processes whose controller the probe reads
+        self._symbolizing: set[Any] = set()
+        self._symbolized: list[tuple[Any, list[list[Any] | None] | None, str]] = []
 
     def ensure(self, pid: int, go: GoProcess) -> None:
         try:
@@ -119,7 +133,7 @@ class GoProbes:
             return
         os.close(fd)
         binary.pids.add(pid)
-        if binary.outcome == "attached" and binary.globals is not None:
+        if binary.outcome == "attached" and (binary.globals or binary.profile):
             self._locate(pid, binary)
 
     @property
@@ -132,10 +146,14 @@ class GoProbes:
         (waiting up to wait_s for all of them: at start-up), and locates the
         controller in each of their processes. Called on every pass of the
         event loop: nothing to do costs one check."""
-        if not self.parsing:
+        if not self.parsing and not self._symbolizing:
             return
         done = self.parser.wait(wait_s) if wait_s else self.parser.results()
         for key, parsed in done:
+            if key in self._symbolizing:
+                self._symbolizing.discard(key)
+                self._symbolized.append((key, parsed.frames, parsed.error))
+                continue
             parsing = self.parsing.pop(key, None)
             if parsing is None:
                 continue
@@ -143,9 +161,42 @@ class GoProbes:
             if binary.fd < 0:
                 os.close(parsing.fd)
             binary.pids = {p for p in parsing.pids if _runs(p, key)}
-            if binary.outcome == "attached" and binary.globals is not None:
+            if binary.outcome == "attached" and (binary.globals or binary.profile):
                 for pid in binary.pids:
                     self._locate(pid, binary)
+
+    # -- heap profiles (go/heap.py) ---------------------------------------
+
+    def _binary_of(self, pid: int) -> GoBinary | None:
+        return next((b for b in self.binaries.values() if pid in b.pids), None)
+
+    def binary_profile(self, pid: int) -> BinaryProfile | None:
+        """The victim's binary, held open for its profile's symbols (a dup
+        the caller closes): the probe may come off once the victim is gone."""
+        b = self._binary_of(pid)
+        if b is None or b.profile is None or b.fd < 0:
+            return None
+        name = os.path.basename(os.readlink(b.path)) if os.path.exists(b.path) else ""
+        return BinaryProfile(
+            os.dup(b.fd), b.profile[0], b.profile_layout["moduledata_gofunc"], name
+        )
+
+    def profile_reason(self, pid: int) -> str:
+        """Why a Go process's heap profile is not walked at its kill ("" when it is)."""
+        b = self._binary_of(pid)
+        if b is None:
+            return "the process was not probed"
+        if b.outcome != "attached":
+            return f"the binary was not probed: {b.outcome}"
+        return b.profile_reason
+
+    def symbolize(self, token: Any, fd: int, pcs: list[int], gofunc: int) -> None:
+        self._symbolizing.add(token)
+        self.parser.submit_symbolize(token, fd, pcs, gofunc)
+
+    def symbolized(self) -> list[tuple[Any, list[list[Any] | None] | None, str]]:
+        out, self._symbolized = self._symbolized, []
+        return out
 
     def close(self) -> None:
         self.parser.close()
@@ -189,8 +240,20 @@ class GoProbes:
         elif parsed.globals is None:
             binary.controller_reason = parsed.globals_reason
         else:
-            binary.pie, binary.entry = parsed.pie, parsed.entry
             binary.globals = RuntimeGlobals(*parsed.globals)
+        binary.pie, binary.entry = parsed.pie, parsed.entry
+        layout = HEAP_PROFILE.get(version_tuple(go.build.version), {})
+        if parsed.profile is None:
+            binary.profile_reason = f"the heap profile was not found: {parsed.profile_reason}"
+        elif parsed.profile[2]:
+            binary.profile_reason = (
+                f"{OFF_BY_LINKER} (nothing in it references runtime.MemProfile): {ENABLE_HINT}"
+            )
+        elif not layout:
+            binary.profile_reason = f"no heap-profile layout for {go.build.version}"
+        else:
+            binary.profile = (parsed.profile[0], parsed.profile[1])
+            binary.profile_layout = layout
         log.info(
             "go.probes_attached",
             pid=pid,
@@ -200,18 +263,22 @@ class GoProbes:
             hooks=hooks,
             controller=binary.globals is not None,
             reason=binary.controller_reason or None,
+            heap_profile=binary.profile is not None,
+            heap_profile_reason=binary.profile_reason or None,
         )
         return binary
 
     def _locate(self, pid: int, binary: GoBinary) -> None:
-        assert binary.globals is not None
         try:
             bias = load_bias(pid, binary.entry) if binary.pie else 0
+            g = binary.globals
             self.target.locate_go(
                 pid,
-                binary.globals.gc_controller + bias,
-                binary.globals.gomaxprocs + bias,
-                binary.offsets,
+                g.gc_controller + bias if g else 0,
+                g.gomaxprocs + bias if g else 0,
+                binary.offsets if g else {},
+                (binary.profile[0] + bias, binary.profile[1] + bias) if binary.profile else None,
+                binary.profile_layout or None,
             )
         except (OSError, BpfLoadError) as exc:
             log.info("go.locate_failed", pid=pid, reason=str(exc))

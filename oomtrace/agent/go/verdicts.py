@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oomtrace.agent.explain import CRITICAL, MIB, WARNING, mib, suggested_gomemlimit, verdict
+from oomtrace.agent.explain import (
+    CRITICAL,
+    INFO,
+    MIB,
+    WARNING,
+    mib,
+    suggested_gomemlimit,
+    verdict,
+)
+from oomtrace.agent.go.heap import ENABLE_HINT, OFF_BY_LINKER, OFF_BY_PROGRAM
 from oomtrace.agent.go.settings import parse_size, version_tuple
 from oomtrace.records import recent_gcs
 from oomtrace.v1 import event_pb2
@@ -26,7 +35,44 @@ def go_verdicts(go: event_pb2.GoRuntime, limit: int, rss: int) -> list[event_pb2
         out += _go_verdicts(go, limit)
     if go.state:
         out += _go_runtime_verdicts(go, limit, rss)
+    out += _heap_profile_verdicts(go)
     return out
+
+
+def _heap_profile_verdicts(go: event_pb2.GoRuntime) -> list[event_pb2.Verdict]:
+    """Where the memory was held, from the heap profile at the kill; or how
+    to have one next time, when profiling was off."""
+    why = go.heap_profile_missing
+    if why.startswith((OFF_BY_LINKER, OFF_BY_PROGRAM)):
+        return [
+            verdict(
+                "GO_HEAP_PROFILE_OFF",
+                INFO,
+                f"No heap profile: {why.split(':')[0]}, so which code held the memory "
+                "cannot be said.",
+                "To have one at the next kill, "
+                + (
+                    ENABLE_HINT
+                    if why.startswith(OFF_BY_LINKER)
+                    else "leave runtime.MemProfileRate above 0"
+                ),
+            )
+        ]
+    hp = go.heap_profile
+    if not hp.top or hp.inuse_bytes <= 0:
+        return []
+    site = hp.top[0]
+    share = site.inuse_bytes / hp.inuse_bytes
+    return [
+        verdict(
+            "GO_HEAP_HELD_BY",
+            INFO,
+            f"{site.function} ({site.file.rsplit('/', 1)[-1]}:{site.line}) held {mib(site.inuse_bytes)} "
+            f"of the {mib(hp.inuse_bytes)} in use at the last GC before the kill "
+            f"({share:.0%}, from the runtime's sampled heap profile).",
+            "See where it grew: oomtrace pprof ID > heap.pb.gz; go tool pprof -top heap.pb.gz",
+        )
+    ]
 
 
 _NO_GOAL = 1 << 60  # GOGC=off leaves the goal at "never"

@@ -11,7 +11,9 @@ code of runtime.gcStart, the ELF header) runs in a child process:
     mapped, not read, so its pages are the page cache's;
   - a worker that dies (a crash in the disassembler) is a reason too.
 The agent passes the binary as the file it already holds open (SCM_RIGHTS),
-so the worker parses exactly what will be probed.
+so the worker parses exactly what will be probed. The same worker turns a
+heap profile's PCs into frames (go/frames.py), from the binary the victim
+ran; PCs and frames travel in a memfd, as they can outgrow a message.
 
 The parent side (ParserWorker) never blocks: submit() queues, results()
 hands over what is done and enforces the deadline; the event loop calls it
@@ -54,6 +56,13 @@ class Parsed:
     # (gcController, gomaxprocs) link-time addresses, or why not
     globals: tuple[int, int] | None = None
     globals_reason: str = ""
+    # (runtime.mbuckets, runtime.MemProfileRate, profiling disabled by the
+    # linker) link-time, or why the heap profile cannot be walked
+    profile: tuple[int, int, bool] | None = None
+    profile_reason: str = ""
+    # A symbolize request's answer: per PC, [function, file, line,
+    # start_line, entry, inlined] or None
+    frames: list[list[Any] | None] | None = None
 
 
 def parse(fd: int) -> dict[str, Any]:
@@ -61,11 +70,14 @@ def parse(fd: int) -> dict[str, Any]:
     from oomtrace.agent.go.symbols import (
         GC_START,
         MAX_BINARY,
+        MPROF_FLUSH,
+        SCHEDINIT,
         START_CYCLE,
         SymbolError,
         elf_entry,
         entries_in,
         probe_address,
+        profile_globals,
         runtime_globals,
     )
 
@@ -75,7 +87,9 @@ def parse(fd: int) -> dict[str, Any]:
         return {"error": "an empty file"}
     with mmap.mmap(fd, min(size, MAX_BINARY), prot=mmap.PROT_READ) as data:
         try:
-            entries = entries_in(data, {gc_done_name, GC_START, START_CYCLE})
+            entries = entries_in(
+                data, {gc_done_name, GC_START, START_CYCLE, MPROF_FLUSH, SCHEDINIT}
+            )
             if gc_done_name not in entries:
                 raise SymbolError(f"no {gc_done_name} in pclntab")
             gc_done = probe_address(data, entries[gc_done_name], gc_done_name)
@@ -88,7 +102,43 @@ def parse(fd: int) -> dict[str, Any]:
             out["globals"] = [g.gc_controller, g.gomaxprocs]
         except SymbolError as exc:
             out["globals_reason"] = str(exc)
+        try:
+            pg = profile_globals(data, entries)
+            out["profile"] = [pg.mbuckets, pg.mem_profile_rate, pg.disabled]
+        except SymbolError as exc:
+            out["profile_reason"] = str(exc)
         return out
+
+
+def symbolize(fd: int, request_fd: int) -> dict[str, Any]:
+    """Frames for the PCs in the request memfd ({"pcs": [...], "gofunc":
+    moduledata's gofunc offset}); written back into it as a JSON list."""
+    from oomtrace.agent.go.frames import Symbolizer
+    from oomtrace.agent.go.symbols import MAX_BINARY, SymbolError
+
+    with os.fdopen(os.dup(request_fd), "r+b") as f:
+        f.seek(0)  # the agent's write left the shared offset at the end
+        request = json.loads(f.read())
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return {"error": "an empty file"}
+        with mmap.mmap(fd, min(size, MAX_BINARY), prot=mmap.PROT_READ) as data:
+            try:
+                sym = Symbolizer(data, int(request["gofunc"]))
+                frames: list[list[Any] | None] = []
+                for pc in request["pcs"]:
+                    fr = sym.frame(int(pc))
+                    frames.append(
+                        None
+                        if fr is None
+                        else [fr.function, fr.file, fr.line, fr.start_line, fr.entry, fr.inlined]
+                    )
+            except SymbolError as exc:
+                return {"error": str(exc)}
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(frames).encode())
+    return {"frames": True}
 
 
 def _serve(sock: socket.socket, data_limit: int) -> None:
@@ -100,12 +150,17 @@ def _serve(sock: socket.socket, data_limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
     sock.send(json.dumps({"ready": True}).encode())
     while True:
-        msg, fds, _flags, _addr = socket.recv_fds(sock, 1024, 1)
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 1024, 2)
         if not msg:
             return  # the agent is gone
         request = json.loads(msg)
         try:
-            reply = parse(fds[0]) if fds else {"error": "no file was passed"}
+            if not fds:
+                reply = {"error": "no file was passed"}
+            elif request.get("symbolize"):
+                reply = symbolize(fds[0], fds[1]) if len(fds) == 2 else {"error": "no request"}
+            else:
+                reply = parse(fds[0])
         except MemoryError:
             reply = {"error": f"parsing needs more than {data_limit >> 20} MiB"}
         except Exception as exc:  # noqa: BLE001 - a reason for the record, never a crash
@@ -125,8 +180,10 @@ class ParserWorker:
     ) -> None:
         self.timeout_s = timeout_s
         self.data_limit = data_limit
-        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
-        self._in_flight: tuple[Any, int, float] | None = None  # key, request id, sent at
+        # key, binary fd, and for a symbolize request the memfd holding it
+        self._queue: collections.deque[tuple[Any, int, int]] = collections.deque()
+        # key, request id, sent at, request memfd (-1: a parse)
+        self._in_flight: tuple[Any, int, float, int] | None = None
         self._next_id = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -148,7 +205,15 @@ class ParserWorker:
     def submit(self, key: Any, fd: int) -> None:
         """Queues the binary open as fd (the caller keeps it open until its
         result is in)."""
-        self._queue.append((key, fd))
+        self._queue.append((key, fd, -1))
+        self._pump()
+
+    def submit_symbolize(self, key: Any, fd: int, pcs: list[int], gofunc: int) -> None:
+        """Queues turning link-time return PCs into frames from the binary
+        open as fd; the result's `frames` answer them in order."""
+        memfd = os.memfd_create("oomtrace-symbolize", os.MFD_CLOEXEC)
+        os.write(memfd, json.dumps({"pcs": pcs, "gofunc": gofunc}).encode())
+        self._queue.append((key, fd, memfd))
         self._pump()
 
     def results(self) -> list[tuple[Any, Parsed]]:
@@ -156,6 +221,7 @@ class ParserWorker:
         self._receive()
         if self._in_flight is not None and time.monotonic() - self._in_flight[2] > self.timeout_s:
             key = self._in_flight[0]
+            _close(self._in_flight[3])
             self._stop_worker()
             self._done.append((key, Parsed(error=f"parsing took over {self.timeout_s:g} s")))
             log.warning("go.parse_timeout", timeout_s=self.timeout_s)
@@ -219,21 +285,25 @@ class ParserWorker:
                 self._fail_queue("the parser exited at start")
                 return
             self._ready = True
-        key, fd = self._queue.popleft()
+        key, fd, memfd = self._queue.popleft()
         self._next_id += 1
+        request = {"id": self._next_id, "symbolize": memfd >= 0}
+        fds = [fd, memfd] if memfd >= 0 else [fd]
         try:
-            socket.send_fds(self._sock, [json.dumps({"id": self._next_id}).encode()], [fd])
+            socket.send_fds(self._sock, [json.dumps(request).encode()], fds)
         except OSError as exc:
+            _close(memfd)
             self._done.append((key, Parsed(error=f"the parser is unreachable ({exc.strerror})")))
             self._stop_worker()
             return
-        self._in_flight = (key, self._next_id, time.monotonic())
+        self._in_flight = (key, self._next_id, time.monotonic(), memfd)
 
     def _fail_queue(self, why: str) -> None:
         """Every queued binary gets the reason; a new worker for the next."""
         log.warning("go.parser_unavailable", reason=why)
         while self._queue:
-            key, _fd = self._queue.popleft()
+            key, _fd, memfd = self._queue.popleft()
+            _close(memfd)
             self._done.append((key, Parsed(error=why)))
         self._stop_worker()
 
@@ -248,8 +318,9 @@ class ParserWorker:
             msg, reason = b"", exc.strerror or str(exc)
         else:
             reason = ""
-        key, request_id, _sent = self._in_flight
+        key, request_id, _sent, memfd = self._in_flight
         if not msg:  # the worker died mid-parse
+            _close(memfd)
             code = self._proc.poll() if self._proc else None
             self._stop_worker()
             why = reason or f"the parser died (exit status {code})"
@@ -258,10 +329,19 @@ class ParserWorker:
             return
         self._in_flight = None
         reply = json.loads(msg)
+        frames = None
+        if memfd >= 0:
+            if reply.get("frames"):
+                with os.fdopen(memfd, "rb") as f:
+                    f.seek(0)
+                    frames = json.loads(f.read())
+            else:
+                _close(memfd)
         if reply.get("id") != request_id:  # cannot happen: one request at a time
             self._done.append((key, Parsed(error="the parser answered another request")))
             return
         g = reply.get("globals")
+        pg = reply.get("profile")
         self._done.append(
             (
                 key,
@@ -272,9 +352,17 @@ class ParserWorker:
                     entry=int(reply.get("entry", 0)),
                     globals=(int(g[0]), int(g[1])) if g else None,
                     globals_reason=str(reply.get("globals_reason", "")),
+                    profile=(int(pg[0]), int(pg[1]), bool(pg[2])) if pg else None,
+                    profile_reason=str(reply.get("profile_reason", "")),
+                    frames=frames,
                 ),
             )
         )
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
 
 
 if __name__ == "__main__":

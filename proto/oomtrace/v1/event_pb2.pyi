@@ -346,6 +346,8 @@ class GoRuntime(_message.Message):
     RECENT_GC_COUNT_FIELD_NUMBER: _builtins.int
     RECENT_GC_SPAN_NS_FIELD_NUMBER: _builtins.int
     LIFETIME_NS_FIELD_NUMBER: _builtins.int
+    HEAP_PROFILE_FIELD_NUMBER: _builtins.int
+    HEAP_PROFILE_MISSING_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """go1.27.3"""
     module: _builtins.str
@@ -385,9 +387,16 @@ class GoRuntime(_message.Message):
     recent_gc_span_ns: _builtins.int
     lifetime_ns: _builtins.int
     """The process's age at the kill, when its start was seen."""
+    heap_profile_missing: _builtins.str
     @_builtins.property
     def build_settings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """-buildmode, CGO_ENABLED, DefaultGODEBUG, ..."""
+
+    @_builtins.property
+    def heap_profile(self) -> Global___GoHeapProfile:
+        """The runtime's sampled heap profile as the victim held it when it died
+        (set when it could be read; else heap_profile_missing says why).
+        """
 
     def __init__(
         self,
@@ -415,10 +424,12 @@ class GoRuntime(_message.Message):
         recent_gc_count: _builtins.int = ...,
         recent_gc_span_ns: _builtins.int = ...,
         lifetime_ns: _builtins.int | None = ...,
+        heap_profile: Global___GoHeapProfile | None = ...,
+        heap_profile_missing: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "lifetime_ns", b"lifetime_ns", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "heap_profile", b"heap_profile", "lifetime_ns", b"lifetime_ns", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gogc_source", b"gogc_source", "gomaxprocs", b"gomaxprocs", "gomaxprocs_source", b"gomaxprocs_source", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "lifetime_ns", b"lifetime_ns", "memory_limit_source", b"memory_limit_source", "module", b"module", "recent_gc_count", b"recent_gc_count", "recent_gc_span_ns", b"recent_gc_span_ns", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gogc_source", b"gogc_source", "gomaxprocs", b"gomaxprocs", "gomaxprocs_source", b"gomaxprocs_source", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "heap_profile", b"heap_profile", "heap_profile_missing", b"heap_profile_missing", "lifetime_ns", b"lifetime_ns", "memory_limit_source", b"memory_limit_source", "module", b"module", "recent_gc_count", b"recent_gc_count", "recent_gc_span_ns", b"recent_gc_span_ns", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__effective_gogc: _TypeAlias = _typing.Literal["effective_gogc"]  # noqa: Y015
     _WhichOneofArgType__effective_gogc: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc"]  # noqa: Y015
@@ -442,6 +453,107 @@ class GoRuntime(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__since_last_gc_ns) -> _WhichOneofReturnType__since_last_gc_ns | None: ...
 
 Global___GoRuntime: _TypeAlias = GoRuntime  # noqa: Y015
+
+@_typing.final
+class GoHeapProfile(_message.Message):
+    """runtime.MemProfile's buckets, copied by BPF in the victim's own context as
+    it dequeued its SIGKILL (bpf/go.c), symbolised by the agent from the
+    binary's pclntab (oomtrace/agent/go/frames.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PPROF_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    BUCKETS_CUT_FIELD_NUMBER: _builtins.int
+    STACKS_CUT_FIELD_NUMBER: _builtins.int
+    BUCKETS_LOST_FIELD_NUMBER: _builtins.int
+    WALK_NS_FIELD_NUMBER: _builtins.int
+    INUSE_BYTES_FIELD_NUMBER: _builtins.int
+    ALLOC_BYTES_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    pprof: _builtins.bytes
+    """profile.proto, gzipped, as runtime/pprof writes a heap profile:
+    alloc_objects, alloc_space, inuse_objects, inuse_space, scaled by the
+    sampling rate. `oomtrace pprof ID > heap.pb.gz`, then `go tool pprof`.
+    """
+    sample_rate: _builtins.int
+    """runtime.MemProfileRate: on average one sample per this many bytes"""
+    buckets: _builtins.int
+    """allocation stacks read"""
+    buckets_cut: _builtins.bool
+    """more were left: the walk's bound was reached"""
+    stacks_cut: _builtins.int
+    """stacks deeper than the bound kept, cut to it"""
+    buckets_lost: _builtins.int
+    """read but not delivered (buffer full)"""
+    walk_ns: _builtins.int
+    """time spent in the victim's context"""
+    inuse_bytes: _builtins.int
+    """all sites, scaled: as of the last completed GC"""
+    alloc_bytes: _builtins.int
+    @_builtins.property
+    def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeapSite]:
+        """The sites holding the most in-use bytes: each the first frame outside
+        the runtime, as go tool pprof -top shows them.
+        """
+
+    def __init__(
+        self,
+        *,
+        pprof: _builtins.bytes = ...,
+        sample_rate: _builtins.int = ...,
+        buckets: _builtins.int = ...,
+        buckets_cut: _builtins.bool = ...,
+        stacks_cut: _builtins.int = ...,
+        buckets_lost: _builtins.int = ...,
+        walk_ns: _builtins.int = ...,
+        inuse_bytes: _builtins.int = ...,
+        alloc_bytes: _builtins.int = ...,
+        top: _abc.Iterable[Global___HeapSite] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "buckets", b"buckets", "buckets_cut", b"buckets_cut", "buckets_lost", b"buckets_lost", "inuse_bytes", b"inuse_bytes", "pprof", b"pprof", "sample_rate", b"sample_rate", "stacks_cut", b"stacks_cut", "top", b"top", "walk_ns", b"walk_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoHeapProfile: _TypeAlias = GoHeapProfile  # noqa: Y015
+
+@_typing.final
+class HeapSite(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    INUSE_BYTES_FIELD_NUMBER: _builtins.int
+    INUSE_OBJECTS_FIELD_NUMBER: _builtins.int
+    ALLOC_BYTES_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    file: _builtins.str
+    line: _builtins.int
+    inuse_bytes: _builtins.int
+    inuse_objects: _builtins.int
+    alloc_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        file: _builtins.str = ...,
+        line: _builtins.int = ...,
+        inuse_bytes: _builtins.int = ...,
+        inuse_objects: _builtins.int = ...,
+        alloc_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "file", b"file", "function", b"function", "inuse_bytes", b"inuse_bytes", "inuse_objects", b"inuse_objects", "line", b"line"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeapSite: _TypeAlias = HeapSite  # noqa: Y015
 
 @_typing.final
 class Verdict(_message.Message):

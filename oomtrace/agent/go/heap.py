@@ -1,0 +1,371 @@
+"""A Go victim's heap profile, from BPF's copy of the runtime's buckets to a
+pprof file in the record.
+
+BPF walks runtime.mbuckets when the victim dequeues its SIGKILL (bpf/go.c)
+and sends one event per bucket, then one that ends the walk. Here they are
+gathered per kill (the events can come before or after the kill's own, on
+another buffer), the PCs turned into frames by the parser process from the
+binary the victim ran (go/frames.py), and the profile built the way
+runtime/pprof writes a heap profile (runtime/pprof/protomem.go): four sample
+types scaled by the sampling rate, the runtime's own frames above the first
+frame of the program hidden, inlined frames folded into one location.
+
+The assembly (assembly.py) holds a Go victim's kill until its profile is
+here or the hold runs out; then take() gives the profile, or why there is
+none."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from oomtrace.agent.decode import GoBucket, GoProfileEnd, ProfileStatus
+from oomtrace.v1 import event_pb2, pprof_pb2
+
+log = structlog.get_logger(__name__)
+
+# A profile bigger than this (gzipped) leaves only its top sites in the
+# record: records are bounded by the collector's message size (1 MiB).
+MAX_PPROF_BYTES = 512 << 10
+TOP_SITES = 10
+# A walk whose kill never came (its events outlived a lost kill) is dropped.
+STALE_NS = 60_000_000_000
+
+ENABLE_HINT = (
+    "import runtime/pprof (or net/http/pprof) in the program: the linker then keeps "
+    "memory profiling on, which costs nothing until a profile is written"
+)
+# How the reasons for no profile start when profiling itself was off (the
+# verdict says how to turn it on).
+OFF_BY_LINKER = "the linker turned memory profiling off in this binary"
+OFF_BY_PROGRAM = "the program had turned memory profiling off"
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryProfile:
+    """What the agent knows of a victim's binary when its kill arrives: the
+    binary held open (a dup the caller hands over), where mbuckets is in the
+    file (with the walk's run-time address it gives the load bias), and
+    moduledata's gofunc offset for its Go version."""
+
+    fd: int
+    mbuckets: int
+    gofunc: int
+    name: str
+
+
+class Frames(Protocol):
+    """The parser process, as the profiles see it (GoProbes)."""
+
+    def symbolize(self, token: Any, fd: int, pcs: list[int], gofunc: int) -> None: ...
+    def symbolized(self) -> list[tuple[Any, list[list[Any] | None] | None, str]]: ...
+
+
+@dataclass
+class _Walk:
+    tgid: int
+    kill_ns: int
+    seen_ns: int
+    expected: bool = False  # the kill arrived, flagged due
+    binary: BinaryProfile | None = None
+    buckets: list[GoBucket] = field(default_factory=list)
+    end: GoProfileEnd | None = None
+    submitted: bool = False
+    pcs: list[int] = field(default_factory=list)  # link-time, as sent to be symbolised
+    profile: event_pb2.GoHeapProfile | None = None
+    missing: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.profile is not None or bool(self.missing)
+
+
+class HeapProfiles:
+    def __init__(self, frames: Frames, *, now_ns: Any, hooked: bool = True) -> None:
+        """hooked: the walk's hook (signal_deliver) is attached."""
+        self.frames = frames
+        self.now_ns = now_ns
+        self.hooked = hooked
+        self._walks: dict[tuple[int, int], _Walk] = {}
+        self.profiles = 0  # profiles put in records
+        self.missing = 0  # Go victims' records without one
+
+    def _walk(self, tgid: int, kill_ns: int) -> _Walk:
+        key = (tgid, kill_ns)
+        w = self._walks.get(key)
+        if w is None:
+            w = self._walks[key] = _Walk(tgid, kill_ns, self.now_ns())
+        return w
+
+    def expect(self, tgid: int, kill_ns: int, binary: BinaryProfile | None) -> None:
+        """A kill flagged with a profile due: its walk is waited for."""
+        w = self._walk(tgid, kill_ns)
+        w.expected = True
+        if binary is None:
+            w.missing = "the victim's binary was no longer known to the agent"
+        elif not self.hooked:
+            os.close(binary.fd)
+            w.missing = "raw_tracepoint/signal_deliver could not be attached on this kernel"
+        else:
+            w.binary = binary
+        self._submit(w)
+
+    def not_due(self, tgid: int, kill_ns: int, why: str) -> None:
+        """A kill whose profile is not walked, and why."""
+        w = self._walk(tgid, kill_ns)
+        w.expected = True
+        w.missing = why
+
+    @property
+    def waiting(self) -> bool:
+        """A profile is on its way: the event loop polls sooner."""
+        return any(w.expected and not w.done for w in self._walks.values())
+
+    def on_event(self, ev: GoBucket | GoProfileEnd) -> None:
+        w = self._walk(ev.tgid, ev.kill_ns)
+        if isinstance(ev, GoProfileEnd):
+            w.end = ev
+            self._submit(w)
+        else:
+            w.buckets.append(ev)
+
+    def _submit(self, w: _Walk) -> None:
+        if w.submitted or w.end is None or w.binary is None or w.missing:
+            return
+        end = w.end
+        if end.status is ProfileStatus.READ_FAILED:
+            w.missing = (
+                "the victim's memory could not be read when it dequeued its SIGKILL "
+                "(already freed by the oom reaper?)"
+            )
+        elif end.status is ProfileStatus.BAD_BUCKET:
+            w.missing = "a bucket of the runtime's profile did not look like one; the walk stopped"
+        elif end.rate <= 0:
+            w.missing = f"{OFF_BY_PROGRAM} (runtime.MemProfileRate = 0)"
+        elif not w.buckets:
+            w.missing = "the runtime had sampled no allocation yet"
+        if w.missing:
+            return
+        bias = end.mbuckets - w.binary.mbuckets
+        w.pcs = sorted({pc - bias for b in w.buckets for pc in b.pcs})
+        self.frames.symbolize((w.tgid, w.kill_ns), w.binary.fd, w.pcs, w.binary.gofunc)
+        w.submitted = True
+
+    def poll(self) -> None:
+        for token, frames, error in self.frames.symbolized():
+            w = self._walks.get(token)
+            if w is None:
+                continue
+            if frames is None:
+                w.missing = f"its stacks could not be symbolised: {error}"
+                continue
+            assert w.end is not None
+            assert w.binary is not None
+            by_pc = dict(zip(w.pcs, frames, strict=False))
+            bias = w.end.mbuckets - w.binary.mbuckets
+            # The profile's time is wall-clock: the kill's, from the boot clock.
+            wall_ns = time.time_ns() - (self.now_ns() - w.kill_ns)
+            try:
+                w.profile = build(w.buckets, w.end, by_pc, bias, w.binary.name, wall_ns)
+            except ValueError as exc:
+                w.missing = f"the profile could not be built: {exc}"
+        now = self.now_ns()
+        for key, w in list(self._walks.items()):
+            if not w.expected and now - w.seen_ns > STALE_NS:
+                self._forget(key)
+
+    def pending(self, tgid: int, kill_ns: int) -> bool:
+        w = self._walks.get((tgid, kill_ns))
+        return w is not None and w.expected and not w.done
+
+    def take(self, tgid: int, kill_ns: int) -> tuple[event_pb2.GoHeapProfile | None, str]:
+        """The kill's profile, or why there is none (the hold ran out first)."""
+        key = (tgid, kill_ns)
+        w = self._walks.get(key)
+        if w is None or not w.expected:
+            return None, ""
+        self._forget(key)
+        if w.profile is not None:
+            self.profiles += 1
+            return w.profile, ""
+        self.missing += 1
+        if w.missing:
+            return None, w.missing
+        if w.end is None:
+            return None, "the victim did not dequeue its SIGKILL before the agent stopped waiting"
+        return None, "its stacks were not symbolised before the agent stopped waiting"
+
+    def _forget(self, key: tuple[int, int]) -> None:
+        w = self._walks.pop(key)
+        if w.binary is not None:
+            os.close(w.binary.fd)
+
+
+# -- the profile ----------------------------------------------------------------------
+
+_RUNTIME = ("runtime.", "internal/runtime/")
+
+
+def scale(count: int, size: int, rate: int) -> tuple[int, int]:
+    """runtime/pprof's scaleHeapSample: a sampled (count, bytes) to the
+    estimate of all allocations, given one sample per `rate` bytes on average."""
+    if count == 0 or size == 0:
+        return 0, 0
+    if rate <= 1:
+        return count, size
+    avg = size / count
+    s = 1 / (1 - math.exp(-avg / rate))
+    return int(count * s), int(size * s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    function: str
+    file: str
+    line: int
+    start_line: int
+    entry: int
+    inlined: bool
+
+
+def _frames(by_pc: dict[int, list[Any] | None], pcs: Sequence[int]) -> list[tuple[int, _Frame]]:
+    out = []
+    for pc in pcs:
+        f = by_pc.get(pc)
+        if f is None:
+            out.append((pc, _Frame("?", "?", 0, 0, pc, False)))
+        else:
+            out.append(
+                (pc, _Frame(str(f[0]), str(f[1]), int(f[2]), int(f[3]), int(f[4]), bool(f[5])))
+            )
+    return out
+
+
+def _hide_runtime(frames: list[tuple[int, _Frame]]) -> list[tuple[int, _Frame]]:
+    """The frames from the first that is not the runtime's (all of them if
+    every frame is): what protomem.go shows of a heap sample."""
+    for i, (_pc, f) in enumerate(frames):
+        if not f.function.startswith(_RUNTIME):
+            return frames[i:]
+    return frames
+
+
+def build(
+    buckets: Sequence[GoBucket],
+    end: GoProfileEnd,
+    by_pc: dict[int, list[Any] | None],
+    bias: int,
+    binary_name: str,
+    kill_wall_ns: int,
+) -> event_pb2.GoHeapProfile:
+    """The record's part: the pprof file (gzipped) and the top sites."""
+    strings: dict[str, int] = {"": 0}
+
+    def s(text: str) -> int:
+        return strings.setdefault(text, len(strings))
+
+    prof = pprof_pb2.Profile()
+    for typ, unit in (
+        ("alloc_objects", "count"),
+        ("alloc_space", "bytes"),
+        ("inuse_objects", "count"),
+        ("inuse_space", "bytes"),
+    ):
+        prof.sample_type.add(type=s(typ), unit=s(unit))
+    prof.period_type.type, prof.period_type.unit = s("space"), s("bytes")
+    prof.period = end.rate
+    prof.time_nanos = kill_wall_ns
+    m = prof.mapping.add(id=1, filename=s(binary_name), has_functions=True)
+    m.has_filenames = m.has_line_numbers = m.has_inline_frames = True
+
+    functions: dict[tuple[str, str], int] = {}
+    locations: dict[tuple[int, ...], int] = {}
+    sites: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    total_inuse = total_alloc = 0
+
+    def function_id(f: _Frame) -> int:
+        key = (f.function, f.file)
+        fid = functions.get(key)
+        if fid is None:
+            fid = functions[key] = len(functions) + 1
+            prof.function.add(
+                id=fid,
+                name=s(f.function),
+                system_name=s(f.function),
+                filename=s(f.file),
+                start_line=f.start_line,
+            )
+        return fid
+
+    for b in buckets:
+        frames = _hide_runtime(_frames(by_pc, [pc - bias for pc in b.pcs]))
+        # Fold inlined frames into the physical frame that follows them (the
+        # runtime lists each inlined call at its inline mark's PC).
+        groups: list[list[tuple[int, _Frame]]] = []
+        for pc, f in frames:
+            if groups and groups[-1][-1][1].inlined and groups[-1][-1][1].entry == f.entry:
+                groups[-1].append((pc, f))
+            else:
+                groups.append([(pc, f)])
+        loc_ids = []
+        for g in groups:
+            key = tuple(pc for pc, _f in g)
+            lid = locations.get(key)
+            if lid is None:
+                lid = locations[key] = len(locations) + 1
+                loc = prof.location.add(id=lid, mapping_id=1, address=g[0][0] + bias - 1)
+                for _pc, f in g:
+                    loc.line.add(function_id=function_id(f), line=f.line)
+            loc_ids.append(lid)
+        alloc_objects, alloc_space = scale(b.allocs, b.alloc_bytes, end.rate)
+        inuse_objects, inuse_space = scale(
+            b.allocs - b.frees, b.alloc_bytes - b.free_bytes, end.rate
+        )
+        sample = prof.sample.add(
+            location_id=loc_ids, value=[alloc_objects, alloc_space, inuse_objects, inuse_space]
+        )
+        if b.allocs:
+            sample.label.add(key=s("bytes"), num=b.alloc_bytes // b.allocs)
+        total_inuse += inuse_space
+        total_alloc += alloc_space
+        if frames:
+            _pc, leaf = frames[0]
+            site = sites[(leaf.function, leaf.file, leaf.line)]
+            site[0] += inuse_space
+            site[1] += inuse_objects
+            site[2] += alloc_space
+    prof.string_table.extend(strings)
+
+    out = event_pb2.GoHeapProfile(
+        sample_rate=end.rate,
+        buckets=end.buckets,
+        buckets_cut=end.more,
+        stacks_cut=end.stacks_cut,
+        buckets_lost=end.lost,
+        walk_ns=end.walk_ns,
+        inuse_bytes=total_inuse,
+        alloc_bytes=total_alloc,
+    )
+    data = gzip.compress(prof.SerializeToString(), compresslevel=6)
+    if len(data) <= MAX_PPROF_BYTES:
+        out.pprof = data
+    for (function, file, line), (inuse, objects, alloc) in sorted(
+        sites.items(), key=lambda kv: -kv[1][0]
+    )[:TOP_SITES]:
+        out.top.add(
+            function=function,
+            file=file,
+            line=line,
+            inuse_bytes=inuse,
+            inuse_objects=objects,
+            alloc_bytes=alloc,
+        )
+    return out

@@ -1,0 +1,3 @@
+module oomtrace.test/leakgo
+
+go 1.21

@@ -1,0 +1,116 @@
+// leakgo: a Go service with leaks in known places, for the heap-profile
+// tests. It keeps everything it allocates until its cgroup's limit kills it.
+//
+//	leakgo sites       every round: leakAlpha 5 chunks, leakBeta 3, leakGamma 2
+//	                   (through a 40-deep recursion): in-use bytes 50/30/20 %
+//	leakgo many N      the same chunk from N distinct stacks (recursion depths
+//	                   0..N-1 over leakDeep), round after round
+//	leakgo off         leakAlpha only, with runtime.MemProfileRate = 0
+//
+// Each chunk is 32 KiB. LEAKGO_RATE=N sets runtime.MemProfileRate (bytes per
+// sample; the runtime's default is 512 KiB). The program prints "up" once it
+// has started, then grows after LEAKGO_WAIT_MS (default 1000) milliseconds.
+// Unlike oomgo it references runtime/pprof, so the linker keeps memory
+// profiling on.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"time"
+)
+
+const chunk = 32 << 10
+
+var keep [][]byte
+
+func touch(n int) []byte {
+	b := make([]byte, n)
+	for i := 0; i < n; i += 4096 {
+		b[i] = 1
+	}
+	return b
+}
+
+// fill touches each page, so the memory is charged to the cgroup.
+func fill(b []byte) []byte {
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	return b
+}
+
+//go:noinline
+func leakAlpha() { keep = append(keep, fill(make([]byte, chunk))) }
+
+//go:noinline
+func leakBeta() { keep = append(keep, fill(make([]byte, chunk))) }
+
+// leakGamma's allocation is made in touch, inlined into it: the profile's
+// site is touch, in a location that also names leakGamma.
+//
+//go:noinline
+func leakGamma() { keep = append(keep, touch(chunk)) }
+
+//go:noinline
+func recurse(depth int, leaf func()) {
+	if depth == 0 {
+		leaf()
+		return
+	}
+	recurse(depth-1, leaf)
+}
+
+//go:noinline
+func leakDeep() { keep = append(keep, fill(make([]byte, chunk))) }
+
+func main() {
+	if v, err := strconv.Atoi(os.Getenv("LEAKGO_RATE")); err == nil {
+		runtime.MemProfileRate = v
+	}
+	wait := 1000
+	if v, err := strconv.Atoi(os.Getenv("LEAKGO_WAIT_MS")); err == nil {
+		wait = v
+	}
+	if os.Getenv("LEAKGO_WRITE_PROFILE") != "" {
+		// Never set by the tests: it makes runtime.MemProfile reachable, as
+		// any program that can write a heap profile has it.
+		_ = pprof.WriteHeapProfile(io.Discard)
+	}
+	mode := "sites"
+	if len(os.Args) > 1 {
+		mode = os.Args[1]
+	}
+	fmt.Println("up")
+	time.Sleep(time.Duration(wait) * time.Millisecond)
+	switch mode {
+	case "sites":
+		for {
+			for i := 0; i < 5; i++ {
+				leakAlpha()
+			}
+			for i := 0; i < 3; i++ {
+				leakBeta()
+			}
+			for i := 0; i < 2; i++ {
+				recurse(40, leakGamma)
+			}
+		}
+	case "many":
+		n, _ := strconv.Atoi(os.Args[2])
+		for {
+			for d := 0; d < n; d++ {
+				recurse(d, leakDeep)
+			}
+		}
+	case "off":
+		runtime.MemProfileRate = 0
+		for {
+			leakAlpha()
+		}
+	}
+}

