@@ -123,9 +123,10 @@ def test_the_profile_names_the_code_that_held_the_memory(
 def test_many_stacks_and_stacks_too_deep_are_counted(
     agent: AgentProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A chunk from each of 100 stacks (recursion depths 0 to 99), every
-    allocation sampled: a bucket per stack, and those deeper than the bound
-    cut to it and counted (Go 1.23+ records 128 frames)."""
+    """A chunk from each of 100 stacks (recursion depths 0 to 99, each its
+    own size), every allocation sampled: a bucket per stack, and those
+    deeper than the bound (64 frames) cut to it and counted (Go 1.23+
+    records up to 128)."""
     binary = build_oomgo(tmp_path_factory.mktemp("go"), "newest", "normal", LEAKGO_SRC)
     rec = kill_leaker(agent, binary, "many", "100", env={"LEAKGO_RATE": "1"})
     assert "go" in rec, (rec, agent.logs[-30:])

@@ -98,9 +98,14 @@ def test_one_probe_per_binary_taken_off_with_its_last_process(
     started[0].kill()
     started[0].wait()
     probes.sweep()
+    assert probes.profile_reason(pids[0])  # a dead process is known until the next sweep
+    probes.sweep()
+    assert probes.profile_reason(pids[0]) == "the process was not probed"
     assert target.detached == []  # one process still runs it
     started[1].kill()
     started[1].wait()
+    probes.sweep()
+    assert target.detached == []  # its kill may still be on its way
     probes.sweep()
     assert target.detached == [(path, addr)]
     assert probes.binaries == {}

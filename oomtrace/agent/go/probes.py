@@ -61,6 +61,7 @@ class GoBinary:
     path: str = ""
     gc_done: int = 0
     pids: set[int] = field(default_factory=set)
+    gone: set[int] = field(default_factory=set)  # of pids, those found gone at the last sweep
     pie: bool = False
     entry: int = 0  # e_entry: with AT_ENTRY, gives a PIE process's load bias
     globals: RuntimeGlobals | None = None
@@ -203,9 +204,14 @@ class GoProbes:
 
     def sweep(self) -> None:
         """Detaches the probe of every binary no live process runs any more
-        (a pid now running another binary does not count), and forgets it."""
+        (a pid now running another binary does not count), and forgets it.
+        A process found gone is forgotten at the sweep after: an OOM victim
+        dies before its kill is read, and its kill still wants to know its
+        binary (the heap profile's symbols, or why there is none)."""
         for key, binary in list(self.binaries.items()):
-            binary.pids = {pid for pid in binary.pids if _runs(pid, key)}
+            gone = {pid for pid in binary.pids if not _runs(pid, key)}
+            binary.pids -= gone & binary.gone
+            binary.gone = gone - binary.gone
             if binary.pids:
                 continue
             del self.binaries[key]

@@ -3,11 +3,13 @@
 //
 //	leakgo sites       every round: leakAlpha 5 chunks, leakBeta 3, leakGamma 2
 //	                   (through a 40-deep recursion): in-use bytes 50/30/20 %
-//	leakgo many N      the same chunk from N distinct stacks (recursion depths
-//	                   0..N-1 over leakDeep), round after round
+//	leakgo many N      a chunk from each of N buckets, round after round: stack
+//	                   d (recursion depth d over leakDeep, d < N) allocates
+//	                   chunk+16*d bytes (the runtime keeps a bucket per stack
+//	                   and size, and cuts stacks at 128 frames)
 //	leakgo off         leakAlpha only, with runtime.MemProfileRate = 0
 //
-// Each chunk is 32 KiB. LEAKGO_RATE=N sets runtime.MemProfileRate (bytes per
+// Each chunk is 32 KiB (LEAKGO_CHUNK=N bytes sets it). LEAKGO_RATE=N sets runtime.MemProfileRate (bytes per
 // sample; the runtime's default is 512 KiB). The program prints "up" once it
 // has started, then grows after LEAKGO_WAIT_MS (default 1000) milliseconds.
 // Unlike oomgo it references runtime/pprof, so the linker keeps memory
@@ -24,7 +26,7 @@ import (
 	"time"
 )
 
-const chunk = 32 << 10
+var chunk = 32 << 10
 
 var keep [][]byte
 
@@ -66,11 +68,14 @@ func recurse(depth int, leaf func()) {
 }
 
 //go:noinline
-func leakDeep() { keep = append(keep, fill(make([]byte, chunk))) }
+func leakDeep(n int) { keep = append(keep, fill(make([]byte, n))) }
 
 func main() {
 	if v, err := strconv.Atoi(os.Getenv("LEAKGO_RATE")); err == nil {
 		runtime.MemProfileRate = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("LEAKGO_CHUNK")); err == nil && v > 0 {
+		chunk = v
 	}
 	wait := 1000
 	if v, err := strconv.Atoi(os.Getenv("LEAKGO_WAIT_MS")); err == nil {
@@ -104,7 +109,8 @@ func main() {
 		n, _ := strconv.Atoi(os.Args[2])
 		for {
 			for d := 0; d < n; d++ {
-				recurse(d, leakDeep)
+				size := chunk + 16*d
+				recurse(d%200, func() { leakDeep(size) })
 			}
 		}
 	case "off":
