@@ -8,6 +8,11 @@
  *   raw_tracepoint/signal_deliver: a Go victim (kill.c marks it due) dequeues
  *     its SIGKILL in its own context, its memory still mapped: the heap
  *     profile's buckets are copied out then (walk below).
+ *   The GC probe also takes one profile "before": at the end of a GC, when
+ *     the process's memcg (or one of its nearest ancestors) is above
+ *     GO_PROFILE_BEFORE_PERCENT of its limit, at most once per
+ *     GO_PROFILE_BEFORE_WINDOW_NS per process, so a record can say what grew
+ *     between then and the kill.
  * Verified on 6.18 and 6.1 with Go 1.21 to 1.27.
  */
 #include "common.h"
@@ -26,6 +31,7 @@ struct go_state {
     u64 heap_goal;
     u64 controller_ns;
     u64 gomaxprocs;
+    u64 profile_before_ns;  /* when the last "before" profile was taken */
 };
 BPF_HASH(go_states, u32, struct go_state, 16384);
 
@@ -57,60 +63,6 @@ struct go_proc {
     s32 record_free_bytes;
 };
 BPF_HASH(go_procs, u32, struct go_proc, 16384);
-
-/* Go: the uprobes run in the Go process itself, so tgid names it. */
-static __always_inline struct go_state *go_state_of(u32 tgid)
-{
-    struct go_state zero = {};
-    struct go_state *st = go_states.lookup_or_try_init(&tgid, &zero);
-    if (!st)
-        count_lost(OOMT_LOST_GO_STATES);
-    return st;
-}
-
-#define GO_READ(dst, base, off)                                                \
-    if ((off) >= 0)                                                            \
-        bpf_probe_read_user(&(dst), sizeof(dst), (void *)((base) + (off)))
-
-/* runtime.gcMarkTermination: once per completed GC cycle, at the end of
- * marking (the world is stopped). The one Go probe: it counts the cycle and,
- * where user space found the runtime's globals, reads the GC controller
- * (heapLive is the heap at the end of marking; heapMarked is the live heap
- * the previous cycle marked; the goal is this cycle's). */
-int on_go_gc_done(struct pt_regs *ctx)
-{
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct go_state *st = go_state_of(tgid);
-    if (!st)
-        return 0;
-    u64 now = bpf_ktime_get_boot_ns();
-    st->flags |= OOMT_GO_GC;
-    st->gc_count++;
-    st->last_gc_ns = now;
-    u32 i = st->pos & (OOMT_GO_RING - 1);
-    st->gc_ns[i] = now;
-    st->pos++;
-
-    struct go_proc *gp = go_procs.lookup(&tgid);
-    if (!gp || !gp->controller)
-        return 0;
-    u64 c = gp->controller;
-    s32 pct = 0;
-    GO_READ(pct, c, gp->off_gc_percent);
-    st->gc_percent = pct;
-    GO_READ(st->memory_limit, c, gp->off_memory_limit);
-    GO_READ(st->heap_goal, c, gp->off_heap_goal);
-    GO_READ(st->heap_live, c, gp->off_heap_live);
-    GO_READ(st->heap_marked, c, gp->off_heap_marked);
-    s32 procs = 0;
-    if (gp->gomaxprocs)
-        bpf_probe_read_user(&procs, sizeof(procs), (void *)gp->gomaxprocs);
-    st->gomaxprocs = procs;
-    st->controller_ns = now;
-    st->flags |= OOMT_GO_CONTROLLER;
-    return 0;
-}
-
 
 /* -- the heap profile at the kill ----------------------------------------- */
 
@@ -210,7 +162,31 @@ static __always_inline void go_walk_finish(void *ctx, struct go_walk *w)
         count_lost(OOMT_LOST_PROFILES);
 }
 
-/* The walk's continuation, reached only by tail call. */
+/* A walk set up in this CPU's go_walks: 0 when the first bucket is known,
+ * -1 when it has already ended (its end is emitted), or no scratch. */
+static __always_inline int go_walk_begin(void *ctx, struct go_walk *w, struct go_proc *gp, u32 tgid,
+                                         u64 kill_ns, u32 why)
+{
+    bpf_probe_read_kernel(&w->proc, sizeof(w->proc), gp);
+    __builtin_memset(&w->end, 0, sizeof(w->end));
+    w->end.kind = OOMT_GO_PROFILE;
+    w->end.tgid = tgid;
+    w->end.kill_ns = kill_ns;
+    w->end.why = why;
+    w->end.boot_ns = bpf_ktime_get_boot_ns();
+    w->end.mbuckets = gp->mbuckets;
+    w->next = 0;
+    if (bpf_probe_read_user(&w->end.rate, sizeof(w->end.rate), (void *)gp->mem_profile_rate) < 0 ||
+        bpf_probe_read_user(&w->next, sizeof(w->next), (void *)gp->mbuckets) < 0) {
+        w->end.status = OOMT_PROFILE_READ_FAILED;
+        go_walk_finish(ctx, w);
+        return -1;
+    }
+    return 0;
+}
+
+/* The walk's continuations, reached only by tail call: one per program type
+ * (a tail call stays within its type). */
 int go_walk_more(struct bpf_raw_tracepoint_args *ctx)
 {
     u32 zero = 0;
@@ -219,6 +195,20 @@ int go_walk_more(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     if (go_walk_step(ctx, w))
         go_walk_next.call(ctx, 0); /* returns only when no more tail calls are allowed */
+    go_walk_finish(ctx, w);
+    return 0;
+}
+
+BPF_PROG_ARRAY(go_walk_next_uprobe, 1);
+
+int go_walk_more_uprobe(struct pt_regs *ctx)
+{
+    u32 zero = 0;
+    struct go_walk *w = go_walks.lookup(&zero);
+    if (!w)
+        return 0;
+    if (go_walk_step(ctx, w))
+        go_walk_next_uprobe.call(ctx, 0);
     go_walk_finish(ctx, w);
     return 0;
 }
@@ -238,24 +228,119 @@ int on_signal_deliver(struct bpf_raw_tracepoint_args *ctx)
     struct go_proc *gp = go_procs.lookup(&tgid);
     u32 zero = 0;
     struct go_walk *w = go_walks.lookup(&zero);
-    if (!gp || !w)
+    if (!gp || !w || go_walk_begin(ctx, w, gp, tgid, kill_ns, OOMT_PROFILE_AT_KILL) < 0)
         return 0;
-    bpf_probe_read_kernel(&w->proc, sizeof(w->proc), gp);
-    __builtin_memset(&w->end, 0, sizeof(w->end));
-    w->end.kind = OOMT_GO_PROFILE;
-    w->end.tgid = tgid;
-    w->end.kill_ns = kill_ns;
-    w->end.boot_ns = bpf_ktime_get_boot_ns();
-    w->end.mbuckets = gp->mbuckets;
-    w->next = 0;
-    if (bpf_probe_read_user(&w->end.rate, sizeof(w->end.rate), (void *)gp->mem_profile_rate) < 0 ||
-        bpf_probe_read_user(&w->next, sizeof(w->next), (void *)gp->mbuckets) < 0) {
-        w->end.status = OOMT_PROFILE_READ_FAILED;
-        go_walk_finish(ctx, w);
-        return 0;
-    }
     if (go_walk_step(ctx, w))
         go_walk_next.call(ctx, 0);
     go_walk_finish(ctx, w);
+    return 0;
+}
+
+/* The nearest memcg (of the current task's, and up to 3 ancestors) whose
+ * usage is at or above pct % of its limit: its (usage, max) pages, or 0. */
+static __always_inline int go_memcg_near_limit(u64 *usage, u64 *max, u32 pct)
+{
+    void *css = task_memcg((void *)bpf_get_current_task());
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (!css)
+            return 0;
+        u64 u = 0, m = 0;
+        KREAD(u, css, OFF_MEMCG_MEMORY + OFF_PAGE_COUNTER_USAGE);
+        KREAD(m, css, OFF_MEMCG_MEMORY + OFF_PAGE_COUNTER_MAX);
+        /* PAGE_COUNTER_MAX (no limit) is far above any usage */
+        if (m && u * 100 >= m * pct) {
+            *usage = u;
+            *max = m;
+            return 1;
+        }
+        css = (void *)read_ptr(css, OFF_CSS_PARENT);
+    }
+    return 0;
+}
+
+/* Go: the uprobes run in the Go process itself, so tgid names it. */
+static __always_inline struct go_state *go_state_of(u32 tgid)
+{
+    struct go_state zero = {};
+    struct go_state *st = go_states.lookup_or_try_init(&tgid, &zero);
+    if (!st)
+        count_lost(OOMT_LOST_GO_STATES);
+    return st;
+}
+
+#define GO_READ(dst, base, off)                                                \
+    if ((off) >= 0)                                                            \
+        bpf_probe_read_user(&(dst), sizeof(dst), (void *)((base) + (off)))
+
+/* Where user space found the runtime's globals: the GC controller. */
+static __always_inline void go_read_controller(struct go_state *st, struct go_proc *gp, u64 now)
+{
+    u64 c = gp->controller;
+    s32 pct = 0;
+    GO_READ(pct, c, gp->off_gc_percent);
+    st->gc_percent = pct;
+    GO_READ(st->memory_limit, c, gp->off_memory_limit);
+    GO_READ(st->heap_goal, c, gp->off_heap_goal);
+    GO_READ(st->heap_live, c, gp->off_heap_live);
+    GO_READ(st->heap_marked, c, gp->off_heap_marked);
+    s32 procs = 0;
+    if (gp->gomaxprocs)
+        bpf_probe_read_user(&procs, sizeof(procs), (void *)gp->gomaxprocs);
+    st->gomaxprocs = procs;
+    st->controller_ns = now;
+    st->flags |= OOMT_GO_CONTROLLER;
+}
+
+/* A profile before the kill: the memcg is near its limit, none was taken in
+ * the window, and profiling is on here. The world is stopped: this is the
+ * process's own context, and no allocation races the walk. */
+static __always_inline void go_profile_before(struct pt_regs *ctx, struct go_state *st,
+                                              struct go_proc *gp, u32 tgid, u64 now)
+{
+    u64 usage = 0, max = 0;
+    if (!gp->mbuckets ||
+        (st->profile_before_ns && now - st->profile_before_ns < GO_PROFILE_BEFORE_WINDOW_NS))
+        return;
+    if (!go_memcg_near_limit(&usage, &max, GO_PROFILE_BEFORE_PERCENT))
+        return;
+    st->profile_before_ns = now;
+    u32 zero = 0;
+    struct go_walk *w = go_walks.lookup(&zero);
+    if (!w || go_walk_begin(ctx, w, gp, tgid, 0, OOMT_PROFILE_BEFORE) < 0)
+        return;
+    w->end.memcg_usage_pages = usage;
+    w->end.memcg_max_pages = max;
+    if (go_walk_step(ctx, w))
+        go_walk_next_uprobe.call(ctx, 0);
+    go_walk_finish(ctx, w);
+}
+
+/* runtime.gcMarkTermination: once per completed GC cycle, at the end of
+ * marking (the world is stopped). The one Go probe: it counts the cycle and,
+ * where user space found the runtime's globals, reads the GC controller
+ * (heapLive is the heap at the end of marking; heapMarked is the live heap
+ * the previous cycle marked; the goal is this cycle's); near the memcg's
+ * limit, it takes a heap profile. */
+int on_go_gc_done(struct pt_regs *ctx)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct go_state *st = go_state_of(tgid);
+    if (!st)
+        return 0;
+    u64 now = bpf_ktime_get_boot_ns();
+    st->flags |= OOMT_GO_GC;
+    st->gc_count++;
+    st->last_gc_ns = now;
+    u32 i = st->pos & (OOMT_GO_RING - 1);
+    st->gc_ns[i] = now;
+    st->pos++;
+
+    struct go_proc *gp = go_procs.lookup(&tgid);
+    if (!gp)
+        return 0;
+    if (gp->controller)
+        go_read_controller(st, gp, now);
+    go_profile_before(ctx, st, gp, tgid, now);
     return 0;
 }

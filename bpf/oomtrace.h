@@ -145,6 +145,10 @@ struct oomt_go_bucket {
     u64 pc[OOMT_GO_STACK_DEPTH]; /* return addresses, innermost first, run-time */
 };
 
+/* oomt_go_profile.why */
+#define OOMT_PROFILE_AT_KILL 0     /* the victim dequeued its SIGKILL */
+#define OOMT_PROFILE_BEFORE 1      /* a GC ended with its memcg near its limit */
+
 /* oomt_go_profile.status */
 #define OOMT_PROFILE_OK 0
 #define OOMT_PROFILE_READ_FAILED 1 /* the victim's memory could not be read (reaped?) */
@@ -163,7 +167,9 @@ struct oomt_go_profile {
     u32 more;                /* 1: buckets were left: OOMT_GO_MAX_BUCKETS reached */
     u32 stacks_cut;          /* buckets deeper than OOMT_GO_STACK_DEPTH */
     u32 lost;                /* buckets the buffer had no room for */
-    u32 pad;
+    u32 why;                 /* OOMT_PROFILE_AT_KILL or _BEFORE (then kill_ns is 0) */
+    u64 memcg_usage_pages;   /* _BEFORE: the memcg that passed the threshold */
+    u64 memcg_max_pages;
 };
 
 /* The short events share a header with the kill event: kind, then flags. */

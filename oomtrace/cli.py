@@ -70,6 +70,7 @@ def _agent(args: argparse.Namespace) -> int:
             backfill=args.backfill,
             status_file=args.status_file,
             hold_s=args.hold,
+            profile_before=(args.profile_before_percent, args.profile_before_window),
             node=args.node,
             metrics_listen=args.metrics_listen,
             privacy=Privacy(CmdlinePolicy(args.cmdline), tuple(args.redact_pattern)),
@@ -310,6 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         metavar="SECONDS",
         help="wait at most this long for a victim to exit before recording it",
+    )
+    a.add_argument(
+        "--profile-before-percent",
+        type=int,
+        choices=range(1, 101),
+        default=80,
+        metavar="PERCENT",
+        help="take a Go process's heap profile at the end of a GC when its memory cgroup "
+        "(or a near ancestor) is at this share of its limit, so a kill's record shows what "
+        "grew since (100: only at 100 %%)",
+    )
+    a.add_argument(
+        "--profile-before-window",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="at most one such profile per process in this many seconds",
     )
     a.add_argument(
         "--status-file",
@@ -564,8 +582,15 @@ def build_parser() -> argparse.ArgumentParser:
         "pprof",
         "a Go victim's heap profile at the kill, for go tool pprof",
         "oomtrace pprof 3f2a9c1b77e0 > heap.pb.gz && go tool pprof -top heap.pb.gz",
+        "oomtrace pprof --before 3f2a9c1b77e0 > before.pb.gz   # then: go tool pprof "
+        "-diff_base before.pb.gz heap.pb.gz",
     )
     pp.add_argument("id", help="a record id, or any prefix of one that only one record has")
+    pp.add_argument(
+        "--before",
+        action="store_true",
+        help="the profile taken at a GC before the kill, when the memory cgroup neared its limit",
+    )
     pp.set_defaults(func=_query("pprof"))
 
     t = query(

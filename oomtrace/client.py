@@ -256,11 +256,20 @@ def pprof(args: argparse.Namespace, out: Any = None) -> int:
     ev = _call(args, lambda stub: stub.GetEvent(req, timeout=30))
     if not ev.HasField("go"):
         raise ClientError(f"{ev.id} is not the kill of a Go program")
-    if ev.go.heap_profile_missing:
+    if args.before:
+        if not ev.go.HasField("heap_profile_before"):
+            raise ClientError(
+                f"{ev.id} has no profile from before the kill (none was taken: its memory "
+                "cgroup never passed the agent's --profile-before-percent at a GC)"
+            )
+        profile = ev.go.heap_profile_before
+    elif ev.go.heap_profile_missing:
         raise ClientError(f"{ev.id} has no heap profile: {ev.go.heap_profile_missing}")
-    if not ev.go.heap_profile.pprof:
+    else:
+        profile = ev.go.heap_profile
+    if not profile.pprof:
         raise ClientError(f"{ev.id} has no heap profile file (see `oomtrace show {ev.id}`)")
-    out.write(ev.go.heap_profile.pprof)
+    out.write(profile.pprof)
     out.flush()
     return 0
 

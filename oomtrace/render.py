@@ -6,7 +6,7 @@ break a table's layout."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, tzinfo
 
 from oomtrace import records
@@ -303,13 +303,27 @@ def heap_profile_lines(go: event_pb2.GoRuntime) -> list[str]:
         + (f" ({'; '.join(cut)})" if cut else "")
         + ("; oomtrace pprof ID writes it for go tool pprof" if hp.pprof else "")
     ]
-    for site in hp.top:
+    out += _sites(hp.top, hp.inuse_bytes)
+    before = go.heap_profile_before
+    if before.buckets and hp.growth:
+        out.append(
+            f"  grew since  the profile {records.seconds_text(before.taken_ns_before_kill)} "
+            f"before the kill ({size(before.inuse_bytes)} in use, memory cgroup at "
+            f"{before.memcg_percent} % of its limit; oomtrace pprof --before ID)"
+        )
+        out += _sites(hp.growth, hp.inuse_bytes - before.inuse_bytes, sign="+")
+    return out
+
+
+def _sites(sites: Iterable[event_pb2.HeapSite], total: int, sign: str = "") -> list[str]:
+    out = []
+    for site in sites:
         if site.inuse_bytes <= 0:
             continue
-        share = site.inuse_bytes / hp.inuse_bytes if hp.inuse_bytes else 0
+        share = site.inuse_bytes / total if total > 0 else 0
         where = f"{clean(site.file).rsplit('/', 1)[-1]}:{site.line}"
         out.append(
-            f"    {size(site.inuse_bytes):>9} {share:4.0%}  {clean(site.function)} ({where})"
+            f"    {sign + size(site.inuse_bytes):>9} {share:4.0%}  {clean(site.function)} ({where})"
         )
     return out
 

@@ -15,19 +15,19 @@ for when it is not there, and its clock: tests drive it with their own."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from oomtrace.agent import cgroups
 from oomtrace.agent.build.parts import record_id
 from oomtrace.agent.decode import KernelKill, ReapStage
+from oomtrace.agent.go.heap import KillProfiles
 from oomtrace.agent.go.sampling import GoPoint
 from oomtrace.agent.host import Clock, boot_ns_now
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import Point
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
 from oomtrace.agent.workloads import Workload
-from oomtrace.v1 import event_pb2
 
 # Kills marked back to back by one OOM-killer call (a memory.oom.group kill)
 # come within this of each other.
@@ -59,15 +59,15 @@ class Profiles(Protocol):
     """Go victims' heap profiles, as the assembly waits for them (go/heap.py)."""
 
     def pending(self, tgid: int, kill_ns: int) -> bool: ...
-    def take(self, tgid: int, kill_ns: int) -> tuple[event_pb2.GoHeapProfile | None, str]: ...
+    def take(self, tgid: int, kill_ns: int) -> KillProfiles: ...
 
 
 class NoProfiles:
     def pending(self, tgid: int, kill_ns: int) -> bool:
         return False
 
-    def take(self, tgid: int, kill_ns: int) -> tuple[event_pb2.GoHeapProfile | None, str]:
-        return None, ""
+    def take(self, tgid: int, kill_ns: int) -> KillProfiles:
+        return KillProfiles()
 
 
 class NoReports:
@@ -126,8 +126,7 @@ class AssembledKill:
     report: ParsedReport | None = None
     timeline: Timeline | None = None
     missing: tuple[str, ...] = ()
-    heap_profile: event_pb2.GoHeapProfile | None = None  # a Go victim's, at the kill
-    heap_profile_missing: str = ""  # why a Go victim has none
+    heap_profiles: KillProfiles = field(default_factory=KillProfiles)  # a Go victim's
 
 
 def resolve(
@@ -350,9 +349,9 @@ class KillAssembler:
             reap_ns=p.reap_ns,
             missing=missing,
         )
-        profile, why = self.profiles.take(p.kill.victim_tgid, p.kill.boot_ns)
-        if profile is not None or why:
-            a = replace(a, heap_profile=profile, heap_profile_missing=why)
+        profiles = self.profiles.take(p.kill.victim_tgid, p.kill.boot_ns)
+        if profiles != KillProfiles():
+            a = replace(a, heap_profiles=profiles)
         incident = self._incident_of(a)
         return a if incident == a.id else replace(a, incident_id=incident)
 

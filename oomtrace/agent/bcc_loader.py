@@ -28,6 +28,10 @@ NOTES_RING_PAGES = 16
 # 4 MiB: a walk of the most buckets a profile may have (OOMT_GO_MAX_BUCKETS,
 # ~300 bytes each with a typical stack) fits three times over.
 PROFILES_RING_PAGES = 1024
+# A Go process's heap profile is also taken at the end of a GC when its memcg
+# (or a near ancestor) is at this share of its limit, once per window.
+PROFILE_BEFORE_PERCENT = 80
+PROFILE_BEFORE_WINDOW_S = 60
 
 # The programs, in the order they are joined: each may use what an earlier one
 # defines (kill.c copies go.c's state; notes.c clears kill.c's victims).
@@ -106,7 +110,13 @@ class BpfSession:
     """The programs of bpf/, compiled and attached."""
 
     def __init__(
-        self, layout: KernelLayout, *, memcg_hierarchy_id: int = -1, with_exec: bool = True
+        self,
+        layout: KernelLayout,
+        *,
+        memcg_hierarchy_id: int = -1,
+        with_exec: bool = True,
+        profile_before_percent: int = PROFILE_BEFORE_PERCENT,
+        profile_before_window_s: int = PROFILE_BEFORE_WINDOW_S,
     ) -> None:
         """memcg_hierarchy_id: the memory controller's hierarchy (v1: from
         /proc/cgroups; v2: 0); cgroup notes are sent for that one only."""
@@ -121,6 +131,8 @@ class BpfSession:
             f"-DKILLS_RING_PAGES={KILLS_RING_PAGES}",
             f"-DNOTES_RING_PAGES={NOTES_RING_PAGES}",
             f"-DPROFILES_RING_PAGES={PROFILES_RING_PAGES}",
+            f"-DGO_PROFILE_BEFORE_PERCENT={profile_before_percent}",
+            f"-DGO_PROFILE_BEFORE_WINDOW_NS={profile_before_window_s * 1_000_000_000}ULL",
             f"-DMEMCG_HIERARCHY_ID={memcg_hierarchy_id}",
         ]
         if want_kprobe:
@@ -183,6 +195,9 @@ class BpfSession:
         try:
             more = self._bpf.load_func(b"go_walk_more", bcc.BPF.RAW_TRACEPOINT)
             self._bpf["go_walk_next"][ctypes.c_int(0)] = ctypes.c_int(more.fd)
+            # The GC probe's "before" profile goes on in a uprobe's type.
+            more_u = self._bpf.load_func(b"go_walk_more_uprobe", bcc.BPF.KPROBE)
+            self._bpf["go_walk_next_uprobe"][ctypes.c_int(0)] = ctypes.c_int(more_u.fd)
         except Exception as exc:  # noqa: BLE001 - BCC raises bare Exception on load failure
             self._hook("raw_tracepoint/signal_deliver", False, False, f"go_walk_more: {exc}")
             return

@@ -301,7 +301,10 @@ def decode_cgroup_note(ev: Any) -> KernelCgroupNote:
 # -- a Go victim's heap profile (struct oomt_go_bucket, struct oomt_go_profile) --------
 
 _BUCKET = struct.Struct("<IIQQQQQQII")  # then `depth` u64 PCs
-_PROFILE = struct.Struct("<IIQQQqQIIIIII")
+_PROFILE = struct.Struct("<IIQQQqQIIIIIIQQ")
+
+
+PROFILE_BEFORE = 1  # OOMT_PROFILE_BEFORE: oomt_go_profile.why
 
 
 class ProfileStatus(enum.IntEnum):
@@ -341,6 +344,9 @@ class GoProfileEnd:
     more: bool
     stacks_cut: int
     lost: int
+    before: bool = False  # taken at a GC near the memcg's limit, not at the kill
+    memcg_usage_pages: int = 0  # before: the memcg that passed the threshold
+    memcg_max_pages: int = 0
 
 
 def decode_profile_event(raw: bytes) -> GoBucket | GoProfileEnd:
@@ -358,7 +364,20 @@ def decode_profile_event(raw: bytes) -> GoBucket | GoProfileEnd:
         except ValueError:
             raise DecodeError(f"unknown profile status {f[7]}") from None
         return GoProfileEnd(
-            f[1], f[2], f[3], f[4], f[5], f[6], status, f[8], bool(f[9]), f[10], f[11]
+            tgid=f[1],
+            kill_ns=f[2],
+            boot_ns=f[3],
+            walk_ns=f[4],
+            rate=f[5],
+            mbuckets=f[6],
+            status=status,
+            buckets=f[8],
+            more=bool(f[9]),
+            stacks_cut=f[10],
+            lost=f[11],
+            before=f[12] == PROFILE_BEFORE,
+            memcg_usage_pages=f[13],
+            memcg_max_pages=f[14],
         )
     if kind != Kind.GO_BUCKET or len(raw) < _BUCKET.size:
         raise DecodeError(f"a profile event of kind {kind} and {len(raw)} bytes")

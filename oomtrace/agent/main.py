@@ -44,6 +44,7 @@ def run_agent(
     status_file: Path | None,
     hold_s: float,
     node: str | None,
+    profile_before: tuple[int, int] = (80, 60),
     runtime_roots: RuntimeRoots | None = None,
     metrics_listen: str | None = None,
     privacy: Privacy | None = None,
@@ -81,7 +82,12 @@ def run_agent(
     )
     kernel_log.start()
     kernel_log.note_kill_count()
-    session = BpfSession(layout, memcg_hierarchy_id=hierarchy.hierarchy_id)
+    session = BpfSession(
+        layout,
+        memcg_hierarchy_id=hierarchy.hierarchy_id,
+        profile_before_percent=profile_before[0],
+        profile_before_window_s=profile_before[1],
+    )
     return_freed_heap()  # what the compile left behind
     kernel_log.mark_attached()
     sampler: PressureSampler | None = None

@@ -74,7 +74,7 @@ def main() -> None:
         agent.wait_ready()
         print(
             f"{'N':>7} {'buckets':>8} {'walk p50':>10} {'walk p99':>10} "
-            f"{'agent CPU':>10} {'pprof':>9} {'JSON':>9}"
+            f"{'agent CPU':>10} {'pprof':>9} {'JSON':>9} {'before p50':>10}"
         )
         for stacks in (int(s) for s in args.stacks.split(",")):
             walks: list[float] = []
@@ -82,6 +82,7 @@ def main() -> None:
             sizes: list[int] = []
             records: list[int] = []
             buckets: list[int] = []
+            befores: list[float] = []
             for _ in range(args.runs):
                 before = agent_cpu(agent)
                 with scratch_cgroup(256 * MIB) as cg, open(os.devnull, "wb") as null:
@@ -98,6 +99,9 @@ def main() -> None:
                     print(f"  no profile: {rec.get('go', {}).get('heap_profile_missing')}")
                     continue
                 walks.append(int(hp["walk_ns"]) / 1e6)
+                before = rec["go"].get("heap_profile_before")
+                if before:
+                    befores.append(int(before["walk_ns"]) / 1e6)
                 buckets.append(int(hp["buckets"]))
                 sizes.append(len(hp.get("pprof", "")) * 3 // 4)  # base64 in the JSON
                 records.append(len(json.dumps(rec)))
@@ -107,9 +111,16 @@ def main() -> None:
                 f"{stacks:>7} {statistics.median(buckets):>8.0f} "
                 f"{statistics.median(walks):>8.2f}ms {p99(walks):>8.2f}ms "
                 f"{statistics.median(cpus) * 1000:>8.0f}ms "
-                f"{statistics.median(sizes) / 1024:>7.1f}KiB {statistics.median(records) / 1024:>7.1f}KiB"
+                f"{statistics.median(sizes) / 1024:>7.1f}KiB {statistics.median(records) / 1024:>7.1f}KiB "
+                + (
+                    f"{statistics.median(befores):>8.2f}ms ({len(befores)})"
+                    if befores
+                    else f"{'-':>10}"
+                )
             )
-        print("(agent CPU: the whole kill record, symbolising and building the profile included)")
+        print("(agent CPU: the whole kill record, symbolising and building the profiles included;")
+        print(" before: the walk at a GC past 80 % of the limit, in the process's own context,")
+        print(" with the world stopped; in brackets, the kills that had one)")
     finally:
         agent.stop()
 

@@ -161,3 +161,29 @@ def test_a_program_that_set_the_rate_to_zero_has_its_reason(
     rec = kill_leaker(agent, binary, "off")
     assert rec["go"]["heap_profile_missing"].startswith(OFF_BY_PROGRAM), rec["go"]
     assert "GO_HEAP_PROFILE_OFF" in {v["code"] for v in rec["verdicts"]}
+
+
+def test_a_profile_before_the_kill_shows_what_grew(
+    agent: AgentProcess, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """leakAlpha keeps 24 MiB, then only leakBeta grows. With GOGC=10 GCs
+    come often; the first to end with the 64 MiB memcg past 80 % of its limit
+    takes a profile, and the record says leakBeta grew most since; the
+    before-profile is a pprof file of its own."""
+    binary = build_oomgo(tmp_path_factory.mktemp("go"), "newest", "normal", LEAKGO_SRC)
+    rec = kill_leaker(agent, binary, "phases", "24", env={"LEAKGO_RATE": "16384", "GOGC": "10"})
+    go = rec["go"]
+    before, at_kill = go["heap_profile_before"], go["heap_profile"]
+    assert int(before["memcg_percent"]) >= 80, before
+    assert 0 < int(before["taken_ns_before_kill"]) < 10_000_000_000, before
+    # As of the GC before it, leakAlpha's 24 MiB were all there.
+    alpha = next(s for s in before["top"] if s["function"] == "main.leakAlpha")
+    assert abs(int(alpha["inuse_bytes"]) - 24 * MIB) < 4 * MIB, before["top"]
+    assert at_kill["growth"][0]["function"] == "main.leakBeta", at_kill["growth"]
+    assert not [g for g in at_kill["growth"] if g["function"] == "main.leakAlpha"]
+    path = tmp_path / "before.pb.gz"
+    path.write_bytes(base64.b64decode(before["pprof"]))
+    assert "main.leakAlpha" in go_tool_pprof("-top", "-sample_index=inuse_space", str(path))
+    assert "main.leakBeta" in next(
+        v["explanation"] for v in rec["verdicts"] if v["code"] == "GO_HEAP_HELD_BY"
+    )

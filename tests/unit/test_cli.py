@@ -273,6 +273,10 @@ def test_show_names_the_sites_and_pprof_writes_the_profile(
     hp = a.go.heap_profile
     hp.pprof, hp.sample_rate, hp.buckets, hp.inuse_bytes = data, 524288, 12, 40 << 20
     hp.top.add(function="main.leakAlpha", file="/src/main.go", line=40, inuse_bytes=30 << 20)
+    hp.growth.add(function="main.leakBeta", file="/src/main.go", line=43, inuse_bytes=8 << 20)
+    before = a.go.heap_profile_before
+    before.pprof, before.buckets, before.inuse_bytes = data[::-1], 9, 32 << 20
+    before.taken_ns_before_kill, before.memcg_percent = 2_500_000_000, 84
     b = make_event(event_id="6b01" + "2" * 28)
     b.go.heap_profile_missing = "the linker turned memory profiling off in this binary"
     collector.store.put_many([a, b])
@@ -280,8 +284,15 @@ def test_show_names_the_sites_and_pprof_writes_the_profile(
     out = capsysbinary.readouterr().out.decode()
     assert "heap profile 40.0 MiB in use at the last GC, 12 stacks" in out, out
     assert "30.0 MiB  75%  main.leakAlpha (main.go:40)" in out, out
+    assert (
+        "grew since  the profile 2.5 s before the kill (32.0 MiB in use, memory cgroup at 84 %"
+        in out
+    )
+    assert "+8.0 MiB 100%  main.leakBeta (main.go:43)" in out, out
     assert cli.main(["pprof", a.id[:12], "--collector", collector.addr]) == 0
     assert capsysbinary.readouterr().out == data
+    assert cli.main(["pprof", "--before", a.id[:12], "--collector", collector.addr]) == 0
+    assert capsysbinary.readouterr().out == data[::-1]
     assert cli.main(["pprof", b.id[:12], "--collector", collector.addr]) == 1
     err = capsysbinary.readouterr().err.decode()
     assert "has no heap profile: the linker turned memory profiling off" in err

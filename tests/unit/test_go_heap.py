@@ -15,7 +15,7 @@ import pytest
 
 from oomtrace.agent.decode import GoBucket, GoProfileEnd, ProfileStatus
 from oomtrace.agent.go.frames import Symbolizer
-from oomtrace.agent.go.heap import build, scale
+from oomtrace.agent.go.heap import build, growth, scale
 from oomtrace.agent.go.layouts import HEAP_PROFILE
 from oomtrace.agent.go.settings import version_tuple
 from oomtrace.agent.go.symbols import (
@@ -111,7 +111,7 @@ def test_frames_agree_with_the_toolchains_addr2line(
         frame = sym.frame(pc)
         assert frame is not None
         function, where = out[2 * i], out[2 * i + 1]
-        if where.endswith(":-1"):  # padding between functions: no line either way
+        if where.startswith(":") or where.endswith(":-1"):  # padding, markers: no line
             assert frame.line == 0
             continue
         assert where == f"{frame.file}:{frame.line}", (hex(pc), frame, where)
@@ -148,7 +148,7 @@ def test_the_pprof_file_folds_inlined_frames_and_hides_the_runtime() -> None:
         1, 5, 32768, 4, 1, 4 * 32768, 32768, 4, tuple(pc + bias for pc in sorted(frames))
     )
     end = GoProfileEnd(1, 5, 6, 7, 32768, bias + 0x10, ProfileStatus.OK, 1, False, 0, 0)
-    hp = build([bucket], end, frames, bias, "prog", 1_700_000_000 * 10**9)
+    hp, sites = build([bucket], end, frames, bias, "prog", 1_700_000_000 * 10**9)
     p = pprof_pb2.Profile.FromString(gzip.decompress(hp.pprof))
     (sample,) = p.sample
     names = {f.id: p.string_table[f.name] for f in p.function}
@@ -161,3 +161,19 @@ def test_the_pprof_file_folds_inlined_frames_and_hides_the_runtime() -> None:
     assert (alloc_objects, alloc_space) == scale(4, 4 * 32768, 32768)
     (site,) = hp.top
     assert (site.function, site.line, site.inuse_bytes) == ("main.touch", 10, inuse_space)
+    assert sites == {("main.touch", "main.go", 10): [inuse_space, inuse_objects, alloc_space]}
+
+
+def test_growth_is_what_each_site_gained_since_the_profile_before() -> None:
+    before = {("a", "f.go", 1): [100, 1, 100], ("b", "f.go", 2): [50, 1, 50]}
+    at_kill = {
+        ("a", "f.go", 1): [120, 2, 130],
+        ("b", "f.go", 2): [900, 9, 900],
+        ("c", "g", 3): [7, 1, 7],
+    }
+    grew = growth(at_kill, before)
+    assert [(s.function, s.inuse_bytes, s.inuse_objects) for s in grew] == [
+        ("b", 850, 8),
+        ("a", 20, 1),
+        ("c", 7, 1),
+    ]

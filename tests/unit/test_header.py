@@ -119,9 +119,11 @@ def test_the_heap_profile_events_decode_as_the_header_lays_them_out() -> None:
     d = defines(HEADER)
     assert d["OOMT_GO_STACK_DEPTH"] == decode.GO_STACK_DEPTH
     assert d["OOMT_GO_PROFILE_DUE"] == decode.GO_F_PROFILE_DUE
+    why = {"OOMT_PROFILE_AT_KILL", "OOMT_PROFILE_BEFORE"}
     assert {f"OOMT_PROFILE_{s.name}": int(s) for s in decode.ProfileStatus} == {
-        k: v for k, v in d.items() if k.startswith("OOMT_PROFILE_")
+        k: v for k, v in d.items() if k.startswith("OOMT_PROFILE_") and k not in why
     }
+    assert d["OOMT_PROFILE_BEFORE"] == decode.PROFILE_BEFORE
 
 
 def test_the_heap_profile_layout_fields_are_the_ones_user_space_writes() -> None:

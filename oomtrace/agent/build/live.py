@@ -91,12 +91,15 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
         ev.timeline_cgroup = a.timeline.cgroup_path
     fill_go(ev, a.process, kill.go, kill.boot_ns)
     if ev.HasField("go"):
-        if a.heap_profile is not None:
-            ev.go.heap_profile.CopyFrom(a.heap_profile)
-            if not a.heap_profile.pprof:
-                missing.append("go.heap_profile.pprof: over the record's bound; top sites kept")
-        elif a.heap_profile_missing:
-            ev.go.heap_profile_missing = a.heap_profile_missing
+        hp = a.heap_profiles
+        for name, profile in (("heap_profile", hp.profile), ("heap_profile_before", hp.before)):
+            if profile is None:
+                continue
+            getattr(ev.go, name).CopyFrom(profile)
+            if not profile.pprof:
+                missing.append(f"go.{name}.pprof: over the record's bound; top sites kept")
+        if hp.missing:
+            ev.go.heap_profile_missing = hp.missing
     ev.hooks.extend(hooks)
     ev.missing.extend(missing)
     ev.verdicts.extend(verdicts(ev))

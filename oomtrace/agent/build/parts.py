@@ -116,7 +116,8 @@ def fit_to_wire(ev: event_pb2.OomEvent, limit: int = records.MAX_RECORD_BYTES) -
         return ev.ByteSize() > limit
 
     steps: tuple[tuple[str, Callable[[], None]], ...] = (
-        ("go.heap_profile.pprof", lambda: _drop_pprof(ev)),
+        ("go.heap_profile_before.pprof", lambda: _drop_pprof(ev, "heap_profile_before")),
+        ("go.heap_profile.pprof", lambda: _drop_pprof(ev, "heap_profile")),
         ("kernel_report.raw", lambda: ev.kernel_report.ClearField("raw")),
         ("timeline", lambda: ev.ClearField("timeline")),
         ("kernel_report.tasks", lambda: _keep_victims_row(ev)),
@@ -139,10 +140,10 @@ def fit_to_wire(ev: event_pb2.OomEvent, limit: int = records.MAX_RECORD_BYTES) -
     return dropped
 
 
-def _drop_pprof(ev: event_pb2.OomEvent) -> None:
+def _drop_pprof(ev: event_pb2.OomEvent, part: str) -> None:
     # Touching ev.go of a record without one would add an empty part.
-    if ev.HasField("go") and ev.go.HasField("heap_profile"):
-        ev.go.heap_profile.ClearField("pprof")
+    if ev.HasField("go") and ev.go.HasField(part):  # type: ignore[arg-type]
+        getattr(ev.go, part).ClearField("pprof")
 
 
 def _keep_victims_row(ev: event_pb2.OomEvent) -> None:

@@ -34,7 +34,7 @@ log = structlog.get_logger(__name__)
 
 # A profile bigger than this (gzipped) leaves only its top sites in the
 # record: records are bounded by the collector's message size (1 MiB).
-MAX_PPROF_BYTES = 512 << 10
+MAX_PPROF_BYTES = 384 << 10  # each: the kill's and the one before it
 TOP_SITES = 10
 # A walk whose kill never came (its events outlived a lost kill) is dropped.
 STALE_NS = 60_000_000_000
@@ -72,20 +72,38 @@ class Frames(Protocol):
 @dataclass
 class _Walk:
     tgid: int
-    kill_ns: int
+    kill_ns: int  # 0: a "before" walk, taken at a GC near the memcg's limit
     seen_ns: int
-    expected: bool = False  # the kill arrived, flagged due
+    expected: bool = False  # the kill arrived, flagged due (or said why not)
     binary: BinaryProfile | None = None
     buckets: list[GoBucket] = field(default_factory=list)
     end: GoProfileEnd | None = None
-    submitted: bool = False
+    before: _Walk | None = None  # the process's last "before" walk, if any
+    symbolizing: bool = False
     pcs: list[int] = field(default_factory=list)  # link-time, as sent to be symbolised
     profile: event_pb2.GoHeapProfile | None = None
+    before_profile: event_pb2.GoHeapProfile | None = None
     missing: str = ""
 
     @property
     def done(self) -> bool:
-        return self.profile is not None or bool(self.missing)
+        return not self.symbolizing and (self.profile is not None or bool(self.missing))
+
+
+@dataclass(frozen=True, slots=True)
+class KillProfiles:
+    """What a kill's record gets: the profile at the kill (or why none), and
+    the one taken before it near the memcg's limit, if any."""
+
+    profile: event_pb2.GoHeapProfile | None = None
+    missing: str = ""
+    before: event_pb2.GoHeapProfile | None = None
+
+
+# "Before" walks are kept per process until its kill, the newest only; a
+# process that is never killed has its walk dropped after this.
+BEFORE_KEPT_NS = 15 * 60 * 1_000_000_000
+MAX_BEFORE = 1024
 
 
 class HeapProfiles:
@@ -95,7 +113,9 @@ class HeapProfiles:
         self.now_ns = now_ns
         self.hooked = hooked
         self._walks: dict[tuple[int, int], _Walk] = {}
+        self._before: dict[int, _Walk] = {}  # by tgid: the newest finished "before" walk
         self.profiles = 0  # profiles put in records
+        self.before_profiles = 0
         self.missing = 0  # Go victims' records without one
 
     def _walk(self, tgid: int, kill_ns: int) -> _Walk:
@@ -109,6 +129,7 @@ class HeapProfiles:
         """A kill flagged with a profile due: its walk is waited for."""
         w = self._walk(tgid, kill_ns)
         w.expected = True
+        w.before = self._before.pop(tgid, None)
         if binary is None:
             w.missing = "the victim's binary was no longer known to the agent"
         elif not self.hooked:
@@ -123,6 +144,7 @@ class HeapProfiles:
         w = self._walk(tgid, kill_ns)
         w.expected = True
         w.missing = why
+        self._before.pop(tgid, None)
 
     @property
     def waiting(self) -> bool:
@@ -131,82 +153,153 @@ class HeapProfiles:
 
     def on_event(self, ev: GoBucket | GoProfileEnd) -> None:
         w = self._walk(ev.tgid, ev.kill_ns)
-        if isinstance(ev, GoProfileEnd):
+        if not isinstance(ev, GoProfileEnd):
+            w.buckets.append(ev)
+        elif ev.kill_ns:
             w.end = ev
             self._submit(w)
         else:
-            w.buckets.append(ev)
+            # A "before" walk is whole: kept for the process's kill.
+            del self._walks[(ev.tgid, 0)]
+            w.end = ev
+            self._before.pop(ev.tgid, None)
+            self._before[ev.tgid] = w
+            while len(self._before) > MAX_BEFORE:
+                del self._before[next(iter(self._before))]
 
     def _submit(self, w: _Walk) -> None:
-        if w.submitted or w.end is None or w.binary is None or w.missing:
+        if w.symbolizing or w.binary is None or (w.end is None and not w.missing):
             return
-        end = w.end
-        if end.status is ProfileStatus.READ_FAILED:
-            w.missing = (
-                "the victim's memory could not be read when it dequeued its SIGKILL "
-                "(already freed by the oom reaper?)"
-            )
-        elif end.status is ProfileStatus.BAD_BUCKET:
-            w.missing = "a bucket of the runtime's profile did not look like one; the walk stopped"
-        elif end.rate <= 0:
-            w.missing = f"{OFF_BY_PROGRAM} (runtime.MemProfileRate = 0)"
-        elif not w.buckets:
-            w.missing = "the runtime had sampled no allocation yet"
-        if w.missing:
+        if not w.missing:
+            w.missing = _why_unusable(w)
+        walks = [x for x in (w if not w.missing else None, w.before) if x and not _why_unusable(x)]
+        if not walks:
             return
-        bias = end.mbuckets - w.binary.mbuckets
-        w.pcs = sorted({pc - bias for b in w.buckets for pc in b.pcs})
+        bias = {id(x): _bias(x, w.binary) for x in walks}
+        w.pcs = sorted({pc - bias[id(x)] for x in walks for b in x.buckets for pc in b.pcs})
         self.frames.symbolize((w.tgid, w.kill_ns), w.binary.fd, w.pcs, w.binary.gofunc)
-        w.submitted = True
+        w.symbolizing = True
 
     def poll(self) -> None:
         for token, frames, error in self.frames.symbolized():
             w = self._walks.get(token)
             if w is None:
                 continue
+            w.symbolizing = False
             if frames is None:
-                w.missing = f"its stacks could not be symbolised: {error}"
+                w.missing = w.missing or f"its stacks could not be symbolised: {error}"
                 continue
-            assert w.end is not None
-            assert w.binary is not None
-            by_pc = dict(zip(w.pcs, frames, strict=False))
-            bias = w.end.mbuckets - w.binary.mbuckets
-            # The profile's time is wall-clock: the kill's, from the boot clock.
-            wall_ns = time.time_ns() - (self.now_ns() - w.kill_ns)
-            try:
-                w.profile = build(w.buckets, w.end, by_pc, bias, w.binary.name, wall_ns)
-            except ValueError as exc:
-                w.missing = f"the profile could not be built: {exc}"
+            self._build(w, dict(zip(w.pcs, frames, strict=False)))
         now = self.now_ns()
         for key, w in list(self._walks.items()):
             if not w.expected and now - w.seen_ns > STALE_NS:
                 self._forget(key)
+        for tgid, b in list(self._before.items()):
+            if now - b.seen_ns > BEFORE_KEPT_NS:
+                del self._before[tgid]
+
+    def _build(self, w: _Walk, by_pc: dict[int, list[Any] | None]) -> None:
+        assert w.binary is not None
+        now = self.now_ns()
+        wall = time.time_ns() - now  # the boot clock's zero, on the wall clock
+        try:
+            sites: Sites = {}
+            if not w.missing and w.end is not None:
+                w.profile, sites = build(
+                    w.buckets, w.end, by_pc, _bias(w, w.binary), w.binary.name, wall + w.kill_ns
+                )
+            b = w.before
+            if b is not None and b.end is not None and not _why_unusable(b):
+                bp, before_sites = build(
+                    b.buckets, b.end, by_pc, _bias(b, w.binary), w.binary.name, wall + b.end.boot_ns
+                )
+                bp.taken_ns_before_kill = max(0, w.kill_ns - b.end.boot_ns)
+                if b.end.memcg_max_pages:
+                    bp.memcg_percent = b.end.memcg_usage_pages * 100 // b.end.memcg_max_pages
+                w.before_profile = bp
+                if w.profile is not None:
+                    w.profile.growth.extend(growth(sites, before_sites))
+        except ValueError as exc:
+            w.missing = w.missing or f"the profile could not be built: {exc}"
 
     def pending(self, tgid: int, kill_ns: int) -> bool:
         w = self._walks.get((tgid, kill_ns))
         return w is not None and w.expected and not w.done
 
-    def take(self, tgid: int, kill_ns: int) -> tuple[event_pb2.GoHeapProfile | None, str]:
-        """The kill's profile, or why there is none (the hold ran out first)."""
+    def take(self, tgid: int, kill_ns: int) -> KillProfiles:
+        """The kill's profiles, or why there is none (the hold ran out first)."""
         key = (tgid, kill_ns)
         w = self._walks.get(key)
         if w is None or not w.expected:
-            return None, ""
+            return KillProfiles()
         self._forget(key)
+        if w.before_profile is not None:
+            self.before_profiles += 1
         if w.profile is not None:
             self.profiles += 1
-            return w.profile, ""
+            return KillProfiles(w.profile, "", w.before_profile)
         self.missing += 1
-        if w.missing:
-            return None, w.missing
-        if w.end is None:
-            return None, "the victim did not dequeue its SIGKILL before the agent stopped waiting"
-        return None, "its stacks were not symbolised before the agent stopped waiting"
+        why = w.missing
+        if not why:
+            why = (
+                "the victim did not dequeue its SIGKILL before the agent stopped waiting"
+                if w.end is None
+                else "its stacks were not symbolised before the agent stopped waiting"
+            )
+        return KillProfiles(None, why, w.before_profile)
 
     def _forget(self, key: tuple[int, int]) -> None:
         w = self._walks.pop(key)
         if w.binary is not None:
             os.close(w.binary.fd)
+
+
+def _bias(w: _Walk, binary: BinaryProfile) -> int:
+    """A PIE's load bias: where the walk found mbuckets, less where the file has it."""
+    assert w.end is not None
+    return w.end.mbuckets - binary.mbuckets
+
+
+def _why_unusable(w: _Walk) -> str:
+    """Why a finished walk gives no profile ("" when it does)."""
+    end = w.end
+    if end is None:
+        return "the walk did not end"
+    if end.status is ProfileStatus.READ_FAILED:
+        return (
+            "the victim's memory could not be read when it dequeued its SIGKILL "
+            "(already freed by the oom reaper?)"
+        )
+    if end.status is ProfileStatus.BAD_BUCKET:
+        return "a bucket of the runtime's profile did not look like one; the walk stopped"
+    if end.rate <= 0:
+        return f"{OFF_BY_PROGRAM} (runtime.MemProfileRate = 0)"
+    if not w.buckets:
+        return "the runtime had sampled no allocation yet"
+    return ""
+
+
+# (function, file, line) -> [in-use bytes, in-use objects, allocated bytes], scaled
+Sites = dict[tuple[str, str, int], list[int]]
+
+
+def growth(at_kill: Sites, before: Sites) -> list[event_pb2.HeapSite]:
+    """The sites whose in-use bytes grew most between the two profiles."""
+    out = []
+    for (function, file, line), (inuse, objects, alloc) in at_kill.items():
+        old = before.get((function, file, line), [0, 0, 0])
+        if inuse - old[0] > 0:
+            out.append(
+                event_pb2.HeapSite(
+                    function=function,
+                    file=file,
+                    line=line,
+                    inuse_bytes=inuse - old[0],
+                    inuse_objects=objects - old[1],
+                    alloc_bytes=alloc - old[2],
+                )
+            )
+    return sorted(out, key=lambda x: -x.inuse_bytes)[:TOP_SITES]
 
 
 # -- the profile ----------------------------------------------------------------------
@@ -264,9 +357,10 @@ def build(
     by_pc: dict[int, list[Any] | None],
     bias: int,
     binary_name: str,
-    kill_wall_ns: int,
-) -> event_pb2.GoHeapProfile:
-    """The record's part: the pprof file (gzipped) and the top sites."""
+    wall_ns: int,
+) -> tuple[event_pb2.GoHeapProfile, Sites]:
+    """The record's part (the pprof file, gzipped, and the top sites), and
+    every site's totals."""
     strings: dict[str, int] = {"": 0}
 
     def s(text: str) -> int:
@@ -282,13 +376,13 @@ def build(
         prof.sample_type.add(type=s(typ), unit=s(unit))
     prof.period_type.type, prof.period_type.unit = s("space"), s("bytes")
     prof.period = end.rate
-    prof.time_nanos = kill_wall_ns
+    prof.time_nanos = wall_ns
     m = prof.mapping.add(id=1, filename=s(binary_name), has_functions=True)
     m.has_filenames = m.has_line_numbers = m.has_inline_frames = True
 
     functions: dict[tuple[str, str], int] = {}
     locations: dict[tuple[int, ...], int] = {}
-    sites: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    sites: Sites = defaultdict(lambda: [0, 0, 0])
     total_inuse = total_alloc = 0
 
     def function_id(f: _Frame) -> int:
@@ -368,4 +462,4 @@ def build(
             inuse_objects=objects,
             alloc_bytes=alloc,
         )
-    return out
+    return out, dict(sites)

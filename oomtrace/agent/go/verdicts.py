@@ -21,7 +21,7 @@ from oomtrace.agent.explain import (
 )
 from oomtrace.agent.go.heap import ENABLE_HINT, OFF_BY_LINKER, OFF_BY_PROGRAM
 from oomtrace.agent.go.settings import parse_size, version_tuple
-from oomtrace.records import recent_gcs
+from oomtrace.records import recent_gcs, seconds_text
 from oomtrace.v1 import event_pb2
 
 CONTROLLER = event_pb2.GoRuntime.CONTROLLER
@@ -63,13 +63,21 @@ def _heap_profile_verdicts(go: event_pb2.GoRuntime) -> list[event_pb2.Verdict]:
         return []
     site = hp.top[0]
     share = site.inuse_bytes / hp.inuse_bytes
+    grew = ""
+    if hp.growth and go.heap_profile_before.buckets:
+        g = hp.growth[0]
+        grew = (
+            f" The most growth since the profile "
+            f"{seconds_text(go.heap_profile_before.taken_ns_before_kill)} before the kill: "
+            f"{g.function} ({g.file.rsplit('/', 1)[-1]}:{g.line}), +{mib(g.inuse_bytes)}."
+        )
     return [
         verdict(
             "GO_HEAP_HELD_BY",
             INFO,
             f"{site.function} ({site.file.rsplit('/', 1)[-1]}:{site.line}) held {mib(site.inuse_bytes)} "
             f"of the {mib(hp.inuse_bytes)} in use at the last GC before the kill "
-            f"({share:.0%}, from the runtime's sampled heap profile).",
+            f"({share:.0%}, from the runtime's sampled heap profile).{grew}",
             "See where it grew: oomtrace pprof ID > heap.pb.gz; go tool pprof -top heap.pb.gz",
         )
     ]

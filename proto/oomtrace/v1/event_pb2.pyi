@@ -348,6 +348,7 @@ class GoRuntime(_message.Message):
     LIFETIME_NS_FIELD_NUMBER: _builtins.int
     HEAP_PROFILE_FIELD_NUMBER: _builtins.int
     HEAP_PROFILE_MISSING_FIELD_NUMBER: _builtins.int
+    HEAP_PROFILE_BEFORE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """go1.27.3"""
     module: _builtins.str
@@ -398,6 +399,13 @@ class GoRuntime(_message.Message):
         (set when it could be read; else heap_profile_missing says why).
         """
 
+    @_builtins.property
+    def heap_profile_before(self) -> Global___GoHeapProfile:
+        """The profile taken at the end of a GC when the process's memcg was near
+        its limit (the agent's --profile-before-percent), the last before the
+        kill: heap_profile.growth is what grew since.
+        """
+
     def __init__(
         self,
         *,
@@ -426,10 +434,11 @@ class GoRuntime(_message.Message):
         lifetime_ns: _builtins.int | None = ...,
         heap_profile: Global___GoHeapProfile | None = ...,
         heap_profile_missing: _builtins.str = ...,
+        heap_profile_before: Global___GoHeapProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "heap_profile", b"heap_profile", "lifetime_ns", b"lifetime_ns", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "heap_profile", b"heap_profile", "heap_profile_before", b"heap_profile_before", "lifetime_ns", b"lifetime_ns", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gogc_source", b"gogc_source", "gomaxprocs", b"gomaxprocs", "gomaxprocs_source", b"gomaxprocs_source", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "heap_profile", b"heap_profile", "heap_profile_missing", b"heap_profile_missing", "lifetime_ns", b"lifetime_ns", "memory_limit_source", b"memory_limit_source", "module", b"module", "recent_gc_count", b"recent_gc_count", "recent_gc_span_ns", b"recent_gc_span_ns", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gogc_source", b"gogc_source", "gomaxprocs", b"gomaxprocs", "gomaxprocs_source", b"gomaxprocs_source", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "heap_profile", b"heap_profile", "heap_profile_before", b"heap_profile_before", "heap_profile_missing", b"heap_profile_missing", "lifetime_ns", b"lifetime_ns", "memory_limit_source", b"memory_limit_source", "module", b"module", "recent_gc_count", b"recent_gc_count", "recent_gc_span_ns", b"recent_gc_span_ns", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__effective_gogc: _TypeAlias = _typing.Literal["effective_gogc"]  # noqa: Y015
     _WhichOneofArgType__effective_gogc: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc"]  # noqa: Y015
@@ -473,6 +482,9 @@ class GoHeapProfile(_message.Message):
     INUSE_BYTES_FIELD_NUMBER: _builtins.int
     ALLOC_BYTES_FIELD_NUMBER: _builtins.int
     TOP_FIELD_NUMBER: _builtins.int
+    TAKEN_NS_BEFORE_KILL_FIELD_NUMBER: _builtins.int
+    MEMCG_PERCENT_FIELD_NUMBER: _builtins.int
+    GROWTH_FIELD_NUMBER: _builtins.int
     pprof: _builtins.bytes
     """profile.proto, gzipped, as runtime/pprof writes a heap profile:
     alloc_objects, alloc_space, inuse_objects, inuse_space, scaled by the
@@ -493,10 +505,21 @@ class GoHeapProfile(_message.Message):
     inuse_bytes: _builtins.int
     """all sites, scaled: as of the last completed GC"""
     alloc_bytes: _builtins.int
+    taken_ns_before_kill: _builtins.int
+    """A profile taken before the kill: how long before, and how full the memcg
+    that passed the threshold was then.
+    """
+    memcg_percent: _builtins.int
     @_builtins.property
     def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeapSite]:
         """The sites holding the most in-use bytes: each the first frame outside
         the runtime, as go tool pprof -top shows them.
+        """
+
+    @_builtins.property
+    def growth(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeapSite]:
+        """At the kill, with a profile before it: the sites whose in-use bytes grew
+        most since (bytes and objects are the growth).
         """
 
     def __init__(
@@ -512,10 +535,13 @@ class GoHeapProfile(_message.Message):
         inuse_bytes: _builtins.int = ...,
         alloc_bytes: _builtins.int = ...,
         top: _abc.Iterable[Global___HeapSite] | None = ...,
+        taken_ns_before_kill: _builtins.int = ...,
+        memcg_percent: _builtins.int = ...,
+        growth: _abc.Iterable[Global___HeapSite] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "buckets", b"buckets", "buckets_cut", b"buckets_cut", "buckets_lost", b"buckets_lost", "inuse_bytes", b"inuse_bytes", "pprof", b"pprof", "sample_rate", b"sample_rate", "stacks_cut", b"stacks_cut", "top", b"top", "walk_ns", b"walk_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "buckets", b"buckets", "buckets_cut", b"buckets_cut", "buckets_lost", b"buckets_lost", "growth", b"growth", "inuse_bytes", b"inuse_bytes", "memcg_percent", b"memcg_percent", "pprof", b"pprof", "sample_rate", b"sample_rate", "stacks_cut", b"stacks_cut", "taken_ns_before_kill", b"taken_ns_before_kill", "top", b"top", "walk_ns", b"walk_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@
 //	                   d (recursion depth d over leakDeep, d < N) allocates
 //	                   chunk+16*d bytes (the runtime keeps a bucket per stack
 //	                   and size, and cuts stacks at 128 frames)
+//	leakgo phases MIB  leakAlpha keeps MIB MiB, then only leakBeta grows
 //	leakgo off         leakAlpha only, with runtime.MemProfileRate = 0
 //
 // Each chunk is 32 KiB (LEAKGO_CHUNK=N bytes sets it). LEAKGO_RATE=N sets runtime.MemProfileRate (bytes per
@@ -112,6 +113,14 @@ func main() {
 				size := chunk + 16*d
 				recurse(d%200, func() { leakDeep(size) })
 			}
+		}
+	case "phases":
+		mib, _ := strconv.Atoi(os.Args[2])
+		for i := 0; i < mib<<20/chunk; i++ {
+			leakAlpha()
+		}
+		for {
+			leakBeta()
 		}
 	case "off":
 		runtime.MemProfileRate = 0
