@@ -111,6 +111,39 @@ def oomgo_or_skip(out: Path, toolchain: str, build: str = "normal", src: Path = 
     return build_oomgo(out, toolchain, build, src)
 
 
+def pprof_tool(out: Path) -> Path:
+    """The newest toolchain's pprof (what `go tool pprof` runs), built once
+    into var/oomgo: `go tool` builds it on first use into a writable build
+    cache, which a guest kernel's test run does not have (and under
+    emulation the build would take minutes)."""
+    version = subprocess.run(
+        [str(GO), "env", "GOVERSION"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    cached = OOMGO_CACHE / f"pprof-{version}"
+    if cached.exists():
+        return cached
+    binary = out / "pprof"
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOTOOLCHAIN": "local",
+        "GOCACHE": str(
+            Path(os.environ.get("XDG_CACHE_HOME", "/root/.cache")) / "oomtrace-go-build"
+        ),
+    }
+    subprocess.run(
+        [str(GO), "build", "-o", str(binary), "cmd/pprof"], env=env, check=True, capture_output=True
+    )
+    try:
+        OOMGO_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        shutil.copy2(binary, tmp)
+        tmp.rename(cached)
+    except OSError:
+        return binary
+    return cached
+
+
 def build_every_oomgo(out: Path) -> list[Path]:
     """Every toolchain and build the Go tests use (make test-kernels runs
     this on the host before booting the guest)."""
@@ -118,6 +151,7 @@ def build_every_oomgo(out: Path) -> list[Path]:
         [build_oomgo(out, t, b) for t, b in GO_VARIANTS]
         + [build_oomgo(out, t) for t in GO_TOOLCHAINS if (t, "normal") not in GO_VARIANTS]
         + [build_oomgo(out, t, b, LEAKGO_SRC) for t, b in GO_VARIANTS]
+        + [pprof_tool(out)]
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import gzip
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.integration.containers import (
     LEAKGO_SRC,
     build_oomgo,
     oomgo_or_skip,
+    pprof_tool,
 )
 from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
 
@@ -56,16 +56,14 @@ def pprof_file(rec: dict[str, Any], tmp: Path) -> Path:
 
 
 def go_tool_pprof(*args: str) -> str:
-    # Caches of its own: a guest kernel's test run has a read-only home.
-    scratch = tempfile.mkdtemp(prefix="oomtrace-pprof-")
-    env = {**os.environ, "GOTOOLCHAIN": "local", "HOME": scratch, "GOCACHE": scratch}
-    env["PPROF_TMPDIR"] = scratch
-    try:
+    """`go tool pprof ARGS`: the toolchain's own pprof, built once
+    (containers.pprof_tool)."""
+    with tempfile.TemporaryDirectory(prefix="oomtrace-pprof-") as scratch:
+        pprof = pprof_tool(Path(scratch))
+        env = {**os.environ, "HOME": scratch, "PPROF_TMPDIR": scratch}
         out = subprocess.run(
-            [str(GO), "tool", "pprof", *args], capture_output=True, text=True, env=env, timeout=120
+            [str(pprof), *args], capture_output=True, text=True, env=env, timeout=300
         )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
