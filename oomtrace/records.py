@@ -130,3 +130,20 @@ def workload_of(pod_name: str, labels: Mapping[str, str] | None = None) -> str:
         if m := pattern.match(pod_name):
             return f"{kind}/{m.group('name')}"
     return f"Pod/{pod_name}"
+
+
+def without_profile_files(ev: event_pb2.OomEvent) -> event_pb2.OomEvent:
+    """The record without its Go heap profiles' pprof files (up to 384 KiB
+    each): what lists and watches send; GetEvent (`oomtrace show`, `oomtrace
+    pprof`) sends them whole. The record itself is left as it is: it may be
+    shared (the watchers' broadcast)."""
+    if not ev.HasField("go") or not (
+        ev.go.heap_profile.pprof or ev.go.heap_profile_before.pprof
+    ):
+        return ev
+    out = event_pb2.OomEvent()
+    out.CopyFrom(ev)
+    out.go.heap_profile.ClearField("pprof")
+    if out.go.HasField("heap_profile_before"):
+        out.go.heap_profile_before.ClearField("pprof")
+    return out

@@ -323,7 +323,8 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
     ) -> collector_pb2.ListEventsResponse:
         events, token = self.store.list_events(*_page_args(request, context))
         return collector_pb2.ListEventsResponse(
-            events=events, next_page_token=token.encode() if token else ""
+            events=[records.without_profile_files(ev) for ev in events],
+            next_page_token=token.encode() if token else "",
         )
 
     def GetEvent(
@@ -373,7 +374,7 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
                 events, _ = self.store.list_events(f, MAX_PAGE_SIZE, None)
                 for old in reversed(events):
                     replayed.add(old.id)
-                    yield old
+                    yield records.without_profile_files(old)
             while context.is_active():
                 try:
                     entry = q.get(timeout=1.0)
@@ -391,7 +392,7 @@ class HistoryServicer(collector_pb2_grpc.HistoryServiceServicer):
                     replayed.discard(ev.id)
                     continue
                 if f.matches(columns_of(ev)):
-                    yield ev
+                    yield records.without_profile_files(ev)
         finally:
             self.broadcast.unsubscribe(q)
 

@@ -392,3 +392,28 @@ def test_a_slow_watcher_is_dropped_by_the_bytes_it_holds_not_kept() -> None:
     ev = make_event()
     b.publish([ev])
     assert fast.get_nowait() == (ev, ev.ByteSize())
+
+
+def test_lists_and_watches_leave_out_profile_files_and_get_keeps_them(
+    channel: grpc.Channel,
+) -> None:
+    """A Go victim's record with its heap profiles: stored whole (GetEvent
+    gives it back as sent); ListEvents and WatchEvents send it without the
+    pprof files, the top sites kept."""
+    ev = make_event(namespace="go")
+    ev.go.heap_profile.pprof = b"\x1f\x8b" + b"p" * 300_000
+    ev.go.heap_profile.top.add(function="main.leak", inuse_bytes=1 << 20)
+    ev.go.heap_profile_before.pprof = b"\x1f\x8b" + b"b" * 300_000
+    f = collector_pb2.EventFilter(namespace="go")
+    f.since.FromNanoseconds(1)
+    stub = collector_pb2_grpc.HistoryServiceStub(channel)
+    stream = iter(stub.WatchEvents(collector_pb2.WatchEventsRequest(filter=f)))
+    ingest(channel, [ev])
+    watched = next(stream)
+    stream.cancel()  # type: ignore[attr-defined]  # a grpc.Call at run time
+    (listed,) = stub.ListEvents(collector_pb2.ListEventsRequest(filter=f)).events
+    for light in (watched, listed):
+        assert light.go.heap_profile.top[0].function == "main.leak"
+        assert not light.go.heap_profile.pprof
+        assert not light.go.heap_profile_before.pprof
+    assert stub.GetEvent(collector_pb2.GetEventRequest(id=ev.id)) == ev

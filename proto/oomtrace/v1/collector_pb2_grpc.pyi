@@ -70,6 +70,9 @@ class HistoryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> HistoryServiceAsyncStub: ...
     ListEvents: _grpc.UnaryUnaryMultiCallable[_collector_pb2.ListEventsRequest, _collector_pb2.ListEventsResponse]
+    """Lists and watches leave out Go heap profiles' pprof files (their top
+    sites stay); GetEvent sends a record whole.
+    """
     GetEvent: _grpc.UnaryUnaryMultiCallable[_collector_pb2.GetEventRequest, _event_pb2.OomEvent]
     WatchEvents: _grpc.UnaryStreamMultiCallable[_collector_pb2.WatchEventsRequest, _event_pb2.OomEvent]
     """New records as they are stored, filtered like ListEvents."""
@@ -83,6 +86,9 @@ class HistoryServiceStub:
 class HistoryServiceAsyncStub(HistoryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListEvents: _aio.UnaryUnaryMultiCallable[_collector_pb2.ListEventsRequest, _collector_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """Lists and watches leave out Go heap profiles' pprof files (their top
+    sites stay); GetEvent sends a record whole.
+    """
     GetEvent: _aio.UnaryUnaryMultiCallable[_collector_pb2.GetEventRequest, _event_pb2.OomEvent]  # type: ignore[assignment]
     WatchEvents: _aio.UnaryStreamMultiCallable[_collector_pb2.WatchEventsRequest, _event_pb2.OomEvent]  # type: ignore[assignment]
     """New records as they are stored, filtered like ListEvents."""
@@ -98,7 +104,10 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _collector_pb2.ListEventsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_collector_pb2.ListEventsResponse, _abc.Awaitable[_collector_pb2.ListEventsResponse]]: ...
+    ) -> _typing.Union[_collector_pb2.ListEventsResponse, _abc.Awaitable[_collector_pb2.ListEventsResponse]]:
+        """Lists and watches leave out Go heap profiles' pprof files (their top
+        sites stay); GetEvent sends a record whole.
+        """
 
     @_abc_1.abstractmethod
     def GetEvent(
