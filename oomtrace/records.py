@@ -137,9 +137,7 @@ def without_profile_files(ev: event_pb2.OomEvent) -> event_pb2.OomEvent:
     each): what lists and watches send; GetEvent (`oomtrace show`, `oomtrace
     pprof`) sends them whole. The record itself is left as it is: it may be
     shared (the watchers' broadcast)."""
-    if not ev.HasField("go") or not (
-        ev.go.heap_profile.pprof or ev.go.heap_profile_before.pprof
-    ):
+    if not ev.HasField("go") or not (ev.go.heap_profile.pprof or ev.go.heap_profile_before.pprof):
         return ev
     out = event_pb2.OomEvent()
     out.CopyFrom(ev)
