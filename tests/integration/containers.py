@@ -72,30 +72,34 @@ def build_oomgo(
     cached = OOMGO_CACHE / f"{src.name}-{toolchain}-{build}-{key.hexdigest()[:12]}"
     if cached.exists():
         return cached
+    binary = out / f"{src.name}-{toolchain}-{build}"
+    _go_build(go, [*flags, "-o", str(binary), "."], src, cgo=build == "cgo")
+    return _keep(binary, cached)
+
+
+def _go_build(go: Path, args: list[str], cwd: Path | None, cgo: bool = False) -> None:
     env = {
         **os.environ,
-        "CGO_ENABLED": "1" if build == "cgo" else "0",
+        "CGO_ENABLED": "1" if cgo else "0",
         "GOTOOLCHAIN": "local",
         "GOFLAGS": "-mod=mod",
         "GOCACHE": str(
             Path(os.environ.get("XDG_CACHE_HOME", "/root/.cache")) / "oomtrace-go-build"
         ),
     }
-    binary = out / f"{src.name}-{toolchain}-{build}"
-    subprocess.run(
-        [str(go), "build", *flags, "-o", str(binary), "."],
-        cwd=src,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run([str(go), "build", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+def _keep(binary: Path, cached: Path) -> Path:
+    """The built binary copied into var/oomgo: that copy, or the binary where
+    the repository is read-only (the guest kernel)."""
     try:
         OOMGO_CACHE.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
         shutil.copy2(binary, tmp)
         tmp.rename(cached)
     except OSError:
-        return binary  # a read-only repository (the guest kernel)
+        return binary
     return cached
 
 
@@ -123,25 +127,8 @@ def pprof_tool(out: Path) -> Path:
     if cached.exists():
         return cached
     binary = out / "pprof"
-    env = {
-        **os.environ,
-        "CGO_ENABLED": "0",
-        "GOTOOLCHAIN": "local",
-        "GOCACHE": str(
-            Path(os.environ.get("XDG_CACHE_HOME", "/root/.cache")) / "oomtrace-go-build"
-        ),
-    }
-    subprocess.run(
-        [str(GO), "build", "-o", str(binary), "cmd/pprof"], env=env, check=True, capture_output=True
-    )
-    try:
-        OOMGO_CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        shutil.copy2(binary, tmp)
-        tmp.rename(cached)
-    except OSError:
-        return binary
-    return cached
+    _go_build(GO, ["-o", str(binary), "cmd/pprof"], None)
+    return _keep(binary, cached)
 
 
 def build_every_oomgo(out: Path) -> list[Path]:
