@@ -236,6 +236,8 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         out += ["", "after the kill", *(f"  {x}" for x in timing)]
     if ev.timeline:
         out += ["", *timeline_block(ev)]
+    if ev.choice.candidates:
+        out += ["", *choice_table(ev.choice)]
     if ev.HasField("kernel_report") and ev.kernel_report.tasks:
         out += ["", *task_table(ev.kernel_report)]
     if ev.missing:
@@ -397,6 +399,40 @@ def timeline_block(ev: event_pb2.OomEvent) -> list[str]:
         top_psi = max(p.psi_some_avg10 for p in sampled)
         lines.append(f"  psi some   {sparkline(psi, 100.0)}  avg10 up to {top_psi:.1f} %")
     return lines
+
+
+def choice_table(ch: event_pb2.OomChoice) -> list[str]:
+    """The candidates as the kernel scored them: highest first."""
+    head = (
+        f"why this victim (the kernel's badness: rss + swap + page tables, plus oom_score_adj "
+        f"in thousandths of {ch.total_pages} pages, {clean(ch.total_pages_from)})"
+    )
+    if ch.HasField("kernel_chosen_points"):
+        head += f"; the kernel's own points for its choice: {ch.kernel_chosen_points}"
+    rows = [
+        [
+            "→" if c.victim else "",
+            str(c.pid),
+            clean(c.name),
+            size(c.memory_bytes),
+            str(c.oom_score_adj),
+            clean(c.qos_class) or "-",
+            str(c.points),
+        ]
+        for c in ch.candidates
+    ]
+    table = _table(["", "PID", "NAME", "MEMORY", "ADJ", "QOS", "POINTS"], rows)
+    out = [head, *("  " + line for line in table.splitlines())]
+    if ch.victim_rank != 1:
+        out.append(
+            f"  the victim ranks {ch.victim_rank} here: the table was printed after the choice "
+            "and the figures moved, or a task was not eligible (oom_score_adj, vfork)"
+        )
+    elif ch.adj_decided:
+        out.append(
+            "  the victim held less memory than another candidate: its oom_score_adj decided"
+        )
+    return out
 
 
 def task_table(kr: event_pb2.KernelReport) -> list[str]:

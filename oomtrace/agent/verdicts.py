@@ -47,6 +47,8 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
             )
         )
 
+    out += _choice_verdicts(ev)
+
     non_anon = v.file_rss_bytes + v.shmem_rss_bytes
     if rss and non_anon > v.anon_rss_bytes:
         part = (
@@ -63,6 +65,40 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
             )
         )
     return out
+
+
+def _choice_verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
+    """The victim was chosen for its oom_score_adj, not its memory: another
+    candidate held more (kubernetes#111356)."""
+    ch = ev.choice
+    if not ch.adj_decided or not ch.candidates or not ch.candidates[0].victim:
+        return []
+    victim = ch.candidates[0]
+    bigger = max(ch.candidates[1:], key=lambda c: c.memory_bytes)
+
+    def named(c: event_pb2.OomChoice.Candidate) -> str:
+        qos = f", {c.qos_class}" if c.qos_class else ""
+        return f"{c.name}[{c.pid}] ({mib(c.memory_bytes)}, oom_score_adj {c.oom_score_adj}{qos})"
+
+    qos = ev.pod.qos_class or victim.qos_class
+    fix = (
+        f"its pod is {qos}: give it memory requests (Burstable, or Guaranteed with requests = "
+        "limits) to lower its oom_score_adj"
+        if qos in ("BestEffort", "Burstable")
+        else "lower its oom_score_adj"
+    )
+    return [
+        verdict(
+            "VICTIM_CHOSEN_BY_OOM_SCORE_ADJ",
+            WARNING,
+            f"The kernel killed {named(victim)} ahead of {named(bigger)}, which held more memory: "
+            f"its oom_score_adj added {victim.adj_points} points to the "
+            f"{victim.points - victim.adj_points} its memory earned (a point is a page; the adj "
+            f"counts in thousandths of the {ch.total_pages} pages the OOM weighed), and that decided.",
+            f"If {victim.name} should outlive {bigger.name}, {fix}; {bigger.name} used the memory, "
+            "so look at its limit or its growth.",
+        )
+    ]
 
 
 def _steady_at_limit_s(ev: event_pb2.OomEvent) -> float:

@@ -150,3 +150,39 @@ def _wait_usage(cg: Any, nbytes: int, timeout: float = 20) -> None:
     while cg.usage_and_limit()[0] < nbytes:
         assert time.monotonic() < deadline, "the hog never reached its size"
         time.sleep(0.02)
+
+
+def test_a_small_task_with_adj_1000_dies_before_the_one_that_used_the_memory(
+    agent: AgentProcess, kmsg: KmsgReader
+) -> None:
+    """As a BestEffort sidecar beside the process that grew (kubernetes#111356):
+    a task holding 8 MiB with oom_score_adj 1000 is killed while one holding 40 MiB and
+    the grower hold more. The record ranks the candidates as the kernel
+    does, says the adj decided, and (where oom_kill_process is hooked) its
+    points for the victim are the kernel's own."""
+    hold = "import time\nb = bytearray({} << 20)\nprint(flush=True)\ntime.sleep(600)"
+    with scratch_cgroup(96 * MIB) as cg:
+        app = cg.spawn(hold.format(40))
+        _wait_usage(cg, 40 * MIB)
+        sidecar = cg.spawn(hold.format(8), oom_score_adj=1000)
+        _wait_usage(cg, 48 * MIB)
+        grower = cg.spawn(ALLOCATE_FOREVER)
+        assert sidecar.wait(30) == -9
+        (rec,) = agent.take(1, where=by_pid(sidecar.pid))
+        kernel = kmsg.wait_kills({sidecar.pid})[sidecar.pid]
+        for p in (grower, app):
+            p.kill()
+            p.wait()
+
+    assert_matches_kernel(rec, kernel)
+    ch = rec["choice"]
+    assert ch["victim_rank"] == 1, ch
+    assert ch["adj_decided"], ch
+    first = ch["candidates"][0]
+    assert (first["pid"], first["qos_class"], first["victim"]) == (sidecar.pid, "BestEffort", True)
+    others = {c["pid"]: c for c in ch["candidates"][1:]}
+    assert int(others[app.pid]["memory_bytes"]) > 2 * int(first["memory_bytes"]), ch
+    (v,) = [v for v in rec["verdicts"] if v["code"] == "VICTIM_CHOSEN_BY_OOM_SCORE_ADJ"]
+    assert f"[{sidecar.pid}]" in v["explanation"]
+    if "kernel_chosen_points" in ch:
+        assert int(first["points"]) == int(ch["kernel_chosen_points"]), ch

@@ -10,6 +10,8 @@ from oomtrace import __version__
 from oomtrace.agent import cgroups
 from oomtrace.agent.assembly import AssembledKill, Timeline
 from oomtrace.agent.build.parts import CONSTRAINTS, fill_workload, kernel_report
+from oomtrace.agent.choice import fill_choice, host_limits
+from oomtrace.agent.decode import PAGE_SIZE
 from oomtrace.agent.go.record import fill_go
 from oomtrace.agent.host import boot_ns_to_datetime
 from oomtrace.agent.kernel_text import OomPath
@@ -86,6 +88,7 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
         fill_workload(ev.container, ev.pod, a.workload, missing)
     if a.report is not None:
         ev.kernel_report.CopyFrom(kernel_report(a.report))
+        fill_choice(ev, host_limits(), PAGE_SIZE)
     if a.timeline is not None:
         ev.timeline.extend(timeline(a.timeline, kill.boot_ns))
         ev.timeline_cgroup = a.timeline.cgroup_path

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from oomtrace import __version__
 from oomtrace.agent.build.parts import CONSTRAINTS, KIB, fill_workload, kernel_report, record_id
+from oomtrace.agent.choice import fill_choice, host_limits
 from oomtrace.agent.decode import PAGE_SIZE
 from oomtrace.agent.host import boot_ns_to_datetime
 from oomtrace.agent.kmsg import ParsedReport
@@ -65,6 +66,7 @@ def event_from_report(r: ParsedReport, ctx: LogContext) -> event_pb2.OomEvent:
         c.oom_memcg_usage_bytes, c.oom_memcg_limit_bytes = usage * KIB, limit * KIB
         c.oom_memcg_failcnt = failcnt
     ev.kernel_report.CopyFrom(kernel_report(r))
+    fill_choice(ev, host_limits(), PAGE_SIZE)
     missing = [
         "killed_at: from the kernel log's clock",
         "victim.cmdline, victim.exe, victim.tid, trigger.pid: not in the kernel's log",

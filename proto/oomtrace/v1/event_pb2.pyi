@@ -130,6 +130,7 @@ class OomEvent(_message.Message):
     TIMELINE_CGROUP_FIELD_NUMBER: _builtins.int
     GO_FIELD_NUMBER: _builtins.int
     VERDICTS_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -205,6 +206,12 @@ class OomEvent(_message.Message):
     def verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Verdict]:
         """What went wrong, in plain words, with what to change: first in `show`."""
 
+    @_builtins.property
+    def choice(self) -> Global___OomChoice:
+        """Why this victim: the candidates in the kernel report's task table,
+        scored as the kernel scores them (oomtrace/agent/choice.py).
+        """
+
     def __init__(
         self,
         *,
@@ -234,10 +241,11 @@ class OomEvent(_message.Message):
         timeline_cgroup: _builtins.str = ...,
         go: Global___GoRuntime | None = ...,
         verdicts: _abc.Iterable[Global___Verdict] | None = ...,
+        choice: Global___OomChoice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "choice", b"choice", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "choice", b"choice", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
@@ -249,6 +257,98 @@ class OomEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reap_ns) -> _WhichOneofReturnType__reap_ns | None: ...
 
 Global___OomEvent: _TypeAlias = OomEvent  # noqa: Y015
+
+@_typing.final
+class OomChoice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Candidate(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        PID_FIELD_NUMBER: _builtins.int
+        NAME_FIELD_NUMBER: _builtins.int
+        MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+        OOM_SCORE_ADJ_FIELD_NUMBER: _builtins.int
+        POINTS_FIELD_NUMBER: _builtins.int
+        ADJ_POINTS_FIELD_NUMBER: _builtins.int
+        QOS_CLASS_FIELD_NUMBER: _builtins.int
+        VICTIM_FIELD_NUMBER: _builtins.int
+        pid: _builtins.int
+        name: _builtins.str
+        memory_bytes: _builtins.int
+        """rss + swap + page tables: what the kernel weighs"""
+        oom_score_adj: _builtins.int
+        points: _builtins.int
+        """oom_badness(), in pages"""
+        adj_points: _builtins.int
+        """of which from oom_score_adj"""
+        qos_class: _builtins.str
+        """the Kubernetes QoS class the adj comes from, if any"""
+        victim: _builtins.bool
+        def __init__(
+            self,
+            *,
+            pid: _builtins.int = ...,
+            name: _builtins.str = ...,
+            memory_bytes: _builtins.int = ...,
+            oom_score_adj: _builtins.int = ...,
+            points: _builtins.int = ...,
+            adj_points: _builtins.int = ...,
+            qos_class: _builtins.str = ...,
+            victim: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["adj_points", b"adj_points", "memory_bytes", b"memory_bytes", "name", b"name", "oom_score_adj", b"oom_score_adj", "pid", b"pid", "points", b"points", "qos_class", b"qos_class", "victim", b"victim"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    VICTIM_RANK_FIELD_NUMBER: _builtins.int
+    TOTAL_PAGES_FIELD_NUMBER: _builtins.int
+    TOTAL_PAGES_FROM_FIELD_NUMBER: _builtins.int
+    ADJ_DECIDED_FIELD_NUMBER: _builtins.int
+    KERNEL_CHOSEN_POINTS_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    victim_rank: _builtins.int
+    """1: the kernel's choice, as worked out again"""
+    total_pages: _builtins.int
+    """oom_score_adj counts in thousandths of this"""
+    total_pages_from: _builtins.str
+    """the kernel's own (oom_control), or what it was worked out from"""
+    adj_decided: _builtins.bool
+    """The victim ranked first while another candidate held more memory: its
+    oom_score_adj, not its memory, made it the victim.
+    """
+    kernel_chosen_points: _builtins.int
+    """oom_control's, where oom_kill_process was hooked"""
+    tasks: _builtins.int
+    """rows in the report's task table"""
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___OomChoice.Candidate]:
+        """Highest points first, at most 10 (the victim always among them)."""
+
+    def __init__(
+        self,
+        *,
+        candidates: _abc.Iterable[Global___OomChoice.Candidate] | None = ...,
+        victim_rank: _builtins.int = ...,
+        total_pages: _builtins.int = ...,
+        total_pages_from: _builtins.str = ...,
+        adj_decided: _builtins.bool = ...,
+        kernel_chosen_points: _builtins.int | None = ...,
+        tasks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kernel_chosen_points", b"_kernel_chosen_points", "kernel_chosen_points", b"kernel_chosen_points"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kernel_chosen_points", b"_kernel_chosen_points", "adj_decided", b"adj_decided", "candidates", b"candidates", "kernel_chosen_points", b"kernel_chosen_points", "tasks", b"tasks", "total_pages", b"total_pages", "total_pages_from", b"total_pages_from", "victim_rank", b"victim_rank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__kernel_chosen_points: _TypeAlias = _typing.Literal["kernel_chosen_points"]  # noqa: Y015
+    _WhichOneofArgType__kernel_chosen_points: _TypeAlias = _typing.Literal["_kernel_chosen_points", b"_kernel_chosen_points"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kernel_chosen_points) -> _WhichOneofReturnType__kernel_chosen_points | None: ...
+
+Global___OomChoice: _TypeAlias = OomChoice  # noqa: Y015
 
 @_typing.final
 class GoRuntime(_message.Message):
