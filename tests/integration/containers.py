@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -131,6 +132,18 @@ def pprof_tool(out: Path) -> Path:
     return _keep(binary, cached)
 
 
+def go_tool_pprof(*args: str) -> str:
+    """`go tool pprof ARGS`: the toolchain's own pprof, built once (pprof_tool)."""
+    with tempfile.TemporaryDirectory(prefix="oomtrace-pprof-") as scratch:
+        pprof = pprof_tool(Path(scratch))
+        env = {**os.environ, "HOME": scratch, "PPROF_TMPDIR": scratch}
+        out = subprocess.run(
+            [str(pprof), *args], capture_output=True, text=True, env=env, timeout=300
+        )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def build_every_oomgo(out: Path) -> list[Path]:
     """Every toolchain and build the Go tests use (make test-kernels runs
     this on the host before booting the guest)."""
@@ -234,7 +247,13 @@ class Runc:
         self.ids: list[str] = []
 
     def run(
-        self, cid: str, cgroups_path: str, limit: int, args: list[str], annots: dict[str, str]
+        self,
+        cid: str,
+        cgroups_path: str,
+        limit: int,
+        args: list[str],
+        annots: dict[str, str],
+        env: dict[str, str] | None = None,
     ) -> None:
         bundle = self.workdir / f"bundle-{cid[:12]}"
         rootfs = bundle / "rootfs"
@@ -243,6 +262,7 @@ class Runc:
         subprocess.run(["runc", "spec"], cwd=bundle, check=True)
         spec = json.loads((bundle / "config.json").read_text())
         spec["process"]["args"] = ["/oomgo", *args]
+        spec["process"]["env"] += [f"{k}={v}" for k, v in (env or {}).items()]
         spec["process"]["terminal"] = False
         spec["root"]["readonly"] = True
         spec["annotations"] = annots

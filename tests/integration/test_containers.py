@@ -5,6 +5,7 @@ state on the host."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.integration.containers import (
+    LEAKGO_SRC,
     Containerd,
     Dockerd,
     Runc,
@@ -23,6 +25,7 @@ from tests.integration.containers import (
     container_id,
     cri_annotations,
     cri_dockerd_run,
+    go_tool_pprof,
     k8s_parent,
     oci_image_tar,
 )
@@ -50,6 +53,15 @@ def oomgo(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def runc(workdir: Path, oomgo: Path) -> Iterator[Runc]:
     r = Runc(workdir, oomgo)
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture(scope="module")
+def runc_leakgo(workdir: Path) -> Iterator[Runc]:
+    """Containers of a stripped Go service that leaks (tests/integration/leakgo)."""
+    (workdir / "leakgo").mkdir()
+    r = Runc(workdir / "leakgo", build_oomgo(workdir, "newest", "stripped", LEAKGO_SRC))
     yield r
     r.cleanup()
 
@@ -159,6 +171,35 @@ def test_runc_container_killed_by_its_limit(
     assert_pod(rec, pod_uid)
     assert rec["missing"] == []
     assert_go_seen_in_its_container(rec)
+
+
+def test_a_leaking_go_service_in_a_container_has_its_heap_profile(
+    agent: AgentProcess, runc_leakgo: Runc, kmsg: KmsgReader, tmp_path: Path
+) -> None:
+    """A stripped Go service in a runc container, read through its
+    /proc/PID/exe: the record names the function that leaked, and pprof
+    reads the file. (One sample per 64 KiB, not the default 512 KiB, so the
+    test's few hundred samples make the order of the sites certain.)"""
+    cid = container_id()
+    with k8s_parent() as (parent, pod_uid):
+        runc_leakgo.run(
+            cid,
+            f"{parent}/{cid}",
+            LIMIT,
+            ["sites"],
+            cri_annotations("shop-7d9f8b6c5-x2x4q", "shop", pod_uid, "cart", IMAGE),
+            env={"LEAKGO_RATE": str(64 << 10)},
+        )
+        pid = wait_victim(kmsg)
+        rec = record_of(agent, pid)
+        runc_leakgo.delete(cid)
+    assert_pod(rec, pod_uid)
+    hp = rec["go"]["heap_profile"]
+    assert hp["top"][0]["function"] == "main.leakAlpha", hp["top"]
+    profile = tmp_path / "heap.pb.gz"
+    profile.write_bytes(base64.b64decode(hp["pprof"]))
+    top = go_tool_pprof("-top", "-sample_index=inuse_space", str(profile))
+    assert "main.leakAlpha" in top, top
 
 
 def test_victim_that_is_not_the_containers_first_process(

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import os
-import subprocess
-import tempfile
 from pathlib import Path
 from tempfile import TemporaryFile
 from typing import Any
@@ -25,8 +22,8 @@ from tests.integration.containers import (
     GO_VARIANTS,
     LEAKGO_SRC,
     build_oomgo,
+    go_tool_pprof,
     oomgo_or_skip,
-    pprof_tool,
 )
 from tests.integration.harness import MIB, AgentProcess, scratch_cgroup
 
@@ -53,19 +50,6 @@ def pprof_file(rec: dict[str, Any], tmp: Path) -> Path:
     path = tmp / "heap.pb.gz"
     path.write_bytes(base64.b64decode(rec["go"]["heap_profile"]["pprof"]))
     return path
-
-
-def go_tool_pprof(*args: str) -> str:
-    """`go tool pprof ARGS`: the toolchain's own pprof, built once
-    (containers.pprof_tool)."""
-    with tempfile.TemporaryDirectory(prefix="oomtrace-pprof-") as scratch:
-        pprof = pprof_tool(Path(scratch))
-        env = {**os.environ, "HOME": scratch, "PPROF_TMPDIR": scratch}
-        out = subprocess.run(
-            [str(pprof), *args], capture_output=True, text=True, env=env, timeout=300
-        )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def shares(rec: dict[str, Any]) -> dict[str, float]:
