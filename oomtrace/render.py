@@ -199,7 +199,8 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         f"  executable  {clean(v.exe) or '-'}",
         f"  memory      rss {size(rss(ev))} = anon {size(v.anon_rss_bytes)} + file {size(v.file_rss_bytes)} "
         f"+ shmem {size(v.shmem_rss_bytes)}; virtual {size(v.total_vm_bytes)}, "
-        f"page tables {size(v.pgtables_bytes)}, swap {size(v.swap_bytes)}",
+        f"page tables {size(v.pgtables_bytes)}, swap {size(v.swap_bytes)}"
+        + (" (as the kernel printed them)" if v.figures_from == v.KERNEL_LINE else ""),
         "",
         "cgroup",
         f"  path        {clean(c.path) or '-'} (v{c.version}, id {c.id})",

@@ -221,3 +221,30 @@ def test_go_gc_rate_when_the_ring_holds_less_than_ten_seconds() -> None:
     times = [own.boot_ns - (32 - i) * 10**7 for i in range(decode.GO_RING)]
     ev = built(dataclasses.replace(own, go=go_state(times)))
     assert abs(ev.go.gc_per_second_10s - 100) < 1
+
+
+def test_the_kernels_line_gives_the_victims_figures_where_the_record_has_it() -> None:
+    """Before 6.2 a dying victim's counters can move between the BPF snapshot
+    and the kernel's "Killed process" line: with the report, the record says
+    what the kernel printed, and says so; without it, the snapshot."""
+    from oomtrace.agent.kmsg import ParsedReport
+
+    kill = kills()[0]
+    snap = built(kill)
+    assert snap.victim.figures_from == event_pb2.Process.BPF_SNAPSHOT
+    line = {"total_vm": 9000, "anon": 4100, "file": 1200, "shmem": 0, "pgtables": 96}
+    report = ParsedReport(first_seq=1, victim_pid=kill.victim_tgid, killed={**line, "uid": 0})
+    a = resolve(kill, boot_id="b-1", hierarchy=V1, process=None, workloads=None, report=report)
+    ev = build_event(a, node="n1")
+    v = ev.victim
+    assert v.figures_from == event_pb2.Process.KERNEL_LINE
+    assert (v.total_vm_bytes, v.anon_rss_bytes, v.file_rss_bytes, v.pgtables_bytes) == (
+        9000 * 1024,
+        4100 * 1024,
+        1200 * 1024,
+        96 * 1024,
+    )
+    assert v.swap_bytes == snap.victim.swap_bytes  # the line has no swap: the snapshot's
+    other = ParsedReport(first_seq=1, victim_pid=kill.victim_tgid + 1, killed=line)
+    a = resolve(kill, boot_id="b-1", hierarchy=V1, process=None, workloads=None, report=other)
+    assert build_event(a, node="n1").victim.figures_from == event_pb2.Process.BPF_SNAPSHOT

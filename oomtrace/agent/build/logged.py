@@ -49,6 +49,8 @@ def event_from_report(r: ParsedReport, ctx: LogContext) -> event_pb2.OomEvent:
     v.pgtables_bytes = k.get("pgtables", 0) * KIB
     v.uid = k.get("uid", 0)
     v.oom_score_adj = k.get("adj", 0)
+    if "anon" in k:
+        v.figures_from = event_pb2.Process.KERNEL_LINE
     row = next((t for t in r.tasks if t.pid == r.victim_pid), None)
     if row is not None:
         v.swap_bytes = row.values.get("swapents", 0) * PAGE_SIZE

@@ -1164,6 +1164,31 @@ class Process(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _FiguresFrom:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _FiguresFromEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Process._FiguresFrom.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        FIGURES_FROM_UNSPECIFIED: Process._FiguresFrom.ValueType  # 0
+        """not known (a pid-only kernel without the report)"""
+        BPF_SNAPSHOT: Process._FiguresFrom.ValueType  # 1
+        KERNEL_LINE: Process._FiguresFrom.ValueType  # 2
+
+    class FiguresFrom(_FiguresFrom, metaclass=_FiguresFromEnumTypeWrapper):
+        """Where the memory figures (total_vm, the three RSS counters, page
+        tables) come from: the kernel's own "Killed process" line, when the
+        record has the report, so they are what the kernel printed; else the
+        agent's BPF snapshot at mark_victim, read the way the kernel reads them.
+        Before 6.2 a dying victim's per-CPU counters can still move between the
+        two (a few pages for each of its threads still running).
+        """
+
+    FIGURES_FROM_UNSPECIFIED: Process.FiguresFrom.ValueType  # 0
+    """not known (a pid-only kernel without the report)"""
+    BPF_SNAPSHOT: Process.FiguresFrom.ValueType  # 1
+    KERNEL_LINE: Process.FiguresFrom.ValueType  # 2
+
     PID_FIELD_NUMBER: _builtins.int
     TID_FIELD_NUMBER: _builtins.int
     COMM_FIELD_NUMBER: _builtins.int
@@ -1178,6 +1203,7 @@ class Process(_message.Message):
     SWAP_BYTES_FIELD_NUMBER: _builtins.int
     PGTABLES_BYTES_FIELD_NUMBER: _builtins.int
     OOM_SCORE_ADJ_FIELD_NUMBER: _builtins.int
+    FIGURES_FROM_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     """thread-group id"""
     tid: _builtins.int
@@ -1194,6 +1220,7 @@ class Process(_message.Message):
     swap_bytes: _builtins.int
     pgtables_bytes: _builtins.int
     oom_score_adj: _builtins.int
+    figures_from: Global___Process.FiguresFrom.ValueType
     def __init__(
         self,
         *,
@@ -1211,10 +1238,11 @@ class Process(_message.Message):
         swap_bytes: _builtins.int = ...,
         pgtables_bytes: _builtins.int = ...,
         oom_score_adj: _builtins.int = ...,
+        figures_from: Global___Process.FiguresFrom.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anon_rss_bytes", b"anon_rss_bytes", "cmdline", b"cmdline", "comm", b"comm", "exe", b"exe", "file_rss_bytes", b"file_rss_bytes", "oom_score_adj", b"oom_score_adj", "pgtables_bytes", b"pgtables_bytes", "pid", b"pid", "shmem_rss_bytes", b"shmem_rss_bytes", "swap_bytes", b"swap_bytes", "threads", b"threads", "tid", b"tid", "total_vm_bytes", b"total_vm_bytes", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anon_rss_bytes", b"anon_rss_bytes", "cmdline", b"cmdline", "comm", b"comm", "exe", b"exe", "figures_from", b"figures_from", "file_rss_bytes", b"file_rss_bytes", "oom_score_adj", b"oom_score_adj", "pgtables_bytes", b"pgtables_bytes", "pid", b"pid", "shmem_rss_bytes", b"shmem_rss_bytes", "swap_bytes", b"swap_bytes", "threads", b"threads", "tid", b"tid", "total_vm_bytes", b"total_vm_bytes", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
