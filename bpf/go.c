@@ -216,7 +216,9 @@ int go_walk_more_uprobe(struct pt_regs *ctx)
 /* signal_deliver(int sig, struct kernel_siginfo *info, struct k_sigaction *ka) */
 int on_signal_deliver(struct bpf_raw_tracepoint_args *ctx)
 {
-    if ((int)ctx->args[0] != 9)
+    /* SIGKILL from the kernel; SIGTERM too from a userspace OOM killer. */
+    int sig = (int)ctx->args[0];
+    if (sig != 9 && sig != 15)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     u64 *due = go_profile_due.lookup(&tgid);

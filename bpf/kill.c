@@ -6,6 +6,10 @@
  *   kprobe/oom_kill_process     optional: struct oom_control (constraint,
  *                               totalpages, chosen points, the memcg whose
  *                               limit was hit); loaded only where kprobes work
+ *   raw_tracepoint/signal_generate  a SIGKILL or SIGTERM sent by a userspace
+ *                               OOM killer (its comm in user_killers, which
+ *                               user space fills): one OOMT_USER_KILL, the
+ *                               same record with the killer as trigger
  *
  * mark_victim runs in the context of the task that invoked the OOM killer (the
  * trigger), after the kernel printed its OOM report and before "Killed process".
@@ -131,8 +135,9 @@ static __always_inline void fill_victim(struct oomt_kill *ev, void *task)
 }
 
 /* One victim: `victim` is its task when the hook has it; else raw_pid is all
- * there is (mark_victim before 5.19 without the kprobe below). */
-static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid)
+ * there is (mark_victim before 5.19 without the kprobe below). kind is
+ * OOMT_KILL, or OOMT_USER_KILL with the signal a userspace killer sent. */
+static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid, u32 kind, u32 sig)
 {
     u32 zero = 0;
     struct oomt_kill *ev = scratch.lookup(&zero);
@@ -142,7 +147,8 @@ static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid)
         return 0;
     }
     bpf_probe_read_kernel(ev, sizeof(*ev), clean);
-    ev->kind = OOMT_KILL;
+    ev->kind = kind;
+    ev->user_signal = sig;
     ev->boot_ns = bpf_ktime_get_boot_ns();
 
     u64 id = bpf_get_current_pid_tgid();
@@ -218,11 +224,11 @@ int on_mark_victim(struct bpf_raw_tracepoint_args *ctx)
 {
 #if defined(MARK_VICTIM_TASK)
     /* 5.19+: (struct task_struct *victim, uid_t uid) */
-    return handle_victim(ctx, (void *)ctx->args[0], 0);
+    return handle_victim(ctx, (void *)ctx->args[0], 0, OOMT_KILL, 0);
 #elif defined(VICTIM_KPROBE)
     return 0; /* on_mark_oom_victim records this victim, with its task */
 #else
-    return handle_victim(ctx, 0, (u32)ctx->args[0]);
+    return handle_victim(ctx, 0, (u32)ctx->args[0], OOMT_KILL, 0);
 #endif
 }
 
@@ -232,7 +238,7 @@ int on_mark_victim(struct bpf_raw_tracepoint_args *ctx)
  * memory.oom.group kill too). */
 int on_mark_oom_victim(struct pt_regs *ctx)
 {
-    return handle_victim(ctx, (void *)PT_REGS_PARM1(ctx), 0);
+    return handle_victim(ctx, (void *)PT_REGS_PARM1(ctx), 0, OOMT_KILL, 0);
 }
 #endif
 
@@ -258,3 +264,31 @@ int on_oom_kill_process(struct pt_regs *ctx)
     return 0;
 }
 #endif
+
+/* Userspace OOM killers, by comm (TASK_COMM_LEN bytes, NUL-padded). */
+struct killer_comm {
+    char comm[OOMT_COMM_LEN];
+};
+BPF_HASH(user_killers, struct killer_comm, u8, 64);
+
+/* signal_generate(int sig, struct kernel_siginfo *info, struct task_struct
+ * *task, int group, int result): in the sender's context. Only a signal a
+ * listed killer sent, that was delivered (result 0), to a process not
+ * already a victim (a SIGTERM then SIGKILL is one kill), is a kill. A
+ * `kill -9` from any other process never is. */
+int on_signal_generate(struct bpf_raw_tracepoint_args *ctx)
+{
+    int sig = (int)ctx->args[0];
+    if ((sig != 9 && sig != 15) || (int)ctx->args[4] != 0)
+        return 0;
+    struct killer_comm k = {};
+    bpf_get_current_comm(k.comm, sizeof(k.comm));
+    if (!user_killers.lookup(&k))
+        return 0;
+    void *task = (void *)ctx->args[2];
+    u32 tgid = 0;
+    KREAD(tgid, task, OFF_TASK_TGID);
+    if (!tgid || victims.lookup(&tgid))
+        return 0;
+    return handle_victim(ctx, task, 0, OOMT_USER_KILL, sig);
+}

@@ -25,6 +25,7 @@ enum oomt_kind {
     OOMT_CGROUP_RMDIR = 6, /* ...and went: its entry is kept for a grace period */
     OOMT_GO_BUCKET = 7,    /* one bucket of a Go victim's heap profile */
     OOMT_GO_PROFILE = 8,   /* ...and the end of that profile's walk */
+    OOMT_USER_KILL = 9,    /* a userspace OOM killer's signal: an oomt_kill, the killer as trigger */
 };
 
 #define OOMT_CGROUP_PATH_LEN 256
@@ -113,7 +114,7 @@ struct oomt_kill {
      * oom_kill_process cannot be hooked: by the time mark_victim runs, the
      * page counters may no longer show the limit that was hit. */
     u32 kstack_len;           /* filled entries of kstack */
-    u32 kstack_pad;
+    u32 user_signal;          /* OOMT_USER_KILL: the signal the killer sent (9 or 15) */
     u64 kstack[OOMT_KSTACK_DEPTH];
 };
 

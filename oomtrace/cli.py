@@ -12,7 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from oomtrace import __version__, logs
-from oomtrace.records import DEFAULT_COLLECTOR, DEFAULT_STATUS_FILE, parse_duration_s
+from oomtrace.records import (
+    DEFAULT_COLLECTOR,
+    DEFAULT_STATUS_FILE,
+    USERSPACE_KILLERS,
+    parse_duration_s,
+)
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -71,6 +76,7 @@ def _agent(args: argparse.Namespace) -> int:
             status_file=args.status_file,
             hold_s=args.hold,
             profile_before=(args.profile_before_percent, args.profile_before_window),
+            userspace_killers=tuple(c for c in args.userspace_killers.split(",") if c),
             node=args.node,
             metrics_listen=args.metrics_listen,
             privacy=Privacy(CmdlinePolicy(args.cmdline), tuple(args.redact_pattern)),
@@ -311,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         metavar="SECONDS",
         help="wait at most this long for a victim to exit before recording it",
+    )
+    a.add_argument(
+        "--userspace-killers",
+        default=",".join(USERSPACE_KILLERS),
+        metavar="COMM,...",
+        help="processes (by name, as the kernel keeps it: 15 bytes) whose SIGKILL or SIGTERM "
+        "is an OOM kill, recorded like the kernel's; empty: none",
     )
     a.add_argument(
         "--profile-before-percent",

@@ -16,6 +16,9 @@ from google.protobuf.message import Message
 
 from oomtrace.v1 import event_pb2
 
+# Userspace OOM killers, by comm (the kernel's 15 bytes): their SIGKILL or
+# SIGTERM is an OOM kill (the agent's --userspace-killers).
+USERSPACE_KILLERS = ("systemd-oomd", "oomd", "earlyoom", "nohang", "lmkd")
 DEFAULT_COLLECTOR = "127.0.0.1:50051"
 # The largest message the collector takes; a record is sent inside an
 # IngestRequest, so the agent keeps each record a little under it.

@@ -88,6 +88,8 @@ _CONSTRAINT_FROM = {
 
 
 def constraint(ev: event_pb2.OomEvent) -> str:
+    if ev.source == event_pb2.OomEvent.USERSPACE:
+        return "USERSPACE"  # no limit of the kernel's: a userspace killer's rule
     return event_pb2.OomEvent.Constraint.Name(ev.constraint)
 
 
@@ -223,6 +225,11 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
             f"  image       {clean(ev.container.image)}",
         ]
     out += ["", "trigger"]
+    if ev.source == ev.USERSPACE:
+        k = ev.killer
+        out.append(
+            f"  killer      {clean(k.comm)}[{k.pid}], a userspace OOM killer, sent {clean(k.signal)}"
+        )
     same = t.pid == v.pid
     out.append(
         f"  task        {clean(t.comm)}[{t.pid}] thread {t.tid}"

@@ -41,7 +41,12 @@ uname -r > "$out/kernel"
 # host only, and the cgroup v1 boot runs what differs between versions. Of the
 # heap-profile tests, the guests run one build (the walk and its tail calls
 # are the kernel's part; the builds differ only in user space).
-if [ "$tests" = v1 ]; then
+# Tests that run the machine's own memory out: only ever in a guest.
+OOMTRACE_GUEST=1
+export OOMTRACE_GUEST
+if [ "${tests#tests/}" != "$tests" ]; then
+    suite=$tests  # one file, by hand (GUEST_TESTS)
+elif [ "$tests" = v1 ]; then
     suite="tests/integration/test_kills.py tests/integration/test_pressure.py
         tests/integration/test_kernel_log.py::test_live_record_carries_the_kernels_report"
 else
@@ -50,6 +55,7 @@ else
         tests/integration/test_go_heap.py::test_the_profile_names_the_code_that_held_the_memory[newest-normal]
         tests/integration/test_go_heap.py::test_many_stacks_and_stacks_too_deep_are_counted
         tests/integration/test_go_heap.py::test_a_profile_before_the_kill_shows_what_grew
+        tests/integration/test_userspace_killers.py
         tests/integration/test_kernel_log.py
         --deselect tests/integration/test_kernel_log.py::test_a_second_agent_on_the_same_state_directory_is_refused"
 fi

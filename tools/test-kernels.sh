@@ -81,6 +81,15 @@ fetch() {
 from tests.integration.containers import build_every_oomgo
 build_every_oomgo(pathlib.Path(tempfile.mkdtemp()))'
 
+# A real userspace OOM killer for the guests (test_userspace_killers.py):
+# Debian's earlyoom, unpacked under var/earlyoom, never installed, so no
+# daemon of it ever runs on this machine.
+if [ ! -x "$repo/var/earlyoom/usr/bin/earlyoom" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq earlyoom) && dpkg -x "$tmp"/earlyoom_*.deb "$repo/var/earlyoom"
+    rm -rf "$tmp"
+fi
+
 rc=0
 summary=()
 for label in $kernels; do
@@ -99,7 +108,8 @@ for label in $kernels; do
     fi
     echo "test-kernels: booting $kver, cgroup ${CGROUP[$label]} (software emulation: expect minutes)" >&2
     started=$(date +%s)
-    guest="/bin/sh $repo/tools/guest-tests.sh $out $repo ${CGROUP[$label]} ${headers:-none} ${TESTS[$label]}"
+    # GUEST_TESTS=path/to/test_x.py runs only that in each guest (by hand).
+    guest="/bin/sh $repo/tools/guest-tests.sh $out $repo ${CGROUP[$label]} ${headers:-none} ${GUEST_TESTS:-${TESTS[$label]}}"
     # No setsid between timeout and vng: qemu must die with the timeout. The
     # kernel's modules appear at /lib/modules in a mount namespace of vng's
     # own, which its root export shows the guest.

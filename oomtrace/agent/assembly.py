@@ -292,7 +292,7 @@ class KillAssembler:
     def waiting_for_report(self) -> bool:
         """A finished kill waits a moment for its kernel-log line."""
         return self.expect_reports and any(
-            p.done and p.report is None for p in self._pending.values()
+            p.done and p.report is None and not p.kill.user_signal for p in self._pending.values()
         )
 
     def ready(self, now_ns: int | None = None) -> list[AssembledKill]:
@@ -308,7 +308,8 @@ class KillAssembler:
             # after: moments after its exit.
             if not overdue and self.profiles.pending(key, p.kill.boot_ns):
                 break
-            if p.report is None:
+            # A userspace killer's kill has no report in the kernel's log.
+            if p.report is None and not p.kill.user_signal:
                 p.report = self.reports.claim(p.kill.victim_tgid or p.kill.victim_tid)
                 # The kernel prints "Killed process" right after mark_victim;
                 # give the log reader a moment to see it.
@@ -330,7 +331,7 @@ class KillAssembler:
             missing.append(
                 f"exit_ns: the victim had not exited {self.hold_ns / 1e9:g}s after the kill"
             )
-        if p.report is None and self.expect_reports:
+        if p.report is None and self.expect_reports and not p.kill.user_signal:
             missing.append("kernel_report: not found in the kernel's log")
         if p.process is None and p.kill.victim_tgid:
             # The rings are drained one after the other: a victim's exec note

@@ -18,6 +18,7 @@ import structlog
 
 from oomtrace.agent.errors import BpfLoadError
 from oomtrace.agent.kernel_layout import KernelLayout
+from oomtrace.records import USERSPACE_KILLERS
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +118,7 @@ class BpfSession:
         with_exec: bool = True,
         profile_before_percent: int = PROFILE_BEFORE_PERCENT,
         profile_before_window_s: int = PROFILE_BEFORE_WINDOW_S,
+        userspace_killers: tuple[str, ...] = USERSPACE_KILLERS,
     ) -> None:
         """memcg_hierarchy_id: the memory controller's hierarchy (v1: from
         /proc/cgroups; v2: 0); cgroup notes are sent for that one only."""
@@ -169,6 +171,9 @@ class BpfSession:
             )
         self._attach_raw("sched_process_exit", "on_process_exit", required=True)
         self._attach_profile_walk(bcc)
+        if userspace_killers:
+            self.set_userspace_killers(userspace_killers)
+            self._attach_raw("signal_generate", "on_signal_generate", required=False)
         for tp in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping"):
             self._attach_raw(tp, f"on_{tp}", required=False)
         if with_exec:
@@ -202,6 +207,17 @@ class BpfSession:
             self._hook("raw_tracepoint/signal_deliver", False, False, f"go_walk_more: {exc}")
             return
         self._attach_raw("signal_deliver", "on_signal_deliver", required=False)
+
+    def set_userspace_killers(self, comms: tuple[str, ...]) -> None:
+        """The processes whose SIGKILL or SIGTERM is an OOM kill, by comm
+        (what the kernel keeps: the first 15 bytes of the name)."""
+        table = self._bpf["user_killers"]
+        table.clear()
+        for comm in comms:
+            key = table.Key()
+            raw = comm.encode()[:15]
+            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
+            table[key] = table.Leaf(1)
 
     @property
     def profiles_hooked(self) -> bool:

@@ -36,6 +36,7 @@ class Kind(enum.IntEnum):
     CGROUP_RMDIR = 6
     GO_BUCKET = 7
     GO_PROFILE = 8
+    USER_KILL = 9
 
 
 class ReapStage(enum.IntEnum):
@@ -139,6 +140,9 @@ class KernelKill:
     go: GoState | None = None
     kernel_stack: tuple[int, ...] = ()  # the trigger's, innermost first
     go_profile_due: bool = False  # the victim's heap profile is walked at its SIGKILL
+    # A userspace OOM killer's kill: the signal it sent (0: the kernel's kill);
+    # the trigger is then the killer.
+    user_signal: int = 0
     oom_path: OomPath = OomPath.UNKNOWN  # who called the OOM killer, from kernel_stack
 
 
@@ -190,9 +194,9 @@ def decode_cmdline(raw: bytes) -> str:
 
 
 def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
-    """An OOMT_KILL event (BCC's ctypes view, or anything with its fields).
-    text: the running kernel's, to place the kill by its stack."""
-    if ev.kind != Kind.KILL:
+    """An OOMT_KILL or OOMT_USER_KILL event (BCC's ctypes view, or anything
+    with its fields). text: the running kernel's, to place the kill by its stack."""
+    if ev.kind not in (Kind.KILL, Kind.USER_KILL):
         raise DecodeError(f"expected a kill event (kind {int(Kind.KILL)}), got kind {ev.kind}")
     depth = int(ev.memcg_depth)
     if not 0 <= depth <= MEMCG_DEPTH:
@@ -258,6 +262,7 @@ def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
         oom_control=oc,
         go=_go_state(ev),
         go_profile_due=bool(int(getattr(ev, "go_flags", 0)) & GO_F_PROFILE_DUE),
+        user_signal=int(ev.user_signal) if ev.kind == Kind.USER_KILL else 0,
         kernel_stack=stack,
         oom_path=text.oom_path(stack) if text is not None else OomPath.UNKNOWN,
     )

@@ -30,6 +30,7 @@ from oomtrace.agent.runtimes import RuntimeRoots
 from oomtrace.agent.sinks import StdoutSink
 from oomtrace.agent.spool import Spool, SpoolLockedError, lock_directory
 from oomtrace.agent.workloads import WorkloadCache
+from oomtrace.records import USERSPACE_KILLERS
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,7 @@ def run_agent(
     hold_s: float,
     node: str | None,
     profile_before: tuple[int, int] = (80, 60),
+    userspace_killers: tuple[str, ...] = USERSPACE_KILLERS,
     runtime_roots: RuntimeRoots | None = None,
     metrics_listen: str | None = None,
     privacy: Privacy | None = None,
@@ -87,6 +89,7 @@ def run_agent(
         memcg_hierarchy_id=hierarchy.hierarchy_id,
         profile_before_percent=profile_before[0],
         profile_before_window_s=profile_before[1],
+        userspace_killers=userspace_killers,
     )
     return_freed_heap()  # what the compile left behind
     kernel_log.mark_attached()

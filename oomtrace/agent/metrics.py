@@ -10,7 +10,8 @@ cgroup path: those grow without bound.
       every kill recorded, by its record's `kills` (a COUNTER record stands
       for several); a group kill's victims and a container's non-first
       processes count each. source: live, kmsg (recovered from the kernel's
-      log), counter (known only from a kill counter).
+      log), counter (known only from a kill counter), userspace (a
+      userspace OOM killer's signal).
   oomtrace_kernel_log_recovered_kills_total{source}
       the kills of those that the BPF side did not see.
   oomtrace_records_total                 records handed to the sinks
@@ -94,7 +95,7 @@ class AgentMetrics:
             event_pb2.OomEvent.Constraint.Name(ev.constraint).lower(),
             source,
         ).inc(n)
-        if ev.source != event_pb2.OomEvent.LIVE:
+        if ev.source in (event_pb2.OomEvent.KMSG, event_pb2.OomEvent.COUNTER):
             self.recovered.labels(source).inc(n)
         self.records.inc()
 

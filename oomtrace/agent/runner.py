@@ -70,7 +70,8 @@ class Counters:
     """Everything the agent counts; logged when it changes, written to the
     status file for `oomtrace doctor`."""
 
-    kills_seen: int = 0
+    kills_seen: int = 0  # the kernel's
+    userspace_kills_seen: int = 0  # userspace OOM killers' (--userspace-killers)
     records_emitted: int = 0
     decode_errors: int = 0
     # Events whose handling raised (a bug, or input nothing foresaw): BCC
@@ -291,7 +292,10 @@ class Runner:
         kill = self._decode(partial(decode.decode_kill, text=self.kernel_text), raw, "kill")
         if kill is None:
             return
-        self.counters.kills_seen += 1
+        if kill.user_signal:
+            self.counters.userspace_kills_seen += 1
+        else:
+            self.counters.kills_seen += 1
         self._check_oom_path(kill)
         self._expect_profile(kill)
         self.assembler.add(kill)

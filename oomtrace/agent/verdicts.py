@@ -21,6 +21,21 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
     if ev.HasField("go"):
         out += go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
 
+    if ev.source == ev.USERSPACE:
+        k = ev.killer
+        out.append(
+            verdict(
+                "USERSPACE_OOM_KILL",
+                WARNING,
+                f"{k.comm}[{k.pid}], a userspace OOM killer, sent {k.signal} to {v.comm}[{v.pid}] "
+                f"({mib(rss)} resident): the kernel did not kill it, and no limit of the kernel's "
+                "was hit.",
+                f"See {k.comm}'s own log for its reason and thresholds (earlyoom -m/-s, "
+                "systemd-oomd's ManagedOOMMemoryPressureLimit and SwapUsedLimit, ...); the "
+                "timeline shows the pressure it acted on.",
+            )
+        )
+
     if ev.constraint == ev.GLOBAL:
         out.append(
             verdict(

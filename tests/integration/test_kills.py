@@ -186,3 +186,63 @@ def test_a_small_task_with_adj_1000_dies_before_the_one_that_used_the_memory(
     assert f"[{sidecar.pid}]" in v["explanation"]
     if "kernel_chosen_points" in ch:
         assert int(first["points"]) == int(ch["kernel_chosen_points"]), ch
+
+
+# A process that calls itself NAME (its comm, which is what the kernel
+# knows a sender by), then sends SIG to PID: a stand-in for a userspace OOM
+# killer's kill(2), which is all the agent sees of one.
+SEND_AS = """
+import ctypes, os, sys
+name, sig, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+os.kill(pid, sig)
+"""
+# Catches SIGTERM and carries on (a signal ignored outright is not delivered,
+# so the kernel does not count it as sent: the SIGKILL after it is the kill).
+HOLD_THROUGH_TERM = (
+    "import signal, time\nsignal.signal(signal.SIGTERM, lambda *_: None)\n"
+    "b = bytearray(24 << 20)\nprint(flush=True)\nwhile True: time.sleep(1)"
+)
+
+
+def send_as(name: str, sig: int, pid: int) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", SEND_AS, name, str(sig), str(pid)], check=True)
+
+
+def test_a_userspace_oom_killers_kill_is_recorded_and_a_shells_is_not(
+    agent: AgentProcess,
+) -> None:
+    """Three processes holding memory: one killed by `kill -9` from an
+    ordinary process (never an OOM record), one sent SIGTERM then SIGKILL by
+    a process named earlyoom (it catches SIGTERM and carries on: one record,
+    the killer named, the signal it sent first), one sent SIGKILL by one
+    named systemd-oomd. The records
+    come in kill order: none for the first."""
+    import signal
+
+    with scratch_cgroup(256 * MIB) as cg:
+        plain, termed, killed = (cg.spawn(HOLD_THROUGH_TERM) for _ in range(3))
+        _wait_usage(cg, 3 * 24 * MIB)
+        send_as("python3", signal.SIGKILL, plain.pid)
+        assert plain.wait(30) == -9
+        send_as("earlyoom", signal.SIGTERM, termed.pid)
+        send_as("earlyoom", signal.SIGKILL, termed.pid)
+        assert termed.wait(30) == -9
+        send_as("systemd-oomd", signal.SIGKILL, killed.pid)
+        assert killed.wait(30) == -9
+        pids = {plain.pid, termed.pid, killed.pid}
+        first, second = agent.take(2, where=lambda r: r["victim"]["pid"] in pids)
+
+    assert first["victim"]["pid"] == termed.pid, first  # nothing for the plain kill -9
+    assert second["victim"]["pid"] == killed.pid
+    for rec, comm, sig in ((first, "earlyoom", "SIGTERM"), (second, "systemd-oomd", "SIGKILL")):
+        assert rec["source"] == "USERSPACE"
+        assert (rec["killer"]["comm"], rec["killer"]["signal"]) == (comm, sig)
+        assert rec["trigger"]["comm"] == comm
+        assert rec["cgroup"]["path"] == cg.rel
+        assert int(rec["victim"]["anon_rss_bytes"]) >= 24 * MIB
+        assert "USERSPACE_OOM_KILL" in [v["code"] for v in rec["verdicts"]]
+        assert not [m for m in rec["missing"] if m.startswith("kernel_report")], rec["missing"]

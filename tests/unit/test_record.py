@@ -248,3 +248,19 @@ def test_the_kernels_line_gives_the_victims_figures_where_the_record_has_it() ->
     other = ParsedReport(first_seq=1, victim_pid=kill.victim_tgid + 1, killed=line)
     a = resolve(kill, boot_id="b-1", hierarchy=V1, process=None, workloads=None, report=other)
     assert build_event(a, node="n1").victim.figures_from == event_pb2.Process.BPF_SNAPSHOT
+
+
+def test_a_userspace_killers_kill_names_the_killer_and_no_kernel_limit() -> None:
+    kill = dataclasses.replace(kills()[0], user_signal=15, trigger_comm="earlyoom")
+    ev = built(kill)
+    assert ev.source == event_pb2.OomEvent.USERSPACE
+    assert (ev.killer.pid, ev.killer.comm, ev.killer.signal) == (
+        kill.trigger_tgid,
+        "earlyoom",
+        "SIGTERM",
+    )
+    assert ev.constraint == event_pb2.OomEvent.UNKNOWN
+    (v,) = [v for v in ev.verdicts if v.code == "USERSPACE_OOM_KILL"]
+    assert v.explanation.startswith(
+        f"earlyoom[{kill.trigger_tgid}], a userspace OOM killer, sent SIGTERM"
+    )

@@ -79,6 +79,11 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
     t.tid = kill.trigger_tid
     t.comm = kill.trigger_comm
     t.cgroup_path = a.trigger_path
+    if kill.user_signal:
+        ev.source = event_pb2.OomEvent.USERSPACE
+        ev.killer.pid = kill.trigger_tgid
+        ev.killer.comm = kill.trigger_comm
+        ev.killer.signal = _SIGNALS.get(kill.user_signal, str(kill.user_signal))
 
     _fill_cgroup(ev, a, missing)
     if a.exit_ns is not None:
@@ -116,6 +121,9 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
     return ev
 
 
+_SIGNALS = {9: "SIGKILL", 15: "SIGTERM"}
+
+
 def _figures_from_line(v: event_pb2.Process, r: ParsedReport) -> None:
     """The victim's figures as the kernel's "Killed process" line printed
     them, in place of the BPF snapshot: what the kernel itself says."""
@@ -150,7 +158,10 @@ def _fill_cgroup(ev: event_pb2.OomEvent, a: AssembledKill, missing: list[str]) -
     c.memory_limit_bytes = cgroups.effective_limit(memcgs) or 0
     c.memsw_usage_bytes = own.memsw_usage_bytes
     c.memsw_limit_bytes = cgroups.effective_memsw_limit(memcgs) or 0
-    if kill.oom_control is not None:
+    if kill.user_signal:
+        # No limit was hit in the kernel: the killer acted on its own rule.
+        ev.constraint = event_pb2.OomEvent.UNKNOWN
+    elif kill.oom_control is not None:
         ev.constraint = CONSTRAINTS[f"CONSTRAINT_{kill.oom_control.constraint.name}"]
         ev.constraint_source = event_pb2.OomEvent.KERNEL
     else:

@@ -95,6 +95,8 @@ class OomEvent(_message.Message):
         """recovered from the kernel log after the fact"""
         COUNTER: OomEvent._Source.ValueType  # 2
         """known only from a kill counter"""
+        USERSPACE: OomEvent._Source.ValueType  # 3
+        """killed by a userspace OOM killer (earlyoom, systemd-oomd, ...): see killer"""
 
     class Source(_Source, metaclass=_SourceEnumTypeWrapper): ...
     LIVE: OomEvent.Source.ValueType  # 0
@@ -103,6 +105,8 @@ class OomEvent(_message.Message):
     """recovered from the kernel log after the fact"""
     COUNTER: OomEvent.Source.ValueType  # 2
     """known only from a kill counter"""
+    USERSPACE: OomEvent.Source.ValueType  # 3
+    """killed by a userspace OOM killer (earlyoom, systemd-oomd, ...): see killer"""
 
     ID_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
@@ -131,6 +135,7 @@ class OomEvent(_message.Message):
     GO_FIELD_NUMBER: _builtins.int
     VERDICTS_FIELD_NUMBER: _builtins.int
     CHOICE_FIELD_NUMBER: _builtins.int
+    KILLER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -212,6 +217,12 @@ class OomEvent(_message.Message):
         scored as the kernel scores them (oomtrace/agent/choice.py).
         """
 
+    @_builtins.property
+    def killer(self) -> Global___UserspaceKiller:
+        """Set when a userspace OOM killer sent the signal (source USERSPACE): the
+        kernel did not kill; trigger is the killer too.
+        """
+
     def __init__(
         self,
         *,
@@ -242,10 +253,11 @@ class OomEvent(_message.Message):
         go: Global___GoRuntime | None = ...,
         verdicts: _abc.Iterable[Global___Verdict] | None = ...,
         choice: Global___OomChoice | None = ...,
+        killer: Global___UserspaceKiller | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "choice", b"choice", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "choice", b"choice", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killer", b"killer", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "choice", b"choice", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "choice", b"choice", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "killer", b"killer", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
@@ -257,6 +269,32 @@ class OomEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reap_ns) -> _WhichOneofReturnType__reap_ns | None: ...
 
 Global___OomEvent: _TypeAlias = OomEvent  # noqa: Y015
+
+@_typing.final
+class UserspaceKiller(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    COMM_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    pid: _builtins.int
+    comm: _builtins.str
+    signal: _builtins.str
+    """SIGKILL, or SIGTERM (a SIGKILL may follow: one record)"""
+    def __init__(
+        self,
+        *,
+        pid: _builtins.int = ...,
+        comm: _builtins.str = ...,
+        signal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comm", b"comm", "pid", b"pid", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserspaceKiller: _TypeAlias = UserspaceKiller  # noqa: Y015
 
 @_typing.final
 class OomChoice(_message.Message):

@@ -13,7 +13,8 @@
 //	leakgo off         leakAlpha only, with runtime.MemProfileRate = 0
 //
 // Each chunk is 32 KiB (LEAKGO_CHUNK=N bytes sets it). LEAKGO_RATE=N sets runtime.MemProfileRate (bytes per
-// sample; the runtime's default is 512 KiB). The program prints "up" once it
+// sample; the runtime's default is 512 KiB); LEAKGO_ROUND_SLEEP_MS=N sleeps N ms
+// after each round of `sites` (a slow leak). The program prints "up" once it
 // has started, then grows after LEAKGO_WAIT_MS (default 1000) milliseconds.
 // Unlike oomgo it references runtime/pprof, so the linker keeps memory
 // profiling on.
@@ -97,7 +98,14 @@ func main() {
 	time.Sleep(time.Duration(wait) * time.Millisecond)
 	switch mode {
 	case "sites":
+		pause := 0
+		if v, err := strconv.Atoi(os.Getenv("LEAKGO_ROUND_SLEEP_MS")); err == nil {
+			pause = v
+		}
 		for {
+			if pause > 0 {
+				time.Sleep(time.Duration(pause) * time.Millisecond)
+			}
 			for i := 0; i < 5; i++ {
 				leakAlpha()
 			}
