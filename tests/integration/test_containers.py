@@ -58,10 +58,12 @@ def runc(workdir: Path, oomgo: Path) -> Iterator[Runc]:
 
 
 @pytest.fixture(scope="module")
-def runc_leakgo(workdir: Path) -> Iterator[Runc]:
-    """Containers of a stripped Go service that leaks (tests/integration/leakgo)."""
+def runc_leakgo(workdir: Path, runc: Runc) -> Iterator[Runc]:
+    """Containers of a stripped Go service that leaks (tests/integration/leakgo),
+    kept where the other runc containers are (the agent reads that root)."""
     (workdir / "leakgo").mkdir()
     r = Runc(workdir / "leakgo", build_oomgo(workdir, "newest", "stripped", LEAKGO_SRC))
+    r.root = runc.root
     yield r
     r.cleanup()
 
