@@ -234,10 +234,16 @@ def pressure(args: argparse.Namespace) -> int:
     return 0
 
 
-def show(args: argparse.Namespace) -> int:
+def _get_event_request(args: argparse.Namespace) -> collector_pb2.GetEventRequest:
+    """The id asked for, checked before connecting."""
     req = collector_pb2.GetEventRequest(id=args.id.strip())
     if not req.id or not re.fullmatch(r"[0-9A-Za-z_-]+", req.id):
         raise ClientError(f"{args.id!r} is not a record id (history prints them, 12 characters)")
+    return req
+
+
+def show(args: argparse.Namespace) -> int:
+    req = _get_event_request(args)
     fmt = output_format(args)
     ev = _call(args, lambda stub: stub.GetEvent(req, timeout=30))
     if not emit_messages([ev], fmt, one=True):
@@ -247,9 +253,7 @@ def show(args: argparse.Namespace) -> int:
 
 def pprof(args: argparse.Namespace, out: Any = None) -> int:
     """A Go victim's heap profile at the kill, as the pprof file go tool pprof reads."""
-    req = collector_pb2.GetEventRequest(id=args.id.strip())
-    if not req.id or not re.fullmatch(r"[0-9A-Za-z_-]+", req.id):
-        raise ClientError(f"{args.id!r} is not a record id (history prints them, 12 characters)")
+    req = _get_event_request(args)
     out = out if out is not None else sys.stdout.buffer
     if out.isatty():
         raise ClientError("the profile is binary: redirect it to a file (> heap.pb.gz)")

@@ -9,13 +9,17 @@ from collections.abc import Sequence
 from oomtrace import __version__
 from oomtrace.agent import cgroups
 from oomtrace.agent.assembly import AssembledKill, Timeline
-from oomtrace.agent.build.parts import CONSTRAINTS, KIB, fill_workload, kernel_report
+from oomtrace.agent.build.parts import (
+    CONSTRAINTS,
+    figures_from_line,
+    fill_workload,
+    kernel_report,
+)
 from oomtrace.agent.choice import fill_choice, host_limits
 from oomtrace.agent.decode import PAGE_SIZE
 from oomtrace.agent.go.record import fill_go
 from oomtrace.agent.host import boot_ns_to_datetime
 from oomtrace.agent.kernel_text import OomPath
-from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.verdicts import verdicts
 from oomtrace.v1 import event_pb2
 
@@ -63,8 +67,9 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
         v.exe = kill.exe_name
         missing.append("victim.exe: only the file name is known (the process was gone)")
     v.figures_from = Process.FIGURES_FROM_UNSPECIFIED if kill.task_unknown else Process.BPF_SNAPSHOT
-    if a.report is not None:
-        _figures_from_line(v, a.report)
+    if a.report is not None and a.report.victim_pid == v.pid:
+        # What the kernel itself printed, in place of the BPF snapshot.
+        figures_from_line(v, a.report.killed)
     if v.figures_from != Process.KERNEL_LINE:
         if kill.task_unknown:
             missing.append(
@@ -122,25 +127,6 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
 
 
 _SIGNALS = {9: "SIGKILL", 15: "SIGTERM"}
-
-
-def _figures_from_line(v: event_pb2.Process, r: ParsedReport) -> None:
-    """The victim's figures as the kernel's "Killed process" line printed
-    them, in place of the BPF snapshot: what the kernel itself says."""
-    k = r.killed
-    if r.victim_pid != v.pid or "anon" not in k:
-        return
-    v.total_vm_bytes = k["total_vm"] * KIB
-    v.anon_rss_bytes = k["anon"] * KIB
-    v.file_rss_bytes = k["file"] * KIB
-    v.shmem_rss_bytes = k["shmem"] * KIB
-    if "pgtables" in k:
-        v.pgtables_bytes = k["pgtables"] * KIB
-    if "uid" in k:
-        v.uid = k["uid"]
-    if "adj" in k:
-        v.oom_score_adj = k["adj"]
-    v.figures_from = Process.KERNEL_LINE
 
 
 def _fill_cgroup(ev: event_pb2.OomEvent, a: AssembledKill, missing: list[str]) -> None:

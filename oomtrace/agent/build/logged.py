@@ -8,7 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oomtrace import __version__
-from oomtrace.agent.build.parts import CONSTRAINTS, KIB, fill_workload, kernel_report, record_id
+from oomtrace.agent.build.parts import (
+    CONSTRAINTS,
+    KIB,
+    figures_from_line,
+    fill_workload,
+    kernel_report,
+    record_id,
+)
 from oomtrace.agent.choice import fill_choice, host_limits
 from oomtrace.agent.decode import PAGE_SIZE
 from oomtrace.agent.host import boot_ns_to_datetime
@@ -41,16 +48,7 @@ def event_from_report(r: ParsedReport, ctx: LogContext) -> event_pb2.OomEvent:
     v = ev.victim
     v.pid = r.victim_pid
     v.comm = r.victim_comm
-    k = r.killed
-    v.total_vm_bytes = k.get("total_vm", 0) * KIB
-    v.anon_rss_bytes = k.get("anon", 0) * KIB
-    v.file_rss_bytes = k.get("file", 0) * KIB
-    v.shmem_rss_bytes = k.get("shmem", 0) * KIB
-    v.pgtables_bytes = k.get("pgtables", 0) * KIB
-    v.uid = k.get("uid", 0)
-    v.oom_score_adj = k.get("adj", 0)
-    if "anon" in k:
-        v.figures_from = event_pb2.Process.KERNEL_LINE
+    figures_from_line(v, r.killed)
     row = next((t for t in r.tasks if t.pid == r.victim_pid), None)
     if row is not None:
         v.swap_bytes = row.values.get("swapents", 0) * PAGE_SIZE

@@ -103,6 +103,25 @@ def kernel_report(r: ParsedReport) -> event_pb2.KernelReport:
     return kr
 
 
+def figures_from_line(v: event_pb2.Process, killed: dict[str, int]) -> None:
+    """The victim's figures as the kernel's "Killed process" line printed
+    them (kmsg.ParsedReport.killed: kB, and uid and adj where the kernel
+    prints them); nothing when the line had none."""
+    if "anon" not in killed:
+        return
+    v.total_vm_bytes = killed["total_vm"] * KIB
+    v.anon_rss_bytes = killed["anon"] * KIB
+    v.file_rss_bytes = killed["file"] * KIB
+    v.shmem_rss_bytes = killed["shmem"] * KIB
+    if "pgtables" in killed:
+        v.pgtables_bytes = killed["pgtables"] * KIB
+    if "uid" in killed:
+        v.uid = killed["uid"]
+    if "adj" in killed:
+        v.oom_score_adj = killed["adj"]
+    v.figures_from = event_pb2.Process.KERNEL_LINE
+
+
 def fit_to_wire(ev: event_pb2.OomEvent, limit: int = records.MAX_RECORD_BYTES) -> list[str]:
     """Keeps a record under the collector's message limit by dropping its
     least important parts first (a global OOM's task table on a busy node can

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from oomtrace.agent.go.symbols import (
     Binary,
     SymbolError,
+    _code_at,
     _refuses_malformed,
     _segments,
     moduledata,
@@ -102,7 +103,10 @@ class Symbolizer:
             if inl_tab and tree != NO_FUNCDATA:
                 ix = self._pcvalue(inl_tab, entry, pc)
                 if ix >= 0:
-                    call = self._at(self.gofunc + tree + INLINED_CALL_SIZE * ix, INLINED_CALL_SIZE)
+                    addr = self.gofunc + tree + INLINED_CALL_SIZE * ix
+                    call = _code_at(
+                        self.data, self.segments, addr, INLINED_CALL_SIZE, "inline tree"
+                    )
                     _fid, inl_name, _parent_pc, inl_start = struct.unpack("<B3xiii", call)
                     function, start_line, inlined = self._name(inl_name), inl_start, True
         return Frame(
@@ -146,13 +150,6 @@ class Symbolizer:
             pc += delta
             if target < pc:
                 return val
-
-    def _at(self, addr: int, size: int) -> bytes:
-        for _flags, off, vaddr, filesz, _memsz in self.segments:
-            if vaddr <= addr and addr + size <= vaddr + filesz:
-                pos = off + addr - vaddr
-                return bytes(self.data[pos : pos + size])
-        raise SymbolError(f"{addr:#x} is outside the file's segments")
 
 
 def _varint(buf: Binary, p: int) -> tuple[int, int]:

@@ -172,11 +172,12 @@ class HeapProfiles:
             return
         if not w.missing:
             w.missing = _why_unusable(w)
-        walks = [x for x in (w if not w.missing else None, w.before) if x and not _why_unusable(x)]
+        # The kill's walk, and the one before it: symbolised together.
+        walks = [x for x in (w, w.before) if x is not None and not _why_unusable(x)]
         if not walks:
             return
-        bias = {id(x): _bias(x, w.binary) for x in walks}
-        w.pcs = sorted({pc - bias[id(x)] for x in walks for b in x.buckets for pc in b.pcs})
+        binary = w.binary
+        w.pcs = sorted({pc - _bias(x, binary) for x in walks for b in x.buckets for pc in b.pcs})
         self.frames.symbolize((w.tgid, w.kill_ns), w.binary.fd, w.pcs, w.binary.gofunc)
         w.symbolizing = True
 
