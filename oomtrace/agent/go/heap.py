@@ -47,6 +47,12 @@ ENABLE_HINT = (
 # verdict says how to turn it on).
 OFF_BY_LINKER = "the linker turned memory profiling off in this binary"
 OFF_BY_PROGRAM = "the program had turned memory profiling off"
+# Before 5.18 the oom reaper frees a victim's memory at once, and a victim
+# that was asleep can lose that race to its own SIGKILL.
+REAPED = (
+    "the victim's memory could not be read when it dequeued its SIGKILL "
+    "(already freed by the oom reaper?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,10 +273,7 @@ def _why_unusable(w: _Walk) -> str:
     if end is None:
         return "the walk did not end"
     if end.status is ProfileStatus.READ_FAILED:
-        return (
-            "the victim's memory could not be read when it dequeued its SIGKILL "
-            "(already freed by the oom reaper?)"
-        )
+        return REAPED
     if end.status is ProfileStatus.BAD_BUCKET:
         return "a bucket of the runtime's profile did not look like one; the walk stopped"
     if end.rate <= 0:
