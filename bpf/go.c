@@ -61,6 +61,8 @@ struct go_proc {
     s32 record_frees;
     s32 record_alloc_bytes; /* -1: counts only (Go 1.27): bytes = count * size */
     s32 record_free_bytes;
+    s32 record_future;      /* the cycles not yet published: allocations since the last */
+    s32 record_cycle;       /* GC, frees swept since; each cycle's size (16 or 32) */
 };
 BPF_HASH(go_procs, u32, struct go_proc, 16384);
 
@@ -79,10 +81,46 @@ struct go_walk {
     u64 hdr[8];             /* the bucket header being read: next, allnext, typ, hash,
                              * size, nstk (indexed by the layout's offsets: a map
                              * value, as 5.10 refuses variable stack offsets) */
+    u64 future[16];         /* the memRecord's future cycles being read (same reason) */
 };
 BPF_PERCPU_ARRAY(go_walks, struct go_walk, 1);
 BPF_PERCPU_ARRAY(go_bucket_scratch, struct oomt_go_bucket, 1);
 BPF_PROG_ARRAY(go_walk_next, 1);
+
+/* The counts runtime/pprof does not show yet: allocations since the last
+ * completed GC (the runtime publishes a cycle only once the GC after it has
+ * swept), less the frees swept since. For a kill these are often the point:
+ * with GOGC=100 the allocations that crossed the limit all came after the
+ * last GC. Summed over the memRecord's three future cycles. */
+static __always_inline void go_walk_pending(struct go_walk *w, struct oomt_go_bucket *b, u64 rec)
+{
+    struct go_proc *gp = &w->proc;
+    u64 *f = w->future;
+    int words = gp->record_cycle == 16 ? 2 : 4;
+    int bad = 0;
+    b->pending_allocs = b->pending_frees = b->pending_alloc_bytes = b->pending_free_bytes = 0;
+    if (gp->record_cycle == 16)
+        bad = bpf_probe_read_user(f, 3 * 16, (void *)(rec + (gp->record_future & 0xff)));
+    else if (gp->record_cycle == 32)
+        bad = bpf_probe_read_user(f, 3 * 32, (void *)(rec + (gp->record_future & 0xff)));
+    else
+        return;
+    if (bad < 0)
+        return;
+    for (int c = 0; c < 3; c++) {
+        int i = c * words;
+        b->pending_allocs += f[i & 15];
+        b->pending_frees += f[(i + 1) & 15];
+        if (words == 4) {
+            b->pending_alloc_bytes += f[(i + 2) & 15];
+            b->pending_free_bytes += f[(i + 3) & 15];
+        }
+    }
+    if (words == 2) {
+        b->pending_alloc_bytes = b->pending_allocs * b->size;
+        b->pending_free_bytes = b->pending_frees * b->size;
+    }
+}
 
 /* Copies up to OOMT_GO_WALK_STEP buckets; returns 1 while more are left. */
 static __always_inline int go_walk_step(void *ctx, struct go_walk *w)
@@ -140,6 +178,7 @@ static __always_inline int go_walk_step(void *ctx, struct go_walk *w)
             b->alloc_bytes = counts[0] * b->size;
             b->free_bytes = counts[1] * b->size;
         }
+        go_walk_pending(w, b, rec);
         u32 size = sizeof(*b) - sizeof(b->pc) + bytes;
         if (size > sizeof(*b))
             size = sizeof(*b);

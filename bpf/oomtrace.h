@@ -141,6 +141,10 @@ struct oomt_go_bucket {
     u64 frees;
     u64 alloc_bytes;
     u64 free_bytes;
+    u64 pending_allocs;      /* the cycles not yet published: allocations since the */
+    u64 pending_frees;       /* last completed GC, frees swept since */
+    u64 pending_alloc_bytes;
+    u64 pending_free_bytes;
     u32 nstk;                /* the bucket's own stack depth */
     u32 depth;               /* PCs copied below */
     u64 pc[OOMT_GO_STACK_DEPTH]; /* return addresses, innermost first, run-time */

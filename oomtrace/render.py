@@ -308,12 +308,14 @@ def heap_profile_lines(go: event_pb2.GoRuntime) -> list[str]:
     if hp.buckets_lost:
         cut.append(f"{hp.buckets_lost} stacks lost")
     out = [
-        f"  heap profile {size(hp.inuse_bytes)} in use at the last GC, {hp.buckets} stacks, "
+        f"  heap profile {size(hp.inuse_bytes)} in use at the last GC"
+        + (f", {size(hp.since_gc_bytes)} more since" if hp.since_gc_bytes > 0 else "")
+        + f", {hp.buckets} stacks, "
         f"one sample per {size(hp.sample_rate)}"
         + (f" ({'; '.join(cut)})" if cut else "")
         + ("; oomtrace pprof ID writes it for go tool pprof" if hp.pprof else "")
     ]
-    out += _sites(hp.top, hp.inuse_bytes)
+    out += _sites(hp.top, hp.inuse_bytes + hp.since_gc_bytes)
     before = go.heap_profile_before
     if before.buckets and hp.growth:
         out.append(
@@ -321,20 +323,23 @@ def heap_profile_lines(go: event_pb2.GoRuntime) -> list[str]:
             f"before the kill ({size(before.inuse_bytes)} in use, memory cgroup at "
             f"{before.memcg_percent} % of its limit; oomtrace pprof --before ID)"
         )
-        out += _sites(hp.growth, hp.inuse_bytes - before.inuse_bytes, sign="+")
+        out += _sites(
+            hp.growth,
+            hp.inuse_bytes + hp.since_gc_bytes - before.inuse_bytes - before.since_gc_bytes,
+            sign="+",
+        )
     return out
 
 
 def _sites(sites: Iterable[event_pb2.HeapSite], total: int, sign: str = "") -> list[str]:
     out = []
     for site in sites:
-        if site.inuse_bytes <= 0:
+        held = site.inuse_bytes + site.since_gc_bytes  # growth sites carry the growth only
+        if held <= 0:
             continue
-        share = site.inuse_bytes / total if total > 0 else 0
+        share = held / total if total > 0 else 0
         where = f"{clean(site.file).rsplit('/', 1)[-1]}:{site.line}"
-        out.append(
-            f"    {sign + size(site.inuse_bytes):>9} {share:4.0%}  {clean(site.function)} ({where})"
-        )
+        out.append(f"    {sign + size(held):>9} {share:4.0%}  {clean(site.function)} ({where})")
     return out
 
 

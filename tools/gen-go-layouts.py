@@ -131,11 +131,11 @@ def struct_offsets(binary: Path) -> dict[str, int]:
 def profile_layout(binary: Path) -> dict[str, int]:
     """Where the heap profile's bucket fields are: offsets in the bucket
     header, its size (the PCs follow it), and offsets of the counts in the
-    memRecord that follows the PCs (its active cycle)."""
+    memRecord that follows the PCs (its active cycle, then the future ones)."""
     s = _structs(binary, set(PROFILE_STRUCTS))
     header, bucket = s["runtime.bucket"]
     _rsize, record = s["runtime.memRecord"]
-    _csize, cycle = s["runtime.memRecordCycle"]
+    csize, cycle = s["runtime.memRecordCycle"]
     active = record["active"]
     return {
         "allnext": bucket["allnext"],
@@ -146,6 +146,10 @@ def profile_layout(binary: Path) -> dict[str, int]:
         "frees": active + cycle["frees"],
         "alloc_bytes": active + cycle["alloc_bytes"] if "alloc_bytes" in cycle else -1,
         "free_bytes": active + cycle["free_bytes"] if "free_bytes" in cycle else -1,
+        # The cycles not yet published (what was allocated since the last
+        # GC, and freed by the sweeps since), one after another.
+        "future": record["future"],
+        "cycle": csize,
         "moduledata_gofunc": s["runtime.moduledata"][1]["gofunc"],
     }
 

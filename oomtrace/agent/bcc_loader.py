@@ -54,6 +54,8 @@ GO_PROFILE_FIELDS = {
     "record_frees": "frees",
     "record_alloc_bytes": "alloc_bytes",
     "record_free_bytes": "free_bytes",
+    "record_future": "future",
+    "record_cycle": "cycle",
 }
 
 

@@ -305,7 +305,7 @@ def decode_cgroup_note(ev: Any) -> KernelCgroupNote:
 
 # -- a Go victim's heap profile (struct oomt_go_bucket, struct oomt_go_profile) --------
 
-_BUCKET = struct.Struct("<IIQQQQQQII")  # then `depth` u64 PCs
+_BUCKET = struct.Struct("<IIQQQQQQQQQQII")  # then `depth` u64 PCs
 _PROFILE = struct.Struct("<IIQQQqQIIIIIIQQ")
 
 
@@ -321,9 +321,20 @@ class ProfileStatus(enum.IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Counts:
+    """A memory-profile cycle's counts (or the sum of several)."""
+
+    allocs: int
+    frees: int
+    alloc_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class GoBucket:
     """One runtime memory-profile bucket: an allocation stack and its counts
-    as of the last completed GC."""
+    as of the last completed GC (what runtime/pprof shows), and those the
+    runtime has not published yet (allocated since, freed by sweeps since)."""
 
     tgid: int
     kill_ns: int
@@ -332,6 +343,7 @@ class GoBucket:
     frees: int
     alloc_bytes: int
     free_bytes: int
+    pending: Counts
     nstk: int
     pcs: tuple[int, ...]  # run-time return addresses, innermost first (at most nstk)
 
@@ -387,8 +399,19 @@ def decode_profile_event(raw: bytes) -> GoBucket | GoProfileEnd:
     if kind != Kind.GO_BUCKET or len(raw) < _BUCKET.size:
         raise DecodeError(f"a profile event of kind {kind} and {len(raw)} bytes")
     f = _BUCKET.unpack_from(raw)
-    depth = f[9]
+    depth = f[13]
     if depth > GO_STACK_DEPTH or len(raw) < _BUCKET.size + 8 * depth:
         raise DecodeError(f"a bucket of depth {depth} in {len(raw)} bytes")
     pcs = struct.unpack_from(f"<{depth}Q", raw, _BUCKET.size)
-    return GoBucket(f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pcs)
+    return GoBucket(
+        tgid=f[1],
+        kill_ns=f[2],
+        size=f[3],
+        allocs=f[4],
+        frees=f[5],
+        alloc_bytes=f[6],
+        free_bytes=f[7],
+        pending=Counts(*f[8:12]),
+        nstk=f[12],
+        pcs=pcs,
+    )

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from oomtrace.agent.decode import GoBucket, GoProfileEnd, ProfileStatus
+from oomtrace.agent.decode import Counts, GoBucket, GoProfileEnd, ProfileStatus
 from oomtrace.agent.go.frames import Symbolizer
-from oomtrace.agent.go.heap import build, growth, scale
+from oomtrace.agent.go.heap import SiteTotals, build, growth, scale
 from oomtrace.agent.go.layouts import HEAP_PROFILE
 from oomtrace.agent.go.settings import version_tuple
 from oomtrace.agent.go.symbols import (
@@ -144,8 +144,10 @@ def test_the_pprof_file_folds_inlined_frames_and_hides_the_runtime() -> None:
         0x3000: ["main.main", "main.go", 30, 29, 0x2F00, False],
     }
     bias = 0x400000
+    # Since the last GC: 3 more allocated, 1 of the earlier ones swept.
+    pending = Counts(3, 1, 3 * 32768, 32768)
     bucket = GoBucket(
-        1, 5, 32768, 4, 1, 4 * 32768, 32768, 4, tuple(pc + bias for pc in sorted(frames))
+        1, 5, 32768, 4, 1, 4 * 32768, 32768, pending, 4, tuple(pc + bias for pc in sorted(frames))
     )
     end = GoProfileEnd(1, 5, 6, 7, 32768, bias + 0x10, ProfileStatus.OK, 1, False, 0, 0)
     hp, sites = build([bucket], end, frames, bias, "prog", 1_700_000_000 * 10**9)
@@ -159,17 +161,33 @@ def test_the_pprof_file_folds_inlined_frames_and_hides_the_runtime() -> None:
     alloc_objects, alloc_space, inuse_objects, inuse_space = sample.value
     assert (inuse_objects, inuse_space) == scale(3, 3 * 32768, 32768)
     assert (alloc_objects, alloc_space) == scale(4, 4 * 32768, 32768)
+    # The pprof file is what runtime/pprof would write: the published cycle
+    # only; the record adds what was not published yet.
+    since_objects, since_space = scale(2, 2 * 32768, 32768)
+    assert hp.since_gc_bytes == since_space
     (site,) = hp.top
-    assert (site.function, site.line, site.inuse_bytes) == ("main.touch", 10, inuse_space)
-    assert sites == {("main.touch", "main.go", 10): [inuse_space, inuse_objects, alloc_space]}
+    assert (site.function, site.line, site.inuse_bytes, site.since_gc_bytes) == (
+        "main.touch",
+        10,
+        inuse_space,
+        since_space,
+    )
+    assert sites == {
+        ("main.touch", "main.go", 10): SiteTotals(
+            inuse_space, inuse_objects, alloc_space, since_space, since_objects
+        )
+    }
 
 
 def test_growth_is_what_each_site_gained_since_the_profile_before() -> None:
-    before = {("a", "f.go", 1): [100, 1, 100], ("b", "f.go", 2): [50, 1, 50]}
+    """Each side counts what its last GC had not published, so two walks
+    with no GC between them still show what was allocated in between."""
+    before = {("a", "f.go", 1): SiteTotals(100, 1, 100), ("b", "f.go", 2): SiteTotals(50, 1, 50)}
     at_kill = {
-        ("a", "f.go", 1): [120, 2, 130],
-        ("b", "f.go", 2): [900, 9, 900],
-        ("c", "g", 3): [7, 1, 7],
+        ("a", "f.go", 1): SiteTotals(100, 1, 100, since_gc_bytes=20, since_gc_objects=1),
+        ("b", "f.go", 2): SiteTotals(400, 4, 400, since_gc_bytes=500, since_gc_objects=5),
+        ("c", "g", 3): SiteTotals(0, 0, 0, since_gc_bytes=7, since_gc_objects=1),
+        ("d", "g", 4): SiteTotals(0, 0, 0, since_gc_bytes=-3, since_gc_objects=-1),
     }
     grew = growth(at_kill, before)
     assert [(s.function, s.inuse_bytes, s.inuse_objects) for s in grew] == [
@@ -177,3 +195,9 @@ def test_growth_is_what_each_site_gained_since_the_profile_before() -> None:
         ("a", 20, 1),
         ("c", 7, 1),
     ]
+
+
+def test_a_negative_count_scales_as_its_opposite() -> None:
+    """More swept than allocated since the last GC: the estimate is negative,
+    by the same factor."""
+    assert scale(-3, -3 * 4096, 512 * 1024) == tuple(-x for x in scale(3, 3 * 4096, 512 * 1024))

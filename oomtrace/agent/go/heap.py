@@ -283,24 +283,52 @@ def _why_unusable(w: _Walk) -> str:
     return ""
 
 
-# (function, file, line) -> [in-use bytes, in-use objects, allocated bytes], scaled
-Sites = dict[tuple[str, str, int], list[int]]
+@dataclass(slots=True)
+class SiteTotals:
+    """One site's figures, scaled to estimates of every allocation. `inuse`
+    is as of the last completed GC (what runtime/pprof shows); `since_gc` is
+    what the runtime has not published yet: allocated since that GC, less what
+    the sweeps since freed."""
+
+    inuse_bytes: int = 0
+    inuse_objects: int = 0
+    alloc_bytes: int = 0
+    since_gc_bytes: int = 0
+    since_gc_objects: int = 0
+
+    @property
+    def now_bytes(self) -> int:
+        """In use as far as the runtime knew at the walk."""
+        return self.inuse_bytes + self.since_gc_bytes
+
+    @property
+    def now_objects(self) -> int:
+        return self.inuse_objects + self.since_gc_objects
+
+
+# (function, file, line) -> its figures
+Sites = dict[tuple[str, str, int], SiteTotals]
 
 
 def growth(at_kill: Sites, before: Sites) -> list[event_pb2.HeapSite]:
-    """The sites whose in-use bytes grew most between the two profiles."""
+    """The sites whose bytes in use grew most between the two walks. Each
+    side counts what was not yet published too, so the growth is what was
+    allocated less what was freed in between, however many GCs ran."""
     out = []
-    for (function, file, line), (inuse, objects, alloc) in at_kill.items():
-        old = before.get((function, file, line), [0, 0, 0])
-        if inuse - old[0] > 0:
+    for (function, file, line), now in at_kill.items():
+        old = before.get((function, file, line), SiteTotals())
+        if now.now_bytes - old.now_bytes > 0:
             out.append(
                 event_pb2.HeapSite(
                     function=function,
                     file=file,
                     line=line,
-                    inuse_bytes=inuse - old[0],
-                    inuse_objects=objects - old[1],
-                    alloc_bytes=alloc - old[2],
+                    inuse_bytes=now.now_bytes - old.now_bytes,
+                    inuse_objects=now.now_objects - old.now_objects,
+                    alloc_bytes=now.alloc_bytes
+                    + now.since_gc_bytes
+                    - old.alloc_bytes
+                    - old.since_gc_bytes,
                 )
             )
     return sorted(out, key=lambda x: -x.inuse_bytes)[:TOP_SITES]
@@ -313,9 +341,14 @@ _RUNTIME = ("runtime.", "internal/runtime/")
 
 def scale(count: int, size: int, rate: int) -> tuple[int, int]:
     """runtime/pprof's scaleHeapSample: a sampled (count, bytes) to the
-    estimate of all allocations, given one sample per `rate` bytes on average."""
+    estimate of all allocations, given one sample per `rate` bytes on average.
+    A negative difference (more swept than allocated since a GC) scales as
+    its opposite does."""
     if count == 0 or size == 0:
         return 0, 0
+    if count < 0 or size < 0:
+        neg_count, neg_size = scale(-count, -size, rate)
+        return -neg_count, -neg_size
     if rate <= 1:
         return count, size
     avg = size / count
@@ -386,8 +419,8 @@ def build(
 
     functions: dict[tuple[str, str], int] = {}
     locations: dict[tuple[int, ...], int] = {}
-    sites: Sites = defaultdict(lambda: [0, 0, 0])
-    total_inuse = total_alloc = 0
+    sites: Sites = defaultdict(SiteTotals)
+    total_inuse = total_alloc = total_since = 0
 
     def function_id(f: _Frame) -> int:
         key = (f.function, f.file)
@@ -432,14 +465,21 @@ def build(
         )
         if b.allocs:
             sample.label.add(key=s("bytes"), num=b.alloc_bytes // b.allocs)
+        p = b.pending
+        since_objects, since_space = scale(
+            p.allocs - p.frees, p.alloc_bytes - p.free_bytes, end.rate
+        )
         total_inuse += inuse_space
         total_alloc += alloc_space
+        total_since += since_space
         if frames:
             _pc, leaf = frames[0]
             site = sites[(leaf.function, leaf.file, leaf.line)]
-            site[0] += inuse_space
-            site[1] += inuse_objects
-            site[2] += alloc_space
+            site.inuse_bytes += inuse_space
+            site.inuse_objects += inuse_objects
+            site.alloc_bytes += alloc_space
+            site.since_gc_bytes += since_space
+            site.since_gc_objects += since_objects
     prof.string_table.extend(strings)
 
     out = event_pb2.GoHeapProfile(
@@ -451,19 +491,23 @@ def build(
         walk_ns=end.walk_ns,
         inuse_bytes=total_inuse,
         alloc_bytes=total_alloc,
+        since_gc_bytes=total_since,
     )
     data = gzip.compress(prof.SerializeToString(), compresslevel=6)
     if len(data) <= MAX_PPROF_BYTES:
         out.pprof = data
-    for (function, file, line), (inuse, objects, alloc) in sorted(
-        sites.items(), key=lambda kv: -kv[1][0]
-    )[:TOP_SITES]:
+    # The sites holding most at the walk, counting what the last GC had not
+    # published: at a kill, that is often what crossed the limit.
+    for (function, file, line), t in sorted(sites.items(), key=lambda kv: -kv[1].now_bytes)[
+        :TOP_SITES
+    ]:
         out.top.add(
             function=function,
             file=file,
             line=line,
-            inuse_bytes=inuse,
-            inuse_objects=objects,
-            alloc_bytes=alloc,
+            inuse_bytes=t.inuse_bytes,
+            inuse_objects=t.inuse_objects,
+            alloc_bytes=t.alloc_bytes,
+            since_gc_bytes=t.since_gc_bytes,
         )
     return out, dict(sites)

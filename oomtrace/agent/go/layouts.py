@@ -65,6 +65,8 @@ HEAP_PROFILE: dict[tuple[int, int], dict[str, int]] = {
         "frees": 8,
         "alloc_bytes": 16,
         "free_bytes": 24,
+        "future": 32,
+        "cycle": 32,
         "moduledata_gofunc": 320,
     },
     (1, 22): {
@@ -76,6 +78,8 @@ HEAP_PROFILE: dict[tuple[int, int], dict[str, int]] = {
         "frees": 8,
         "alloc_bytes": 16,
         "free_bytes": 24,
+        "future": 32,
+        "cycle": 32,
         "moduledata_gofunc": 320,
     },
     (1, 23): {
@@ -87,6 +91,8 @@ HEAP_PROFILE: dict[tuple[int, int], dict[str, int]] = {
         "frees": 8,
         "alloc_bytes": 16,
         "free_bytes": 24,
+        "future": 32,
+        "cycle": 32,
         "moduledata_gofunc": 320,
     },
     (1, 24): {
@@ -98,6 +104,8 @@ HEAP_PROFILE: dict[tuple[int, int], dict[str, int]] = {
         "frees": 8,
         "alloc_bytes": 16,
         "free_bytes": 24,
+        "future": 32,
+        "cycle": 32,
         "moduledata_gofunc": 320,
     },
     (1, 25): {
@@ -109,6 +117,8 @@ HEAP_PROFILE: dict[tuple[int, int], dict[str, int]] = {
         "frees": 8,
         "alloc_bytes": 16,
         "free_bytes": 24,
+        "future": 32,
+        "cycle": 32,
         "moduledata_gofunc": 320,
     },
     (1, 26): {
@@ -120,6 +130,8 @@ HEAP_PROFILE: dict[tuple[int, int], dict[str, int]] = {
         "frees": 8,
         "alloc_bytes": 16,
         "free_bytes": 24,
+        "future": 32,
+        "cycle": 32,
         "moduledata_gofunc": 320,
     },
     (1, 27): {
@@ -131,6 +143,8 @@ HEAP_PROFILE: dict[tuple[int, int], dict[str, int]] = {
         "frees": 8,
         "alloc_bytes": -1,
         "free_bytes": -1,
+        "future": 16,
+        "cycle": 16,
         "moduledata_gofunc": 344,
     },
 }

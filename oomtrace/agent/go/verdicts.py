@@ -59,10 +59,16 @@ def _heap_profile_verdicts(go: event_pb2.GoRuntime) -> list[event_pb2.Verdict]:
             )
         ]
     hp = go.heap_profile
-    if not hp.top or hp.inuse_bytes <= 0:
+    if not hp.top or hp.inuse_bytes + hp.since_gc_bytes <= 0:
         return []
     site = hp.top[0]
-    share = site.inuse_bytes / hp.inuse_bytes
+    held, total = site.inuse_bytes + site.since_gc_bytes, hp.inuse_bytes + hp.since_gc_bytes
+    share = held / total if total > 0 else 0
+    since = (
+        f", {mib(hp.since_gc_bytes)} of it allocated since the last GC"
+        if hp.since_gc_bytes > 0
+        else ""
+    )
     grew = ""
     if hp.growth and go.heap_profile_before.buckets:
         g = hp.growth[0]
@@ -75,8 +81,8 @@ def _heap_profile_verdicts(go: event_pb2.GoRuntime) -> list[event_pb2.Verdict]:
         verdict(
             "GO_HEAP_HELD_BY",
             INFO,
-            f"{site.function} ({site.file.rsplit('/', 1)[-1]}:{site.line}) held {mib(site.inuse_bytes)} "
-            f"of the {mib(hp.inuse_bytes)} in use at the last GC before the kill "
+            f"{site.function} ({site.file.rsplit('/', 1)[-1]}:{site.line}) held {mib(held)} "
+            f"of the {mib(total)} the runtime counted in use at the kill{since} "
             f"({share:.0%}, from the runtime's sampled heap profile).{grew}",
             "See where it grew: oomtrace pprof ID > heap.pb.gz; go tool pprof -top heap.pb.gz",
         )

@@ -623,6 +623,7 @@ class GoHeapProfile(_message.Message):
     TAKEN_NS_BEFORE_KILL_FIELD_NUMBER: _builtins.int
     MEMCG_PERCENT_FIELD_NUMBER: _builtins.int
     GROWTH_FIELD_NUMBER: _builtins.int
+    SINCE_GC_BYTES_FIELD_NUMBER: _builtins.int
     pprof: _builtins.bytes
     """profile.proto, gzipped, as runtime/pprof writes a heap profile:
     alloc_objects, alloc_space, inuse_objects, inuse_space, scaled by the
@@ -648,16 +649,24 @@ class GoHeapProfile(_message.Message):
     that passed the threshold was then.
     """
     memcg_percent: _builtins.int
+    since_gc_bytes: _builtins.int
+    """What the runtime had not published at the walk (runtime/pprof, and so
+    the pprof file, leaves it out until the next GC has swept): allocated
+    since the last completed GC, less what the sweeps since freed. At a kill
+    this is often what crossed the limit.
+    """
     @_builtins.property
     def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeapSite]:
-        """The sites holding the most in-use bytes: each the first frame outside
-        the runtime, as go tool pprof -top shows them.
+        """The sites holding the most bytes (in use at the last GC plus
+        since_gc_bytes): each the first frame outside the runtime, as go tool
+        pprof -top shows them.
         """
 
     @_builtins.property
     def growth(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeapSite]:
-        """At the kill, with a profile before it: the sites whose in-use bytes grew
-        most since (bytes and objects are the growth).
+        """At the kill, with a profile before it: the sites whose bytes grew most
+        since (bytes and objects are the growth: allocated less freed between the
+        two walks, counting what was not yet published on either side).
         """
 
     def __init__(
@@ -676,10 +685,11 @@ class GoHeapProfile(_message.Message):
         taken_ns_before_kill: _builtins.int = ...,
         memcg_percent: _builtins.int = ...,
         growth: _abc.Iterable[Global___HeapSite] | None = ...,
+        since_gc_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "buckets", b"buckets", "buckets_cut", b"buckets_cut", "buckets_lost", b"buckets_lost", "growth", b"growth", "inuse_bytes", b"inuse_bytes", "memcg_percent", b"memcg_percent", "pprof", b"pprof", "sample_rate", b"sample_rate", "stacks_cut", b"stacks_cut", "taken_ns_before_kill", b"taken_ns_before_kill", "top", b"top", "walk_ns", b"walk_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "buckets", b"buckets", "buckets_cut", b"buckets_cut", "buckets_lost", b"buckets_lost", "growth", b"growth", "inuse_bytes", b"inuse_bytes", "memcg_percent", b"memcg_percent", "pprof", b"pprof", "sample_rate", b"sample_rate", "since_gc_bytes", b"since_gc_bytes", "stacks_cut", b"stacks_cut", "taken_ns_before_kill", b"taken_ns_before_kill", "top", b"top", "walk_ns", b"walk_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -695,12 +705,15 @@ class HeapSite(_message.Message):
     INUSE_BYTES_FIELD_NUMBER: _builtins.int
     INUSE_OBJECTS_FIELD_NUMBER: _builtins.int
     ALLOC_BYTES_FIELD_NUMBER: _builtins.int
+    SINCE_GC_BYTES_FIELD_NUMBER: _builtins.int
     function: _builtins.str
     file: _builtins.str
     line: _builtins.int
     inuse_bytes: _builtins.int
     inuse_objects: _builtins.int
     alloc_bytes: _builtins.int
+    since_gc_bytes: _builtins.int
+    """as GoHeapProfile.since_gc_bytes; in `growth`, not set"""
     def __init__(
         self,
         *,
@@ -710,10 +723,11 @@ class HeapSite(_message.Message):
         inuse_bytes: _builtins.int = ...,
         inuse_objects: _builtins.int = ...,
         alloc_bytes: _builtins.int = ...,
+        since_gc_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "file", b"file", "function", b"function", "inuse_bytes", b"inuse_bytes", "inuse_objects", b"inuse_objects", "line", b"line"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "file", b"file", "function", b"function", "inuse_bytes", b"inuse_bytes", "inuse_objects", b"inuse_objects", "line", b"line", "since_gc_bytes", b"since_gc_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
