@@ -15,6 +15,7 @@ from oomtrace import __version__, logs
 from oomtrace.records import (
     DEFAULT_COLLECTOR,
     DEFAULT_STATUS_FILE,
+    HIGH_STALL_S,
     USERSPACE_KILLERS,
     parse_duration_s,
 )
@@ -76,6 +77,7 @@ def _agent(args: argparse.Namespace) -> int:
             status_file=args.status_file,
             hold_s=args.hold,
             profile_before=(args.profile_before_percent, args.profile_before_window),
+            high_stall_s=args.high_stall_seconds,
             userspace_killers=tuple(c for c in args.userspace_killers.split(",") if c),
             node=args.node,
             metrics_listen=args.metrics_listen,
@@ -341,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=60,
         metavar="SECONDS",
         help="at most one such profile per process in this many seconds",
+    )
+    a.add_argument(
+        "--high-stall-seconds",
+        type=int,
+        default=HIGH_STALL_S,
+        metavar="SECONDS",
+        help="a cgroup held throttled above its memory.high this long, with no OOM kill, "
+        "gets pressure records with the reason memory_high_stall and a verdict (cgroup v2)",
     )
     a.add_argument(
         "--status-file",

@@ -19,6 +19,9 @@ from oomtrace.v1 import event_pb2
 # Userspace OOM killers, by comm (the kernel's 15 bytes): their SIGKILL or
 # SIGTERM is an OOM kill (the agent's --userspace-killers).
 USERSPACE_KILLERS = ("systemd-oomd", "oomd", "earlyoom", "nohang", "lmkd")
+# Held throttled above memory.high this long (seconds) with no OOM kill is a
+# stall: a pressure record says so (the agent's --high-stall-seconds).
+HIGH_STALL_S = 30
 DEFAULT_COLLECTOR = "127.0.0.1:50051"
 # The largest message the collector takes; a record is sent inside an
 # IngestRequest, so the agent keeps each record a little under it.

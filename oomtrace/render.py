@@ -481,7 +481,8 @@ def pressure_table(
     wide: bool = False,
     tz: tzinfo | None = None,
 ) -> str:
-    """wide: the window's start, the cgroup and the PSI source too."""
+    """wide: the window's start, the cgroup and the PSI source too. Verdicts
+    (a memory.high stall's) follow the table."""
     if not pressure:
         return "no pressure records match"
     rows = []
@@ -503,7 +504,19 @@ def pressure_table(
     head = ["WINDOW END", "NODE", "WHERE", "PEAK / LIMIT", "RECLAIMS", "STALLED", "PSI10", "WHY"]
     if wide:
         head += ["WINDOW START", "CGROUP", "PSI FROM"]
-    return _table(head, rows)
+    out = _table(head, rows)
+    # A memory.high stall's verdict once per cgroup (its latest window): the
+    # table above shows every window of it.
+    latest: dict[str, event_pb2.PressureRecord] = {}
+    for r in pressure:
+        if r.verdicts and (
+            r.cgroup not in latest or r.end.ToNanoseconds() > latest[r.cgroup].end.ToNanoseconds()
+        ):
+            latest[r.cgroup] = r
+    for r in latest.values():
+        for v in r.verdicts:
+            out += f"\n\n{clean(v.code)}: {clean(v.explanation)}\n  {clean(v.suggestion)}"
+    return out
 
 
 TOP_HEADINGS = {"pod": "NAMESPACE/POD", "workload": "NAMESPACE/WORKLOAD"}

@@ -30,7 +30,7 @@ from oomtrace.agent.runtimes import RuntimeRoots
 from oomtrace.agent.sinks import StdoutSink
 from oomtrace.agent.spool import Spool, SpoolLockedError, lock_directory
 from oomtrace.agent.workloads import WorkloadCache
-from oomtrace.records import USERSPACE_KILLERS
+from oomtrace.records import HIGH_STALL_S, USERSPACE_KILLERS
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,7 @@ def run_agent(
     hold_s: float,
     node: str | None,
     profile_before: tuple[int, int] = (80, 60),
+    high_stall_s: int = HIGH_STALL_S,
     userspace_killers: tuple[str, ...] = USERSPACE_KILLERS,
     runtime_roots: RuntimeRoots | None = None,
     metrics_listen: str | None = None,
@@ -106,7 +107,12 @@ def run_agent(
         go_probes.poll(wait_s=60)
         workloads = WorkloadCache(hierarchy.mount, runtime_roots or RuntimeRoots())
         containers = workloads.scan()
-        sampler = PressureSampler(hierarchy, session.reclaim_stats, go=GoSampler(session.go_states))
+        sampler = PressureSampler(
+            hierarchy,
+            session.reclaim_stats,
+            go=GoSampler(session.go_states),
+            high_stall_s=high_stall_s,
+        )
         sampler.scan()
         # Its own thread: a busy event loop must not leave holes in timelines.
         sampler.start()

@@ -9,7 +9,16 @@ Signals, by cgroup version:
         memory.oom_control; memory.pressure_level "medium" notifications
         through cgroup.event_control and an eventfd; the host's PSI
   v2    memory.current, memory.max, memory.events; memory.pressure (avg10)
-        and a PSI trigger ("some 100ms per 1s") woken through poll
+        and a PSI trigger ("some 100ms per 1s") woken through poll;
+        memory.high, and memory.events' `high` each second where one is set
+
+memory.high stalls (v2): above memory.high the kernel makes each allocation
+reclaim and then sleep (up to 2 s a time) instead of killing anything, so a
+service can hang for minutes with no OOM kill to show for it. A cgroup whose
+`high` count keeps rising (gaps under HIGH_GAP_NS) for longer than
+`high_stall_ns`, with no oom_kill in between, is stalled: its windows get the
+reason "memory_high_stall" with how long, how much its tasks stalled (its
+PSI "some" total) and the memory.high they were held at.
 
 Bounded: at most `max_cgroups` tracked, `history_s` points each, one record
 per cgroup per window (6 a minute).
@@ -38,6 +47,7 @@ import structlog
 from oomtrace.agent.cgroups import MemoryHierarchy
 from oomtrace.agent.go.sampling import GoPoint, GoSampler
 from oomtrace.agent.host import Clock, boot_ns_now
+from oomtrace.records import HIGH_STALL_S
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +59,10 @@ PSI_SOME_PRESSURE = 10.0  # avg10 percent of time stalled
 # overwrites the last byte written with NUL (psi_write), so the terminator
 # must be sent: without it the window reads 100000 us and is refused.
 PSI_TRIGGER = b"some 100000 1000000\0"
+# A throttled task sleeps at most 2 s per allocation (the kernel's
+# MEMCG_MAX_HIGH_DELAY_JIFFIES) between `high` events: a gap well past that
+# means it stopped allocating against memory.high.
+HIGH_GAP_NS = 5_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,13 @@ class Window:
     psi_full_max: float = 0.0
     level_events: int = 0
     trigger_events: int = 0
+    # A memory.high stall past the threshold during the window (v2): the
+    # memory.high, how long the cgroup had been held throttled by the
+    # window's last throttled second, and its tasks' stall time (PSI some) in
+    # that span.
+    high: int = 0
+    high_throttled_ns: int = 0
+    high_stall_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +128,28 @@ class Tracked:
     level_fd: int | None = None  # v1 eventfd for pressure_level
     level_src: int | None = None
     trigger_fd: int | None = None  # v2 memory.pressure with a trigger
+    high: int = 0  # v2 memory.high (0: none)
+    high_count: int | None = None  # memory.events' `high` at the last second
+    oom_kills: int = 0  # memory.events' `oom_kill` at the last second
+    high_since_ns: int = 0  # a throttled streak: its first second (0: none)
+    high_last_ns: int = 0  # and its last
+    high_psi_start_us: int = 0  # PSI some total when the streak began
+
+    @property
+    def sampled(self) -> bool:
+        """A limit or a memory.high: something to be pressed against."""
+        return bool(self.limit or self.high)
+
+
+def psi_some_total_us(text: str) -> int:
+    """The "some" line's total: microseconds any task stalled, ever."""
+    for line in text.splitlines():
+        if line.startswith("some "):
+            for p in line.split()[1:]:
+                if p.startswith("total="):
+                    with contextlib.suppress(ValueError):
+                        return int(p[6:])
+    return 0
 
 
 def parse_psi(text: str) -> tuple[float, float]:
@@ -161,8 +204,10 @@ class PressureSampler:
         go: GoSampler | None = None,
         clock: Clock = boot_ns_now,
         period_ns: int = 1_000_000_000,
+        high_stall_s: int = HIGH_STALL_S,
     ) -> None:
         self.h = hierarchy
+        self.high_stall_ns = high_stall_s * 1_000_000_000
         self.clock = clock
         self.period_ns = period_ns
         self.reclaim_stats = reclaim_stats
@@ -337,7 +382,7 @@ class PressureSampler:
             if self._refresh_limit(t, now_ns) is None:
                 gone.append(cid)
                 continue
-            if not t.limit:
+            if not t.sampled:
                 continue
             usage = _read_int(t.dir / self._usage_file)
             if usage is None:
@@ -347,9 +392,11 @@ class PressureSampler:
             d_count, d_stall = count - t.reclaim_seen[0], stall - t.reclaim_seen[1]
             t.reclaim_seen = (count, stall, longest)
             psi = host_psi
+            psi_total = 0
             if self.h.version == 2:
                 with contextlib.suppress(OSError):
-                    psi = parse_psi((t.dir / "memory.pressure").read_text())
+                    text = (t.dir / "memory.pressure").read_text()
+                    psi, psi_total = parse_psi(text), psi_some_total_us(text)
             t.points.append(Point(now_ns, usage, t.limit, d_count, d_stall, psi[0], psi[1]))
             w = t.window or Window(now_ns)
             t.window = w
@@ -361,6 +408,8 @@ class PressureSampler:
                 max(w.psi_some_max, psi[0]),
                 max(w.psi_full_max, psi[1]),
             )
+            if t.high:
+                self._follow_high(t, w, now_ns, psi_total)
             if t.level_fd is not None:
                 w.level_events += self._drain_notifier(t)
             elif t.trigger_fd is not None:
@@ -373,6 +422,32 @@ class PressureSampler:
             self._forget(cid)
         return closed
 
+    def _follow_high(self, t: Tracked, w: Window, now_ns: int, psi_total_us: int) -> None:
+        """One second of a cgroup with a memory.high: is it still being
+        throttled against it, and for how long now."""
+        events: dict[str, int] = {}
+        with contextlib.suppress(OSError):
+            events = parse_counters((t.dir / "memory.events").read_text())
+        high, kills = events.get("high", 0), events.get("oom_kill", 0)
+        seen, t.high_count = t.high_count, high
+        killed, t.oom_kills = kills > t.oom_kills and seen is not None, kills
+        if killed or (t.high_since_ns and now_ns - t.high_last_ns > HIGH_GAP_NS):
+            # A kill ends it (that is an OOM record's story), as does a
+            # stretch with no allocation held back.
+            t.high_since_ns = t.high_last_ns = 0
+        if seen is None or high <= seen or killed:
+            return
+        if not t.high_since_ns:
+            t.high_since_ns, t.high_psi_start_us = now_ns, psi_total_us
+        t.high_last_ns = now_ns
+        # Counted from the first second the count was seen rising, so the
+        # second before it (when the throttling began) is added.
+        held = now_ns - t.high_since_ns + self.period_ns
+        if held >= self.high_stall_ns:
+            w.high = t.high
+            w.high_throttled_ns = held
+            w.high_stall_ns = max(0, psi_total_us - t.high_psi_start_us) * 1000
+
     def _refresh_limit(self, t: Tracked, now_ns: int) -> int | None:
         # Limits are often set right after the cgroup is made: look again
         # soon after learning it, then every 5 s.
@@ -383,15 +458,20 @@ class PressureSampler:
         limit = _read_int(t.dir / self._limit_file)
         if limit is None:
             return None
-        had = t.limit
+        had = t.sampled
         t.limit, t.limit_checked_ns = limit, now_ns
-        if limit and not had:
+        if self.h.version == 2:
+            t.high = _read_int(t.dir / "memory.high") or 0
+            if not t.high:
+                t.high_count = None
+                t.high_since_ns = t.high_last_ns = 0
+        if t.sampled and not had:
             self._arm_notifier(t)
             if t.counters is None:
                 # The baseline: a cgroup killed in its first window still
                 # shows its counters moving.
                 t.counters = self._counters(t)
-        elif had and not limit:
+        elif had and not t.sampled:
             self._close_notifiers(t)
         return limit
 
@@ -450,6 +530,8 @@ class PressureSampler:
             reasons.append("psi_trigger")
         if deltas:
             reasons.append("counters")
+        if w.high_throttled_ns:
+            reasons.append("memory_high_stall")
         if not reasons:
             return None
         return WindowReport(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from oomtrace.agent.explain import CRITICAL, INFO, WARNING, mib, verdict
 from oomtrace.agent.go.verdicts import go_verdicts
-from oomtrace.records import limit_hit_bytes, rss_bytes
+from oomtrace.records import limit_hit_bytes, rss_bytes, seconds_text
 from oomtrace.v1 import event_pb2
 
 
@@ -125,3 +125,28 @@ def _steady_at_limit_s(ev: event_pb2.OomEvent) -> float:
             break
         steady = -p.offset_ms / 1000
     return steady
+
+
+def pressure_verdicts(rec: event_pb2.PressureRecord) -> list[event_pb2.Verdict]:
+    """A pressure window's verdicts: a memory.high stall, the hang with no
+    kill to show for it."""
+    if not rec.high_throttled_ns:
+        return []
+    where = (
+        f"{rec.pod.namespace}/{rec.pod.name}/{rec.container.name}" if rec.pod.name else rec.cgroup
+    )
+    held, stalled = rec.high_throttled_ns, rec.high_stall_ns
+    share = min(1.0, stalled / held) if held else 0.0
+    return [
+        verdict(
+            "MEMORY_HIGH_STALL",
+            WARNING,
+            f"{where} has been held above its memory.high ({mib(rec.memory_high_bytes)}) for "
+            f"{seconds_text(held)} with no OOM kill: each allocation reclaimed and then slept, "
+            f"and its tasks stalled {seconds_text(stalled)} of that ({share:.0%}, its memory "
+            f"PSI), using up to {mib(rec.usage_max_bytes)}.",
+            f"Raise memory.high above the working set (it peaked at {mib(rec.usage_max_bytes)}; "
+            "Kubernetes MemoryQoS sets it from the limit and memoryThrottlingFactor) or make the "
+            "working set smaller; a Go service can set GOMEMLIMIT below memory.high.",
+        )
+    ]

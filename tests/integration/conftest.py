@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import (
+    HIGH_STALL_TEST_S,
     OOMTRACE,
     AgentProcess,
     CollectorProcess,
@@ -40,14 +41,21 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     collector of its own; each test takes its own records."""
     work = Path(tmp_path_factory.mktemp("agent"))
     collector = CollectorProcess(work / "collector.db", free_port())
+    metrics = f"127.0.0.1:{free_port()}"
     a = AgentProcess(
         "--collector",
         collector.addr,
         "--spool",
         str(work / "spool"),
+        "--metrics-listen",
+        metrics,
+        # A memory.high stall test need not hold for the default 30 s.
+        "--high-stall-seconds",
+        str(HIGH_STALL_TEST_S),
         status_file=work / "status.json",
     )
     a.collector_addr = collector.addr
+    a.metrics_addr = metrics
     try:
         a.wait_ready(timeout=600)
         yield a

@@ -192,6 +192,7 @@ class AgentProcess:
         self.records: queue.Queue[dict[str, Any]] = queue.Queue()
         self.logs: list[dict[str, Any]] = []
         self.collector_addr = ""  # set when the test gave it a collector
+        self.metrics_addr = ""  # and its --metrics-listen
         self._ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
@@ -265,6 +266,11 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+# The session agent's --high-stall-seconds: a memory.high stall test need not
+# hold for the default 30 s.
+HIGH_STALL_TEST_S = 6
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:

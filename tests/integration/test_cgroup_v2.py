@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryFile
@@ -20,7 +22,9 @@ from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.integration.containers import GO, LEAKGO_SRC, build_oomgo
 from tests.integration.harness import (
     ALLOCATE_FOREVER,
+    HIGH_STALL_TEST_S,
     MIB,
+    OOMTRACE,
     AgentProcess,
     KmsgReader,
     hierarchy,
@@ -185,3 +189,76 @@ def test_psi_trigger_wakes_the_agent_when_tasks_stall(agent: AgentProcess) -> No
     assert "psi_trigger" in hit.reasons
     assert hit.psi_source == "cgroup"
     assert hit.psi_some_avg10_max > 0
+
+
+# Keeps 32 MiB in 1 MiB anonymous mappings, replacing the oldest each step,
+# so it allocates against memory.high without end (mmap and munmap: malloc
+# would reuse its freed memory and charge nothing new).
+ALLOCATE_AGAINST_HIGH = (
+    "import mmap\n"
+    "keep = []\n"
+    "while True:\n"
+    "    m = mmap.mmap(-1, 1 << 20)\n"
+    "    for i in range(0, 1 << 20, 4096): m[i] = 1\n"
+    "    keep.append(m)\n"
+    "    if len(keep) > 32: keep.pop(0).close()\n"
+)
+
+
+def test_a_task_held_above_memory_high_is_a_stall_with_a_verdict(agent: AgentProcess) -> None:
+    """No kill, but a hang: a task allocating against a 16 MiB memory.high
+    (its memory.max far above) is throttled on each allocation. Past the
+    agent's threshold its pressure windows carry memory_high_stall, how long
+    and how much it stalled, and a verdict; `oomtrace pressure` prints it and
+    the metrics count it. It must not become an OOM record."""
+    with scratch_cgroup(256 * MIB) as cg:
+        (cg.path / "memory.high").write_text(str(16 * MIB))
+        p = cg.spawn(ALLOCATE_AGAINST_HIGH)
+        stalls: list[event_pb2.PressureRecord] = []
+        deadline = time.monotonic() + 90
+        with grpc.insecure_channel(agent.collector_addr) as ch:
+            stub = collector_pb2_grpc.HistoryServiceStub(ch)
+            while time.monotonic() < deadline and not stalls:
+                resp = stub.ListPressure(
+                    collector_pb2.ListPressureRequest(
+                        filter=collector_pb2.EventFilter(cgroup_prefix=cg.rel)
+                    )
+                )
+                stalls = [r for r in resp.records if "memory_high_stall" in r.reasons]
+                time.sleep(0.5)
+        alive = p.poll() is None
+        p.kill()
+        p.wait(30)
+        events = dict(line.split() for line in (cg.path / "memory.events").read_text().splitlines())
+        table = subprocess.run(
+            [
+                str(OOMTRACE),
+                "pressure",
+                "--collector",
+                agent.collector_addr,
+                "--insecure",
+                "--cgroup",
+                cg.rel,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    assert int(events["high"]) > 0, "never throttled: the test proves nothing"
+    assert alive, events
+    assert int(events["oom_kill"]) == 0, events
+    assert stalls, f"no stall record; memory.events: {events}"
+    r = stalls[0]
+    assert r.memory_high_bytes == 16 * MIB
+    assert r.high_throttled_ns >= HIGH_STALL_TEST_S * 1_000_000_000, r
+    assert 0 < r.high_stall_ns <= r.high_throttled_ns + 2_000_000_000, r
+    (v,) = [v for v in r.verdicts if v.code == "MEMORY_HIGH_STALL"]
+    assert "memory.high (16 MiB)" in v.explanation, v.explanation
+    assert "memory_high_stall" in table, table
+    assert "MEMORY_HIGH_STALL" in table, table
+    with urllib.request.urlopen(f"http://{agent.metrics_addr}/metrics", timeout=10) as m:
+        metrics = m.read().decode()
+    assert 'oomtrace_pressure_windows_total{reason="memory_high_stall"}' in metrics
+    # A stall is no kill: no OOM record names the task.
+    assert not [r for r in list(agent.records.queue) if r["victim"]["pid"] == p.pid]

@@ -270,3 +270,102 @@ def test_the_timeline_keeps_its_schedule_while_the_event_loop_is_busy(tmp_path: 
     assert max(gaps) < 1.5 * S, gaps
     assert s.points_missed == 0
     assert runner.counters.pressure_points_missed == 0
+
+
+def _events(tmp: Path, name: str, *, high: int, oom_kill: int = 0) -> None:
+    (tmp / name / "memory.events").write_text(
+        f"low 0\nhigh {high}\nmax 0\noom 0\noom_kill {oom_kill}\n"
+    )
+
+
+def _psi(tmp: Path, name: str, total_us: int) -> None:
+    (tmp / name / "memory.pressure").write_text(
+        f"some avg10=50.00 avg60=10.00 avg300=2.00 total={total_us}\n"
+        "full avg10=40.00 avg60=8.00 avg300=1.00 total=0\n"
+    )
+
+
+def stall_sampler(tree: FakeTree, high_stall_s: int = 5) -> PressureSampler:
+    return PressureSampler(
+        MemoryHierarchy(tree.version, tree.root),
+        lambda: dict(tree.reclaim),
+        clock=ManualClock(0),
+        high_stall_s=high_stall_s,
+    )
+
+
+def test_a_cgroup_held_above_memory_high_past_the_threshold_is_a_stall(tmp_path: Path) -> None:
+    """A `high` count rising every other second (the kernel's penalty sleeps
+    up to 2 s) for 8 s, with no kill: windows from the 5th second on carry
+    the reason, how long, and the PSI stall since it began; a cgroup with
+    only memory.high (no memory.max) is sampled too."""
+    tree = FakeTree(tmp_path, 2)
+    tree.make("svc", None, 40 * MIB)
+    (tmp_path / "svc" / "memory.high").write_text(f"{16 * MIB}\n")
+    s = stall_sampler(tree)
+    s.scan()
+    reports = []
+    high = 0
+    for t in range(1, 12):
+        if 2 <= t <= 9 and t % 2 == 0:
+            high += 3
+        _events(tmp_path, "svc", high=high)
+        _psi(tmp_path, "svc", 700_000 * t)
+        reports += s.sample(now_ns=t * S)
+    (r,) = reports
+    assert "memory_high_stall" in r.reasons
+    w = r.window
+    assert w.high == 16 * MIB
+    # Rising from second 2 to second 8: held 7 s (the second before the
+    # first rise counts), stalled 6 x 0.7 s by PSI.
+    assert w.high_throttled_ns == 7 * S
+    assert w.high_stall_ns == 6 * 700_000_000
+
+
+def test_throttling_shorter_than_the_threshold_or_ended_by_a_kill_is_no_stall(
+    tmp_path: Path,
+) -> None:
+    tree = FakeTree(tmp_path, 2)
+    tree.make("brief", 64 * MIB, 10 * MIB)
+    tree.make("killed", 64 * MIB, 10 * MIB)
+    for name in ("brief", "killed"):
+        (tmp_path / name / "memory.high").write_text(f"{8 * MIB}\n")
+    s = stall_sampler(tree)
+    s.scan()
+    reports = []
+    for t in range(1, 12):
+        # brief: throttled seconds 1-3 only; killed: throttled throughout,
+        # but an OOM kill at second 4 ends the streak, and it starts over.
+        _events(tmp_path, "brief", high=min(t, 3))
+        _events(tmp_path, "killed", high=t, oom_kill=1 if t >= 4 else 0)
+        reports += s.sample(now_ns=t * S)
+    by_path = {r.path: r for r in reports}
+    assert "memory_high_stall" not in by_path["/brief"].reasons
+    assert "memory_high_stall" in by_path["/killed"].reasons
+    # Counted again from the second after the kill (5) to 11.
+    assert by_path["/killed"].window.high_throttled_ns == 7 * S
+
+
+def test_a_stall_window_becomes_a_record_with_its_verdict_and_the_table_says_so() -> None:
+    from oomtrace import render
+    from oomtrace.agent.build.pressure import pressure_record
+    from oomtrace.agent.pressure import Window, WindowReport
+
+    w = Window(1 * S, usage_max=40 * MIB, high=16 * MIB)
+    w.high_throttled_ns, w.high_stall_ns = 45 * S, 36 * S
+    report = WindowReport(
+        7, "/svc", 2, 1 * S, 11 * S, w, {"high": 90}, ("memory_high_stall",), "cgroup"
+    )
+    rec = pressure_record(report, "node-a", None)
+    assert (rec.memory_high_bytes, rec.high_throttled_ns, rec.high_stall_ns) == (
+        16 * MIB,
+        45 * S,
+        36 * S,
+    )
+    (v,) = rec.verdicts
+    assert v.code == "MEMORY_HIGH_STALL"
+    assert "memory.high (16 MiB) for 45 s" in v.explanation, v.explanation
+    assert "stalled 36 s of that (80%" in v.explanation, v.explanation
+    out = render.pressure_table([rec], now=time.time())
+    assert "memory_high_stall" in out
+    assert "MEMORY_HIGH_STALL: /svc has been held above" in out, out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from oomtrace.agent.build.parts import fill_workload, record_id
 from oomtrace.agent.host import boot_ns_to_datetime
 from oomtrace.agent.pressure import WindowReport
+from oomtrace.agent.verdicts import pressure_verdicts
 from oomtrace.agent.workloads import Workload
 from oomtrace.v1 import event_pb2
 
@@ -30,10 +31,14 @@ def pressure_record(
         pressure_level_events=w.level_events,
         psi_trigger_events=w.trigger_events,
         reasons=list(r.reasons),
+        memory_high_bytes=w.high,
+        high_throttled_ns=w.high_throttled_ns,
+        high_stall_ns=w.high_stall_ns,
     )
     rec.start.FromDatetime(boot_ns_to_datetime(r.start_ns))
     rec.end.FromDatetime(boot_ns_to_datetime(r.end_ns))
     rec.counters.update(r.counters)
     if workload is not None:
         fill_workload(rec.container, rec.pod, workload, [])
+    rec.verdicts.extend(pressure_verdicts(rec))
     return rec

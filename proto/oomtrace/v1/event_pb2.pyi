@@ -883,6 +883,10 @@ class PressureRecord(_message.Message):
     PSI_TRIGGER_EVENTS_FIELD_NUMBER: _builtins.int
     COUNTERS_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    MEMORY_HIGH_BYTES_FIELD_NUMBER: _builtins.int
+    HIGH_THROTTLED_NS_FIELD_NUMBER: _builtins.int
+    HIGH_STALL_NS_FIELD_NUMBER: _builtins.int
+    VERDICTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     node: _builtins.str
     cgroup: _builtins.str
@@ -901,6 +905,14 @@ class PressureRecord(_message.Message):
     """v1 memory.pressure_level notifications"""
     psi_trigger_events: _builtins.int
     """v2 memory.pressure trigger wake-ups"""
+    memory_high_bytes: _builtins.int
+    """memory_high_stall (v2): the cgroup was held throttled above memory.high,
+    with no OOM kill, for longer than the agent's threshold. How long by the
+    window's end, how long its tasks stalled in that span (its PSI "some"),
+    and the memory.high.
+    """
+    high_throttled_ns: _builtins.int
+    high_stall_ns: _builtins.int
     @_builtins.property
     def start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -917,6 +929,8 @@ class PressureRecord(_message.Message):
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """why this window counts: reclaim, near_limit, psi, ..."""
 
+    @_builtins.property
+    def verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Verdict]: ...
     def __init__(
         self,
         *,
@@ -941,10 +955,14 @@ class PressureRecord(_message.Message):
         psi_trigger_events: _builtins.int = ...,
         counters: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
+        memory_high_bytes: _builtins.int = ...,
+        high_throttled_ns: _builtins.int = ...,
+        high_stall_ns: _builtins.int = ...,
+        verdicts: _abc.Iterable[Global___Verdict] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "end", b"end", "pod", b"pod", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "cgroup_id", b"cgroup_id", "cgroup_version", b"cgroup_version", "container", b"container", "counters", b"counters", "end", b"end", "id", b"id", "limit_bytes", b"limit_bytes", "node", b"node", "pod", b"pod", "pressure_level_events", b"pressure_level_events", "psi_full_avg10_max", b"psi_full_avg10_max", "psi_some_avg10_max", b"psi_some_avg10_max", "psi_source", b"psi_source", "psi_trigger_events", b"psi_trigger_events", "reasons", b"reasons", "reclaim_max_stall_ns", b"reclaim_max_stall_ns", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "start", b"start", "usage_max_bytes", b"usage_max_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "cgroup_id", b"cgroup_id", "cgroup_version", b"cgroup_version", "container", b"container", "counters", b"counters", "end", b"end", "high_stall_ns", b"high_stall_ns", "high_throttled_ns", b"high_throttled_ns", "id", b"id", "limit_bytes", b"limit_bytes", "memory_high_bytes", b"memory_high_bytes", "node", b"node", "pod", b"pod", "pressure_level_events", b"pressure_level_events", "psi_full_avg10_max", b"psi_full_avg10_max", "psi_some_avg10_max", b"psi_some_avg10_max", "psi_source", b"psi_source", "psi_trigger_events", b"psi_trigger_events", "reasons", b"reasons", "reclaim_max_stall_ns", b"reclaim_max_stall_ns", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "start", b"start", "usage_max_bytes", b"usage_max_bytes", "verdicts", b"verdicts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
