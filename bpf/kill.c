@@ -10,6 +10,11 @@
  *                               OOM killer (its comm in user_killers, which
  *                               user space fills): one OOMT_USER_KILL, the
  *                               same record with the killer as trigger
+ *   kprobe/ksys_write           optional: a userspace killer's writes to its
+ *                               stdout/stderr, the last one kept for its next
+ *                               kill (earlyoom prints its reason just before);
+ *                               tracepoint/syscalls/sys_enter_write where
+ *                               kprobes are not compiled in
  *
  * mark_victim runs in the context of the task that invoked the OOM killer (the
  * trigger), after the kernel printed its OOM report and before "Killed process".
@@ -26,6 +31,23 @@
 
 /* Victims between mark_victim and their exit, by tgid: value is mark_victim's time. */
 BPF_HASH(victims, u32, u64, 4096);
+
+/* Userspace OOM killers, by comm (TASK_COMM_LEN bytes, NUL-padded). */
+struct killer_comm {
+    char comm[OOMT_COMM_LEN];
+};
+BPF_HASH(user_killers, struct killer_comm, u8, 64);
+
+/* The last write each userspace killer made to its stdout or stderr, by its
+ * tgid: a kill it makes soon after carries it (its own reason, in its words). */
+struct killer_line {
+    u64 boot_ns;
+    u32 len;
+    u32 pad;
+    u8 text[OOMT_KILLER_SAID_LEN];
+};
+BPF_HASH(killer_lines, u32, struct killer_line, 64);
+BPF_PERCPU_ARRAY(killer_line_scratch, struct killer_line, 1);
 
 /* The oom_control of the oom_kill_process call this thread is inside, if hooked. */
 struct oc_stash {
@@ -215,6 +237,14 @@ static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid, u
         u64 t = ev->boot_ns;
         victims.update(&ev->victim_tgid, &t);
     }
+    if (kind == OOMT_USER_KILL) {
+        u32 killer = ev->trigger_tgid;
+        struct killer_line *l = killer_lines.lookup(&killer);
+        if (l && ev->boot_ns - l->boot_ns < OOMT_KILLER_SAID_NS) {
+            ev->killer_said_len = l->len;
+            bpf_probe_read_kernel(ev->killer_said, sizeof(ev->killer_said), l->text);
+        }
+    }
     if (emit(ctx, OOMT_BUF_KILLS, ev, sizeof(*ev)) < 0)
         count_lost(OOMT_LOST_KILLS);
     return 0;
@@ -265,11 +295,52 @@ int on_oom_kill_process(struct pt_regs *ctx)
 }
 #endif
 
-/* Userspace OOM killers, by comm (TASK_COMM_LEN bytes, NUL-padded). */
-struct killer_comm {
-    char comm[OOMT_COMM_LEN];
+/* A write(2) by anyone: only a listed killer's writes to its stdout or
+ * stderr are copied, so the comm check comes first and costs one hash
+ * lookup. */
+static __always_inline int killer_wrote(u64 fd, u64 buf, u64 count)
+{
+    if (fd != 1 && fd != 2)
+        return 0;
+    struct killer_comm k = {};
+    bpf_get_current_comm(k.comm, sizeof(k.comm));
+    if (!user_killers.lookup(&k))
+        return 0;
+    u32 zero = 0;
+    struct killer_line *l = killer_line_scratch.lookup(&zero);
+    if (!l)
+        return 0;
+    u64 n = count < OOMT_KILLER_SAID_LEN ? count : OOMT_KILLER_SAID_LEN;
+    if (n == 0 || bpf_probe_read_user(l->text, n & (OOMT_KILLER_SAID_LEN * 2 - 1), (void *)buf) < 0)
+        return 0;
+    l->len = n;
+    l->boot_ns = bpf_ktime_get_boot_ns();
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    killer_lines.update(&tgid, l);
+    return 0;
+}
+
+/* kprobe on ksys_write(unsigned int fd, const char *buf, size_t count). */
+int on_ksys_write(struct pt_regs *ctx)
+{
+    return killer_wrote((u32)PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+}
+
+/* tracepoint syscalls:sys_enter_write, laid out as its format file says (the
+ * same on every kernel: the common header, then each argument in 8 bytes). */
+struct sys_enter_write_args {
+    u64 common;
+    s32 nr;
+    u32 pad;
+    u64 fd;
+    u64 buf;
+    u64 count;
 };
-BPF_HASH(user_killers, struct killer_comm, u8, 64);
+
+int on_sys_enter_write(struct sys_enter_write_args *args)
+{
+    return killer_wrote((u32)args->fd, args->buf, args->count);
+}
 
 /* signal_generate(int sig, struct kernel_siginfo *info, struct task_struct
  * *task, int group, int result): in the sender's context. Only a signal a

@@ -15,6 +15,8 @@
 #define OOMT_CMDLINE_LEN 256
 #define OOMT_COMM_LEN 16
 #define OOMT_EXE_NAME_LEN 64
+#define OOMT_KILLER_SAID_LEN 256 /* a userspace killer's last log write, kept */
+#define OOMT_KILLER_SAID_NS 10000000000ULL /* written this long before its signal at most */
 
 enum oomt_kind {
     OOMT_KILL = 1, /* oom:mark_victim */
@@ -116,6 +118,11 @@ struct oomt_kill {
     u32 kstack_len;           /* filled entries of kstack */
     u32 user_signal;          /* OOMT_USER_KILL: the signal the killer sent (9 or 15) */
     u64 kstack[OOMT_KSTACK_DEPTH];
+    /* OOMT_USER_KILL: the last thing the killer wrote to its stdout or
+     * stderr before the signal (earlyoom says why there), when recent. */
+    u32 killer_said_len;
+    u32 pad_said;
+    u8 killer_said[OOMT_KILLER_SAID_LEN];
 };
 
 #define OOMT_GO_GC 0x1         /* gc_count, ring: from runtime.gcMarkTermination */

@@ -176,6 +176,7 @@ class BpfSession:
         if userspace_killers:
             self.set_userspace_killers(userspace_killers)
             self._attach_raw("signal_generate", "on_signal_generate", required=False)
+            self._attach_killer_writes()
         for tp in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping"):
             self._attach_raw(tp, f"on_{tp}", required=False)
         if with_exec:
@@ -268,6 +269,26 @@ class BpfSession:
         last = self.hooks[-1]
         if required and not last.attached:
             raise BpfLoadError(f"required hook {name} could not be attached: {last.reason}")
+
+    def _attach_killer_writes(self) -> None:
+        """A userspace killer's log writes (its reason, before its kill): a
+        kprobe on ksys_write, which only write(2) pays for; where kprobes are
+        not compiled in, the sys_enter_write tracepoint (enabling a syscall
+        tracepoint sends every syscall through the kernel's tracing path)."""
+        if kprobes_available()[0] and self._kprobe_able(import_bcc(), "ksys_write"):
+            try:
+                self._bpf.attach_kprobe(event=b"ksys_write", fn_name=b"on_ksys_write")
+                self._hook("kprobe/ksys_write", True, False, "")
+                return
+            except Exception as exc:  # noqa: BLE001 - BCC raises bare Exception on attach failure
+                log.info("bpf.hook_skipped", hook="kprobe/ksys_write", reason=str(exc))
+        try:
+            self._bpf.attach_tracepoint(
+                tp=b"syscalls:sys_enter_write", fn_name=b"on_sys_enter_write"
+            )
+            self._hook("tracepoint/syscalls/sys_enter_write", True, False, "")
+        except Exception as exc:  # noqa: BLE001 - BCC raises bare Exception on attach failure
+            self._hook("tracepoint/syscalls/sys_enter_write", False, False, str(exc))
 
     # -- events ----------------------------------------------------------
 

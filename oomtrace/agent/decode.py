@@ -21,6 +21,7 @@ PAGE_SIZE = resource.getpagesize()
 MEMCG_DEPTH = 8  # OOMT_MEMCG_DEPTH
 KSTACK_DEPTH = 24  # OOMT_KSTACK_DEPTH
 CGROUP_NAME_LEN = 128  # OOMT_CGROUP_NAME_LEN
+KILLER_SAID_LEN = 256  # OOMT_KILLER_SAID_LEN
 GO_RING = 32  # OOMT_GO_RING
 GO_STACK_DEPTH = 64  # OOMT_GO_STACK_DEPTH
 
@@ -143,6 +144,7 @@ class KernelKill:
     # A userspace OOM killer's kill: the signal it sent (0: the kernel's kill);
     # the trigger is then the killer.
     user_signal: int = 0
+    killer_said: str = ""  # its last log write before the signal (kprobe/ksys_write)
     oom_path: OomPath = OomPath.UNKNOWN  # who called the OOM killer, from kernel_stack
 
 
@@ -177,6 +179,13 @@ class KernelNote:
     boot_ns: int
     tgid: int
     tid: int
+
+
+def _said(ev: Any) -> str:
+    """A userspace killer's last log write: one line or a few, as text."""
+    n = max(0, min(int(getattr(ev, "killer_said_len", 0)), KILLER_SAID_LEN))
+    raw = bytes(ev.killer_said)[:n] if n else b""
+    return raw.decode("utf-8", "replace").strip()
 
 
 def _text(raw: Any) -> str:
@@ -263,6 +272,7 @@ def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
         go=_go_state(ev),
         go_profile_due=bool(int(getattr(ev, "go_flags", 0)) & GO_F_PROFILE_DUE),
         user_signal=int(ev.user_signal) if ev.kind == Kind.USER_KILL else 0,
+        killer_said=_said(ev) if ev.kind == Kind.USER_KILL else "",
         kernel_stack=stack,
         oom_path=text.oom_path(stack) if text is not None else OomPath.UNKNOWN,
     )

@@ -101,12 +101,20 @@ class Privacy:
 
     def apply(self, ev: event_pb2.OomEvent) -> None:
         """Redacts the record in place before it goes anywhere."""
+        # A userspace killer's log line often quotes its victim's command
+        # line (earlyoom's does): it is treated as one.
         if self.cmdline is CmdlinePolicy.DROP:
             if ev.victim.cmdline:
                 ev.victim.cmdline = ""
                 ev.missing.append("victim.cmdline: not recorded (--cmdline drop)")
+            if ev.killer.said:
+                ev.killer.said = ""
+                ev.missing.append("killer.said: not recorded (--cmdline drop)")
         elif self.cmdline is CmdlinePolicy.REDACT:
-            ev.victim.cmdline = redact(ev.victim.cmdline, BUILTIN_PATTERNS + self.extra_patterns)
+            patterns = BUILTIN_PATTERNS + self.extra_patterns
+            ev.victim.cmdline = redact(ev.victim.cmdline, patterns)
+            if ev.killer.said:
+                ev.killer.said = redact(ev.killer.said, patterns)
         if ev.HasField("go"):
             settings = ev.go.build_settings
             for key in [k for k in settings if k not in BUILD_SETTINGS_KEPT]:

@@ -29,7 +29,7 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
                 WARNING,
                 f"{k.comm}[{k.pid}], a userspace OOM killer, sent {k.signal} to {v.comm}[{v.pid}] "
                 f"({mib(rss)} resident): the kernel did not kill it, and no limit of the kernel's "
-                "was hit.",
+                "was hit." + (f' Just before, it wrote: "{k.said}"' if k.said else ""),
                 f"See {k.comm}'s own log for its reason and thresholds (earlyoom -m/-s, "
                 "systemd-oomd's ManagedOOMMemoryPressureLimit and SwapUsedLimit, ...); the "
                 "timeline shows the pressure it acted on.",

@@ -189,12 +189,15 @@ def test_a_small_task_with_adj_1000_dies_before_the_one_that_used_the_memory(
 
 
 # A process that calls itself NAME (its comm, which is what the kernel
-# knows a sender by), then sends SIG to PID: a stand-in for a userspace OOM
-# killer's kill(2), which is all the agent sees of one.
+# knows a sender by), writes SAID to its stderr if given (as earlyoom logs
+# its reason first), then sends SIG to PID: a stand-in for a userspace OOM
+# killer, seen by the agent as one is: its writes and its kill(2).
 SEND_AS = """
 import ctypes, os, sys
 name, sig, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+if len(sys.argv) > 4:
+    os.write(2, sys.argv[4].encode() + b"\\n")
 os.kill(pid, sig)
 """
 # Catches SIGTERM and carries on (a signal ignored outright is not delivered,
@@ -205,11 +208,12 @@ HOLD_THROUGH_TERM = (
 )
 
 
-def send_as(name: str, sig: int, pid: int) -> None:
+def send_as(name: str, sig: int, pid: int, said: str = "") -> None:
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-c", SEND_AS, name, str(sig), str(pid)], check=True)
+    argv = [sys.executable, "-c", SEND_AS, name, str(sig), str(pid)]
+    subprocess.run([*argv, said] if said else argv, check=True, stderr=subprocess.DEVNULL)
 
 
 def test_a_userspace_oom_killers_kill_is_recorded_and_a_shells_is_not(
@@ -218,9 +222,10 @@ def test_a_userspace_oom_killers_kill_is_recorded_and_a_shells_is_not(
     """Three processes holding memory: one killed by `kill -9` from an
     ordinary process (never an OOM record), one sent SIGTERM then SIGKILL by
     a process named earlyoom (it catches SIGTERM and carries on: one record,
-    the killer named, the signal it sent first), one sent SIGKILL by one
-    named systemd-oomd. The records
-    come in kill order: none for the first."""
+    the killer named, the signal it sent first, and the reason it wrote
+    just before, its secret redacted), one sent SIGKILL by one named
+    systemd-oomd (it wrote nothing). The records come in kill order: none
+    for the first."""
     import signal
 
     with scratch_cgroup(256 * MIB) as cg:
@@ -228,7 +233,11 @@ def test_a_userspace_oom_killers_kill_is_recorded_and_a_shells_is_not(
         _wait_usage(cg, 3 * 24 * MIB)
         send_as("python3", signal.SIGKILL, plain.pid)
         assert plain.wait(30) == -9
-        send_as("earlyoom", signal.SIGTERM, termed.pid)
+        said = (
+            f'sending SIGTERM to process {termed.pid} uid 0 "python3": badness 900, '
+            "VmRSS 24 MiB, cmdline python3 --password=hunter2"
+        )
+        send_as("earlyoom", signal.SIGTERM, termed.pid, said)
         send_as("earlyoom", signal.SIGKILL, termed.pid)
         assert termed.wait(30) == -9
         send_as("systemd-oomd", signal.SIGKILL, killed.pid)
@@ -246,3 +255,13 @@ def test_a_userspace_oom_killers_kill_is_recorded_and_a_shells_is_not(
         assert int(rec["victim"]["anon_rss_bytes"]) >= 24 * MIB
         assert "USERSPACE_OOM_KILL" in [v["code"] for v in rec["verdicts"]]
         assert not [m for m in rec["missing"] if m.startswith("kernel_report")], rec["missing"]
+    # Its log write, seen by kprobe/ksys_write or the sys_enter_write
+    # tracepoint (every kernel this runs on has one of the two).
+    assert {"kprobe/ksys_write", "tracepoint/syscalls/sys_enter_write"} & set(first["hooks"])
+    said = first["killer"]["said"]
+    assert said.startswith(f"sending SIGTERM to process {termed.pid}"), first["killer"]
+    assert "--password=" in said, said
+    assert "hunter2" not in said, said
+    assert not second["killer"].get("said"), second["killer"]
+    (v,) = [v for v in first["verdicts"] if v["code"] == "USERSPACE_OOM_KILL"]
+    assert f'it wrote: "sending SIGTERM to process {termed.pid}' in v["explanation"], v

@@ -67,6 +67,9 @@ def test_earlyoom_killing_a_go_service_is_an_oom_record_with_its_profile(
     assert rec["source"] == "USERSPACE", (rec["source"], err.decode()[-2000:])
     assert rec["killer"]["comm"] == "earlyoom"
     assert rec["killer"]["signal"] in ("SIGTERM", "SIGKILL")
+    # Its own reason, as it printed it to stderr just before the signal.
+    # (Its words change between versions; each names the pid.)
+    assert str(p.pid) in rec["killer"]["said"], (rec["killer"], err.decode()[-2000:])
     assert rec["cgroup"]["path"] == cg.rel
     assert int(rec["victim"]["anon_rss_bytes"]) > 256 << 20
     assert rec["go"]["heap_profile"]["top"][0]["function"] == "main.leakAlpha", rec["go"]

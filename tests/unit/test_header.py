@@ -41,6 +41,7 @@ def test_array_lengths_match_the_header() -> None:
     assert d["OOMT_KSTACK_DEPTH"] == decode.KSTACK_DEPTH
     assert d["OOMT_CGROUP_NAME_LEN"] == decode.CGROUP_NAME_LEN
     assert d["OOMT_GO_RING"] == decode.GO_RING
+    assert d["OOMT_KILLER_SAID_LEN"] == decode.KILLER_SAID_LEN
 
 
 def test_event_kinds_and_reap_stages_match_the_header() -> None:

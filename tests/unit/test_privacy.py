@@ -71,3 +71,15 @@ def test_command_lines_can_be_dropped_or_given_more_patterns() -> None:
     Privacy(CmdlinePolicy.DROP).apply(ev)
     assert ev.victim.cmdline == ""
     assert "victim.cmdline: not recorded (--cmdline drop)" in ev.missing
+
+
+def test_a_userspace_killers_log_line_is_treated_as_a_command_line() -> None:
+    """earlyoom's line quotes its victim's command line: redacted with the
+    same patterns, dropped with --cmdline drop."""
+    ev = make_event()
+    ev.killer.said = 'sending SIGTERM to process 42 uid 0 "svc": cmdline svc --token=abc123'
+    Privacy().apply(ev)
+    assert ev.killer.said == f'sending SIGTERM to process 42 uid 0 "svc": cmdline svc --token={R}'
+    Privacy(CmdlinePolicy.DROP).apply(ev)
+    assert ev.killer.said == ""
+    assert "killer.said: not recorded (--cmdline drop)" in ev.missing

@@ -89,6 +89,7 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
         ev.killer.pid = kill.trigger_tgid
         ev.killer.comm = kill.trigger_comm
         ev.killer.signal = _SIGNALS.get(kill.user_signal, str(kill.user_signal))
+        ev.killer.said = kill.killer_said
 
     _fill_cgroup(ev, a, missing)
     if a.exit_ns is not None:

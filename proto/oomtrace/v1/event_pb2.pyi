@@ -277,20 +277,27 @@ class UserspaceKiller(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     COMM_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    SAID_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     comm: _builtins.str
     signal: _builtins.str
     """SIGKILL, or SIGTERM (a SIGKILL may follow: one record)"""
+    said: _builtins.str
+    """What it last wrote to its stdout or stderr in the 10 s before the signal,
+    its own reason where it logs one first (earlyoom does), at most 256
+    bytes; redacted as a command line is (--cmdline), since it often quotes one.
+    """
     def __init__(
         self,
         *,
         pid: _builtins.int = ...,
         comm: _builtins.str = ...,
         signal: _builtins.str = ...,
+        said: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comm", b"comm", "pid", b"pid", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comm", b"comm", "pid", b"pid", "said", b"said", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
