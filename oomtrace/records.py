@@ -74,10 +74,21 @@ def seconds_text(ns: int) -> str:
 
 
 def recent_gcs(go: event_pb2.GoRuntime) -> tuple[int, str]:
-    """(GCs counted just before the kill, "in the last 1.3 s before the kill"
-    or "in its 1.3 s of life"): what the agent saw, as it counted it."""
+    """(GCs counted just before the kill, "in the last 1.3 s before the kill",
+    "in its 1.3 s of life", or, when no GC ran in its last second, "in the
+    10 s up to its last GC, 8.0 s before the kill"): what the agent saw, as
+    it counted it."""
     if go.recent_gc_span_ns:
         span = seconds_text(go.recent_gc_span_ns)
+        stalled = go.recent_gc_end_ns_before_kill
+        if stalled:
+            # No GC in its last second or more: the span ends at its last GC.
+            first = (
+                f"in its first {span} of life"
+                if go.HasField("lifetime_ns") and go.recent_gc_span_ns + stalled == go.lifetime_ns
+                else f"in the {span} up to its last GC"
+            )
+            return go.recent_gc_count, f"{first}, {seconds_text(stalled)} before the kill"
         if go.HasField("lifetime_ns") and go.recent_gc_span_ns == go.lifetime_ns:
             return go.recent_gc_count, f"in its {span} of life"
         return go.recent_gc_count, f"in the last {span} before the kill"

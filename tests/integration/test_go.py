@@ -3,6 +3,7 @@ build and settings, and says what to change."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from tempfile import TemporaryFile
@@ -113,7 +114,11 @@ def test_timeline_shows_the_go_heap_and_gc_rate(agent: AgentProcess, oomgo: Path
     points = [p for p in rec["timeline"] if int(p.get("go_heap_live_bytes", 0)) > 0]
     assert len(points) >= 2, rec["timeline"]
     heaps = [int(p["go_heap_live_bytes"]) for p in points]
-    assert heaps == sorted(heaps)  # the heap only grows
+    # The heap only grows (points in order): at the limit a GC may find a
+    # few KiB less live (seen on 6.12, which holds a process there for
+    # seconds before it kills), never a second's growth (20 MiB) less.
+    assert all(b > a - MIB for a, b in itertools.pairwise(heaps)), heaps
+    assert heaps[-1] > heaps[0], heaps
     assert max(p.get("go_gc_per_second", 0) for p in points) > 0
 
 
@@ -223,10 +228,13 @@ def test_a_limit_the_program_set_under_the_cgroup_limit_is_no_fault(
     assert span_ns <= 10 * 10**9
     assert f"The GC ran {recent} times " in explanation, explanation
     assert f"({go['gc_count']} in all)" in explanation
-    # The program lived about 2 s (300 ms idle, then growing): its whole life
-    # is the span, so every GC it ran is counted in it.
-    assert int(go["lifetime_ns"]) < 10 * 10**9
-    assert span_ns == int(go["lifetime_ns"])
+    # The program ran about 2 s (1 s idle, then growing) to its last GC: its
+    # whole life to then is the span, so every GC it ran is counted in it.
+    # (6.12 then holds it in reclaim at the limit for seconds with no GC: the
+    # span ends at its last GC, and says how long before the kill that was.)
+    stalled = int(go.get("recent_gc_end_ns_before_kill", 0))
+    assert span_ns + stalled == int(go["lifetime_ns"]), go
+    assert span_ns < 10 * 10**9
     assert recent == int(go["gc_count"])
     assert "of life" in explanation
 

@@ -183,13 +183,27 @@ def test_recent_gcs_are_counted_never_extrapolated() -> None:
     s = 1_000_000_000
     kill = 100 * s
     # Lived 1.3 s: all of its GCs, over its life.
-    assert count_recent_gcs(149, (), 32, kill, kill - 1_300_000_000) == (149, 1_300_000_000)
+    assert count_recent_gcs(149, (), 32, kill, kill - 1_300_000_000, kill - 1_000_000) == (
+        149,
+        1_300_000_000,
+        0,
+    )
     # A long life, a full ring within the last 80 ms: the ring's span.
     ring = tuple(kill - 80_000_000 + i * 2_500_000 for i in range(32))
-    assert count_recent_gcs(5000, ring, 32, kill, kill - 3600 * s) == (32, 80_000_000)
-    # A slow GC: the ring holds every GC of the last 10 s.
-    slow = (kill - 30 * s, kill - 9 * s, kill - 2 * s)
-    assert count_recent_gcs(3, slow, 32, kill, None) == (2, 10 * s)
+    assert count_recent_gcs(5000, ring, 32, kill, kill - 3600 * s, ring[-1]) == (32, 80_000_000, 0)
+    # A slow GC, the last one 0.5 s before the kill: the ring holds every GC
+    # of the last 10 s.
+    slow = (kill - 30 * s, kill - 9 * s, kill - s // 2)
+    assert count_recent_gcs(3, slow, 32, kill, None, slow[-1]) == (2, 10 * s, 0)
+    # Spiralling for 3 s, then 9 s in the kernel's reclaim at the limit with
+    # no GC: counted up to the last GC, which came 9 s before the kill; its
+    # whole life to then was under 10 s, so all 40 GCs.
+    spiral = tuple(kill - 12 * s + i * 75_000_000 for i in range(40))
+    assert count_recent_gcs(40, spiral[-32:], 32, kill, kill - 12_500_000_000, spiral[-1]) == (
+        40,
+        spiral[-1] - (kill - 12_500_000_000),
+        kill - spiral[-1],
+    )
 
 
 def test_allowed_cpus_from_the_status_file(tmp_path: Path) -> None:

@@ -118,6 +118,16 @@ def test_death_spiral_counts_what_was_seen_in_a_short_life() -> None:
     g.gc_count, g.recent_gc_count, g.recent_gc_span_ns = 5000, 32, 80_000_000
     (v,) = [v for v in verdicts(ev) if v.code == "GO_GC_DEATH_SPIRAL"]
     assert "32 times in the last 80 ms before the kill (5000 in all)" in v.explanation
+    # Spiralling for 2.5 s, then 9 s held in the kernel's reclaim with no GC
+    # (6.12 at a memcg limit): counted up to the last GC, and said so.
+    g.lifetime_ns, g.gc_count, g.recent_gc_count = 11_500_000_000, 40, 40
+    g.recent_gc_span_ns, g.recent_gc_end_ns_before_kill = 2_500_000_000, 9_000_000_000
+    (v,) = [v for v in verdicts(ev) if v.code == "GO_GC_DEATH_SPIRAL"]
+    assert "40 times in its first 2.5 s of life, 9.0 s before the kill (40 in all)" in v.explanation
+    g.lifetime_ns = 60_000_000_000
+    g.recent_gc_span_ns = 10_000_000_000
+    (v,) = [v for v in verdicts(ev) if v.code == "GO_GC_DEATH_SPIRAL"]
+    assert "40 times in the 10 s up to its last GC, 9.0 s before the kill" in v.explanation
 
 
 def controller_kill(limit_bytes: int | None, source: int, gogc: int = 100) -> event_pb2.OomEvent:

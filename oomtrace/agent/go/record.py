@@ -37,10 +37,11 @@ def _fill_go_state(
     start_ns = process.start_boot_ns if process is not None else None
     if start_ns is not None and kill_ns > start_ns:
         g.lifetime_ns = kill_ns - start_ns
-    count, span_ns = settings.count_recent_gcs(
-        st.gc_count, st.gc_times_ns, GO_RING, kill_ns, start_ns
+    count, span_ns, before_kill = settings.count_recent_gcs(
+        st.gc_count, st.gc_times_ns, GO_RING, kill_ns, start_ns, st.last_gc_ns
     )
     g.recent_gc_count, g.recent_gc_span_ns = count, span_ns
+    g.recent_gc_end_ns_before_kill = before_kill
     g.gc_per_second_10s = count / max(span_ns / 1e9, 1e-3)
     if st.last_gc_ns:
         g.since_last_gc_ns = max(0, kill_ns - st.last_gc_ns)

@@ -12,6 +12,7 @@ from oomtrace.agent.go.buildinfo import GoProcess
 
 NO_MEMORY_LIMIT = 1 << 62  # the runtime's "no limit" is math.MaxInt64
 RECENT_NS = 10_000_000_000  # "recent" GCs: the last 10 s before the kill
+STALLED_NS = 1_000_000_000  # no GC for this long before the kill: count up to the last one
 
 
 class Source(enum.Enum):
@@ -79,19 +80,31 @@ def gomaxprocs_source(go: GoProcess, gomaxprocs: int) -> Source:
 
 
 def count_recent_gcs(
-    gc_count: int, gc_times_ns: tuple[int, ...], ring: int, kill_ns: int, start_ns: int | None
-) -> tuple[int, int]:
-    """(GCs counted, the span they ended in before the kill, ns): only what
-    was seen, never extrapolated. A process younger than 10 s had all of its
-    gc_count GCs in its lifetime; a full ring of GC times that all fall in
-    the last 10 s covers only back to its oldest entry; otherwise the ring
-    holds every GC of the last 10 s."""
-    if start_ns is not None and 0 < kill_ns - start_ns <= RECENT_NS:
-        return gc_count, kill_ns - start_ns
-    recent = [t for t in gc_times_ns if 0 <= kill_ns - t <= RECENT_NS]
+    gc_count: int,
+    gc_times_ns: tuple[int, ...],
+    ring: int,
+    kill_ns: int,
+    start_ns: int | None,
+    last_gc_ns: int = 0,
+) -> tuple[int, int, int]:
+    """(GCs counted, the span they ended in, ns, and how long before the kill
+    that span ends): only what was seen, never extrapolated. The span ends at
+    the kill, or at the last GC when that came more than STALLED_NS before
+    it: a process held at its memory cgroup's limit can sit in the kernel's
+    reclaim for seconds with no GC at all (6.12 reclaims and refaults the
+    program's own text a long while before it kills), and the GCs before
+    that stall are what its runtime was doing. A process younger than 10 s
+    at the span's end had all of its gc_count GCs in its life; a full ring of
+    GC times that all fall in the 10 s covers only back to its oldest entry;
+    otherwise the ring holds every GC of those 10 s."""
+    end = last_gc_ns if last_gc_ns and kill_ns - last_gc_ns > STALLED_NS else kill_ns
+    before_kill = kill_ns - end
+    if start_ns is not None and 0 < end - start_ns <= RECENT_NS:
+        return gc_count, end - start_ns, before_kill
+    recent = [t for t in gc_times_ns if 0 <= end - t <= RECENT_NS]
     if recent and len(recent) == len(gc_times_ns) == ring:
-        return len(recent), kill_ns - recent[0]
-    return len(recent), RECENT_NS
+        return len(recent), end - recent[0], before_kill
+    return len(recent), RECENT_NS, before_kill
 
 
 def parse_size(text: str) -> int | None:

@@ -490,6 +490,7 @@ class GoRuntime(_message.Message):
     GOMAXPROCS_SOURCE_FIELD_NUMBER: _builtins.int
     RECENT_GC_COUNT_FIELD_NUMBER: _builtins.int
     RECENT_GC_SPAN_NS_FIELD_NUMBER: _builtins.int
+    RECENT_GC_END_NS_BEFORE_KILL_FIELD_NUMBER: _builtins.int
     LIFETIME_NS_FIELD_NUMBER: _builtins.int
     HEAP_PROFILE_FIELD_NUMBER: _builtins.int
     HEAP_PROFILE_MISSING_FIELD_NUMBER: _builtins.int
@@ -528,9 +529,12 @@ class GoRuntime(_message.Message):
     recent_gc_count cycles ended within recent_gc_span_ns before it. The span
     is at most 10 s, shorter when the process lived less than that or when
     the probe's ring of GC times held fewer seconds. gc_per_second_10s is
-    their ratio.
+    their ratio. It ends at the kill, or, when no GC ran in the last second
+    (the process sat in the kernel's reclaim at its limit), at the last GC:
+    recent_gc_end_ns_before_kill before the kill.
     """
     recent_gc_span_ns: _builtins.int
+    recent_gc_end_ns_before_kill: _builtins.int
     lifetime_ns: _builtins.int
     """The process's age at the kill, when its start was seen."""
     heap_profile_missing: _builtins.str
@@ -576,6 +580,7 @@ class GoRuntime(_message.Message):
         gomaxprocs_source: Global___GoRuntime.SettingSource.ValueType = ...,
         recent_gc_count: _builtins.int = ...,
         recent_gc_span_ns: _builtins.int = ...,
+        recent_gc_end_ns_before_kill: _builtins.int = ...,
         lifetime_ns: _builtins.int | None = ...,
         heap_profile: Global___GoHeapProfile | None = ...,
         heap_profile_missing: _builtins.str = ...,
@@ -583,7 +588,7 @@ class GoRuntime(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "heap_profile", b"heap_profile", "heap_profile_before", b"heap_profile_before", "lifetime_ns", b"lifetime_ns", "since_last_gc_ns", b"since_last_gc_ns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gogc_source", b"gogc_source", "gomaxprocs", b"gomaxprocs", "gomaxprocs_source", b"gomaxprocs_source", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "heap_profile", b"heap_profile", "heap_profile_before", b"heap_profile_before", "heap_profile_missing", b"heap_profile_missing", "lifetime_ns", b"lifetime_ns", "memory_limit_source", b"memory_limit_source", "module", b"module", "recent_gc_count", b"recent_gc_count", "recent_gc_span_ns", b"recent_gc_span_ns", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc", "_effective_gomaxprocs", b"_effective_gomaxprocs", "_effective_memory_limit_bytes", b"_effective_memory_limit_bytes", "_lifetime_ns", b"_lifetime_ns", "_since_last_gc_ns", b"_since_last_gc_ns", "build_settings", b"build_settings", "effective_gogc", b"effective_gogc", "effective_gomaxprocs", b"effective_gomaxprocs", "effective_memory_limit_bytes", b"effective_memory_limit_bytes", "gc_count", b"gc_count", "gc_per_second_10s", b"gc_per_second_10s", "godebug", b"godebug", "gogc", b"gogc", "gogc_source", b"gogc_source", "gomaxprocs", b"gomaxprocs", "gomaxprocs_source", b"gomaxprocs_source", "gomemlimit", b"gomemlimit", "heap_goal_bytes", b"heap_goal_bytes", "heap_live_bytes", b"heap_live_bytes", "heap_marked_bytes", b"heap_marked_bytes", "heap_profile", b"heap_profile", "heap_profile_before", b"heap_profile_before", "heap_profile_missing", b"heap_profile_missing", "lifetime_ns", b"lifetime_ns", "memory_limit_source", b"memory_limit_source", "module", b"module", "recent_gc_count", b"recent_gc_count", "recent_gc_end_ns_before_kill", b"recent_gc_end_ns_before_kill", "recent_gc_span_ns", b"recent_gc_span_ns", "since_last_gc_ns", b"since_last_gc_ns", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__effective_gogc: _TypeAlias = _typing.Literal["effective_gogc"]  # noqa: Y015
     _WhichOneofArgType__effective_gogc: _TypeAlias = _typing.Literal["_effective_gogc", b"_effective_gogc"]  # noqa: Y015
