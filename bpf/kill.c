@@ -3,9 +3,10 @@
  * Hooks:
  *   raw_tracepoint/mark_victim  one OOMT_KILL per victim (base hook, every kernel)
  *   kprobe/mark_oom_victim      kernels whose mark_victim gives only a pid: the task
- *   kprobe/oom_kill_process     optional: struct oom_control (constraint,
- *                               totalpages, chosen points, the memcg whose
- *                               limit was hit); loaded only where kprobes work
+ *   fentry/oom_kill_process     optional: struct oom_control (constraint,
+ *   (or kprobe/oom_kill_process) totalpages, chosen points, the memcg whose
+ *                               limit was hit); fentry where the kernel allows
+ *                               a trampoline, else a kprobe where kprobes work
  *   raw_tracepoint/signal_generate  a SIGKILL or SIGTERM sent by a userspace
  *                               OOM killer (its comm in user_killers, which
  *                               user space fills): one OOMT_USER_KILL, the
@@ -273,11 +274,11 @@ int on_mark_oom_victim(struct pt_regs *ctx)
 #endif
 
 #ifdef WITH_OOM_KILL_PROCESS
-/* Optional: where kprobes exist, oom_kill_process(struct oom_control *oc,
- * const char *message) hands over what the tracepoint does not. */
-int on_oom_kill_process(struct pt_regs *ctx)
+/* Optional: oom_kill_process(struct oom_control *oc, const char *message)
+ * hands over what the tracepoint does not. Kept for this thread's
+ * mark_victim. */
+static __always_inline int stash_oom_control(void *oc)
 {
-    void *oc = (void *)PT_REGS_PARM1(ctx);
     struct oc_stash s = {};
     s.boot_ns = bpf_ktime_get_boot_ns();
     s.chosen = read_ptr(oc, OFF_OC_CHOSEN);
@@ -293,6 +294,20 @@ int on_oom_kill_process(struct pt_regs *ctx)
     oc_by_tid.update(&tid, &s);
     return 0;
 }
+
+#ifdef WITH_OOM_KILL_PROCESS_FENTRY
+/* fentry, where the kernel allows a trampoline there (fentry.py asked it):
+ * BCC attaches it as it loads. */
+KFUNC_PROBE(oom_kill_process, void *oc, const char *message)
+{
+    return stash_oom_control(oc);
+}
+#else
+int on_oom_kill_process(struct pt_regs *ctx)
+{
+    return stash_oom_control((void *)PT_REGS_PARM1(ctx));
+}
+#endif
 #endif
 
 /* A write(2) by anyone: only a listed killer's writes to its stdout or

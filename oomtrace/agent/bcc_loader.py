@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from oomtrace.agent.errors import BpfLoadError
+from oomtrace.agent.fentry import fentry_allowed
 from oomtrace.agent.kernel_layout import KernelLayout
 from oomtrace.records import USERSPACE_KILLERS
 
@@ -57,6 +58,10 @@ GO_PROFILE_FIELDS = {
     "record_future": "future",
     "record_cycle": "cycle",
 }
+
+
+# The hooks that read struct oom_control, one or the other.
+OOM_CONTROL_HOOKS = ("fentry/oom_kill_process", "kprobe/oom_kill_process")
 
 
 def bpf_text() -> str:
@@ -128,7 +133,7 @@ class BpfSession:
         self.layout = layout
         self.hooks: list[HookStatus] = []
         self.user_lost = {"kills": 0, "notes": 0, "cgroup_notes": 0, "profiles": 0}
-        want_kprobe, kprobe_reason = self._want_oom_kill_process(bcc)
+        oc_hook, oc_reason = self._oom_kill_process_hook(bcc)
         cflags = [
             *layout.cflags(),
             f"-I{BPF_DIR}",
@@ -139,8 +144,11 @@ class BpfSession:
             f"-DGO_PROFILE_BEFORE_WINDOW_NS={profile_before_window_s * 1_000_000_000}ULL",
             f"-DMEMCG_HIERARCHY_ID={memcg_hierarchy_id}",
         ]
-        if want_kprobe:
+        if oc_hook:
             cflags.append("-DWITH_OOM_KILL_PROCESS=1")
+        if oc_hook == "fentry":
+            # BCC attaches it as it loads the object (fentry_allowed asked).
+            cflags.append("-DWITH_OOM_KILL_PROCESS_FENTRY=1")
         victim_kprobe = not layout.mark_victim_has_task and self._kprobe_able(
             bcc, "mark_oom_victim"
         )
@@ -187,14 +195,17 @@ class BpfSession:
                 "mm_vmscan_memcg_reclaim_begin", "on_memcg_reclaim_begin", required=False
             )
             self._attach_raw("mm_vmscan_memcg_reclaim_end", "on_memcg_reclaim_end", required=False)
-        if want_kprobe:
+        if oc_hook == "fentry":
+            self._hook("fentry/oom_kill_process", True, False, "")
+        elif oc_hook == "kprobe":
+            self._hook("fentry/oom_kill_process", False, False, oc_reason)
             try:
                 self._bpf.attach_kprobe(event=b"oom_kill_process", fn_name=b"on_oom_kill_process")
                 self._hook("kprobe/oom_kill_process", True, False, "")
             except Exception as exc:  # noqa: BLE001 - BCC raises bare Exception on attach failure
                 self._hook("kprobe/oom_kill_process", False, False, str(exc))
         else:
-            self._hook("kprobe/oom_kill_process", False, False, kprobe_reason)
+            self._hook("kprobe/oom_kill_process", False, False, oc_reason)
 
     def _attach_profile_walk(self, bcc: Any) -> None:
         """Go victims' heap profiles: the walk starts at signal_deliver and
@@ -235,18 +246,27 @@ class BpfSession:
         except OSError:
             return False
 
-    def _want_oom_kill_process(self, bcc: Any) -> tuple[bool, str]:
+    def _oom_kill_process_hook(self, bcc: Any) -> tuple[str, str]:
+        """How struct oom_control is read: "fentry" where the kernel allows a
+        trampoline on oom_kill_process (typed, cheaper, and the way newer
+        kernels prefer), else "kprobe" (with why not fentry), else "" and
+        why neither."""
         if not self.layout.oom_control:
-            return False, "struct oom_control lacks a field the hook reads"
+            return "", "struct oom_control lacks a field the hook reads"
+        fentry, fentry_reason = fentry_allowed(
+            "oom_kill_process", self.layout.oom_kill_process_btf_id
+        )
+        if fentry:
+            return "fentry", ""
         ok, reason = kprobes_available()
         if not ok:
-            return False, reason
+            return "", f"{reason}; {fentry_reason}"
         try:
             if not bcc.BPF.get_kprobe_functions(b"^oom_kill_process$"):
-                return False, "oom_kill_process is not a kprobe-able function here (inlined?)"
+                return "", "oom_kill_process is not a kprobe-able function here (inlined?)"
         except OSError as exc:  # reading available_filter_functions can fail
-            return False, f"cannot list kprobe-able functions: {exc}"
-        return True, ""
+            return "", f"cannot list kprobe-able functions: {exc}"
+        return "kprobe", fentry_reason
 
     def _hook(self, name: str, attached: bool, required: bool, reason: str) -> None:
         status = HookStatus(name, attached, required, reason)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from oomtrace.agent import cgroups
+from oomtrace.agent.bcc_loader import OOM_CONTROL_HOOKS
 from oomtrace.agent.btf import VMLINUX_BTF, Btf
 from oomtrace.agent.errors import AgentError, HostNotSupportedError
 from oomtrace.agent.kernel_layout import KernelLayout, resolve
@@ -197,7 +198,7 @@ def _what_is_recorded(layout: KernelLayout | None, hooks: list[dict[str, Any]]) 
         return []
     attached = {h["name"] for h in hooks if h["attached"]}
     out = ["every OOM kill: victim memory figures, trigger, memcg path, usage and limit"]
-    if "kprobe/oom_kill_process" in attached:
+    if attached & set(OOM_CONTROL_HOOKS):
         out.append(
             "constraint, oom memcg, totalpages and chosen points from the kernel's oom_control"
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from oomtrace.agent.btf import KIND_ARRAY, KIND_STRUCT, Btf
+from oomtrace.agent.btf import KIND_ARRAY, KIND_FUNC, KIND_STRUCT, Btf
 from oomtrace.agent.errors import BtfError
 
 # (macro, struct, field path). `a|b` tries a, then b (renamed fields).
@@ -67,6 +67,7 @@ class KernelLayout:
     has_memsw: bool
     has_ringbuf: bool
     oom_control: bool  # struct oom_control has what the kprobe extra reads
+    oom_kill_process_btf_id: int = 0  # its FUNC in the BTF (fentry's target); 0: none
     notes: list[str] = field(default_factory=list)
 
     def cflags(self) -> list[str]:
@@ -150,5 +151,8 @@ def resolve(btf: Btf) -> KernelLayout:
         # BPF_MAP_TYPE_RINGBUF (5.8+) brings struct bpf_ringbuf with it.
         has_ringbuf=btf.has_struct("bpf_ringbuf"),
         oom_control=oom_control,
+        oom_kill_process_btf_id=next(
+            (i for i in btf.ids_named("oom_kill_process") if btf.kind(i) == KIND_FUNC), 0
+        ),
         notes=notes,
     )
