@@ -41,6 +41,32 @@ pytestmark = pytest.mark.skipif(
 HOLD = "import time\nb = bytearray(12 << 20)\ntime.sleep(600)"
 
 
+def pressure_until(
+    agent: AgentProcess,
+    cg_rel: str,
+    done: Callable[[list[event_pb2.PressureRecord]], bool],
+    timeout: float,
+) -> list[event_pb2.PressureRecord]:
+    """The collector's pressure records of one cgroup, asked for every half
+    second until `done` says they are enough or the time is up (the last
+    answer either way)."""
+    records: list[event_pb2.PressureRecord] = []
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(agent.collector_addr) as ch:
+        stub = collector_pb2_grpc.HistoryServiceStub(ch)
+        while time.monotonic() < deadline:
+            resp = stub.ListPressure(
+                collector_pb2.ListPressureRequest(
+                    filter=collector_pb2.EventFilter(cgroup_prefix=cg_rel)
+                )
+            )
+            records = list(resp.records)
+            if done(records):
+                break
+            time.sleep(0.5)
+    return records
+
+
 def test_oom_group_kill_is_one_incident_with_every_victim(
     agent: AgentProcess, kmsg: KmsgReader
 ) -> None:
@@ -128,19 +154,12 @@ def test_memory_events_counters_reach_the_collector(agent: AgentProcess) -> None
         assert p.wait(120) == -9
         path = cg.rel
         # The cgroup stays while its pressure window closes (10 s).
-        deadline = time.monotonic() + 60
-        counters: dict[str, int] = {}
-        with grpc.insecure_channel(agent.collector_addr) as ch:
-            stub = collector_pb2_grpc.HistoryServiceStub(ch)
-            while time.monotonic() < deadline and "oom_kill" not in counters:
-                resp = stub.ListPressure(
-                    collector_pb2.ListPressureRequest(
-                        filter=collector_pb2.EventFilter(cgroup_prefix=path)
-                    )
-                )
-                for r in resp.records:
-                    counters.update(r.counters)
-                time.sleep(0.5)
+        records = pressure_until(
+            agent, path, lambda rs: any("oom_kill" in r.counters for r in rs), timeout=60
+        )
+    counters: dict[str, int] = {}
+    for r in records:
+        counters.update(r.counters)
     assert counters.get("oom_kill") == 1
     assert counters.get("max", 0) >= 1
 
@@ -167,20 +186,9 @@ def test_psi_trigger_wakes_the_agent_when_tasks_stall(agent: AgentProcess) -> No
     with scratch_cgroup(128 * MIB) as cg:
         (cg.path / "memory.high").write_text(str(16 * MIB))
         p = cg.spawn(GROW_PAST_HIGH)
-        records: list[event_pb2.PressureRecord] = []
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(agent.collector_addr) as ch:
-            stub = collector_pb2_grpc.HistoryServiceStub(ch)
-            while time.monotonic() < deadline:
-                resp = stub.ListPressure(
-                    collector_pb2.ListPressureRequest(
-                        filter=collector_pb2.EventFilter(cgroup_prefix=cg.rel)
-                    )
-                )
-                records = list(resp.records)
-                if any(r.psi_trigger_events for r in records):
-                    break
-                time.sleep(0.5)
+        records = pressure_until(
+            agent, cg.rel, lambda rs: any(r.psi_trigger_events for r in rs), timeout=60
+        )
         p.kill()
         p.wait(30)
         stall_us = int((cg.path / "memory.pressure").read_text().split("total=")[1].split()[0])
@@ -215,18 +223,13 @@ def test_a_task_held_above_memory_high_is_a_stall_with_a_verdict(agent: AgentPro
     with scratch_cgroup(256 * MIB) as cg:
         (cg.path / "memory.high").write_text(str(16 * MIB))
         p = cg.spawn(ALLOCATE_AGAINST_HIGH)
-        stalls: list[event_pb2.PressureRecord] = []
-        deadline = time.monotonic() + 90
-        with grpc.insecure_channel(agent.collector_addr) as ch:
-            stub = collector_pb2_grpc.HistoryServiceStub(ch)
-            while time.monotonic() < deadline and not stalls:
-                resp = stub.ListPressure(
-                    collector_pb2.ListPressureRequest(
-                        filter=collector_pb2.EventFilter(cgroup_prefix=cg.rel)
-                    )
-                )
-                stalls = [r for r in resp.records if "memory_high_stall" in r.reasons]
-                time.sleep(0.5)
+        records = pressure_until(
+            agent,
+            cg.rel,
+            lambda rs: any("memory_high_stall" in r.reasons for r in rs),
+            timeout=90,
+        )
+        stalls = [r for r in records if "memory_high_stall" in r.reasons]
         alive = p.poll() is None
         p.kill()
         p.wait(30)
