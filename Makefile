@@ -39,7 +39,7 @@ test-deploy: setup
 	$(BIN)/python -m pytest -q -s tests/deploy
 
 # The privileged tests again in guests running Debian's 5.10 (cgroup v2 and
-# v1) and 6.1 kernels; KERNELS="6.12" (or any list) for a choice: see
+# v1), 6.1 and 6.12 kernels; KERNELS="6.12" (or any list) for a choice: see
 # tools/test-kernels.sh. CI runs it after the host suite.
 test-kernels: setup
 	tools/test-kernels.sh

@@ -103,7 +103,13 @@ def test_gc_death_spiral_is_seen_from_the_runtime(agent: AgentProcess, oomgo: Pa
     assert go["effective_gogc"] == 100
     assert int(go["gc_count"]) >= 10
     assert int(go["heap_marked_bytes"]) > 40 * MIB
-    assert int(go["since_last_gc_ns"]) < 5 * 10**9
+    # The last GC came shortly before the kill; 6.12 then holds the process
+    # in reclaim at its limit for seconds (7 s seen), and the count of recent
+    # GCs ends at that last GC.
+    since = int(go["since_last_gc_ns"])
+    assert since < 30 * 10**9
+    if since > 10**9:
+        assert int(go["recent_gc_end_ns_before_kill"]) == since, go
     assert cause_codes(rec) == ["GO_GC_DEATH_SPIRAL"]
 
 
@@ -228,15 +234,19 @@ def test_a_limit_the_program_set_under_the_cgroup_limit_is_no_fault(
     assert span_ns <= 10 * 10**9
     assert f"The GC ran {recent} times " in explanation, explanation
     assert f"({go['gc_count']} in all)" in explanation
-    # The program ran about 2 s (1 s idle, then growing) to its last GC: its
-    # whole life to then is the span, so every GC it ran is counted in it.
-    # (6.12 then holds it in reclaim at the limit for seconds with no GC: the
-    # span ends at its last GC, and says how long before the kill that was.)
+    # Here the program runs about 2 s (1 s idle, then growing) to its last
+    # GC: its whole life to then is the span, so every GC it ran is counted
+    # in it. Under a guest's emulation on 6.12 the spiral ran 10 s and then
+    # sat 5 s in reclaim at the limit: the span is the last 10 s up to its
+    # last GC (or the ring's 32 GCs), said as such.
     stalled = int(go.get("recent_gc_end_ns_before_kill", 0))
-    assert span_ns + stalled == int(go["lifetime_ns"]), go
-    assert span_ns < 10 * 10**9
-    assert recent == int(go["gc_count"])
-    assert "of life" in explanation
+    if span_ns + stalled == int(go["lifetime_ns"]):
+        assert recent == int(go["gc_count"])
+        assert "of life" in explanation
+    else:
+        assert int(go["lifetime_ns"]) - stalled > span_ns, go
+        assert recent < int(go["gc_count"]), go
+        assert ("up to its last GC" if stalled else "before the kill") in explanation
 
 
 def test_the_probe_comes_off_when_the_binarys_last_process_exits(
