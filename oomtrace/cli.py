@@ -16,6 +16,7 @@ from oomtrace.records import (
     DEFAULT_COLLECTOR,
     DEFAULT_STATUS_FILE,
     HIGH_STALL_S,
+    KILLER_WRITES,
     USERSPACE_KILLERS,
     parse_duration_s,
 )
@@ -79,6 +80,7 @@ def _agent(args: argparse.Namespace) -> int:
             profile_before=(args.profile_before_percent, args.profile_before_window),
             high_stall_s=args.high_stall_seconds,
             userspace_killers=tuple(c for c in args.userspace_killers.split(",") if c),
+            killer_writes=args.killer_writes,
             node=args.node,
             metrics_listen=args.metrics_listen,
             privacy=Privacy(CmdlinePolicy(args.cmdline), tuple(args.redact_pattern)),
@@ -326,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COMM,...",
         help="processes (by name, as the kernel keeps it: 15 bytes) whose SIGKILL or SIGTERM "
         "is an OOM kill, recorded like the kernel's; empty: none",
+    )
+    a.add_argument(
+        "--killer-writes",
+        choices=KILLER_WRITES,
+        default="kprobe",
+        help="how a userspace killer's log line before its kill (its reason) is caught: "
+        "kprobe on ksys_write where kprobes exist; tracepoint: else the sys_enter_write "
+        "tracepoint too, which every syscall on the node then pays for; off",
     )
     a.add_argument(
         "--profile-before-percent",

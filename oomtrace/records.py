@@ -19,6 +19,12 @@ from oomtrace.v1 import event_pb2
 # Userspace OOM killers, by comm (the kernel's 15 bytes): their SIGKILL or
 # SIGTERM is an OOM kill (the agent's --userspace-killers).
 USERSPACE_KILLERS = ("systemd-oomd", "oomd", "earlyoom", "nohang", "lmkd")
+# How a userspace killer's log writes are watched (the agent's
+# --killer-writes): "kprobe" (kprobe/ksys_write where kprobes exist: only
+# write(2) pays), "tracepoint" (that, or the sys_enter_write tracepoint where
+# kprobes are not compiled in: every syscall on the node pays, ~30 ns each as
+# measured by tests/bench/bench_killer_writes.py), or "off".
+KILLER_WRITES = ("kprobe", "tracepoint", "off")
 # Held throttled above memory.high this long (seconds) with no OOM kill is a
 # stall: a pressure record says so (the agent's --high-stall-seconds).
 HIGH_STALL_S = 30

@@ -126,6 +126,7 @@ class BpfSession:
         profile_before_percent: int = PROFILE_BEFORE_PERCENT,
         profile_before_window_s: int = PROFILE_BEFORE_WINDOW_S,
         userspace_killers: tuple[str, ...] = USERSPACE_KILLERS,
+        killer_writes: str = "kprobe",
     ) -> None:
         """memcg_hierarchy_id: the memory controller's hierarchy (v1: from
         /proc/cgroups; v2: 0); cgroup notes are sent for that one only."""
@@ -184,7 +185,7 @@ class BpfSession:
         if userspace_killers:
             self.set_userspace_killers(userspace_killers)
             self._attach_raw("signal_generate", "on_signal_generate", required=False)
-            self._attach_killer_writes()
+            self._attach_killer_writes(killer_writes)
         for tp in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping"):
             self._attach_raw(tp, f"on_{tp}", required=False)
         if with_exec:
@@ -290,18 +291,34 @@ class BpfSession:
         if required and not last.attached:
             raise BpfLoadError(f"required hook {name} could not be attached: {last.reason}")
 
-    def _attach_killer_writes(self) -> None:
+    def _attach_killer_writes(self, how: str) -> None:
         """A userspace killer's log writes (its reason, before its kill): a
         kprobe on ksys_write, which only write(2) pays for; where kprobes are
-        not compiled in, the sys_enter_write tracepoint (enabling a syscall
-        tracepoint sends every syscall through the kernel's tracing path)."""
-        if kprobes_available()[0] and self._kprobe_able(import_bcc(), "ksys_write"):
+        not compiled in and `how` is "tracepoint", the sys_enter_write
+        tracepoint (enabling a syscall tracepoint sends every syscall on the
+        node through the kernel's tracing path: ~30 ns each here)."""
+        if how == "off":
+            self._hook("kprobe/ksys_write", False, False, "--killer-writes off")
+            return
+        ok, reason = kprobes_available()
+        if ok and not self._kprobe_able(import_bcc(), "ksys_write"):
+            ok, reason = False, "ksys_write is not kprobe-able here"
+        if ok:
             try:
                 self._bpf.attach_kprobe(event=b"ksys_write", fn_name=b"on_ksys_write")
                 self._hook("kprobe/ksys_write", True, False, "")
                 return
             except Exception as exc:  # noqa: BLE001 - BCC raises bare Exception on attach failure
-                log.info("bpf.hook_skipped", hook="kprobe/ksys_write", reason=str(exc))
+                reason = str(exc)
+        if how != "tracepoint":
+            self._hook(
+                "kprobe/ksys_write",
+                False,
+                False,
+                f"{reason}; --killer-writes tracepoint watches through the syscall tracepoint, "
+                "which every syscall then pays for",
+            )
+            return
         try:
             self._bpf.attach_tracepoint(
                 tp=b"syscalls:sys_enter_write", fn_name=b"on_sys_enter_write"

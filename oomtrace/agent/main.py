@@ -48,6 +48,7 @@ def run_agent(
     profile_before: tuple[int, int] = (80, 60),
     high_stall_s: int = HIGH_STALL_S,
     userspace_killers: tuple[str, ...] = USERSPACE_KILLERS,
+    killer_writes: str = "kprobe",
     runtime_roots: RuntimeRoots | None = None,
     metrics_listen: str | None = None,
     privacy: Privacy | None = None,
@@ -91,6 +92,7 @@ def run_agent(
         profile_before_percent=profile_before[0],
         profile_before_window_s=profile_before[1],
         userspace_killers=userspace_killers,
+        killer_writes=killer_writes,
     )
     return_freed_heap()  # what the compile left behind
     kernel_log.mark_attached()

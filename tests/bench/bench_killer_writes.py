@@ -1,9 +1,10 @@
 """What watching userspace OOM killers' log writes costs everyone else (root):
 the time of a syscall-heavy command (dd copying one byte at a time: a read
 and a write per byte) with no agent, with an agent that watches no killers
-(--userspace-killers ''), and with one that does (the default: kprobe on
-ksys_write, or the sys_enter_write tracepoint where kprobes are not compiled
-in, which sends every syscall of every task through the tracing path).
+(--userspace-killers ''), and with one that does (--killer-writes
+tracepoint: kprobe on ksys_write, or the sys_enter_write tracepoint where
+kprobes are not compiled in, which sends every syscall of every task through
+the tracing path).
 Prints medians of interleaved runs and the ratios; asserts nothing.
 
     sudo .venv/bin/python tests/bench/bench_killer_writes.py [--runs 7] [--bytes 1000000]
@@ -41,7 +42,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"no agent": [], "agent, no killers": [], "agent": []}
     agents = {
         "agent, no killers": ("--userspace-killers", ""),
-        "agent": (),
+        "agent": ("--killer-writes", "tracepoint"),
     }
     hooks: dict[str, list[str]] = {}
     for _ in range(args.runs):

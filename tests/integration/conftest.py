@@ -50,6 +50,10 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
         str(work / "spool"),
         "--metrics-listen",
         metrics,
+        # This host has no kprobes: the killers' log lines through the
+        # syscall tracepoint (guests use the kprobe).
+        "--killer-writes",
+        "tracepoint",
         # A memory.high stall test need not hold for the default 30 s.
         "--high-stall-seconds",
         str(HIGH_STALL_TEST_S),
