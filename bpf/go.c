@@ -68,10 +68,44 @@ BPF_HASH(go_procs, u32, struct go_proc, 16384);
 
 /* -- the heap profile at the kill ----------------------------------------- */
 
-/* Go victims whose profile is still to be walked: tgid -> the kill's boot_ns.
- * Set by kill.c at mark_victim; the first of the victim's threads to dequeue
- * SIGKILL takes the entry and walks. */
+/* Go victims whose profile is still to be walked: tgid -> the time the
+ * walk goes by (the kill's key). The first of the victim's threads to
+ * dequeue SIGKILL takes the entry and walks.
+ *
+ * The OOM killer sends its SIGKILL before mark_victim runs, and a victim's
+ * other threads, awake on other CPUs, can dequeue it at once. So the
+ * kernel's SIGKILL (SEND_SIG_PRIV) to a Go process whose profile was found
+ * already makes the entry, under the signal's time; mark_victim then gives
+ * its kill that key. Should a thread have taken it before mark_victim, the
+ * kill makes a new entry under its own time, and the thread that comes back
+ * from the OOM killer walks again (the first walk is claimed by no kill,
+ * and user space drops it). A kernel SIGKILL that was no OOM kill leaves a
+ * walk no kill claims, too. */
 BPF_HASH(go_profile_due, u32, u64, 4096);
+
+/* signal_generate's part (kill.c): a kernel SIGKILL to this process. */
+static __always_inline void go_note_kernel_sigkill(u32 tgid)
+{
+    struct go_proc *gp = go_procs.lookup(&tgid);
+    if (!gp || !gp->mbuckets)
+        return;
+    u64 now = bpf_ktime_get_boot_ns();
+    go_profile_due.insert(&tgid, &now); /* an entry already there stays */
+}
+
+/* mark_victim's part (kill.c): the key this kill's profile goes by. */
+static __always_inline u64 go_profile_key(u32 tgid, u64 kill_ns)
+{
+    u64 *due = go_profile_due.lookup(&tgid);
+    if (due)
+        return *due;
+    if (go_profile_due.insert(&tgid, &kill_ns) != 0) {
+        due = go_profile_due.lookup(&tgid); /* made meanwhile: that one */
+        if (due)
+            return *due;
+    }
+    return kill_ns;
+}
 
 /* A walk in progress, carried across tail calls (same CPU, same run). */
 struct go_walk {

@@ -10,7 +10,9 @@
  *   raw_tracepoint/signal_generate  a SIGKILL or SIGTERM sent by a userspace
  *                               OOM killer (its comm in user_killers, which
  *                               user space fills): one OOMT_USER_KILL, the
- *                               same record with the killer as trigger
+ *                               same record with the killer as trigger; and
+ *                               the kernel's SIGKILL to a Go process, noted
+ *                               for its heap profile's walk (go.c)
  *   kprobe/ksys_write           optional: a userspace killer's writes to its
  *                               stdout/stderr, the last one kept for its next
  *                               kill (earlyoom prints its reason just before);
@@ -225,8 +227,7 @@ static __always_inline int handle_victim(void *ctx, void *victim, u32 raw_pid, u
          * dequeues its SIGKILL (go.c), in its own context. */
         struct go_proc *gp = go_procs.lookup(&ev->victim_tgid);
         if (gp && gp->mbuckets) {
-            u64 t = ev->boot_ns;
-            go_profile_due.update(&ev->victim_tgid, &t);
+            ev->go_profile_key = go_profile_key(ev->victim_tgid, ev->boot_ns);
             ev->go_flags |= OOMT_GO_PROFILE_DUE;
         }
     } else {
@@ -367,11 +368,17 @@ int on_signal_generate(struct bpf_raw_tracepoint_args *ctx)
     int sig = (int)ctx->args[0];
     if ((sig != 9 && sig != 15) || (int)ctx->args[4] != 0)
         return 0;
+    void *task = (void *)ctx->args[2];
+    if (sig == 9 && ctx->args[1] == 1 /* SEND_SIG_PRIV: the kernel's own */) {
+        u32 target = 0;
+        KREAD(target, task, OFF_TASK_TGID);
+        go_note_kernel_sigkill(target);
+        return 0;
+    }
     struct killer_comm k = {};
     bpf_get_current_comm(k.comm, sizeof(k.comm));
     if (!user_killers.lookup(&k))
         return 0;
-    void *task = (void *)ctx->args[2];
     u32 tgid = 0;
     KREAD(tgid, task, OFF_TASK_TGID);
     if (!tgid || victims.lookup(&tgid))

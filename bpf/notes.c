@@ -41,6 +41,7 @@ int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     go_states.delete(&tgid);
     go_procs.delete(&tgid);
+    go_profile_due.delete(&tgid);
     if (!is_victim)
         return 0;
     victims.delete(&tgid);

@@ -111,6 +111,7 @@ struct oomt_kill {
     u64 go_heap_goal;
     u64 go_controller_ns;     /* when the controller fields were read */
     u64 go_gomaxprocs;        /* runtime.gomaxprocs, the value in effect */
+    u64 go_profile_key;       /* OOMT_GO_PROFILE_DUE: the kill_ns its heap profile's walk carries */
     /* The trigger's kernel stack at the kill, innermost return address first.
      * out_of_memory's caller in it tells a memcg OOM from a global one where
      * oom_kill_process cannot be hooked: by the time mark_victim runs, the

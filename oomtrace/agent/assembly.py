@@ -306,7 +306,7 @@ class KillAssembler:
                 break
             # A Go victim's heap profile is walked as it dies and symbolised
             # after: moments after its exit.
-            if not overdue and self.profiles.pending(key, p.kill.boot_ns):
+            if not overdue and self.profiles.pending(key, p.kill.profile_key):
                 break
             # A userspace killer's kill has no report in the kernel's log.
             if p.report is None and not p.kill.user_signal:
@@ -350,7 +350,7 @@ class KillAssembler:
             reap_ns=p.reap_ns,
             missing=missing,
         )
-        profiles = self.profiles.take(p.kill.victim_tgid, p.kill.boot_ns)
+        profiles = self.profiles.take(p.kill.victim_tgid, p.kill.profile_key)
         if profiles != KillProfiles():
             a = replace(a, heap_profiles=profiles)
         incident = self._incident_of(a)

@@ -184,7 +184,11 @@ class BpfSession:
         self._attach_profile_walk(bcc)
         if userspace_killers:
             self.set_userspace_killers(userspace_killers)
+        if userspace_killers or self.profiles_hooked:
+            # Userspace killers' signals; and the kernel's SIGKILL to a Go
+            # victim, which can be dequeued before mark_victim runs (go.c).
             self._attach_raw("signal_generate", "on_signal_generate", required=False)
+        if userspace_killers:
             self._attach_killer_writes(killer_writes)
         for tp in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping"):
             self._attach_raw(tp, f"on_{tp}", required=False)

@@ -141,6 +141,15 @@ class KernelKill:
     go: GoState | None = None
     kernel_stack: tuple[int, ...] = ()  # the trigger's, innermost first
     go_profile_due: bool = False  # the victim's heap profile is walked at its SIGKILL
+    # The time its walk goes by: the kill's, or the kernel's SIGKILL's when
+    # the victim dequeued that before mark_victim ran (bpf/go.c).
+    go_profile_key: int = 0
+
+    @property
+    def profile_key(self) -> int:
+        """What this kill's heap profile is known by (HeapProfiles)."""
+        return self.go_profile_key or self.boot_ns
+
     # A userspace OOM killer's kill: the signal it sent (0: the kernel's kill);
     # the trigger is then the killer.
     user_signal: int = 0
@@ -271,6 +280,7 @@ def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
         oom_control=oc,
         go=_go_state(ev),
         go_profile_due=bool(int(getattr(ev, "go_flags", 0)) & GO_F_PROFILE_DUE),
+        go_profile_key=int(getattr(ev, "go_profile_key", 0)),
         user_signal=int(ev.user_signal) if ev.kind == Kind.USER_KILL else 0,
         killer_said=_said(ev) if ev.kind == Kind.USER_KILL else "",
         kernel_stack=stack,

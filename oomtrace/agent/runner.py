@@ -307,11 +307,11 @@ class Runner:
         if self.heap_profiles is None or not tgid:
             return
         if kill.go_profile_due:
-            self.heap_profiles.expect(tgid, kill.boot_ns, self.go_probes.binary_profile(tgid))
+            self.heap_profiles.expect(tgid, kill.profile_key, self.go_probes.binary_profile(tgid))
         else:
             reason = self.go_probes.profile_reason(tgid)
             if reason:
-                self.heap_profiles.not_due(tgid, kill.boot_ns, reason)
+                self.heap_profiles.not_due(tgid, kill.profile_key, reason)
 
     def on_profile(self, raw: bytes) -> None:
         ev = self._decode(decode.decode_profile_event, raw, "profile")
