@@ -111,22 +111,33 @@ for label in $kernels; do
     # No setsid between timeout and vng: qemu must die with the timeout. The
     # kernel's modules appear at /lib/modules in a mount namespace of vng's
     # own, which its root export shows the guest.
-    set +e
-    if [ -n "$modules" ]; then
-        unshare -m --propagation private sh -c '
-            mount -t tmpfs oomtrace-modules /lib/modules &&
-            mkdir "/lib/modules/$1" && mount --bind "$2" "/lib/modules/$1" &&
-            shift 2 && exec "$@"' sh "$kver" "$modules" \
+    # A guest that dies before it starts its tests (seen once: vng exit 255
+    # within seconds, an empty console) is booted once more.
+    for attempt in 1 2; do
+        set +e
+        if [ -n "$modules" ]; then
+            unshare -m --propagation private sh -c '
+                mount -t tmpfs oomtrace-modules /lib/modules &&
+                mkdir "/lib/modules/$1" && mount --bind "$2" "/lib/modules/$1" &&
+                shift 2 && exec "$@"' sh "$kver" "$modules" \
+                timeout -k 10 1500 vng --disable-kvm --memory 2G --cpus 2 --rwdir="$out" \
+                -r "$image" -- "$guest" </dev/null >"$out/console.log" 2>&1
+        else
             timeout -k 10 1500 vng --disable-kvm --memory 2G --cpus 2 --rwdir="$out" \
-            -r "$image" -- "$guest" </dev/null >"$out/console.log" 2>&1
-    else
-        timeout -k 10 1500 vng --disable-kvm --memory 2G --cpus 2 --rwdir="$out" \
-            -r "$image" -- "$guest" </dev/null >"$out/console.log" 2>&1
-    fi
-    vng_rc=$?
-    set -e
-    took=$(($(date +%s) - started))
-    echo "test-kernels: $kver finished in $took s (vng exit $vng_rc)" >&2
+                -r "$image" -- "$guest" </dev/null >"$out/console.log" 2>&1
+        fi
+        vng_rc=$?
+        set -e
+        took=$(($(date +%s) - started))
+        echo "test-kernels: $kver finished in $took s (vng exit $vng_rc)" >&2
+        if [ "$attempt" = 1 ] && [ ! -f "$out/kernel" ]; then
+            echo "test-kernels: the $kver guest never started its tests; booting it again" >&2
+            tail -n 20 "$out/console.log" >&2
+            started=$(date +%s)
+            continue
+        fi
+        break
+    done
     mkdir -p "var/guest/$label"
     if [ ! -f "$out/rc" ]; then
         echo "test-kernels: the $kver guest did not finish its tests; console:" >&2
