@@ -174,7 +174,12 @@ def test_the_pprof_file_folds_inlined_frames_and_hides_the_runtime() -> None:
     )
     assert sites == {
         ("main.touch", "main.go", 10): SiteTotals(
-            inuse_space, inuse_objects, alloc_space, since_space, since_objects
+            inuse_space,
+            inuse_objects,
+            alloc_space,
+            since_space,
+            since_objects,
+            scale(3, 3 * 32768, 32768)[1],
         )
     }
 
@@ -184,16 +189,19 @@ def test_growth_is_what_each_site_gained_since_the_profile_before() -> None:
     with no GC between them still show what was allocated in between."""
     before = {("a", "f.go", 1): SiteTotals(100, 1, 100), ("b", "f.go", 2): SiteTotals(50, 1, 50)}
     at_kill = {
-        ("a", "f.go", 1): SiteTotals(100, 1, 100, since_gc_bytes=20, since_gc_objects=1),
-        ("b", "f.go", 2): SiteTotals(400, 4, 400, since_gc_bytes=500, since_gc_objects=5),
-        ("c", "g", 3): SiteTotals(0, 0, 0, since_gc_bytes=7, since_gc_objects=1),
-        ("d", "g", 4): SiteTotals(0, 0, 0, since_gc_bytes=-3, since_gc_objects=-1),
+        ("a", "f.go", 1): SiteTotals(100, 1, 100, 20, 1, since_gc_alloc_bytes=20),
+        # b: 600 allocated since its last GC, 100 of its earlier bytes swept.
+        ("b", "f.go", 2): SiteTotals(400, 4, 400, 500, 5, since_gc_alloc_bytes=600),
+        ("c", "g", 3): SiteTotals(0, 0, 0, 7, 1, since_gc_alloc_bytes=7),
+        ("d", "g", 4): SiteTotals(0, 0, 0, -3, -1),
     }
     grew = growth(at_kill, before)
-    assert [(s.function, s.inuse_bytes, s.inuse_objects) for s in grew] == [
-        ("b", 850, 8),
-        ("a", 20, 1),
-        ("c", 7, 1),
+    # In use: what was allocated less what was freed; allocated: the
+    # allocations alone, published or not.
+    assert [(s.function, s.inuse_bytes, s.inuse_objects, s.alloc_bytes) for s in grew] == [
+        ("b", 850, 8, 950),
+        ("a", 20, 1, 20),
+        ("c", 7, 1, 7),
     ]
 
 

@@ -288,13 +288,14 @@ class SiteTotals:
     """One site's figures, scaled to estimates of every allocation. `inuse`
     is as of the last completed GC (what runtime/pprof shows); `since_gc` is
     what the runtime has not published yet: allocated since that GC, less what
-    the sweeps since freed."""
+    the sweeps since freed (since_gc_alloc_bytes: the allocations alone)."""
 
     inuse_bytes: int = 0
     inuse_objects: int = 0
     alloc_bytes: int = 0
     since_gc_bytes: int = 0
     since_gc_objects: int = 0
+    since_gc_alloc_bytes: int = 0
 
     @property
     def now_bytes(self) -> int:
@@ -326,9 +327,9 @@ def growth(at_kill: Sites, before: Sites) -> list[event_pb2.HeapSite]:
                     inuse_bytes=now.now_bytes - old.now_bytes,
                     inuse_objects=now.now_objects - old.now_objects,
                     alloc_bytes=now.alloc_bytes
-                    + now.since_gc_bytes
+                    + now.since_gc_alloc_bytes
                     - old.alloc_bytes
-                    - old.since_gc_bytes,
+                    - old.since_gc_alloc_bytes,
                 )
             )
     return sorted(out, key=lambda x: -x.inuse_bytes)[:TOP_SITES]
@@ -469,6 +470,7 @@ def build(
         since_objects, since_space = scale(
             p.allocs - p.frees, p.alloc_bytes - p.free_bytes, end.rate
         )
+        _objects, since_alloc = scale(p.allocs, p.alloc_bytes, end.rate)
         total_inuse += inuse_space
         total_alloc += alloc_space
         total_since += since_space
@@ -480,6 +482,7 @@ def build(
             site.alloc_bytes += alloc_space
             site.since_gc_bytes += since_space
             site.since_gc_objects += since_objects
+            site.since_gc_alloc_bytes += since_alloc
     prof.string_table.extend(strings)
 
     out = event_pb2.GoHeapProfile(
