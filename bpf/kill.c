@@ -41,6 +41,14 @@ struct killer_comm {
 };
 BPF_HASH(user_killers, struct killer_comm, u8, 64);
 
+/* Whether the current task is a listed userspace killer, by its comm. */
+static __always_inline int current_is_killer(void)
+{
+    struct killer_comm k = {};
+    bpf_get_current_comm(k.comm, sizeof(k.comm));
+    return user_killers.lookup(&k) != 0;
+}
+
 /* The last write each userspace killer made to its stdout or stderr, by its
  * tgid: a kill it makes soon after carries it (its own reason, in its words). */
 struct killer_line {
@@ -316,11 +324,7 @@ int on_oom_kill_process(struct pt_regs *ctx)
  * lookup. */
 static __always_inline int killer_wrote(u64 fd, u64 buf, u64 count)
 {
-    if (fd != 1 && fd != 2)
-        return 0;
-    struct killer_comm k = {};
-    bpf_get_current_comm(k.comm, sizeof(k.comm));
-    if (!user_killers.lookup(&k))
+    if ((fd != 1 && fd != 2) || !current_is_killer())
         return 0;
     u32 zero = 0;
     struct killer_line *l = killer_line_scratch.lookup(&zero);
@@ -375,9 +379,7 @@ int on_signal_generate(struct bpf_raw_tracepoint_args *ctx)
         go_note_kernel_sigkill(target);
         return 0;
     }
-    struct killer_comm k = {};
-    bpf_get_current_comm(k.comm, sizeof(k.comm));
-    if (!user_killers.lookup(&k))
+    if (!current_is_killer())
         return 0;
     u32 tgid = 0;
     KREAD(tgid, task, OFF_TASK_TGID);

@@ -243,13 +243,21 @@ class BpfSession:
         return any(h.name == "raw_tracepoint/signal_deliver" and h.attached for h in self.hooks)
 
     @staticmethod
-    def _kprobe_able(bcc: Any, function: str) -> bool:
-        if not kprobes_available()[0]:
-            return False
+    def _why_not_kprobe(bcc: Any, function: str) -> str:
+        """Why `function` cannot be kprobed here ("" when it can)."""
+        ok, reason = kprobes_available()
+        if not ok:
+            return reason
         try:
-            return bool(bcc.BPF.get_kprobe_functions(f"^{function}$".encode()))
-        except OSError:
-            return False
+            if not bcc.BPF.get_kprobe_functions(f"^{function}$".encode()):
+                return f"{function} is not a kprobe-able function here (inlined?)"
+        except OSError as exc:  # reading available_filter_functions can fail
+            return f"cannot list kprobe-able functions: {exc}"
+        return ""
+
+    @classmethod
+    def _kprobe_able(cls, bcc: Any, function: str) -> bool:
+        return not cls._why_not_kprobe(bcc, function)
 
     def _oom_kill_process_hook(self, bcc: Any) -> tuple[str, str]:
         """How struct oom_control is read: "fentry" where the kernel allows a
@@ -263,14 +271,9 @@ class BpfSession:
         )
         if fentry:
             return "fentry", ""
-        ok, reason = kprobes_available()
-        if not ok:
+        reason = self._why_not_kprobe(bcc, "oom_kill_process")
+        if reason:
             return "", f"{reason}; {fentry_reason}"
-        try:
-            if not bcc.BPF.get_kprobe_functions(b"^oom_kill_process$"):
-                return "", "oom_kill_process is not a kprobe-able function here (inlined?)"
-        except OSError as exc:  # reading available_filter_functions can fail
-            return "", f"cannot list kprobe-able functions: {exc}"
         return "kprobe", fentry_reason
 
     def _hook(self, name: str, attached: bool, required: bool, reason: str) -> None:
@@ -304,10 +307,8 @@ class BpfSession:
         if how == "off":
             self._hook("kprobe/ksys_write", False, False, "--killer-writes off")
             return
-        ok, reason = kprobes_available()
-        if ok and not self._kprobe_able(import_bcc(), "ksys_write"):
-            ok, reason = False, "ksys_write is not kprobe-able here"
-        if ok:
+        reason = self._why_not_kprobe(import_bcc(), "ksys_write")
+        if not reason:
             try:
                 self._bpf.attach_kprobe(event=b"ksys_write", fn_name=b"on_ksys_write")
                 self._hook("kprobe/ksys_write", True, False, "")
