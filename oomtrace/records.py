@@ -36,6 +36,31 @@ MAX_RECORD_BYTES = MAX_MESSAGE_BYTES - 4096
 # Where the agent writes its counters, and `oomtrace doctor` reads them.
 DEFAULT_STATUS_FILE = Path("/run/oomtrace/agent-status.json")
 
+_Alloc = event_pb2.Allocation
+# What each kind of allocation (_Alloc.Kind) is, in words for `show`
+# and the verdicts.
+ALLOCATION_WORDS = {
+    _Alloc.ANON_FAULT: "an anonymous page fault",
+    _Alloc.SHMEM: "a tmpfs/shared-memory page",
+    _Alloc.PAGE_CACHE: "a page-cache page for a file read or write",
+    _Alloc.PIPE: "a pipe buffer",
+    _Alloc.SOCKET: "a socket buffer",
+    _Alloc.SLAB: "a slab object",
+    _Alloc.HUGE_PAGE: "a transparent huge page",
+    _Alloc.PAGE_TABLE: "a page table",
+    _Alloc.KERNEL_OTHER: "a kernel page charged to the cgroup",
+    _Alloc.MEMORY_LIMIT_WRITE: "nothing: the limit was lowered below the usage",
+    _Alloc.KERNEL_STACK: "a new task's kernel stack",
+}
+
+
+def allocation_text(a: event_pb2.Allocation) -> str:
+    """ "a tmpfs/shared-memory page by dd[42], order 0": the allocation in words."""
+    kind = ALLOCATION_WORDS.get(a.kind, "an allocation of a kind the trace does not tell")
+    who = f" by {a.comm}[{a.pid}]" if a.comm else ""
+    return f"{kind}{who}" + (f", order {a.order}" if a.order else "")
+
+
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 

@@ -171,9 +171,104 @@ def incidents_table(events: list[event_pb2.OomEvent], now: float, tz: tzinfo | N
 def one_line(ev: event_pb2.OomEvent, tz: tzinfo | None = None) -> str:
     return (
         f"{at(ev.killed_at.ToNanoseconds() / 1e9, tz)} OOM kill on {clean(ev.node)}: "
-        f"{victim(ev)} in {where(ev)}, rss {size(rss(ev))} of limit "
-        f"{size(records.limit_hit_bytes(ev))} ({constraint(ev)}) id={ev.id}"
+        f"{victim(ev)} in {where(ev)}, {usage_line(ev)} ({constraint(ev)}) id={ev.id}"
     )
+
+
+def usage_line(ev: event_pb2.OomEvent) -> str:
+    """The cgroup's usage against the limit it hit, and the victim's share of
+    it: its anonymous memory (its rss adds file pages other tasks share, and
+    can exceed the limit)."""
+    b, c = ev.breakdown, ev.cgroup
+    usage = b.usage_bytes or c.oom_memcg_usage_bytes or c.memory_usage_bytes
+    limit = b.limit_bytes or records.limit_hit_bytes(ev)
+    anon = b.victim_anon_bytes if ev.HasField("breakdown") else ev.victim.anon_rss_bytes
+    share = f" ({100 * anon / usage:.0f} %)" if usage else ""
+    head = f"usage {size(usage)} of limit {size(limit)}" if limit else f"usage {size(usage)}"
+    return f"{head}, victim's anon {size(anon)}{share}"
+
+
+def breakdown_block(ev: event_pb2.OomEvent) -> list[str]:
+    """Where the memory of the cgroup whose limit was hit was at the kill:
+    a short table, each part with its share of the usage."""
+    b = ev.breakdown
+    usage = b.usage_bytes
+    src = "the kernel's report" if b.source == b.KERNEL_REPORT else "the cgroup's files"
+
+    def pct(n: int) -> str:
+        return f"{100 * n / usage:5.1f} %" if usage else ""
+
+    others = "other tasks' anon"
+    if b.other_tasks:
+        others += f" ({b.other_tasks}; largest {clean(b.largest_other_name)}[{b.largest_other_pid}] {size(b.largest_other_anon_bytes)})"
+    kernel_parts = [
+        (name, n)
+        for name, n in (
+            ("slab reclaimable", b.slab_reclaimable_bytes),
+            ("slab unreclaimable", b.slab_unreclaimable_bytes),
+            ("sockets", b.sock_bytes),
+            ("kernel stacks", b.kernel_stack_bytes),
+            ("page tables", b.pagetables_bytes),
+            ("percpu", b.percpu_bytes),
+            ("vmalloc", b.vmalloc_bytes),
+            ("pipes and other", b.kernel_other_bytes),
+        )
+        if n
+    ]
+    rows = [
+        ["victim's anon", size(b.victim_anon_bytes), pct(b.victim_anon_bytes)],
+        [others, size(b.others_anon_bytes), pct(b.others_anon_bytes)],
+        ["anon no task maps", size(b.unmapped_anon_bytes), pct(b.unmapped_anon_bytes)],
+        [
+            f"page cache (dirty {size(b.dirty_bytes)}, writeback {size(b.writeback_bytes)})",
+            size(b.page_cache_bytes),
+            pct(b.page_cache_bytes),
+        ],
+        [
+            f"shmem/tmpfs (not mapped {size(b.shmem_unmapped_bytes)})",
+            size(b.shmem_bytes),
+            pct(b.shmem_bytes),
+        ],
+        [
+            "kernel"
+            + (
+                f" ({', '.join(f'{k} {size(n)}' for k, n in kernel_parts)})" if kernel_parts else ""
+            ),
+            size(b.kernel_bytes),
+            pct(b.kernel_bytes),
+        ],
+        [
+            "unexplained",
+            ("-" if b.unexplained_bytes < 0 else "") + size(abs(b.unexplained_bytes)),
+            pct(b.unexplained_bytes),
+        ],
+    ]
+    out = [
+        f"where the memory was (from {src}: {clean(b.cgroup) or '?'}, usage {size(usage)}"
+        + (f" of limit {size(b.limit_bytes)}" if b.limit_bytes else "")
+        + (f", swap {size(b.swap_bytes)}" if b.swap_bytes else "")
+        + ")",
+        *("  " + line for line in _table(["PART", "BYTES", "SHARE"], rows).splitlines()),
+    ]
+    for m in b.tmpfs[:4]:
+        name = f"emptyDir {clean(m.volume)} at " if m.kind == "emptyDir" else ""
+        out.append(
+            f"  tmpfs       {name}{clean(m.mount_point)} ({clean(m.kind)}): {size(m.used_bytes)} used"
+            + (f" of {size(m.size_limit_bytes)}" if m.size_limit_bytes else "")
+        )
+    out += [f"  note        {clean(n)}" for n in b.notes]
+    return out
+
+
+def allocation_lines(ev: event_pb2.OomEvent) -> list[str]:
+    a = ev.allocation
+    line = f"  allocating  {clean(records.allocation_text(a))}"
+    if a.gfp_mask:
+        line += f"; gfp_mask {clean(a.gfp_mask)}"
+    line += f" (from {clean(a.source)}" + (
+        f", {clean(a.from_function)})" if a.from_function else ")"
+    )
+    return [line]
 
 
 def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
@@ -208,11 +303,15 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         f"  path        {clean(c.path) or '-'} (v{c.version}, id {c.id})",
         f"  memory      usage {size(c.memory_usage_bytes)} of limit {size(c.memory_limit_bytes)}",
     ]
+    if ev.HasField("breakdown"):
+        out.insert(out.index("victim") + 1, f"  share       {usage_line(ev)}")
     if c.oom_memcg_path:
         out.append(
             f"  limit hit   {clean(c.oom_memcg_path)}: usage {size(c.oom_memcg_usage_bytes)} of "
             f"{size(c.oom_memcg_limit_bytes)}, failcnt {c.oom_memcg_failcnt}"
         )
+    if ev.HasField("breakdown"):
+        out += ["", *breakdown_block(ev)]
     if ev.pod.name or ev.container.id:
         out += [
             "",
@@ -235,6 +334,8 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         f"  task        {clean(t.comm)}[{t.pid}] thread {t.tid}"
         + (" (the victim itself)" if same else f" in {clean(t.cgroup_path) or '?'}")
     )
+    if ev.HasField("allocation"):
+        out += allocation_lines(ev)
     timing = []
     if ev.HasField("exit_ns"):
         timing.append(f"victim exited {ev.exit_ns / 1e6:.1f} ms after the kill")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from oomtrace.agent import cgroups
+from oomtrace.agent.breakdown import MemcgFiles
 from oomtrace.agent.build.parts import record_id
 from oomtrace.agent.decode import KernelKill, ReapStage
 from oomtrace.agent.go.heap import KillProfiles
@@ -28,6 +29,7 @@ from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import Point
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
 from oomtrace.agent.workloads import Workload
+from oomtrace.v1.event_pb2 import TmpfsMount
 
 # Kills marked back to back by one OOM-killer call (a memory.oom.group kill)
 # come within this of each other.
@@ -60,6 +62,22 @@ class Profiles(Protocol):
 
     def pending(self, tgid: int, kill_ns: int) -> bool: ...
     def take(self, tgid: int, kill_ns: int) -> KillProfiles: ...
+
+
+class MemcgReader(Protocol):
+    """The memcg's own files at the kill (memcg_files.AtKill), for the
+    breakdown where the report has no stats, and its tasks' tmpfs mounts."""
+
+    def files(self, path: str, after_kill_ns: int) -> MemcgFiles | None: ...
+    def tmpfs(self, path: str, victim_pid: int) -> list[TmpfsMount]: ...
+
+
+class NoMemcgReader:
+    def files(self, path: str, after_kill_ns: int) -> MemcgFiles | None:
+        return None
+
+    def tmpfs(self, path: str, victim_pid: int) -> list[TmpfsMount]:
+        return []
 
 
 class NoProfiles:
@@ -127,6 +145,11 @@ class AssembledKill:
     timeline: Timeline | None = None
     missing: tuple[str, ...] = ()
     heap_profiles: KillProfiles = field(default_factory=KillProfiles)  # a Go victim's
+    # The memcg whose limit was hit, as its files said when the kill was
+    # assembled (only where the report holds no stats), and the tmpfs mounts
+    # its tasks saw.
+    memcg_files: MemcgFiles | None = None
+    tmpfs: tuple[TmpfsMount, ...] = ()
 
 
 def resolve(
@@ -240,6 +263,7 @@ class KillAssembler:
         workloads: Workloads | None = None,
         timelines: Timelines | None = None,
         profiles: Profiles | None = None,
+        memcg: MemcgReader | None = None,
         clock: Clock = boot_ns_now,
     ) -> None:
         """reports: None when no kernel log is read (no report is then
@@ -254,6 +278,7 @@ class KillAssembler:
         self.workloads: Workloads = workloads if workloads is not None else NoWorkloads()
         self.timelines: Timelines = timelines if timelines is not None else NoTimelines()
         self.profiles: Profiles = profiles if profiles is not None else NoProfiles()
+        self.memcg: MemcgReader = memcg if memcg is not None else NoMemcgReader()
         self.clock = clock
         self.held_too_long = 0
         self._pending: dict[int, _Pending] = {}  # by victim tgid, in kill order
@@ -353,8 +378,21 @@ class KillAssembler:
         profiles = self.profiles.take(p.kill.victim_tgid, p.kill.profile_key)
         if profiles != KillProfiles():
             a = replace(a, heap_profiles=profiles)
+        a = self._memcg_at_kill(a)
         incident = self._incident_of(a)
         return a if incident == a.id else replace(a, incident_id=incident)
+
+    def _memcg_at_kill(self, a: AssembledKill) -> AssembledKill:
+        """The memcg's files where the report has no stats to break its usage
+        down from, and its tmpfs mounts always (their pages outlive the victim)."""
+        path = a.oom_memcg_path or (a.paths[0] if a.paths else "")
+        if not path:
+            return a
+        files = None
+        if a.report is None or not a.report.stats:
+            files = self.memcg.files(path, max(0, self.clock() - a.kill.boot_ns))
+        tmpfs = tuple(self.memcg.tmpfs(path, a.kill.victim_tgid))
+        return replace(a, memcg_files=files, tmpfs=tmpfs) if files or tmpfs else a
 
     def _incident_of(self, a: AssembledKill) -> str:
         """One OOM-killer call marks its victims back to back from the same

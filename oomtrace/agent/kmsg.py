@@ -103,6 +103,29 @@ _STATS_HEAD = re.compile(r"^Memory cgroup stats for (?P<path>[^:]*):(?P<rest>.*)
 _STAT_LINE = re.compile(r"^(?P<key>[a-z_]+)[ :](?P<value>\d+)(?P<unit>KB|kB)?$")
 _TASKS_HEAD = re.compile(r"^\[\s*pid\s*\]\s+(?P<cols>.*)$")
 _TASK_ROW = re.compile(r"^\[\s*(?P<pid>\d+)\]\s+(?P<rest>.*)$")
+# A frame of the trigger's call trace: " do_anonymous_page+0x340/0x900", a
+# module's with " [name]"; "? name" frames are stale stack words, not calls.
+_FRAME = re.compile(
+    r"^\s*(?P<unreliable>\? )?(?P<fn>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?\s*$"
+)
+MAX_FRAMES = 64
+# Mem-Info, printed with a node-wide OOM: "Mem-Info:", then "key:pages" words
+# (several a line), per-zone lines with kB figures, the buddy lists, hugepages.
+_MEMINFO_HEAD = re.compile(r"^Mem-Info:\s*$")
+_MEMINFO_WORD = re.compile(r"(?P<key>[a-z_]+):(?P<value>\d+)(?P<unit>kB)?")
+_ZONE = re.compile(r"^Node (?P<node>\d+) (?P<zone>\w+) free:(?P<free>\d+)kB (?P<rest>.*)$")
+_BUDDY = re.compile(r"^Node (?P<node>\d+) (?P<zone>\w+): (?P<blocks>.*) = (?P<total>\d+)kB$")
+_BUDDY_BLOCK = re.compile(r"(?P<count>\d+)\*(?P<size>\d+)kB")
+_HUGEPAGES = re.compile(
+    r"^Node \d+ hugepages_total=(?P<total>\d+) hugepages_free=(?P<free>\d+) "
+    r"hugepages_surp=\d+ hugepages_size=(?P<size>\d+)kB$"
+)
+_NODE_LINE = re.compile(r"^Node \d+ active_anon:")
+_SWAP = re.compile(r"^(?P<which>Free|Total) swap\s*=\s*(?P<kb>\d+)kB$")
+_PAGES = re.compile(
+    r"^(?P<n>\d+) (?P<what>pages RAM|pages reserved|total pagecache pages|pages in swap cache|pages HighMem/MovableOnly|pages hwpoisoned|pages cma reserved)$"
+)
+_LOWMEM = re.compile(r"^lowmem_reserve\[\]:")
 _CONSTRAINT = re.compile(r"^oom-kill:constraint=(?P<constraint>[A-Z_]+),(?P<rest>.*)$")
 # At the line's start: the OOM killer's message (none before 5.x), then the kill.
 _KILLED = re.compile(
@@ -137,6 +160,28 @@ class ParsedTask:
 
 
 @dataclass
+class ParsedZone:
+    name: str
+    free_kb: int
+    min_kb: int
+    managed_kb: int
+    largest_free_order: int = -1  # from the buddy lists; -1: none printed
+
+
+@dataclass
+class MemInfo:
+    """The Mem-Info block of a node-wide OOM report."""
+
+    pages: dict[str, int] = field(default_factory=dict)  # "free": pages, "shmem": pages, ...
+    node_kb: dict[str, int] = field(default_factory=dict)  # the "Node 0 ..." line, kB
+    zones: list[ParsedZone] = field(default_factory=list)
+    hugepages: list[tuple[int, int, int]] = field(default_factory=list)  # total, free, size kB
+    swap_free_kb: int | None = None
+    swap_total_kb: int | None = None
+    totals: dict[str, int] = field(default_factory=dict)  # "pages RAM": n, ...
+
+
+@dataclass
 class ParsedReport:
     """One OOM report as the kernel printed it."""
 
@@ -162,6 +207,8 @@ class ParsedReport:
     killed: dict[str, int] = field(default_factory=dict)  # kB figures and uid, adj
     lines: list[str] = field(default_factory=list)
     unparsed: int = 0  # lines inside the report that matched nothing known
+    call_trace: list[str] = field(default_factory=list)  # function names, innermost first
+    mem_info: MemInfo | None = None
 
 
 # The kernel ends a report it could not act on with this line (no Killed line).
@@ -182,6 +229,7 @@ class ReportParser:
         self._current: ParsedReport | None = None
         self._columns: list[str] | None = None
         self._in_stats = False
+        self._in_meminfo = False
         self._started_us = 0
         self.expired = 0  # reports dropped open
         self.foreign = 0  # records not from the kernel
@@ -241,7 +289,13 @@ class ReportParser:
                 r.lines.append(text)
             return None
         r.lines.append(text)
-        if (m := _STACK_HEAD.match(text)) and not r.invoker_pid:
+        if (m := _FRAME.match(text)) and not r.counters and not r.stats_cgroup:
+            # Frames come before the memcg counters; a later match is not one.
+            if not m.group("unreliable") and len(r.call_trace) < MAX_FRAMES:
+                r.call_trace.append(m.group("fn"))
+        elif self._mem_info(r, text):
+            pass
+        elif (m := _STACK_HEAD.match(text)) and not r.invoker_pid:
             r.invoker_pid = int(m.group("tid"))
         elif m := _COUNTER.match(text):
             r.counters[m.group("name")] = (
@@ -272,6 +326,68 @@ class ReportParser:
             self._in_stats = False
             r.unparsed += 1
         return None
+
+    def _mem_info(self, r: ParsedReport, text: str) -> bool:
+        """A line of the Mem-Info block, taken into r.mem_info; False when it is not one."""
+        if _MEMINFO_HEAD.match(text):
+            r.mem_info = MemInfo()
+            self._in_meminfo = True
+            self._in_stats = False
+            return True
+        mi = r.mem_info
+        if mi is None:
+            return False
+        if m := _ZONE.match(text):
+            words = {
+                w.group("key"): int(w.group("value"))
+                for w in _MEMINFO_WORD.finditer(m.group("rest"))
+            }
+            mi.zones.append(
+                ParsedZone(
+                    m.group("zone"),
+                    int(m.group("free")),
+                    words.get("min", 0),
+                    words.get("managed", 0),
+                )
+            )
+        elif m := _BUDDY.match(text):
+            orders = [
+                int(b.group("size"))
+                for b in _BUDDY_BLOCK.finditer(m.group("blocks"))
+                if int(b.group("count"))
+            ]
+            for z in mi.zones:
+                if z.name == m.group("zone"):
+                    page_kb = 4
+                    z.largest_free_order = (
+                        (max(orders) // page_kb).bit_length() - 1 if orders else -1
+                    )
+        elif m := _HUGEPAGES.match(text):
+            mi.hugepages.append((int(m.group("total")), int(m.group("free")), int(m.group("size"))))
+        elif _NODE_LINE.match(text):
+            for w in _MEMINFO_WORD.finditer(text):
+                mi.node_kb[w.group("key")] = int(w.group("value"))
+        elif m := _SWAP.match(text):
+            if m.group("which") == "Free":
+                mi.swap_free_kb = int(m.group("kb"))
+            else:
+                mi.swap_total_kb = int(m.group("kb"))
+        elif m := _PAGES.match(text):
+            mi.totals[m.group("what")] = int(m.group("n"))
+        elif _LOWMEM.match(text):
+            pass
+        elif (
+            self._in_meminfo
+            and (found := list(_MEMINFO_WORD.finditer(text)))
+            and all(not w.group("unit") for w in found)
+            and text.strip()[0].islower()
+        ):
+            for w in found:
+                mi.pages[w.group("key")] = int(w.group("value"))
+        else:
+            self._in_meminfo = False
+            return False
+        return True
 
     def _task(self, r: ParsedReport, pid: int, rest: str) -> None:
         assert self._columns is not None

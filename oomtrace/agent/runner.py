@@ -31,6 +31,7 @@ from oomtrace.agent.go.sampling import GoPoint
 from oomtrace.agent.host import Clock, boot_id, boot_ns_now, node_name
 from oomtrace.agent.kernel_text import KernelText, OomPath
 from oomtrace.agent.kmsg import ParsedReport
+from oomtrace.agent.memcg_files import AtKill
 from oomtrace.agent.pressure import Point, WindowReport
 from oomtrace.agent.privacy import Privacy
 from oomtrace.agent.procinfo import ProcessCache
@@ -268,6 +269,7 @@ class Runner:
             workloads=self.workloads,
             timelines=self.sampler,
             profiles=heap_profiles,
+            memcg=AtKill(hierarchy.mount, hierarchy.version),
             clock=clock,
         )
         self.counters = Counters()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from oomtrace.agent.explain import CRITICAL, INFO, WARNING, mib, verdict
 from oomtrace.agent.go.verdicts import go_verdicts
+from oomtrace.agent.memory_verdicts import fallback_verdicts, memory_verdicts
 from oomtrace.records import limit_hit_bytes, rss_bytes, seconds_text
 from oomtrace.v1 import event_pb2
 
@@ -63,6 +64,7 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
         )
 
     out += _choice_verdicts(ev)
+    out += memory_verdicts(ev)
 
     non_anon = v.file_rss_bytes + v.shmem_rss_bytes
     if rss and non_anon > v.anon_rss_bytes:
@@ -79,7 +81,8 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
                 "without swap: move large tmpfs/emptyDir(Medium=Memory) data to disk or raise the limit.",
             )
         )
-    return out
+    # Every kill gets at least one verdict: what is known, when nothing explains it.
+    return out or fallback_verdicts(ev)
 
 
 def _choice_verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:

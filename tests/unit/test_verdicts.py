@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oomtrace.agent.verdicts import verdicts
+from oomtrace.agent.verdicts import verdicts as all_verdicts
 from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
 
@@ -20,6 +20,21 @@ def go_kill(
     ev.cgroup.memory_limit_bytes = ev.cgroup.oom_memcg_limit_bytes = limit
     ev.go.version, ev.go.gomemlimit, ev.go.gogc = version, gomemlimit, gogc
     return ev
+
+
+def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
+    """The verdicts but the fallback every otherwise unexplained kill gets."""
+    return [v for v in all_verdicts(ev) if v.code != "LIMIT_REACHED"]
+
+
+def test_a_kill_nothing_explains_still_gets_a_verdict_with_its_numbers() -> None:
+    ev = make_event(rss_mib=60)
+    ev.cgroup.oom_memcg_limit_bytes = 64 * MIB
+    (v,) = all_verdicts(ev)
+    assert v.code == "LIMIT_REACHED"
+    assert "64 MiB limit" in v.explanation
+    assert "60 MiB anonymous" in v.explanation
+    assert "ratelimited" in v.explanation
 
 
 def codes(ev: event_pb2.OomEvent) -> list[str]:

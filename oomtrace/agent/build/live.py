@@ -12,6 +12,7 @@ from oomtrace.agent.assembly import AssembledKill, Timeline
 from oomtrace.agent.build.parts import (
     CONSTRAINTS,
     figures_from_line,
+    fill_where,
     fill_workload,
     kernel_report,
 )
@@ -121,6 +122,8 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
                 missing.append(f"go.{name}.pprof: over the record's bound; top sites kept")
         if hp.missing:
             ev.go.heap_profile_missing = hp.missing
+    if not kill.user_signal:
+        fill_where(ev, a.memcg_files, a.tmpfs)
     ev.hooks.extend(hooks)
     ev.missing.extend(missing)
     ev.verdicts.extend(verdicts(ev))

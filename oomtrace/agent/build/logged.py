@@ -12,6 +12,7 @@ from oomtrace.agent.build.parts import (
     CONSTRAINTS,
     KIB,
     figures_from_line,
+    fill_where,
     fill_workload,
     kernel_report,
     record_id,
@@ -75,6 +76,7 @@ def event_from_report(r: ParsedReport, ctx: LogContext) -> event_pb2.OomEvent:
         missing.append("cgroup, constraint, trigger: the kernel ratelimited this report")
     if ctx.workload is not None:
         fill_workload(ev.container, ev.pod, ctx.workload, missing)
+    fill_where(ev)
     ev.missing.extend(missing)
     ev.verdicts.extend(verdicts(ev))
     return ev
@@ -106,4 +108,5 @@ def counter_event(
     if ctx.workload is not None:
         fill_workload(ev.container, ev.pod, ctx.workload, missing)
     ev.missing.extend(missing)
+    ev.verdicts.extend(verdicts(ev))
     return ev

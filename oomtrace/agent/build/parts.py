@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from oomtrace import records
+from oomtrace.agent import breakdown
+from oomtrace.agent.allocation import allocation
 from oomtrace.agent.decode import PAGE_SIZE
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.workloads import Workload
@@ -83,6 +85,11 @@ def kernel_report(r: ParsedReport) -> event_pb2.KernelReport:
     if "memory+swap" in r.counters:
         usage, limit, _ = r.counters["memory+swap"]
         kr.memsw_usage_bytes, kr.memsw_limit_bytes = usage * KIB, limit * KIB
+    if "kmem" in r.counters:
+        kr.kmem_usage_bytes = r.counters["kmem"][0] * KIB
+    if "swap" in r.counters:
+        kr.swap_usage_bytes = r.counters["swap"][0] * KIB
+    kr.call_trace.extend(r.call_trace)
     kr.memcg_stats.update(r.stats)
     for t in r.tasks:
         v = t.values
@@ -101,6 +108,21 @@ def kernel_report(r: ParsedReport) -> event_pb2.KernelReport:
             name=t.name,
         )
     return kr
+
+
+def fill_where(
+    ev: event_pb2.OomEvent,
+    files: breakdown.MemcgFiles | None = None,
+    tmpfs: Sequence[event_pb2.TmpfsMount] = (),
+) -> None:
+    """Where the memory was and what was being allocated, once the record
+    holds its victim, cgroup and kernel report (breakdown.py, allocation.py)."""
+    b = breakdown.compute(ev, files, tmpfs)
+    if b is not None:
+        ev.breakdown.CopyFrom(b)
+    a = allocation(ev)
+    if a is not None:
+        ev.allocation.CopyFrom(a)
 
 
 def figures_from_line(v: event_pb2.Process, killed: dict[str, int]) -> None:

@@ -136,6 +136,9 @@ class OomEvent(_message.Message):
     VERDICTS_FIELD_NUMBER: _builtins.int
     CHOICE_FIELD_NUMBER: _builtins.int
     KILLER_FIELD_NUMBER: _builtins.int
+    BREAKDOWN_FIELD_NUMBER: _builtins.int
+    ALLOCATION_FIELD_NUMBER: _builtins.int
+    NODE_MEM_INFO_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -223,6 +226,23 @@ class OomEvent(_message.Message):
         kernel did not kill; trigger is the killer too.
         """
 
+    @_builtins.property
+    def breakdown(self) -> Global___MemoryBreakdown:
+        """Where the memory of the cgroup whose limit was hit was at the kill
+        (oomtrace/agent/breakdown.py): the kernel's report first, the cgroup's
+        files where the report was ratelimited or cut.
+        """
+
+    @_builtins.property
+    def allocation(self) -> Global___Allocation:
+        """What was being allocated when the limit was hit, from the report's
+        gfp mask, order and the trigger's call trace.
+        """
+
+    @_builtins.property
+    def node_mem_info(self) -> Global___NodeMemInfo:
+        """A node-wide OOM (constraint GLOBAL): the report's Mem-Info block."""
+
     def __init__(
         self,
         *,
@@ -254,10 +274,13 @@ class OomEvent(_message.Message):
         verdicts: _abc.Iterable[Global___Verdict] | None = ...,
         choice: Global___OomChoice | None = ...,
         killer: Global___UserspaceKiller | None = ...,
+        breakdown: Global___MemoryBreakdown | None = ...,
+        allocation: Global___Allocation | None = ...,
+        node_mem_info: Global___NodeMemInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "cgroup", b"cgroup", "choice", b"choice", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killer", b"killer", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "allocation", b"allocation", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killer", b"killer", "node_mem_info", b"node_mem_info", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "boot_id", b"boot_id", "cgroup", b"cgroup", "choice", b"choice", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "killer", b"killer", "kills", b"kills", "missing", b"missing", "node", b"node", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "allocation", b"allocation", "boot_id", b"boot_id", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "killer", b"killer", "kills", b"kills", "missing", b"missing", "node", b"node", "node_mem_info", b"node_mem_info", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
@@ -269,6 +292,440 @@ class OomEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reap_ns) -> _WhichOneofReturnType__reap_ns | None: ...
 
 Global___OomEvent: _TypeAlias = OomEvent  # noqa: Y015
+
+@_typing.final
+class MemoryBreakdown(_message.Message):
+    """The cgroup's memory at the kill, split the way the kernel accounts it. The
+    parts of usage (victim_anon + others_anon + unmapped_anon + page_cache +
+    shmem + kernel) plus unexplained_bytes are usage_bytes; swap is outside it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Source:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _SourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[MemoryBreakdown._Source.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        SOURCE_UNSPECIFIED: MemoryBreakdown._Source.ValueType  # 0
+        KERNEL_REPORT: MemoryBreakdown._Source.ValueType  # 1
+        """the memcg stats the kernel printed with the kill"""
+        CGROUP_FILES: MemoryBreakdown._Source.ValueType  # 2
+        """memory.stat and friends read by the agent at the kill"""
+
+    class Source(_Source, metaclass=_SourceEnumTypeWrapper): ...
+    SOURCE_UNSPECIFIED: MemoryBreakdown.Source.ValueType  # 0
+    KERNEL_REPORT: MemoryBreakdown.Source.ValueType  # 1
+    """the memcg stats the kernel printed with the kill"""
+    CGROUP_FILES: MemoryBreakdown.Source.ValueType  # 2
+    """memory.stat and friends read by the agent at the kill"""
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CGROUP_FIELD_NUMBER: _builtins.int
+    USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    VICTIM_ANON_BYTES_FIELD_NUMBER: _builtins.int
+    OTHERS_ANON_BYTES_FIELD_NUMBER: _builtins.int
+    OTHER_TASKS_FIELD_NUMBER: _builtins.int
+    LARGEST_OTHER_NAME_FIELD_NUMBER: _builtins.int
+    LARGEST_OTHER_PID_FIELD_NUMBER: _builtins.int
+    LARGEST_OTHER_ANON_BYTES_FIELD_NUMBER: _builtins.int
+    UNMAPPED_ANON_BYTES_FIELD_NUMBER: _builtins.int
+    OTHERS_FROM_RSS_FIELD_NUMBER: _builtins.int
+    PAGE_CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    DIRTY_BYTES_FIELD_NUMBER: _builtins.int
+    WRITEBACK_BYTES_FIELD_NUMBER: _builtins.int
+    MAPPED_FILE_BYTES_FIELD_NUMBER: _builtins.int
+    SHMEM_BYTES_FIELD_NUMBER: _builtins.int
+    SHMEM_UNMAPPED_BYTES_FIELD_NUMBER: _builtins.int
+    KERNEL_BYTES_FIELD_NUMBER: _builtins.int
+    SLAB_RECLAIMABLE_BYTES_FIELD_NUMBER: _builtins.int
+    SLAB_UNRECLAIMABLE_BYTES_FIELD_NUMBER: _builtins.int
+    KERNEL_STACK_BYTES_FIELD_NUMBER: _builtins.int
+    PAGETABLES_BYTES_FIELD_NUMBER: _builtins.int
+    SOCK_BYTES_FIELD_NUMBER: _builtins.int
+    PERCPU_BYTES_FIELD_NUMBER: _builtins.int
+    VMALLOC_BYTES_FIELD_NUMBER: _builtins.int
+    KERNEL_OTHER_BYTES_FIELD_NUMBER: _builtins.int
+    SWAP_BYTES_FIELD_NUMBER: _builtins.int
+    UNEXPLAINED_BYTES_FIELD_NUMBER: _builtins.int
+    TMPFS_FIELD_NUMBER: _builtins.int
+    UNEVICTABLE_BYTES_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    source: Global___MemoryBreakdown.Source.ValueType
+    cgroup: _builtins.str
+    """whose memory: the memcg whose limit was hit"""
+    usage_bytes: _builtins.int
+    """as the kernel printed it (memory: usage)"""
+    limit_bytes: _builtins.int
+    victim_anon_bytes: _builtins.int
+    """Anonymous memory: the victim's (its Killed line), the other tasks' in
+    the report's task table, and what no listed task maps any more.
+    """
+    others_anon_bytes: _builtins.int
+    other_tasks: _builtins.int
+    largest_other_name: _builtins.str
+    largest_other_pid: _builtins.int
+    largest_other_anon_bytes: _builtins.int
+    unmapped_anon_bytes: _builtins.int
+    others_from_rss: _builtins.bool
+    """The task table of this kernel has no rss_anon column: others' anon is
+    their whole rss, capped at the anon the stats hold.
+    """
+    page_cache_bytes: _builtins.int
+    """Page cache (file pages less shmem), and of it dirty and under writeback."""
+    dirty_bytes: _builtins.int
+    writeback_bytes: _builtins.int
+    mapped_file_bytes: _builtins.int
+    shmem_bytes: _builtins.int
+    """tmpfs / shared memory, and of it what no listed task maps."""
+    shmem_unmapped_bytes: _builtins.int
+    kernel_bytes: _builtins.int
+    """Kernel memory charged to the cgroup, and its parts as the kernel splits
+    it (v2 stats; v1 prints one kmem figure, and page tables come from the
+    task table).
+    """
+    slab_reclaimable_bytes: _builtins.int
+    slab_unreclaimable_bytes: _builtins.int
+    kernel_stack_bytes: _builtins.int
+    pagetables_bytes: _builtins.int
+    sock_bytes: _builtins.int
+    percpu_bytes: _builtins.int
+    vmalloc_bytes: _builtins.int
+    kernel_other_bytes: _builtins.int
+    """The rest of kernel memory: pipe buffers and other pages charged
+    directly (__GFP_ACCOUNT), not in any of the kernel's named counters.
+    """
+    swap_bytes: _builtins.int
+    unexplained_bytes: _builtins.int
+    """usage less the parts above"""
+    unevictable_bytes: _builtins.int
+    @_builtins.property
+    def tmpfs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TmpfsMount]: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """how a figure was had, when not straight from the kernel"""
+
+    def __init__(
+        self,
+        *,
+        source: Global___MemoryBreakdown.Source.ValueType = ...,
+        cgroup: _builtins.str = ...,
+        usage_bytes: _builtins.int = ...,
+        limit_bytes: _builtins.int = ...,
+        victim_anon_bytes: _builtins.int = ...,
+        others_anon_bytes: _builtins.int = ...,
+        other_tasks: _builtins.int = ...,
+        largest_other_name: _builtins.str = ...,
+        largest_other_pid: _builtins.int = ...,
+        largest_other_anon_bytes: _builtins.int = ...,
+        unmapped_anon_bytes: _builtins.int = ...,
+        others_from_rss: _builtins.bool = ...,
+        page_cache_bytes: _builtins.int = ...,
+        dirty_bytes: _builtins.int = ...,
+        writeback_bytes: _builtins.int = ...,
+        mapped_file_bytes: _builtins.int = ...,
+        shmem_bytes: _builtins.int = ...,
+        shmem_unmapped_bytes: _builtins.int = ...,
+        kernel_bytes: _builtins.int = ...,
+        slab_reclaimable_bytes: _builtins.int = ...,
+        slab_unreclaimable_bytes: _builtins.int = ...,
+        kernel_stack_bytes: _builtins.int = ...,
+        pagetables_bytes: _builtins.int = ...,
+        sock_bytes: _builtins.int = ...,
+        percpu_bytes: _builtins.int = ...,
+        vmalloc_bytes: _builtins.int = ...,
+        kernel_other_bytes: _builtins.int = ...,
+        swap_bytes: _builtins.int = ...,
+        unexplained_bytes: _builtins.int = ...,
+        tmpfs: _abc.Iterable[Global___TmpfsMount] | None = ...,
+        unevictable_bytes: _builtins.int = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "dirty_bytes", b"dirty_bytes", "kernel_bytes", b"kernel_bytes", "kernel_other_bytes", b"kernel_other_bytes", "kernel_stack_bytes", b"kernel_stack_bytes", "largest_other_anon_bytes", b"largest_other_anon_bytes", "largest_other_name", b"largest_other_name", "largest_other_pid", b"largest_other_pid", "limit_bytes", b"limit_bytes", "mapped_file_bytes", b"mapped_file_bytes", "notes", b"notes", "other_tasks", b"other_tasks", "others_anon_bytes", b"others_anon_bytes", "others_from_rss", b"others_from_rss", "page_cache_bytes", b"page_cache_bytes", "pagetables_bytes", b"pagetables_bytes", "percpu_bytes", b"percpu_bytes", "shmem_bytes", b"shmem_bytes", "shmem_unmapped_bytes", b"shmem_unmapped_bytes", "slab_reclaimable_bytes", b"slab_reclaimable_bytes", "slab_unreclaimable_bytes", b"slab_unreclaimable_bytes", "sock_bytes", b"sock_bytes", "source", b"source", "swap_bytes", b"swap_bytes", "tmpfs", b"tmpfs", "unevictable_bytes", b"unevictable_bytes", "unexplained_bytes", b"unexplained_bytes", "unmapped_anon_bytes", b"unmapped_anon_bytes", "usage_bytes", b"usage_bytes", "victim_anon_bytes", b"victim_anon_bytes", "vmalloc_bytes", b"vmalloc_bytes", "writeback_bytes", b"writeback_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryBreakdown: _TypeAlias = MemoryBreakdown  # noqa: Y015
+
+@_typing.final
+class TmpfsMount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_POINT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    USED_BYTES_FIELD_NUMBER: _builtins.int
+    SIZE_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    mount_point: _builtins.str
+    """as the container sees it"""
+    kind: _builtins.str
+    """"emptyDir" (medium Memory), "/dev/shm", "tmpfs" """
+    volume: _builtins.str
+    """the emptyDir's name"""
+    used_bytes: _builtins.int
+    size_limit_bytes: _builtins.int
+    """the mount's size= (an emptyDir's sizeLimit)"""
+    def __init__(
+        self,
+        *,
+        mount_point: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        volume: _builtins.str = ...,
+        used_bytes: _builtins.int = ...,
+        size_limit_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "mount_point", b"mount_point", "size_limit_bytes", b"size_limit_bytes", "used_bytes", b"used_bytes", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TmpfsMount: _TypeAlias = TmpfsMount  # noqa: Y015
+
+@_typing.final
+class Allocation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Allocation._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: Allocation._Kind.ValueType  # 0
+        """not known: no call trace"""
+        ANON_FAULT: Allocation._Kind.ValueType  # 1
+        """a page fault on anonymous memory"""
+        SHMEM: Allocation._Kind.ValueType  # 2
+        """a write to (or fault on) tmpfs / shared memory"""
+        PAGE_CACHE: Allocation._Kind.ValueType  # 3
+        """a page-cache page for a file read or write"""
+        PIPE: Allocation._Kind.ValueType  # 4
+        """a pipe buffer"""
+        SOCKET: Allocation._Kind.ValueType  # 5
+        """a socket buffer"""
+        SLAB: Allocation._Kind.ValueType  # 6
+        """a slab object (kmalloc, kmem_cache_alloc)"""
+        HUGE_PAGE: Allocation._Kind.ValueType  # 7
+        """a transparent huge page"""
+        PAGE_TABLE: Allocation._Kind.ValueType  # 8
+        KERNEL_OTHER: Allocation._Kind.ValueType  # 9
+        """another kernel allocation charged to the cgroup"""
+        MEMORY_LIMIT_WRITE: Allocation._Kind.ValueType  # 10
+        """the limit was lowered below usage"""
+        KERNEL_STACK: Allocation._Kind.ValueType  # 11
+        """a new task's kernel stack (fork, clone)"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: Allocation.Kind.ValueType  # 0
+    """not known: no call trace"""
+    ANON_FAULT: Allocation.Kind.ValueType  # 1
+    """a page fault on anonymous memory"""
+    SHMEM: Allocation.Kind.ValueType  # 2
+    """a write to (or fault on) tmpfs / shared memory"""
+    PAGE_CACHE: Allocation.Kind.ValueType  # 3
+    """a page-cache page for a file read or write"""
+    PIPE: Allocation.Kind.ValueType  # 4
+    """a pipe buffer"""
+    SOCKET: Allocation.Kind.ValueType  # 5
+    """a socket buffer"""
+    SLAB: Allocation.Kind.ValueType  # 6
+    """a slab object (kmalloc, kmem_cache_alloc)"""
+    HUGE_PAGE: Allocation.Kind.ValueType  # 7
+    """a transparent huge page"""
+    PAGE_TABLE: Allocation.Kind.ValueType  # 8
+    KERNEL_OTHER: Allocation.Kind.ValueType  # 9
+    """another kernel allocation charged to the cgroup"""
+    MEMORY_LIMIT_WRITE: Allocation.Kind.ValueType  # 10
+    """the limit was lowered below usage"""
+    KERNEL_STACK: Allocation.Kind.ValueType  # 11
+    """a new task's kernel stack (fork, clone)"""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    GFP_MASK_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    COMM_FIELD_NUMBER: _builtins.int
+    CALL_TRACE_FIELD_NUMBER: _builtins.int
+    FROM_FUNCTION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    kind: Global___Allocation.Kind.ValueType
+    gfp_mask: _builtins.str
+    order: _builtins.int
+    pid: _builtins.int
+    """the task that allocated (the invoker)"""
+    comm: _builtins.str
+    from_function: _builtins.str
+    """the frame that decided the kind"""
+    source: _builtins.str
+    """Where it came from: "kernel report", or, the report ratelimited, "bpf"."""
+    @_builtins.property
+    def call_trace(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """function names, innermost first"""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___Allocation.Kind.ValueType = ...,
+        gfp_mask: _builtins.str = ...,
+        order: _builtins.int = ...,
+        pid: _builtins.int = ...,
+        comm: _builtins.str = ...,
+        call_trace: _abc.Iterable[_builtins.str] | None = ...,
+        from_function: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_trace", b"call_trace", "comm", b"comm", "from_function", b"from_function", "gfp_mask", b"gfp_mask", "kind", b"kind", "order", b"order", "pid", b"pid", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Allocation: _TypeAlias = Allocation  # noqa: Y015
+
+@_typing.final
+class NodeMemInfo(_message.Message):
+    """The kernel's Mem-Info block, printed with a node-wide OOM: pages at the
+    node's page size, held as bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Zone(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: _builtins.int
+        FREE_BYTES_FIELD_NUMBER: _builtins.int
+        MIN_BYTES_FIELD_NUMBER: _builtins.int
+        MANAGED_BYTES_FIELD_NUMBER: _builtins.int
+        name: _builtins.str
+        free_bytes: _builtins.int
+        min_bytes: _builtins.int
+        managed_bytes: _builtins.int
+        def __init__(
+            self,
+            *,
+            name: _builtins.str = ...,
+            free_bytes: _builtins.int = ...,
+            min_bytes: _builtins.int = ...,
+            managed_bytes: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "managed_bytes", b"managed_bytes", "min_bytes", b"min_bytes", "name", b"name"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class CgroupUsage(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        PATH_FIELD_NUMBER: _builtins.int
+        USAGE_BYTES_FIELD_NUMBER: _builtins.int
+        LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+        path: _builtins.str
+        usage_bytes: _builtins.int
+        limit_bytes: _builtins.int
+        """0: none"""
+        def __init__(
+            self,
+            *,
+            path: _builtins.str = ...,
+            usage_bytes: _builtins.int = ...,
+            limit_bytes: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_bytes", b"limit_bytes", "path", b"path", "usage_bytes", b"usage_bytes"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FREE_BYTES_FIELD_NUMBER: _builtins.int
+    MIN_WATERMARK_BYTES_FIELD_NUMBER: _builtins.int
+    SLAB_RECLAIMABLE_BYTES_FIELD_NUMBER: _builtins.int
+    SLAB_UNRECLAIMABLE_BYTES_FIELD_NUMBER: _builtins.int
+    SHMEM_BYTES_FIELD_NUMBER: _builtins.int
+    PAGETABLES_BYTES_FIELD_NUMBER: _builtins.int
+    ACTIVE_ANON_BYTES_FIELD_NUMBER: _builtins.int
+    INACTIVE_ANON_BYTES_FIELD_NUMBER: _builtins.int
+    ACTIVE_FILE_BYTES_FIELD_NUMBER: _builtins.int
+    INACTIVE_FILE_BYTES_FIELD_NUMBER: _builtins.int
+    UNEVICTABLE_BYTES_FIELD_NUMBER: _builtins.int
+    HUGEPAGES_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    HUGEPAGES_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    SWAP_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    SWAP_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    TOTAL_RAM_BYTES_FIELD_NUMBER: _builtins.int
+    KERNEL_STACK_BYTES_FIELD_NUMBER: _builtins.int
+    ZONES_FIELD_NUMBER: _builtins.int
+    LARGEST_FREE_ORDER_FIELD_NUMBER: _builtins.int
+    TOP_CGROUPS_FIELD_NUMBER: _builtins.int
+    free_bytes: _builtins.int
+    min_watermark_bytes: _builtins.int
+    """summed over the zones"""
+    slab_reclaimable_bytes: _builtins.int
+    slab_unreclaimable_bytes: _builtins.int
+    shmem_bytes: _builtins.int
+    pagetables_bytes: _builtins.int
+    active_anon_bytes: _builtins.int
+    inactive_anon_bytes: _builtins.int
+    active_file_bytes: _builtins.int
+    inactive_file_bytes: _builtins.int
+    unevictable_bytes: _builtins.int
+    hugepages_total_bytes: _builtins.int
+    """reserved hugetlb pages, all sizes"""
+    hugepages_free_bytes: _builtins.int
+    swap_free_bytes: _builtins.int
+    swap_total_bytes: _builtins.int
+    total_ram_bytes: _builtins.int
+    """"N pages RAM" """
+    kernel_stack_bytes: _builtins.int
+    largest_free_order: _builtins.int
+    """Free blocks per order (the buddy lists): "Normal": {order: count}.
+    The highest order with a free block, in the zone with most free memory.
+    """
+    @_builtins.property
+    def zones(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeMemInfo.Zone]: ...
+    @_builtins.property
+    def top_cgroups(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeMemInfo.CgroupUsage]:
+        """Memory cgroups holding most at the kill, read from the cgroup tree."""
+
+    def __init__(
+        self,
+        *,
+        free_bytes: _builtins.int = ...,
+        min_watermark_bytes: _builtins.int = ...,
+        slab_reclaimable_bytes: _builtins.int = ...,
+        slab_unreclaimable_bytes: _builtins.int = ...,
+        shmem_bytes: _builtins.int = ...,
+        pagetables_bytes: _builtins.int = ...,
+        active_anon_bytes: _builtins.int = ...,
+        inactive_anon_bytes: _builtins.int = ...,
+        active_file_bytes: _builtins.int = ...,
+        inactive_file_bytes: _builtins.int = ...,
+        unevictable_bytes: _builtins.int = ...,
+        hugepages_total_bytes: _builtins.int = ...,
+        hugepages_free_bytes: _builtins.int = ...,
+        swap_free_bytes: _builtins.int = ...,
+        swap_total_bytes: _builtins.int = ...,
+        total_ram_bytes: _builtins.int = ...,
+        kernel_stack_bytes: _builtins.int = ...,
+        zones: _abc.Iterable[Global___NodeMemInfo.Zone] | None = ...,
+        largest_free_order: _builtins.int = ...,
+        top_cgroups: _abc.Iterable[Global___NodeMemInfo.CgroupUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_anon_bytes", b"active_anon_bytes", "active_file_bytes", b"active_file_bytes", "free_bytes", b"free_bytes", "hugepages_free_bytes", b"hugepages_free_bytes", "hugepages_total_bytes", b"hugepages_total_bytes", "inactive_anon_bytes", b"inactive_anon_bytes", "inactive_file_bytes", b"inactive_file_bytes", "kernel_stack_bytes", b"kernel_stack_bytes", "largest_free_order", b"largest_free_order", "min_watermark_bytes", b"min_watermark_bytes", "pagetables_bytes", b"pagetables_bytes", "shmem_bytes", b"shmem_bytes", "slab_reclaimable_bytes", b"slab_reclaimable_bytes", "slab_unreclaimable_bytes", b"slab_unreclaimable_bytes", "swap_free_bytes", b"swap_free_bytes", "swap_total_bytes", b"swap_total_bytes", "top_cgroups", b"top_cgroups", "total_ram_bytes", b"total_ram_bytes", "unevictable_bytes", b"unevictable_bytes", "zones", b"zones"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeMemInfo: _TypeAlias = NodeMemInfo  # noqa: Y015
 
 @_typing.final
 class UserspaceKiller(_message.Message):
@@ -1029,6 +1486,9 @@ class KernelReport(_message.Message):
     TASK_MEMCG_FIELD_NUMBER: _builtins.int
     RAW_FIELD_NUMBER: _builtins.int
     INVOKER_PID_FIELD_NUMBER: _builtins.int
+    KMEM_USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    SWAP_USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    CALL_TRACE_FIELD_NUMBER: _builtins.int
     first_seq: _builtins.int
     """kmsg sequence numbers of the report's first and last line"""
     last_seq: _builtins.int
@@ -1051,10 +1511,21 @@ class KernelReport(_message.Message):
     raw: _builtins.str
     invoker_pid: _builtins.int
     """the thread in dump_stack's "PID:" line"""
+    kmem_usage_bytes: _builtins.int
+    """cgroup v1's "kmem: usage" line (kernel memory, inside memcg_usage_bytes);
+    cgroup v2's "swap: usage" line.
+    """
+    swap_usage_bytes: _builtins.int
     @_builtins.property
     def memcg_stats(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportTask]: ...
+    @_builtins.property
+    def call_trace(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The trigger's call trace, function names innermost first (frames the
+        kernel marks unreliable, "? name", left out), at most 64.
+        """
+
     def __init__(
         self,
         *,
@@ -1078,10 +1549,13 @@ class KernelReport(_message.Message):
         task_memcg: _builtins.str = ...,
         raw: _builtins.str = ...,
         invoker_pid: _builtins.int = ...,
+        kmem_usage_bytes: _builtins.int = ...,
+        swap_usage_bytes: _builtins.int = ...,
+        call_trace: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraint", b"constraint", "first_seq", b"first_seq", "gfp_mask", b"gfp_mask", "invoker_comm", b"invoker_comm", "invoker_oom_score_adj", b"invoker_oom_score_adj", "invoker_pid", b"invoker_pid", "last_seq", b"last_seq", "memcg_failcnt", b"memcg_failcnt", "memcg_limit_bytes", b"memcg_limit_bytes", "memcg_stats", b"memcg_stats", "memcg_usage_bytes", b"memcg_usage_bytes", "memsw_limit_bytes", b"memsw_limit_bytes", "memsw_usage_bytes", b"memsw_usage_bytes", "oom_memcg", b"oom_memcg", "order", b"order", "ratelimited", b"ratelimited", "raw", b"raw", "stats_cgroup", b"stats_cgroup", "task_memcg", b"task_memcg", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_trace", b"call_trace", "constraint", b"constraint", "first_seq", b"first_seq", "gfp_mask", b"gfp_mask", "invoker_comm", b"invoker_comm", "invoker_oom_score_adj", b"invoker_oom_score_adj", "invoker_pid", b"invoker_pid", "kmem_usage_bytes", b"kmem_usage_bytes", "last_seq", b"last_seq", "memcg_failcnt", b"memcg_failcnt", "memcg_limit_bytes", b"memcg_limit_bytes", "memcg_stats", b"memcg_stats", "memcg_usage_bytes", b"memcg_usage_bytes", "memsw_limit_bytes", b"memsw_limit_bytes", "memsw_usage_bytes", b"memsw_usage_bytes", "oom_memcg", b"oom_memcg", "order", b"order", "ratelimited", b"ratelimited", "raw", b"raw", "stats_cgroup", b"stats_cgroup", "swap_usage_bytes", b"swap_usage_bytes", "task_memcg", b"task_memcg", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
