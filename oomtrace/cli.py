@@ -639,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="cgroup",
         choices=list(GROUPS),
         help="what to count kills by: pod is namespace/pod; workload is the Deployment, "
-        "StatefulSet, ... owning the pod, the same across rollouts",
+        "StatefulSet, ... owning the pod, the same across rollouts; verdict is each "
+        "kill's first verdict code (where its memory was)",
     )
     add_filter_args(t, default_since="7d")
     t.add_argument("--limit", type=positive, default=10, help="at most this many rows")

@@ -79,6 +79,9 @@ def add_filter_args(
     if kills:
         p.add_argument("--comm", default="", help="only victims with this comm (exact match)")
         p.add_argument("--constraint", choices=sorted(CONSTRAINTS), help="only this kind of OOM")
+        p.add_argument(
+            "--verdict", default="", help="only kills with this verdict code (TMPFS_MEMORY, ...)"
+        )
     p.add_argument("--cgroup", default="", help="only cgroups under this path prefix")
 
 
@@ -104,6 +107,7 @@ def build_filter(args: argparse.Namespace, now: float) -> collector_pb2.EventFil
         raise ClientError(f"--until {args.until} is not after --since {args.since}")
     if getattr(args, "constraint", None):
         f.constraint = CONSTRAINTS[args.constraint]
+    f.verdict = getattr(args, "verdict", "")
     return f
 
 
@@ -287,6 +291,7 @@ GROUPS = {
     "node": collector_pb2.TopRequest.NODE,
     "image": collector_pb2.TopRequest.IMAGE,
     "comm": collector_pb2.TopRequest.COMM,
+    "verdict": collector_pb2.TopRequest.VERDICT,
 }
 
 

@@ -304,7 +304,8 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         f"  memory      usage {size(c.memory_usage_bytes)} of limit {size(c.memory_limit_bytes)}",
     ]
     if ev.HasField("breakdown"):
-        out.insert(out.index("victim") + 1, f"  share       {usage_line(ev)}")
+        at = next(i for i, line in enumerate(out) if line.startswith("  memory      rss"))
+        out.insert(at + 1, f"  share       {usage_line(ev)}")
     if c.oom_memcg_path:
         out.append(
             f"  limit hit   {clean(c.oom_memcg_path)}: usage {size(c.oom_memcg_usage_bytes)} of "

@@ -21,6 +21,7 @@ _BY_PREFIX: tuple[tuple[str, Kind.ValueType], ...] = (
     ("mem_cgroup_resize_max", Allocation.MEMORY_LIMIT_WRITE),
     ("mem_cgroup_resize_limit", Allocation.MEMORY_LIMIT_WRITE),
     ("pipe_write", Allocation.PIPE),
+    ("anon_pipe_write", Allocation.PIPE),  # 6.16+
     ("copy_page_to_iter_pipe", Allocation.PIPE),
     ("splice_", Allocation.PIPE),
     ("shmem_", Allocation.SHMEM),
@@ -47,7 +48,6 @@ _BY_PREFIX: tuple[tuple[str, Kind.ValueType], ...] = (
     ("__kmalloc", Allocation.SLAB),
     ("kmalloc_", Allocation.SLAB),
     ("allocate_slab", Allocation.SLAB),
-    ("obj_cgroup_charge", Allocation.SLAB),
     ("__memcg_slab_post_alloc_hook", Allocation.SLAB),
     ("memcg_slab_post_alloc_hook", Allocation.SLAB),
     ("do_anonymous_page", Allocation.ANON_FAULT),
@@ -81,6 +81,7 @@ _PLUMBING = (
     "charge_memcg",
     "__mem_cgroup_charge",
     "mem_cgroup_charge",
+    "obj_cgroup_charge",  # slab objects and kernel pages alike
 )
 
 

@@ -6,12 +6,14 @@ pod, container (the pods on the node), constraint and source (closed sets),
 hook, cause, layer and reason (closed sets). Never a pid, a record id or a
 cgroup path: those grow without bound.
 
-  oomtrace_oom_kills_total{namespace,pod,container,constraint,source}
+  oomtrace_oom_kills_total{namespace,pod,container,constraint,source,verdict}
       every kill recorded, by its record's `kills` (a COUNTER record stands
       for several); a group kill's victims and a container's non-first
       processes count each. source: live, kmsg (recovered from the kernel's
       log), counter (known only from a kill counter), userspace (a
-      userspace OOM killer's signal).
+      userspace OOM killer's signal). verdict: the code of the record's
+      first verdict (TMPFS_MEMORY, KERNEL_MEMORY, ...; a closed set, "" for
+      none).
   oomtrace_kernel_log_recovered_kills_total{source}
       the kills of those that the BPF side did not see.
   oomtrace_records_total                 records handed to the sinks
@@ -58,13 +60,25 @@ class Losses:
     callback: int = 0
 
 
+_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def verdict_label(ev: event_pb2.OomEvent) -> str:
+    """The first verdict's code; the agent writes the codes, but a label
+    stays bounded whatever a record holds: anything not a code is OTHER."""
+    if not ev.verdicts:
+        return ""
+    code = ev.verdicts[0].code
+    return code if len(code) <= 64 and set(code) <= _CODE_CHARS else "OTHER"
+
+
 class AgentMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.kills = Counter(
             "oomtrace_oom_kills",
             "OOM kills recorded on this node.",
-            ["namespace", "pod", "container", "constraint", "source"],
+            ["namespace", "pod", "container", "constraint", "source", "verdict"],
             registry=self.registry,
         )
         self.recovered = Counter(
@@ -94,6 +108,7 @@ class AgentMetrics:
             ev.container.name,
             event_pb2.OomEvent.Constraint.Name(ev.constraint).lower(),
             source,
+            verdict_label(ev),
         ).inc(n)
         if ev.source in (event_pb2.OomEvent.KMSG, event_pb2.OomEvent.COUNTER):
             self.recovered.labels(source).inc(n)

@@ -67,7 +67,9 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
     out += memory_verdicts(ev)
 
     non_anon = v.file_rss_bytes + v.shmem_rss_bytes
-    if rss and non_anon > v.anon_rss_bytes:
+    # With a breakdown, where the cgroup's memory was says more than the
+    # victim's own mix of pages.
+    if rss and non_anon > v.anon_rss_bytes and not ev.HasField("breakdown"):
         part = (
             "shared memory (tmpfs, shm)" if v.shmem_rss_bytes > v.file_rss_bytes else "mapped files"
         )

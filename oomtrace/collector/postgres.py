@@ -94,6 +94,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pressure_namespace ON pressure (namespace, end_ns);
     CREATE INDEX pressure_cgroup ON pressure (cgroup, end_ns);
     """,
+    # Verdicts: the headline code (top --by verdict) and every code (the
+    # verdict filter), filled for stored records from their jsonb.
+    """
+    ALTER TABLE events ADD COLUMN verdict text NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN verdict_codes text NOT NULL DEFAULT '';
+    UPDATE events SET verdict = coalesce(record->'verdicts'->0->>'code', ''),
+        verdict_codes = coalesce((SELECT ',' || string_agg(v->>'code', ',') || ','
+            FROM jsonb_array_elements(record->'verdicts') AS v
+            WHERE v->>'code' ~ '^[A-Z0-9_]{1,64}$'), '');
+    CREATE INDEX events_verdict ON events (verdict, killed_at_ns);
+    """,
 ]
 
 
@@ -210,7 +221,7 @@ class PostgresStore(SqlReads):
         rows = [(*event_row(ev, now), ev.incident_id, _jsonb(ev)) for ev in events]
         stored = self._insert(
             f"INSERT INTO events ({EVENT_COLUMNS}, incident_id, record) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
             "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
             rows,
             "events",

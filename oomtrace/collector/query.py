@@ -31,6 +31,8 @@ class Columns:
     cgroup: str
     rss_bytes: int
     workload: str  # namespace/Kind/name, "" outside Kubernetes
+    verdict: str = ""  # the record's first verdict's code: its headline
+    verdict_codes: str = ""  # every code, ",A,B," (what the verdict filter matches)
 
 
 def columns_of(ev: event_pb2.OomEvent) -> Columns:
@@ -48,7 +50,27 @@ def columns_of(ev: event_pb2.OomEvent) -> Columns:
         cgroup=ev.cgroup.path,
         rss_bytes=records.rss_bytes(ev),
         workload=workload_key(ev),
+        verdict=ev.verdicts[0].code[:_MAX_CODE] if ev.verdicts else "",
+        verdict_codes=verdict_codes(ev),
     )
+
+
+_MAX_CODE = 64
+_CODE = re.compile(r"[A-Z0-9_]{1,64}")
+
+
+def verdict_codes(ev: event_pb2.OomEvent) -> str:
+    """Every verdict code of a record between commas (",A,B,"), so one code
+    is matched whole; codes that are not [A-Z0-9_] (a hostile node's) left out."""
+    codes = [v.code for v in ev.verdicts if _CODE.fullmatch(v.code)]
+    return f",{','.join(codes)}," if codes else ""
+
+
+def verdict_pattern(code: str) -> str:
+    """The LIKE pattern that finds a code in verdict_codes ('_' escaped with '!')."""
+    if not _CODE.fullmatch(code):
+        raise InvalidQueryError(f"verdict {code!r} is not a verdict code (A-Z, 0-9, _)")
+    return "%," + code.replace("_", "!_") + ",%"
 
 
 def workload_key(ev: event_pb2.OomEvent) -> str:
@@ -110,6 +132,7 @@ class Filter:
     comm: str = ""
     constraint: int = 0
     cgroup_prefix: str = ""
+    verdict: str = ""  # a verdict code the record has
 
     @classmethod
     def from_proto(cls, f: collector_pb2.EventFilter) -> Filter:
@@ -124,6 +147,7 @@ class Filter:
             comm=f.comm,
             constraint=f.constraint,
             cgroup_prefix=f.cgroup_prefix,
+            verdict=f.verdict,
         )
 
     def matches(self, c: Columns) -> bool:
@@ -143,6 +167,8 @@ class Filter:
             if want and want != have:
                 return False
         if self.constraint and self.constraint != c.constraint:
+            return False
+        if self.verdict and f",{self.verdict}," not in c.verdict_codes:
             return False
         return not (self.cgroup_prefix and not c.cgroup.startswith(self.cgroup_prefix))
 
@@ -191,6 +217,7 @@ GROUP_COLUMNS = {
     collector_pb2.TopRequest.IMAGE: "image",
     collector_pb2.TopRequest.COMM: "comm",
     collector_pb2.TopRequest.WORKLOAD: "workload",
+    collector_pb2.TopRequest.VERDICT: "verdict",
 }
 MAX_TOP_LIMIT = 1000
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
-from oomtrace.collector.query import Filter, PageToken, TopRow, columns_of, workload_key
+from oomtrace.collector.query import (
+    Filter,
+    PageToken,
+    TopRow,
+    columns_of,
+    verdict_pattern,
+    workload_key,
+)
 from oomtrace.v1 import event_pb2
 
 
@@ -179,10 +186,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pressure_namespace ON pressure (namespace, end_ns);
     CREATE INDEX pressure_cgroup ON pressure (cgroup, end_ns);
     """,
+    # Verdicts: the headline code (top --by verdict) and every code (the
+    # verdict filter), filled for stored records from their bodies.
+    """
+    ALTER TABLE events ADD COLUMN verdict TEXT NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN verdict_codes TEXT NOT NULL DEFAULT '';
+    CREATE INDEX events_verdict ON events (verdict, killed_at_ns);
+    """,
 ]
 # Steps that fill what a schema step added, from the stored records, in the
 # same transaction as the step (by its index in MIGRATIONS).
-_BACKFILLS = {2: "_backfill_workload"}
+_BACKFILLS = {2: "_backfill_workload", 5: "_backfill_verdicts"}
 
 # What top groups by, as SQL over the columns.
 TOP_KEYS = {
@@ -194,13 +208,14 @@ TOP_KEYS = {
     "image": "image",
     "comm": "comm",
     "workload": "workload",
+    "verdict": "verdict",
 }
 
 
 # The columns event_row() fills, in its order; both stores insert these.
 EVENT_COLUMNS = (
     "id, killed_at_ns, node, namespace, pod, container, image, comm, oom_constraint, cgroup, "
-    "rss_bytes, stored_at_ns, body, workload"
+    "rss_bytes, stored_at_ns, body, workload, verdict, verdict_codes"
 )
 
 
@@ -222,6 +237,8 @@ def event_row(ev: event_pb2.OomEvent, stored_at_ns: int) -> tuple[object, ...]:
         stored_at_ns,
         ev.SerializeToString(),
         c.workload,
+        c.verdict,
+        c.verdict_codes,
     )
 
 
@@ -257,6 +274,9 @@ def where_sql(
     if f.constraint and with_event_columns:
         conds.append(f"oom_constraint = {mark}")
         args.append(f.constraint)
+    if f.verdict and with_event_columns:
+        conds.append(f"verdict_codes LIKE {mark} ESCAPE '!'")
+        args.append(verdict_pattern(f.verdict))
     if f.cgroup_prefix:
         # A range, not a function of the column, so an index on cgroup serves
         # it: every path with the prefix sorts between the prefix and the
@@ -423,6 +443,17 @@ class SqliteStore(SqlReads):
         updates = [(workload_key(parse_event(body)), ident) for ident, body in rows]
         self._writer.executemany("UPDATE events SET workload = ? WHERE id = ?", updates)
 
+    def _backfill_verdicts(self) -> None:
+        rows = self._writer.execute("SELECT rowid, body FROM events").fetchall()
+        updates = []
+        for rowid, body in rows:
+            c = columns_of(parse_event(body))
+            if c.verdict:
+                updates.append((c.verdict, c.verdict_codes, rowid))
+        self._writer.executemany(
+            "UPDATE events SET verdict = ?, verdict_codes = ? WHERE rowid = ?", updates
+        )
+
     @property
     def schema_version(self) -> int:
         return int(self._writer.execute("PRAGMA user_version").fetchone()[0])
@@ -465,7 +496,7 @@ class SqliteStore(SqlReads):
                     )
                 cur.executemany(
                     f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 cur.execute("COMMIT")

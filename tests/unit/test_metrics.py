@@ -42,6 +42,10 @@ def lint(text: str) -> None:
 def test_the_agent_counts_every_kill_a_record_stands_for() -> None:
     m = AgentMetrics()
     live = make_event(namespace="shop", pod="cart-1", container="cart")
+    live.verdicts.add(code="TMPFS_MEMORY")
+    hostile = make_event(namespace="shop", pod="cart-1", container="cart")
+    hostile.verdicts.add(code="x" * 500)
+    m.recorded(hostile)
     counter = make_event()
     counter.source, counter.kills = event_pb2.OomEvent.COUNTER, 4
     for ev in (live, live, counter):
@@ -63,7 +67,9 @@ def test_the_agent_counts_every_kill_a_record_stands_for() -> None:
         ("pod", "cart-1"),
         ("source", "live"),
     )
-    assert got[(kills, labels)] == 2
+    # The verdict label is the first verdict's code, and only ever a code.
+    assert got[(kills, (*labels, ("verdict", "TMPFS_MEMORY")))] == 2
+    assert got[(kills, (*labels, ("verdict", "OTHER")))] == 1
     assert got[("oomtrace_kernel_log_recovered_kills_total", (("source", "counter"),))] == 4
     assert got[("oomtrace_events_lost_total", (("cause", "kills"), ("layer", "kernel")))] == 2
     assert got[("oomtrace_hook_attached", (("hook", "kprobe/oom_kill_process"),))] == 0

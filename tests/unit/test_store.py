@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
-from oomtrace.collector.query import Filter, PageToken
+from oomtrace.collector.query import Filter, PageToken, columns_of
 from oomtrace.collector.store import MIGRATIONS, SqliteStore, Store
 from oomtrace.v1 import event_pb2
 from tests.unit.events import BASE_NS, make_event
@@ -232,3 +232,64 @@ def test_postgresql_refuses_a_newer_schema_and_a_password_in_the_url(postgres: o
         PostgresStore(url)
     with pytest.raises(StoreError, match="password"):
         PostgresStore(url.replace("oomtrace@", "oomtrace:secret@"))
+
+
+def _with_verdicts(*codes: str) -> event_pb2.OomEvent:
+    ev = make_event()
+    for code in codes:
+        ev.verdicts.add(code=code)
+    return ev
+
+
+def test_kills_are_found_by_any_verdict_and_counted_by_their_first(store: Store) -> None:
+    evs = [
+        _with_verdicts("TMPFS_MEMORY", "ANON_GROWTH"),
+        _with_verdicts("TMPFS_MEMORY"),
+        _with_verdicts("ANON_GROWTH"),
+        _with_verdicts(),
+    ]
+    store.put_many(evs)
+    got, _ = store.list_events(Filter(verdict="ANON_GROWTH"), 10, None)
+    assert sorted(e.id for e in got) == sorted(e.id for e in (evs[0], evs[2]))
+    # One code whole: "_" is not a wildcard, and a part of a code is not it.
+    assert store.list_events(Filter(verdict="ANONXGROWTH"), 10, None)[0] == []
+    assert store.list_events(Filter(verdict="ANON"), 10, None)[0] == []
+    rows = store.top("verdict", Filter(), 10)
+    assert (rows[0].key, rows[0].kills) == ("TMPFS_MEMORY", 2)
+    assert sorted((r.key, r.kills) for r in rows[1:]) == [("", 1), ("ANON_GROWTH", 1)]
+    # The filter in flight (watch) says the same as the SQL.
+    assert [Filter(verdict="ANON_GROWTH").matches(columns_of(e)) for e in evs] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+    with pytest.raises(InvalidQueryError, match="not a verdict code"):
+        store.list_events(Filter(verdict="%' OR 1=1 --"), 10, None)
+
+
+def test_upgrading_fills_the_verdicts_of_records_stored_before_it(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    ev = _with_verdicts("KERNEL_MEMORY", "ANON_GROWTH")
+    step = len(MIGRATIONS) - 1
+    first = SqliteStore(db)
+    first.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    # Back to the schema before the verdict columns, with a record stored then.
+    conn.executescript(
+        "DROP INDEX events_verdict; ALTER TABLE events DROP COLUMN verdict; "
+        "ALTER TABLE events DROP COLUMN verdict_codes;"
+    )
+    conn.execute(f"PRAGMA user_version = {step}")
+    conn.execute(
+        "INSERT INTO events (id, killed_at_ns, node, namespace, pod, container, image, comm, "
+        "oom_constraint, cgroup, rss_bytes, stored_at_ns, body, workload) "
+        "VALUES (?, ?, ?, '', '', '', '', 'x', 4, '/', 1, 0, ?, '')",
+        (ev.id, ev.killed_at.ToNanoseconds(), ev.node, ev.SerializeToString()),
+    )
+    conn.close()
+    store = SqliteStore(db)
+    assert store.schema_version == len(MIGRATIONS)
+    (row,) = store.top("verdict", Filter(), 10)
+    assert (row.key, row.kills) == ("KERNEL_MEMORY", 1)
+    assert [e.id for e in store.list_events(Filter(verdict="ANON_GROWTH"), 10, None)[0]] == [ev.id]

@@ -327,7 +327,7 @@ class TopRequest(_message.Message):
         WORKLOAD: TopRequest._GroupBy.ValueType  # 8
         """namespace/Kind/name: the Deployment, StatefulSet, ... owning the pod"""
         VERDICT: TopRequest._GroupBy.ValueType  # 9
-        """each verdict code a record has counts once for it"""
+        """the record's first verdict's code: where its memory was"""
 
     class GroupBy(_GroupBy, metaclass=_GroupByEnumTypeWrapper): ...
     GROUP_BY_UNSPECIFIED: TopRequest.GroupBy.ValueType  # 0
@@ -343,7 +343,7 @@ class TopRequest(_message.Message):
     WORKLOAD: TopRequest.GroupBy.ValueType  # 8
     """namespace/Kind/name: the Deployment, StatefulSet, ... owning the pod"""
     VERDICT: TopRequest.GroupBy.ValueType  # 9
-    """each verdict code a record has counts once for it"""
+    """the record's first verdict's code: where its memory was"""
 
     GROUP_BY_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
