@@ -260,6 +260,28 @@ def breakdown_block(ev: event_pb2.OomEvent) -> list[str]:
     return out
 
 
+def node_block(ev: event_pb2.OomEvent) -> list[str]:
+    """A node-wide OOM: the kernel's Mem-Info, and who held most."""
+    n = ev.node_mem_info
+    out = ["the node at the kill (the kernel's Mem-Info)"]
+    if n.total_ram_bytes:
+        out += [
+            f"  memory      {size(n.total_ram_bytes)} RAM, {size(n.free_bytes)} free "
+            f"(min watermarks {size(n.min_watermark_bytes)}), swap {size(n.swap_free_bytes)} "
+            f"free of {size(n.swap_total_bytes)}",
+            f"  anon        {size(n.active_anon_bytes + n.inactive_anon_bytes)}; page cache "
+            f"{size(n.active_file_bytes + n.inactive_file_bytes)}; shmem {size(n.shmem_bytes)}",
+            f"  kernel      slab {size(n.slab_reclaimable_bytes)} reclaimable, "
+            f"{size(n.slab_unreclaimable_bytes)} not; page tables {size(n.pagetables_bytes)}; "
+            f"stacks {size(n.kernel_stack_bytes)}",
+            f"  hugepages   {size(n.hugepages_total_bytes)} reserved, {size(n.hugepages_free_bytes)} free",
+        ]
+    for c in n.top_cgroups:
+        limit = f"limit {size(c.limit_bytes)}" if c.limit_bytes else "no limit"
+        out.append(f"  cgroup      {clean(c.path)}: {size(c.usage_bytes)} ({limit})")
+    return out
+
+
 def allocation_lines(ev: event_pb2.OomEvent) -> list[str]:
     a = ev.allocation
     line = f"  allocating  {clean(records.allocation_text(a))}"
@@ -313,6 +335,8 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         )
     if ev.HasField("breakdown"):
         out += ["", *breakdown_block(ev)]
+    if ev.HasField("node_mem_info"):
+        out += ["", *node_block(ev)]
     if ev.pod.name or ev.container.id:
         out += [
             "",

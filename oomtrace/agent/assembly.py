@@ -29,7 +29,7 @@ from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import Point
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
 from oomtrace.agent.workloads import Workload
-from oomtrace.v1.event_pb2 import TmpfsMount
+from oomtrace.v1.event_pb2 import NodeMemInfo, TmpfsMount
 
 # Kills marked back to back by one OOM-killer call (a memory.oom.group kill)
 # come within this of each other.
@@ -70,6 +70,7 @@ class MemcgReader(Protocol):
 
     def files(self, path: str, after_kill_ns: int) -> MemcgFiles | None: ...
     def tmpfs(self, path: str, victim_pid: int) -> list[TmpfsMount]: ...
+    def top_cgroups(self) -> list[NodeMemInfo.CgroupUsage]: ...
 
 
 class NoMemcgReader:
@@ -77,6 +78,9 @@ class NoMemcgReader:
         return None
 
     def tmpfs(self, path: str, victim_pid: int) -> list[TmpfsMount]:
+        return []
+
+    def top_cgroups(self) -> list[NodeMemInfo.CgroupUsage]:
         return []
 
 
@@ -150,6 +154,9 @@ class AssembledKill:
     # its tasks saw.
     memcg_files: MemcgFiles | None = None
     tmpfs: tuple[TmpfsMount, ...] = ()
+    # A node-wide OOM: the memory cgroups that held most, read as the kill
+    # arrived, the victim's own at its at-kill usage.
+    top_cgroups: tuple[NodeMemInfo.CgroupUsage, ...] = ()
 
 
 def resolve(
@@ -237,6 +244,26 @@ def _timeline(
     return None
 
 
+def _with_victims_usage(
+    top: tuple[NodeMemInfo.CgroupUsage, ...], a: AssembledKill
+) -> tuple[NodeMemInfo.CgroupUsage, ...]:
+    """The victim's cgroup at its usage at mark_victim (the tree was read a
+    moment later, its memory perhaps already freed), in its place by size."""
+    if not a.paths:
+        return top
+    own = a.kill.memcgs[0]
+    rows = [r for r in top if r.path != a.paths[0]]
+    mine = next((r for r in top if r.path == a.paths[0]), None)
+    usage = max(own.usage_bytes, mine.usage_bytes if mine is not None else 0)
+    rows.append(
+        NodeMemInfo.CgroupUsage(
+            path=a.paths[0], usage_bytes=usage, limit_bytes=own.limit_bytes or 0
+        )
+    )
+    rows.sort(key=lambda r: -r.usage_bytes)
+    return tuple(rows[: len(top)])
+
+
 # -- the pending kills ----------------------------------------------------------------
 
 
@@ -248,6 +275,7 @@ class _Pending:
     reap_ns: int | None = None
     done: bool = False
     report: ParsedReport | None = None
+    top_cgroups: tuple[NodeMemInfo.CgroupUsage, ...] = ()
 
 
 class KillAssembler:
@@ -297,7 +325,12 @@ class KillAssembler:
             process = self.processes.lookup(
                 kill.victim_tgid, kill.victim_comm
             ) or self.processes.remember(kill.victim_tgid)
-        self._pending[kill.victim_tgid or kill.victim_tid] = _Pending(kill, process)
+        pending = _Pending(kill, process)
+        if not kill.user_signal and kill.memcgs and cgroups.oom_level(kill) is None:
+            # The whole node ran out: who held what, now, before the freed
+            # memory of the victim is taken again.
+            pending.top_cgroups = tuple(self.memcg.top_cgroups())
+        self._pending[kill.victim_tgid or kill.victim_tid] = pending
 
     def exited(self, tgid: int, boot_ns: int) -> None:
         p = self._pending.get(tgid)
@@ -379,6 +412,8 @@ class KillAssembler:
         if profiles != KillProfiles():
             a = replace(a, heap_profiles=profiles)
         a = self._memcg_at_kill(a)
+        if p.top_cgroups:
+            a = replace(a, top_cgroups=_with_victims_usage(p.top_cgroups, a))
         incident = self._incident_of(a)
         return a if incident == a.id else replace(a, incident_id=incident)
 

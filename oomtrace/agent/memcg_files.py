@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from oomtrace.agent.breakdown import MemcgFiles
+from oomtrace.agent.node_memory import top_cgroups
 from oomtrace.v1 import event_pb2
 
 PROC = Path("/proc")
@@ -171,3 +172,6 @@ class AtKill:
             return []  # no hierarchy: no tasks known to be the cgroup's
         pids = [victim_pid] if victim_pid else []
         return tmpfs_mounts(pids + cgroup_pids(self.mount, path), self.proc)
+
+    def top_cgroups(self) -> list[event_pb2.NodeMemInfo.CgroupUsage]:
+        return top_cgroups(self.mount, self.version) if self.mount is not None else []

@@ -285,3 +285,76 @@ def fallback_verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
             "Compare the victim's size with the limit: raise the limit, or reduce what it keeps.",
         )
     ]
+
+
+def node_verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
+    """A node-wide OOM with the kernel's Mem-Info: what took the node, each
+    with its numbers; the cgroup that held most named, and said when it had
+    no limit of its own."""
+    n, v = ev.node_mem_info, ev.victim
+    ram = n.total_ram_bytes
+    anon = n.active_anon_bytes + n.inactive_anon_bytes
+    cache = n.active_file_bytes + n.inactive_file_bytes
+    slab = n.slab_unreclaimable_bytes
+    huge = n.hugepages_total_bytes
+    parts = [
+        ("anonymous memory", anon),
+        ("page cache", cache),
+        ("shmem/tmpfs", n.shmem_bytes),
+        ("unreclaimable slab", slab),
+        ("page tables", n.pagetables_bytes),
+        ("hugepages reserved", huge),
+    ]
+    said = ", ".join(f"{name} {mib(b)}" for name, b in sorted(parts, key=lambda p: -p[1]) if b)
+    top = n.top_cgroups[0] if n.top_cgroups else None
+    held = ""
+    if top is not None:
+        held = f"; the memory cgroup holding most was {top.path} with {mib(top.usage_bytes)}" + (
+            f" (limit {mib(top.limit_bytes)})" if top.limit_bytes else " and no limit of its own"
+        )
+    out = [
+        verdict(
+            "NODE_OUT_OF_MEMORY",
+            CRITICAL,
+            f"The whole node ran out of memory ({mib(ram)} RAM, {mib(n.free_bytes)} free against "
+            f"min watermarks of {mib(n.min_watermark_bytes)}, swap {mib(n.swap_free_bytes)} free "
+            f"of {mib(n.swap_total_bytes)}): {said}{held}; the kernel killed "
+            f"{v.comm}[{v.pid}] ({mib(rss_bytes(ev))} resident) as the largest eligible task.",
+            "Set memory limits on workloads (requests = limits for critical ones) so one "
+            "cannot take the node; reserve memory for the system (kubelet --system-reserved).",
+        )
+    ]
+    if top is not None and not top.limit_bytes and ram and top.usage_bytes >= 0.5 * ram:
+        out.append(
+            verdict(
+                "NODE_CGROUP_WITHOUT_LIMIT",
+                CRITICAL,
+                f"{top.path} held {mib(top.usage_bytes)} ({_pct(top.usage_bytes, ram)} of the "
+                "node's RAM) with no memory limit: it took the node.",
+                f"Give {top.path} a memory limit (a pod: resources.limits.memory).",
+            )
+        )
+    if ram and huge >= 0.25 * ram:
+        out.append(
+            verdict(
+                "NODE_HUGEPAGES_RESERVED",
+                WARNING,
+                f"{mib(huge)} ({_pct(huge, ram)} of RAM) is reserved as hugetlb pages "
+                f"({mib(n.hugepages_free_bytes)} of them free), out of reach of every other use.",
+                "Reserve fewer hugepages (vm.nr_hugepages, hugepagesz= on the kernel command line).",
+            )
+        )
+    if ram and slab + n.pagetables_bytes >= 0.25 * ram:
+        out.append(
+            verdict(
+                "NODE_KERNEL_MEMORY",
+                WARNING,
+                f"The kernel held {mib(slab)} of unreclaimable slab and {mib(n.pagetables_bytes)} "
+                f"of page tables ({_pct(slab + n.pagetables_bytes, ram)} of RAM).",
+                "Find the kernel objects (slabtop, /proc/slabinfo) and what creates them.",
+            )
+        )
+    frag = _fragmentation(ev)
+    if frag is not None:
+        out.append(frag)
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from oomtrace.agent.explain import CRITICAL, INFO, WARNING, mib, verdict
 from oomtrace.agent.go.verdicts import go_verdicts
-from oomtrace.agent.memory_verdicts import fallback_verdicts, memory_verdicts
+from oomtrace.agent.memory_verdicts import fallback_verdicts, memory_verdicts, node_verdicts
 from oomtrace.records import limit_hit_bytes, rss_bytes, seconds_text
 from oomtrace.v1 import event_pb2
 
@@ -37,7 +37,13 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
             )
         )
 
-    if ev.constraint == ev.GLOBAL:
+    if (
+        ev.constraint == ev.GLOBAL
+        and ev.HasField("node_mem_info")
+        and ev.node_mem_info.total_ram_bytes
+    ):
+        out += node_verdicts(ev)
+    elif ev.constraint == ev.GLOBAL:
         out.append(
             verdict(
                 "NODE_OUT_OF_MEMORY",

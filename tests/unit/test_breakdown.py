@@ -214,7 +214,7 @@ def test_ratelimited_live_kill_uses_files_and_says_what_bpf_saw() -> None:
         64 * MIB,
     )
     tmp = event_pb2.TmpfsMount(mount_point="/dev/shm", kind="/dev/shm", used_bytes=40 * MIB)
-    fill_where(ev, files, [tmp])
+    fill_where(ev, None, files, [tmp])
     assert ev.breakdown.source == ev.breakdown.CGROUP_FILES
     assert ev.allocation.source == "bpf"
     assert ev.allocation.comm == "writer"

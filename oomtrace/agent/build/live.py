@@ -123,7 +123,7 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
         if hp.missing:
             ev.go.heap_profile_missing = hp.missing
     if not kill.user_signal:
-        fill_where(ev, a.memcg_files, a.tmpfs)
+        fill_where(ev, a.report, a.memcg_files, a.tmpfs, a.top_cgroups)
     ev.hooks.extend(hooks)
     ev.missing.extend(missing)
     ev.verdicts.extend(verdicts(ev))

@@ -76,7 +76,7 @@ def event_from_report(r: ParsedReport, ctx: LogContext) -> event_pb2.OomEvent:
         missing.append("cgroup, constraint, trigger: the kernel ratelimited this report")
     if ctx.workload is not None:
         fill_workload(ev.container, ev.pod, ctx.workload, missing)
-    fill_where(ev)
+    fill_where(ev, r)
     ev.missing.extend(missing)
     ev.verdicts.extend(verdicts(ev))
     return ev

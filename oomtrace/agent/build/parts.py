@@ -10,6 +10,7 @@ from oomtrace.agent import breakdown
 from oomtrace.agent.allocation import allocation
 from oomtrace.agent.decode import PAGE_SIZE
 from oomtrace.agent.kmsg import ParsedReport
+from oomtrace.agent.node_memory import node_mem_info
 from oomtrace.agent.workloads import Workload
 from oomtrace.v1 import event_pb2
 
@@ -112,11 +113,19 @@ def kernel_report(r: ParsedReport) -> event_pb2.KernelReport:
 
 def fill_where(
     ev: event_pb2.OomEvent,
+    report: ParsedReport | None,
     files: breakdown.MemcgFiles | None = None,
     tmpfs: Sequence[event_pb2.TmpfsMount] = (),
+    top_cgroups: Sequence[event_pb2.NodeMemInfo.CgroupUsage] = (),
 ) -> None:
     """Where the memory was and what was being allocated, once the record
-    holds its victim, cgroup and kernel report (breakdown.py, allocation.py)."""
+    holds its victim, cgroup and kernel report (breakdown.py, allocation.py);
+    for a node-wide OOM, the report's Mem-Info and the top cgroups."""
+    if report is not None and report.mem_info is not None:
+        ev.node_mem_info.CopyFrom(node_mem_info(report.mem_info, PAGE_SIZE))
+        ev.node_mem_info.top_cgroups.extend(top_cgroups)
+    elif top_cgroups:
+        ev.node_mem_info.top_cgroups.extend(top_cgroups)
     b = breakdown.compute(ev, files, tmpfs)
     if b is not None:
         ev.breakdown.CopyFrom(b)
