@@ -21,6 +21,9 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
 
     if ev.HasField("go"):
         out += go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
+    # Where the memory was comes next: the headline of any other kill
+    # (history's VERDICT column, top --by verdict, the metric's label).
+    out += memory_verdicts(ev)
 
     if ev.source == ev.USERSPACE:
         k = ev.killer
@@ -70,7 +73,6 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
         )
 
     out += _choice_verdicts(ev)
-    out += memory_verdicts(ev)
 
     non_anon = v.file_rss_bytes + v.shmem_rss_bytes
     # With a breakdown, where the cgroup's memory was says more than the
