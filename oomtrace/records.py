@@ -36,6 +36,17 @@ MAX_RECORD_BYTES = MAX_MESSAGE_BYTES - 4096
 # Where the agent writes its counters, and `oomtrace doctor` reads them.
 DEFAULT_STATUS_FILE = Path("/run/oomtrace/agent-status.json")
 
+# The MemoryBreakdown fields that add up, with unexplained_bytes, to its
+# usage_bytes (the agent's breakdown.py makes them so; show prints them).
+USAGE_PARTS = (
+    "victim_anon_bytes",
+    "others_anon_bytes",
+    "unmapped_anon_bytes",
+    "page_cache_bytes",
+    "shmem_bytes",
+    "kernel_bytes",
+)
+
 _Alloc = event_pb2.Allocation
 # What each kind of allocation (_Alloc.Kind) is, in words for `show`
 # and the verdicts.

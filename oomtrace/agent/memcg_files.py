@@ -1,7 +1,8 @@
 """What a memory cgroup's own files say at a kill, for the breakdown where
 the kernel's report cannot: memory.stat, usage, limit, v1's kmem and swap;
 and the tmpfs mounts its tasks see (an emptyDir of medium Memory, /dev/shm),
-with how much each holds, so a verdict can name where shmem lives.
+with how much each holds, so a verdict can name where shmem lives; and for
+a node-wide OOM, the cgroups of the tree that held most.
 
 Everything here is read from files a victim's cgroup and its tasks control
 (mount points are names they chose): bounded in bytes and count, and every
@@ -14,7 +15,6 @@ import re
 from pathlib import Path
 
 from oomtrace.agent.breakdown import MemcgFiles
-from oomtrace.agent.node_memory import top_cgroups
 from oomtrace.v1 import event_pb2
 
 PROC = Path("/proc")
@@ -22,6 +22,9 @@ _STAT_MAX = 64 * 1024
 _MOUNTINFO_MAX = 1 << 20
 MAX_PIDS = 64  # tasks whose mounts are looked at
 MAX_MOUNTS = 16  # tmpfs mounts kept, largest first
+MAX_DIRS = 5000  # cgroups looked at for a node-wide OOM's top ones
+MAX_DEPTH = 6
+TOP = 5
 _EMPTY_DIR = re.compile(
     r"/pods/(?P<uid>[0-9a-f-]{36})/volumes/kubernetes\.io~empty-dir/(?P<name>[^/]+)$"
 )
@@ -153,6 +156,46 @@ def tmpfs_mounts(pids: list[int], proc: Path = PROC) -> list[event_pb2.TmpfsMoun
             seen[dev] = m
     found = sorted((m for m in seen.values() if m.used_bytes), key=lambda m: -m.used_bytes)
     return found[:MAX_MOUNTS]
+
+
+def top_cgroups(
+    mount: Path, version: int, limit: int = TOP
+) -> list[event_pb2.NodeMemInfo.CgroupUsage]:
+    """The memory cgroups holding most by their own usage (less their
+    children's: a parent's usage counts its children's too), largest first,
+    each with its limit (0: none, or one its ancestors set)."""
+    usage_file = "memory.current" if version == 2 else "memory.usage_in_bytes"
+    limit_file = "memory.max" if version == 2 else "memory.limit_in_bytes"
+    usage: dict[Path, int] = {}
+    seen = 0
+    for dirpath, dirs, _files in os.walk(mount):
+        d = Path(dirpath)
+        depth = len(d.relative_to(mount).parts)
+        if depth >= MAX_DEPTH:
+            dirs[:] = []
+        seen += 1
+        if seen > MAX_DIRS:
+            break
+        if d == mount:
+            continue  # the root has no usage file of its own on v2
+        u = _int(d / usage_file)
+        if u is not None:
+            usage[d] = u
+    own = dict(usage)
+    for d, u in usage.items():
+        if d.parent in own:
+            own[d.parent] -= u
+    out = []
+    for d, u in sorted(own.items(), key=lambda kv: -kv[1])[:limit]:
+        lim = _int(d / limit_file) or 0
+        out.append(
+            event_pb2.NodeMemInfo.CgroupUsage(
+                path="/" + str(d.relative_to(mount)),
+                usage_bytes=max(u, 0),
+                limit_bytes=lim if lim < (1 << 60) else 0,
+            )
+        )
+    return out
 
 
 class AtKill:

@@ -1,19 +1,12 @@
 """A node-wide OOM: the kernel's Mem-Info block (kmsg.MemInfo) as the record
-holds it, and the memory cgroups that held most when it happened, read from
-the cgroup tree at the kill (bounded: depth and directories)."""
+holds it (the cgroups that held most are read by memcg_files.top_cgroups)."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 from oomtrace.agent.kmsg import MemInfo
 from oomtrace.v1 import event_pb2
 
 KIB = 1024
-MAX_DIRS = 5000
-MAX_DEPTH = 6
-TOP = 5
 
 
 def node_mem_info(mi: MemInfo, page_size: int) -> event_pb2.NodeMemInfo:
@@ -47,56 +40,3 @@ def node_mem_info(mi: MemInfo, page_size: int) -> event_pb2.NodeMemInfo:
     fullest = max(mi.zones, key=lambda z: z.free_kb, default=None)
     n.largest_free_order = fullest.largest_free_order if fullest is not None else -1
     return n
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    if text == "max":
-        return 0
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def top_cgroups(
-    mount: Path, version: int, limit: int = TOP
-) -> list[event_pb2.NodeMemInfo.CgroupUsage]:
-    """The memory cgroups holding most by their own usage (less their
-    children's: a parent's usage counts its children's too), largest first,
-    each with its limit (0: none, or one its ancestors set)."""
-    usage_file = "memory.current" if version == 2 else "memory.usage_in_bytes"
-    limit_file = "memory.max" if version == 2 else "memory.limit_in_bytes"
-    usage: dict[Path, int] = {}
-    seen = 0
-    for dirpath, dirs, _files in os.walk(mount):
-        d = Path(dirpath)
-        depth = len(d.relative_to(mount).parts)
-        if depth >= MAX_DEPTH:
-            dirs[:] = []
-        seen += 1
-        if seen > MAX_DIRS:
-            break
-        if d == mount:
-            continue  # the root has no usage file of its own on v2
-        u = _read_int(d / usage_file)
-        if u is not None:
-            usage[d] = u
-    own = dict(usage)
-    for d, u in usage.items():
-        if d.parent in own:
-            own[d.parent] -= u
-    out = []
-    for d, u in sorted(own.items(), key=lambda kv: -kv[1])[:limit]:
-        lim = _read_int(d / limit_file) or 0
-        out.append(
-            event_pb2.NodeMemInfo.CgroupUsage(
-                path="/" + str(d.relative_to(mount)),
-                usage_bytes=max(u, 0),
-                limit_bytes=lim if lim < (1 << 60) else 0,
-            )
-        )
-    return out

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from oomtrace.records import USAGE_PARTS
 from tests.integration.harness import (
     ALLOCATE_FOREVER,
     MIB,
@@ -26,15 +27,6 @@ from tests.integration.harness import (
     ScratchCgroup,
     scratch_cgroup,
     wait_until,
-)
-
-PARTS = (
-    "victim_anon_bytes",
-    "others_anon_bytes",
-    "unmapped_anon_bytes",
-    "page_cache_bytes",
-    "shmem_bytes",
-    "kernel_bytes",
 )
 
 
@@ -85,7 +77,7 @@ def check_breakdown(rec: dict[str, Any], kmsg: KmsgReader, shape: str = "") -> d
     cgroup's files when the kernel ratelimited it), adding up within 5 %."""
     b = rec["breakdown"]
     usage = int(b["usage_bytes"])
-    parts = sum(int(b[p]) for p in PARTS)
+    parts = sum(int(b[p]) for p in USAGE_PARTS)
     assert abs(usage - parts) <= 0.05 * usage, (b, parts)
     assert abs(int(b["unexplained_bytes"])) <= 0.05 * usage, b
     lines = printed_report(kmsg, rec["victim"]["pid"])

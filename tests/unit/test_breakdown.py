@@ -6,44 +6,22 @@ ratelimited, where the cgroup's files stand in."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from oomtrace.agent.allocation import classify
 from oomtrace.agent.breakdown import MemcgFiles, compute
 from oomtrace.agent.build.logged import LogContext, event_from_report
 from oomtrace.agent.build.parts import fill_where
-from oomtrace.agent.kmsg import KmsgRecord, ParsedReport, ReportParser, parse_record
+from oomtrace.agent.kmsg import KmsgRecord
 from oomtrace.agent.verdicts import verdicts
+from oomtrace.records import USAGE_PARTS
 from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
+from tests.unit.test_kmsg import records
+from tests.unit.test_kmsg import reports as parse
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MIB = 1 << 20
 HOST = "6.18.44-fc-v1272"
-PARTS = (
-    "victim_anon_bytes",
-    "others_anon_bytes",
-    "unmapped_anon_bytes",
-    "page_cache_bytes",
-    "shmem_bytes",
-    "kernel_bytes",
-)
-
-
-def records(name: str) -> list[KmsgRecord]:
-    out = []
-    for line in (FIXTURES / name).read_text().splitlines():
-        rec = parse_record(line.encode())
-        assert rec is not None, line
-        out.append(rec)
-    return out
-
-
-def parse(recs: list[KmsgRecord]) -> list[ParsedReport]:
-    p = ReportParser()
-    return [r for rec in recs if (r := p.feed(rec)) is not None]
 
 
 def record(name: str) -> event_pb2.OomEvent:
@@ -52,7 +30,7 @@ def record(name: str) -> event_pb2.OomEvent:
 
 
 def parts_sum(b: event_pb2.MemoryBreakdown) -> int:
-    return sum(getattr(b, p) for p in PARTS)
+    return sum(getattr(b, p) for p in USAGE_PARTS)
 
 
 def codes(ev: event_pb2.OomEvent) -> list[str]:
