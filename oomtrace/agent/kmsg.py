@@ -241,6 +241,14 @@ class ReportParser:
         self.expired += 1
 
     def feed(self, rec: KmsgRecord) -> ParsedReport | None:
+        if rec.facility == 0 and "\\x0a" in rec.text:
+            # One printk of several lines (6.x prints the memcg stats in
+            # one): /dev/kmsg escapes its newlines. Each line as a record.
+            done = None
+            for part in rec.text.split("\\x0a"):
+                if part:
+                    done = self.feed(KmsgRecord(rec.seq, rec.ts_us, part, rec.facility)) or done
+            return done
         if rec.facility != 0:
             self.foreign += 1
             return None

@@ -23,7 +23,8 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
         out += go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
     # Where the memory was comes next: the headline of any other kill
     # (history's VERDICT column, top --by verdict, the metric's label).
-    out += memory_verdicts(ev)
+    if ev.constraint != ev.GLOBAL:
+        out += memory_verdicts(ev)
 
     if ev.source == ev.USERSPACE:
         k = ev.killer

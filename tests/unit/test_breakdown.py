@@ -6,6 +6,8 @@ ratelimited, where the cgroup's files stand in."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from oomtrace.agent.allocation import classify
@@ -201,3 +203,43 @@ def test_ratelimited_live_kill_uses_files_and_says_what_bpf_saw() -> None:
     assert "/dev/shm (/dev/shm) holds 40 MiB" in v.explanation
     assert "kubernetes#128339" in v.explanation
     assert "ratelimited" in v.explanation
+
+
+GUEST = "6.1.0-56-amd64"  # cgroup v2; prefixes put back on the text the guest kept
+
+
+@pytest.mark.parametrize(
+    ("shape", "code"),
+    [
+        ("tmpfs", "TMPFS_MEMORY"),
+        ("pipes", "KERNEL_MEMORY"),
+        ("siblings", "SIBLINGS_HELD_MOST"),
+        # The guest's /tmp is a tmpfs: the mlocked file there is shmem.
+        ("mlocked", "TMPFS_MEMORY"),
+    ],
+)
+def test_v2_reports_print_their_stats_in_one_record_and_add_up(shape: str, code: str) -> None:
+    ev = record(f"kmsg-oom-{shape}-{GUEST}.txt")
+    b = ev.breakdown
+    st = ev.kernel_report.memcg_stats
+    assert b.source == b.KERNEL_REPORT
+    assert "anon" in st
+    assert b.kernel_bytes == st["kernel"] + st["sock"]
+    assert b.shmem_bytes == st["shmem"]
+    assert parts_sum(b) + b.unexplained_bytes == b.usage_bytes
+    assert abs(b.unexplained_bytes) <= 0.05 * b.usage_bytes
+    assert code in codes(ev)
+
+
+def test_a_node_wide_report_has_its_mem_info_parsed() -> None:
+    ev = record(f"kmsg-oom-global-{GUEST}.txt")
+    assert ev.constraint == ev.GLOBAL
+    n = ev.node_mem_info
+    text = ev.kernel_report.raw
+    ram = int(re.search(r"(\d+) pages RAM", text).group(1))  # type: ignore[union-attr]
+    assert n.total_ram_bytes == ram * 4096
+    assert n.zones
+    assert n.free_bytes > 0
+    assert n.min_watermark_bytes > 0
+    assert codes(ev)[0] == "NODE_OUT_OF_MEMORY"
+    assert "RAM" in ev.verdicts[0].explanation
