@@ -24,6 +24,7 @@ from oomtrace.agent.decode import KernelKill, ReapStage
 from oomtrace.agent.go.heap import KillProfiles
 from oomtrace.agent.go.sampling import GoPoint
 from oomtrace.agent.host import Clock, boot_ns_now
+from oomtrace.agent.jvm.state import PerfRead, read_jvm_at_kill
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import Point
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
@@ -127,6 +128,7 @@ class AssembledKill:
     timeline: Timeline | None = None
     missing: tuple[str, ...] = ()
     heap_profiles: KillProfiles = field(default_factory=KillProfiles)  # a Go victim's
+    jvm_perf: PerfRead | None = None  # a JVM victim's hsperfdata, read at the kill
 
 
 def resolve(
@@ -225,6 +227,7 @@ class _Pending:
     reap_ns: int | None = None
     done: bool = False
     report: ParsedReport | None = None
+    jvm_perf: PerfRead | None = None
 
 
 class KillAssembler:
@@ -272,7 +275,8 @@ class KillAssembler:
             process = self.processes.lookup(
                 kill.victim_tgid, kill.victim_comm
             ) or self.processes.remember(kill.victim_tgid)
-        self._pending[kill.victim_tgid or kill.victim_tid] = _Pending(kill, process)
+        process, perf = read_jvm_at_kill(self.processes, kill.victim_tgid, process)
+        self._pending[kill.victim_tgid or kill.victim_tid] = _Pending(kill, process, jvm_perf=perf)
 
     def exited(self, tgid: int, boot_ns: int) -> None:
         p = self._pending.get(tgid)
@@ -350,6 +354,8 @@ class KillAssembler:
             reap_ns=p.reap_ns,
             missing=missing,
         )
+        if p.jvm_perf is not None:
+            a = replace(a, jvm_perf=p.jvm_perf)
         profiles = self.profiles.take(p.kill.victim_tgid, p.kill.profile_key)
         if profiles != KillProfiles():
             a = replace(a, heap_profiles=profiles)

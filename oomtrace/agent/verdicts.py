@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from oomtrace.agent.explain import CRITICAL, INFO, WARNING, mib, verdict
 from oomtrace.agent.go.verdicts import go_verdicts
+from oomtrace.agent.jvm.verdicts import jvm_verdicts
+from oomtrace.agent.nodejs.verdicts import node_verdicts
 from oomtrace.records import limit_hit_bytes, rss_bytes, seconds_text
 from oomtrace.v1 import event_pb2
 
@@ -20,6 +22,11 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
 
     if ev.HasField("go"):
         out += go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
+    memcg_limit = limit if ev.constraint == ev.MEMCG else 0
+    if ev.HasField("jvm"):
+        out += jvm_verdicts(ev.jvm, memcg_limit, v.anon_rss_bytes, rss)
+    if ev.HasField("node_runtime"):
+        out += node_verdicts(ev.node_runtime, memcg_limit, v.anon_rss_bytes, v.file_rss_bytes)
 
     if ev.source == ev.USERSPACE:
         k = ev.killer
