@@ -38,6 +38,13 @@ UNDERSCORE_JAVA_OPTIONS = runtime_pb2.UNDERSCORE_JAVA_OPTIONS
 DEFAULT = runtime_pb2.DEFAULT
 
 ENV_VARS = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS")
+SOURCE_NAMES = {
+    COMMAND_LINE: "command line",
+    JAVA_TOOL_OPTIONS: "JAVA_TOOL_OPTIONS",
+    JDK_JAVA_OPTIONS: "JDK_JAVA_OPTIONS",
+    UNDERSCORE_JAVA_OPTIONS: "_JAVA_OPTIONS",
+    DEFAULT: "default",
+}
 
 # -XX:Name=value flags kept (sizes and numbers), and -XX:+/-Name booleans.
 VALUE_FLAGS = frozenset(
@@ -269,7 +276,9 @@ def max_heap(
     if explicit is not None:
         size = parse_size(explicit.value)
         if size is not None and size > 0:
-            return MaxHeap(size, explicit.source, explicit.text)
+            return MaxHeap(
+                size, explicit.source, f"{explicit.text} ({SOURCE_NAMES[explicit.source]})"
+            )
     container = f.enabled("UseContainerSupport", _container_aware(java_version))
     seen = host_memory
     what = f"host memory of {host_memory // MIB} MiB"
@@ -297,8 +306,7 @@ def max_heap(
             pct_src,
         )
     text = f"{rule} of the {what}"
-    if src == DEFAULT:
-        text = "the JVM's default: " + text
+    text = "the JVM's default: " + text if src == DEFAULT else f"{text} ({SOURCE_NAMES[src]})"
     return MaxHeap(_align_up(size, HEAP_ALIGNMENT), src, text)
 
 

@@ -18,13 +18,6 @@ STACK_BYTES = 1 * MIB  # a Java thread's default stack (ThreadStackSize on x86_6
 FLOOR_OFF_HEAP = 48 * MIB  # a JVM's own memory (code, GC, runtime) when nothing was seen
 
 
-def _source_name(j: runtime_pb2.JvmRuntime, name: str) -> str:
-    for f in j.flags:
-        if f.name == name:
-            return f"{f.text} ({runtime_pb2.FlagSource.Name(f.source).lower().replace('_', ' ')})"
-    return ""
-
-
 def off_heap_bytes(j: runtime_pb2.JvmRuntime, anon_rss: int) -> tuple[int, str]:
     """(bytes outside the heap, how that was counted)."""
     p = j.perf
@@ -54,17 +47,23 @@ def fitting_heap(limit: int, off_heap: int) -> int:
 
 def _suggest(limit: int, off_heap: int, heap_used: int) -> str:
     fit = fitting_heap(limit, off_heap)
-    if fit < 16 * MIB or fit < heap_used:
-        need = int((max(heap_used, 16 * MIB) + off_heap) / (1 - HEADROOM))
+    need = int((max(heap_used, 16 * MIB) + off_heap) / (1 - HEADROOM)) // MIB * MIB + MIB
+    if fit < 16 * MIB:
         return (
-            f"No heap that held what was seen fits the {mib(limit)} limit: raise the limit to at "
-            f"least {mib(need)}, or make the program need less."
+            f"No useful heap fits the {mib(limit)} limit beside the {mib(off_heap)} seen outside "
+            f"it: raise the limit to at least {mib(need)}."
         )
     pct = fit * 100 // limit
-    return (
+    out = (
         f"Set -Xmx{fit // MIB}m (or -XX:MaxRAMPercentage={pct}), leaving {mib(limit - fit)} for "
-        "metaspace, threads, code cache and direct memory."
+        "metaspace, threads, code cache and direct memory"
     )
+    if heap_used > fit:
+        out += (
+            f"; the heap held {mib(heap_used)} at the kill: if that much is live, the JVM will "
+            f"then fail with OutOfMemoryError instead, and the limit must rise to {mib(need)}"
+        )
+    return out + "."
 
 
 def jvm_verdicts(
