@@ -81,7 +81,7 @@ def parse(data: bytes) -> PerfData:
         item = data[off : off + length]
         off += length
         name = _cstring(item, name_off, MAX_NAME)
-        if name is None or not data_off or data_off >= length:
+        if name is None or not 0 < data_off < length or vlen < 0:
             bad += 1
             continue
         if vlen == 0 and dtype == ord("J"):
