@@ -14,6 +14,7 @@ from oomtrace.agent.decode import decode_cmdline
 from oomtrace.agent.go.buildinfo import BuildInfo, BuildInfoCache, GoProcess, allowed_cpus, go_env
 from oomtrace.agent.jvm import discovery as jvm_discovery
 from oomtrace.agent.nodejs import discovery as node_discovery
+from oomtrace.agent.outputs import Outputs, read_outputs
 
 PROC = Path("/proc")
 _CMDLINE_MAX = 4096
@@ -28,6 +29,7 @@ class ProcessInfo:
     start_boot_ns: int | None = None  # when it started, on the boot clock
     jvm: jvm_discovery.JvmProcess | None = None
     node: node_discovery.NodeProcess | None = None
+    outputs: Outputs | None = None  # a runtime's (JVM, Node, Go) stderr, cwd, cgroup
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -93,6 +95,7 @@ def read_process(
         start_boot_ns=started,
         jvm=jvm,
         node=node,
+        outputs=read_outputs(pid, proc) if go or jvm or node else None,
     )
 
 
@@ -123,6 +126,7 @@ class ProcessCache:
                 exe=info.exe or known.exe,
                 jvm=known.jvm or info.jvm,
                 node=known.node or info.node,
+                outputs=known.outputs or info.outputs,
             )
         if info is not None:
             self._by_pid[pid] = info
@@ -146,6 +150,10 @@ class ProcessCache:
 
     def items(self) -> list[tuple[int, ProcessInfo]]:
         return list(self._by_pid.items())
+
+    def get(self, pid: int) -> ProcessInfo | None:
+        """The last process seen with this pid (its exit, whatever its comm)."""
+        return self._by_pid.get(pid)
 
     def lookup(self, pid: int, comm: str) -> ProcessInfo | None:
         """The cached process with this pid, if its comm still matches (a

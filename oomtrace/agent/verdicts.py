@@ -6,6 +6,7 @@ extrapolated."""
 
 from __future__ import annotations
 
+from oomtrace.agent.death_verdicts import death_verdicts
 from oomtrace.agent.explain import CRITICAL, INFO, WARNING, mib, verdict
 from oomtrace.agent.go.verdicts import go_verdicts
 from oomtrace.agent.jvm.verdicts import jvm_verdicts
@@ -27,6 +28,7 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
         out += jvm_verdicts(ev.jvm, memcg_limit, v.anon_rss_bytes, rss)
     if ev.HasField("node_runtime"):
         out += node_verdicts(ev.node_runtime, memcg_limit, v.anon_rss_bytes, v.file_rss_bytes)
+    out += death_verdicts(ev)
 
     if ev.source == ev.USERSPACE:
         k = ev.killer

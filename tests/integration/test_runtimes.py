@@ -232,3 +232,96 @@ def test_node_max_old_space_size_too_big(agent: AgentProcess) -> None:
     }
     assert int(n["heap_limit_bytes"]) == (1024 + 48) * MIB
     assert "NODE_HEAP_LIMIT_ABOVE_CGROUP" in codes(rec)
+
+
+# -- a runtime's own OOM death ----------------------------------------------------
+
+
+def run_to_exit(
+    agent: AgentProcess, argv: list[str], limit: int, tmp_path: Path, env: dict[str, str]
+) -> tuple[int, int, str]:
+    """(pid, returncode, stderr) of a run whose stderr is a file, as a
+    service's often is."""
+    err = tmp_path / "stderr.log"
+    with scratch_cgroup(limit) as cg, err.open("wb") as f:
+        p = cg.spawn_argv(argv, env={"PATH": "/usr/bin", **env}, stdout=f, stderr=f)
+        rc = p.wait(180)
+    return p.pid, rc, err.read_text(errors="replace")
+
+
+def runtime_record(
+    agent: AgentProcess, pid: int, not_recorded: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """The RUNTIME record of pid; and none of the runs in not_recorded,
+    which exited before it (records leave in exit order: the agent's log
+    line of any of theirs would come before this one's)."""
+    (rec,) = agent.take(1, timeout=30, where=lambda r: r["victim"]["pid"] == pid)
+    agent.wait_log("oom.recorded", lambda e: e.get("victim_pid") == pid)
+    recorded = {e.get("victim_pid") for e in agent.logs if e.get("event") == "oom.recorded"}
+    assert not recorded & set(not_recorded), "an ordinary failure became a record"
+    return rec
+
+
+@need_node
+def test_node_heap_limit_death(agent: AgentProcess, tmp_path: Path) -> None:
+    """V8's heap-limit abort, well under the cgroup's limit: a RUNTIME
+    record with Node's own words, its heap limit and usage. An exit 7 and a
+    SIGABRT without those words before it are ordinary failures: none."""
+    exit7, rc, _ = run_to_exit(agent, [str(NODE), "-e", "process.exit(7)"], 256 * MIB, tmp_path, {})
+    assert rc == 7
+    abort, rc, _ = run_to_exit(
+        agent, [str(NODE), "-e", "console.error('bye'); process.abort()"], 256 * MIB, tmp_path, {}
+    )
+    assert rc == -6
+    pid, rc, err = run_to_exit(
+        agent,
+        [str(NODE), "--max-old-space-size=48", "-e", NODE_GROW],
+        256 * MIB,
+        tmp_path,
+        {},
+    )
+    assert rc == -6, err[-2000:]
+    assert "JavaScript heap out of memory" in err
+    rec = runtime_record(agent, pid, not_recorded=(exit7, abort))
+    assert rec["source"] == "RUNTIME"
+    d = rec["runtime_death"]
+    assert d["runtime"] == "node"
+    assert d["exit_code"] == 134
+    assert d["signal"] == 6
+    assert "JavaScript heap out of memory" in d["message"]
+    assert int(d["heap_limit_bytes"]) == (48 + 48) * MIB
+    assert 30 * MIB < int(d["heap_used_bytes"]) <= 96 * MIB
+    assert "oomtrace-test-" in rec["cgroup"]["path"]
+    assert int(rec["cgroup"]["memory_limit_bytes"]) == 256 * MIB
+    assert [v["code"] for v in rec["verdicts"]] == ["NODE_HEAP_LIMIT_REACHED"]
+
+
+@need_jdk17
+def test_jvm_exit_on_out_of_memory_error_and_an_ordinary_failure(
+    agent: AgentProcess, classes: dict[Path, Path], tmp_path: Path
+) -> None:
+    """-XX:+ExitOnOutOfMemoryError: a RUNTIME record (exit 3, the JVM's
+    words). The same program exiting 3 on its own (System.exit(3)) is an
+    ordinary failure: no record."""
+    cp = str(classes[JDK17])
+    java = str(JDK17 / "bin/java")
+    plain_pid, rc, _ = run_to_exit(
+        agent, [java, "-Xmx32m", "-cp", cp, "Grow", "exit3", "0"], 256 * MIB, tmp_path, {}
+    )
+    assert rc == 3
+    pid, rc, err = run_to_exit(
+        agent,
+        [java, "-cp", cp, "Grow", "heap", "0"],
+        256 * MIB,
+        tmp_path,
+        {"JAVA_TOOL_OPTIONS": "-Xmx32m -XX:+ExitOnOutOfMemoryError"},
+    )
+    assert rc == 3, err[-2000:]
+    rec = runtime_record(agent, pid, not_recorded=(plain_pid,))
+    d = rec["runtime_death"]
+    assert d["runtime"] == "jvm"
+    assert d["exit_code"] == 3
+    assert d["message"].startswith("Terminating due to java.lang.OutOfMemoryError")
+    assert int(d["heap_limit_bytes"]) == 32 * MIB
+    assert rec["jvm"]["flags"]
+    assert [v["code"] for v in rec["verdicts"]] == ["JVM_OUT_OF_MEMORY_ERROR"]
