@@ -100,9 +100,14 @@ def test_v8_heap_limit_unlimited_and_flags() -> None:
         ["node", "--max_old_space_size=300", "-e", "x", "app.js", "--max-old-space-size=9"],
         {"NODE_OPTIONS": "--max-old-space-size=100 --no-warnings"},
     )
-    hl = ns.heap_limit(f, 128 * MIB, HOST)
-    assert hl.limit_bytes == 348 * MIB  # measured: 300 -> 348
+    hl = ns.heap_limit(f, None, HOST)
+    assert hl.limit_bytes == 348 * MIB  # measured on the host: 300 -> 348
     assert hl.source == runtime_pb2.COMMAND_LINE
+    # the young generation stays what the memory gives it: 1024 -> 1027 in 128 MiB
+    big = ns.resolve(["node", "--max-old-space-size=1024"], {})
+    assert ns.heap_limit(big, 128 * MIB, HOST).limit_bytes == 1027 * MIB
+    semi = ns.resolve(["node", "--max-old-space-size=100", "--max-semi-space-size=2"], {})
+    assert ns.heap_limit(semi, None, HOST).limit_bytes == 106 * MIB
     env_only = ns.heap_limit(
         ns.resolve(["node"], {"NODE_OPTIONS": "--max-old-space-size 200"}), None, HOST
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from oomtrace.agent.jvm.record import host_memory_bytes
 from oomtrace.agent.nodejs.settings import heap_limit
 from oomtrace.agent.procinfo import ProcessInfo
-from oomtrace.v1 import event_pb2
+from oomtrace.v1 import event_pb2, runtime_pb2
 
 
 def fill_node(
@@ -26,5 +26,6 @@ def fill_node(
     n.old_space_limit_bytes = hl.old_bytes
     n.heap_limit_source = hl.source
     n.heap_limit_from = hl.text
-    if not node.version:
-        n.flags_missing = "node.version: not found in the binary; the heap rule is Node 20's"
+    if hl.source == runtime_pb2.DEFAULT and not node.version.startswith("v20."):
+        # The default was measured on Node 20 (nodejs/settings.py).
+        n.heap_limit_from += f" (the rule measured on Node 20; this is {node.version or 'unknown'})"

@@ -14,7 +14,9 @@ GiB host, in MiB of limit -> heap limit: 64, 128, 256, 512 -> 259; 1024 ->
 old generation = half the memory, at least 256 MiB, at most 2048 MiB (4096
 MiB where the memory is above 16 GiB); young = 3 * (old / 256 when old is
 256 MiB or less, else old / 128), between 1 and 16 MiB each. With the flag:
-N + 48 MiB (N = 100, 200, 1000, 3000 measured). The rule is V8's for
+the old generation is N MiB and the young one stays what the memory gives
+it: N + 48 MiB on the host (N = 100, 200, 1000, 3000 measured), N + 3 MiB
+in a 128 MiB cgroup (N = 1024 measured). The rule is V8's for
 64-bit builds without pointer compression (Node's own), kept for every
 version from 12 (when Node began to size the heap from memory); a record
 says it was derived, not read."""
@@ -100,12 +102,17 @@ def resolve(argv: list[str], env: dict[str, str]) -> dict[str, NodeFlag]:
     return flags
 
 
-def young_bytes(old: int, explicit: bool) -> int:
-    if explicit:
-        return 3 * 16 * MIB
+def young_bytes(memory: int, flags: dict[str, NodeFlag]) -> int:
+    """V8's young generation: three semi-spaces, sized from the memory as
+    the old generation's default is (a --max-old-space-size changes only the
+    old generation), unless --max-semi-space-size says (MiB)."""
+    f = flags.get("max-semi-space-size")
+    semi = _mib_value(f.value) if f is not None else None
+    if semi:
+        return 3 * semi
+    old = default_old_bytes(memory)
     ratio = 256 if old <= 256 * MIB else 128
-    semi = min(max(old // ratio, 1 * MIB), 16 * MIB)
-    return 3 * semi
+    return 3 * min(max(old // ratio, 1 * MIB), 16 * MIB)
 
 
 def default_old_bytes(memory: int) -> int:
@@ -127,29 +134,23 @@ def _mib_value(text: str) -> int | None:
 
 
 def heap_limit(flags: dict[str, NodeFlag], cgroup_limit: int | None, host_memory: int) -> HeapLimit:
-    f = flags.get("max-old-space-size")
-    old = _mib_value(f.value) if f is not None else None
-    if f is not None and old:
-        return HeapLimit(
-            old + young_bytes(old, True), old, f.source, f"{f.text} ({_SRC[f.source]})"
-        )
     memory, what = host_memory, f"the host's {host_memory // MIB} MiB"
     if cgroup_limit and cgroup_limit < host_memory:
         memory, what = cgroup_limit, f"the cgroup's {cgroup_limit // MIB} MiB limit"
+    young = young_bytes(memory, flags)
+    f = flags.get("max-old-space-size")
+    old = _mib_value(f.value) if f is not None else None
+    if f is not None and old:
+        return HeapLimit(old + young, old, f.source, f"{f.text} ({_SRC[f.source]})")
     pct = flags.get("max-old-space-size-percentage")
     p = _mib_value(pct.value) if pct is not None else None
     if pct is not None and p and 0 < p <= 100 * MIB:
         old = int(memory * (p / MIB) / 100) // MIB * MIB
-        return HeapLimit(
-            old + young_bytes(old, True),
-            old,
-            pct.source,
-            f"{pct.text} of {what} ({_SRC[pct.source]})",
-        )
+        return HeapLimit(old + young, old, pct.source, f"{pct.text} of {what} ({_SRC[pct.source]})")
     old = default_old_bytes(memory)
     cap = default_old_bytes(1 << 50) if memory > 16 * GIB else 2048 * MIB
     return HeapLimit(
-        old + young_bytes(old, False),
+        old + young,
         old,
         runtime_pb2.DEFAULT,
         f"V8's default for {what}: half of it, within 256..{cap // MIB} MiB, "
