@@ -1,0 +1,88 @@
+"""A runtime's own OOM death is told from its exit status and its own
+words; an ordinary failure (another status, or the same status without
+those words) never is one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from oomtrace.agent.build import runtime_death
+from oomtrace.agent.go.buildinfo import BuildInfo, GoProcess
+from oomtrace.agent.jvm import death as jvm_death
+from oomtrace.agent.jvm.discovery import JvmProcess
+from oomtrace.agent.jvm.flags import JvmFlags
+from oomtrace.agent.nodejs import death as node_death
+from oomtrace.agent.nodejs.discovery import NodeProcess
+from oomtrace.agent.outputs import Outputs
+from oomtrace.agent.procinfo import ProcessInfo
+
+EXIT_ON = "Terminating due to java.lang.OutOfMemoryError: Java heap space\n"
+CRASH_ON = "Aborting due to java.lang.OutOfMemoryError: Java heap space\n"
+UNCAUGHT = (
+    'Exception in thread "main" java.lang.OutOfMemoryError: Java heap space\n\tat Grow.main\n'
+)
+NODE = (
+    "<--- Last few GCs --->\n[1:0x5]  1019 ms: Mark-Compact 47.9 (50.1) -> 47.6 (50.6) MB, "
+    "pooled: 0 MB, 101.38 / 0.00 ms  (average mu = 0.2)\n\nFATAL ERROR: Reached heap limit "
+    "Allocation failed - JavaScript heap out of memory\n"
+)
+
+
+def test_jvm_words() -> None:
+    assert jvm_death.oom_words(3, 0, EXIT_ON, "") == EXIT_ON.strip()
+    assert jvm_death.oom_words(0, 6, CRASH_ON, "") == CRASH_ON.strip()
+    hs = "#\n# A fatal error has been detected\n#  fatal error: OutOfMemory encountered: Java heap space\n"
+    assert (
+        jvm_death.oom_words(0, 6, "", hs)
+        == "#  fatal error: OutOfMemory encountered: Java heap space"
+    )
+    assert jvm_death.oom_words(1, 0, UNCAUGHT, "") is not None
+    # the same words under another status, or a status without them
+    assert jvm_death.oom_words(1, 0, EXIT_ON, "") is None
+    assert jvm_death.oom_words(3, 0, "Exception: something else\n", "") is None
+    assert jvm_death.oom_words(0, 11, CRASH_ON, "") is None  # SIGSEGV
+    # an OutOfMemoryError in another thread does not end the JVM
+    other = 'Exception in thread "pool-1" java.lang.OutOfMemoryError: Java heap space\n'
+    assert jvm_death.oom_words(1, 0, other, "") is None
+
+
+def test_node_words_and_heap_use() -> None:
+    assert node_death.oom_words(0, 6, NODE) is not None
+    assert node_death.oom_words(0, 6, "bye\n") is None  # a bare abort
+    assert node_death.oom_words(1, 0, NODE) is None
+    assert node_death.heap_used_bytes(NODE) == int(47.6 * (1 << 20))
+    assert node_death.heap_used_bytes("no trace") is None
+
+
+def _info(tmp_path: Path, stderr: str, **kw: object) -> ProcessInfo:
+    err = tmp_path / "err.log"
+    err.write_text(stderr)
+    out = Outputs(stderr=str(err), cwd=str(tmp_path), same_mount_ns=True, ns_pid=42)
+    return ProcessInfo("x", "x", "/x", outputs=out, **kw)  # type: ignore[arg-type]
+
+
+def test_confirm(tmp_path: Path) -> None:
+    jvm = JvmProcess("/jdk", "17.0.15", "Debian", "java launcher", JvmFlags(), {})
+    d = runtime_death.confirm(_info(tmp_path, "x\n" * 50000 + EXIT_ON, jvm=jvm), 3 << 8)
+    assert isinstance(d, runtime_death.Death)
+    assert d.runtime == "jvm"
+    assert d.status == 3
+    assert isinstance(runtime_death.confirm(_info(tmp_path, "bye", jvm=jvm), 3 << 8), str)
+    # CrashOnOutOfMemoryError: the words may be only in hs_err_pid<nspid>.log
+    (tmp_path / "hs_err_pid42.log").write_text("#  fatal error: OutOfMemory encountered: x\n")
+    crash = runtime_death.confirm(_info(tmp_path, "", jvm=jvm), 6 | 0x80)
+    assert isinstance(crash, runtime_death.Death)
+    assert crash.message_from.endswith("hs_err_pid42.log")
+    node = NodeProcess("v20.20.2", {}, {})
+    nd = runtime_death.confirm(_info(tmp_path, NODE, node=node), 6)
+    assert isinstance(nd, runtime_death.Death)
+    assert nd.heap_used_bytes
+    go = GoProcess(BuildInfo("go1.22.0", "m"), {})
+    words = "fatal error: runtime: out of memory\n\ngoroutine 1 [running]:\n"
+    assert isinstance(
+        runtime_death.confirm(_info(tmp_path, words, go=go), 2 << 8), runtime_death.Death
+    )
+    assert isinstance(runtime_death.confirm(_info(tmp_path, words, go=go), 1 << 8), str)
+    # stderr that is not a file the agent can read: a reason, no record
+    gone = ProcessInfo("x", "x", "/x", node=node, outputs=Outputs())
+    assert runtime_death.confirm(gone, 6) == "stderr is not a file the agent can read"
