@@ -7,9 +7,18 @@ from __future__ import annotations
 from oomtrace import render
 from oomtrace.v1 import event_pb2, runtime_pb2
 
+_SOURCES: dict[int, str] = {
+    runtime_pb2.COMMAND_LINE: "command line",
+    runtime_pb2.JAVA_TOOL_OPTIONS: "JAVA_TOOL_OPTIONS",
+    runtime_pb2.JDK_JAVA_OPTIONS: "JDK_JAVA_OPTIONS",
+    runtime_pb2.UNDERSCORE_JAVA_OPTIONS: "_JAVA_OPTIONS",
+    runtime_pb2.NODE_OPTIONS: "NODE_OPTIONS",
+    runtime_pb2.DEFAULT: "default",
+}
+
 
 def _src(source: int) -> str:
-    return runtime_pb2.FlagSource.Name(source).lower().replace("_", " ")  # type: ignore[arg-type]
+    return _SOURCES.get(source, "?")
 
 
 def runtime_lines(ev: event_pb2.OomEvent) -> list[str]:

@@ -73,4 +73,6 @@ def fill_jvm_part(
             if j.perf.heap_max_bytes:
                 # What the JVM itself had, over what the flags predict.
                 j.max_heap_bytes = j.perf.heap_max_bytes
-                j.max_heap_from = (mh.text if mh is not None else "") + " (read from hsperfdata)"
+                j.max_heap_from = (
+                    mh.text + "; " if mh is not None else ""
+                ) + "as hsperfdata has it"
