@@ -380,7 +380,10 @@ class Runner:
         info = self.processes.get(tgid)
         if info is None:
             return
-        death = runtime_death.confirm(info, exit_code)
+        path = info.outputs.memory_cgroup if info.outputs is not None else ""
+        death = runtime_death.confirm(
+            info, exit_code, self.workloads.by_path(path) if path else None
+        )
         if isinstance(death, str):
             log.debug("runtime.exit_not_oom", pid=tgid, exit_code=exit_code, why=death)
             return

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from oomtrace.agent.build import runtime_death
+from oomtrace.agent.cgroup_names import CgroupIdentity
 from oomtrace.agent.go.buildinfo import BuildInfo, GoProcess
 from oomtrace.agent.jvm import death as jvm_death
 from oomtrace.agent.jvm.discovery import JvmProcess
@@ -15,6 +16,8 @@ from oomtrace.agent.nodejs import death as node_death
 from oomtrace.agent.nodejs.discovery import NodeProcess
 from oomtrace.agent.outputs import Outputs
 from oomtrace.agent.procinfo import ProcessInfo
+from oomtrace.agent.runtimes import ContainerInfo
+from oomtrace.agent.workloads import Workload
 
 EXIT_ON = "Terminating due to java.lang.OutOfMemoryError: Java heap space\n"
 CRASH_ON = "Aborting due to java.lang.OutOfMemoryError: Java heap space\n"
@@ -85,4 +88,30 @@ def test_confirm(tmp_path: Path) -> None:
     assert isinstance(runtime_death.confirm(_info(tmp_path, words, go=go), 1 << 8), str)
     # stderr that is not a file the agent can read: a reason, no record
     gone = ProcessInfo("x", "x", "/x", node=node, outputs=Outputs())
-    assert runtime_death.confirm(gone, 6) == "stderr is not a file the agent can read"
+    assert (
+        runtime_death.confirm(gone, 6, pod_logs=tmp_path)
+        == "stderr is not a file the agent can read"
+    )
+
+
+def test_confirm_from_the_pods_log(tmp_path: Path) -> None:
+    """A container's stderr is a pipe to its runtime: the words are read
+    from the kubelet's log of the container's current run."""
+    c = ContainerInfo(
+        "containerd", "abc", name="api", pod_name="web-1", pod_namespace="prod", pod_uid="u1"
+    )
+    w = Workload("/kubepods/x", CgroupIdentity(), c)
+    d = tmp_path / "prod_web-1_u1" / "api"
+    d.mkdir(parents=True)
+    (d / "0.log").write_text("2026-12-04T00:00:00Z stderr F old run\n")
+    (d / "1.log").write_text(
+        "".join(f"2026-12-04T00:00:01Z stderr F {x}\n" for x in NODE.splitlines())
+    )
+    node = NodeProcess("v20.20.2", {}, {})
+    info = ProcessInfo(
+        "node", "node", "/node", node=node, outputs=Outputs(memory_cgroup="/kubepods/x")
+    )
+    got = runtime_death.confirm(info, 6, w, pod_logs=tmp_path, docker=tmp_path)
+    assert isinstance(got, runtime_death.Death)
+    assert got.message_from == str(d / "1.log")
+    assert got.heap_used_bytes

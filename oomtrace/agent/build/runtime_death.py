@@ -9,7 +9,7 @@ cgroup, container and pod, the runtime's part and the heap limit."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -60,13 +60,50 @@ def _tail(path: str, n: int, from_end: bool = True) -> str:
         os.close(fd)
 
 
-def confirm(info: ProcessInfo, exit_code: int) -> Death | str:
+POD_LOGS = Path("/var/log/pods")
+DOCKER_CONTAINERS = Path("/var/lib/docker/containers")
+
+
+def container_log(workload: Workload | None, pod_logs: Path, docker: Path) -> str:
+    """The container's log file, where its runtime keeps its stderr: the
+    kubelet's /var/log/pods/<ns>_<pod>_<uid>/<container>/<restarts>.log (the
+    highest is the current one), or Docker's <id>-json.log; "" if none."""
+    c = workload.container if workload is not None else None
+    if c is None:
+        return ""
+    if c.pod_uid and c.name:
+        d = pod_logs / f"{c.pod_namespace}_{c.pod_name}_{c.pod_uid}" / c.name
+        try:
+            logs = [n for n in os.listdir(d)[:1000] if n.removesuffix(".log").isdigit()]
+        except OSError:
+            logs = []
+        if logs:
+            return str(d / max(logs, key=lambda n: int(n.removesuffix(".log"))))
+    if c.id and c.runtime == "docker":
+        f = docker / c.id / f"{c.id}-json.log"
+        if f.is_file():
+            return str(f)
+    return ""
+
+
+def confirm(
+    info: ProcessInfo,
+    exit_code: int,
+    workload: Workload | None = None,
+    pod_logs: Path = POD_LOGS,
+    docker: Path = DOCKER_CONTAINERS,
+) -> Death | str:
     """The death, or why it is not one (an ordinary failure, or words that
-    cannot be read)."""
+    cannot be read): its stderr where that is a file, else its container's log."""
     signal, status = exit_code & 0x7F, (exit_code >> 8) & 0xFF
     out = info.outputs
-    if out is None or not out.stderr or not out.same_mount_ns:
+    if out is None:
+        return "not a runtime process"
+    stderr = out.stderr if out.stderr and out.same_mount_ns else ""
+    stderr = stderr or container_log(workload, pod_logs, docker)
+    if not stderr:
         return "stderr is not a file the agent can read"
+    out = replace(out, stderr=stderr)
     tail = _tail(out.stderr, TAIL_BYTES)
     if info.jvm is not None:
         hs_err = ""
