@@ -115,3 +115,17 @@ def test_confirm_from_the_pods_log(tmp_path: Path) -> None:
     assert isinstance(got, runtime_death.Death)
     assert got.message_from == str(d / "1.log")
     assert got.heap_used_bytes
+
+
+def test_the_pods_event_says_the_runtime_ended_itself() -> None:
+    from oomtrace.collector.kube_events import note
+    from oomtrace.v1 import event_pb2
+
+    ev = event_pb2.OomEvent(id="x" * 32, source=event_pb2.OomEvent.RUNTIME)
+    ev.victim.comm, ev.victim.pid = "node", 7
+    ev.container.name = "api"
+    ev.cgroup.path, ev.cgroup.memory_limit_bytes = "/kubepods/x", 256 << 20
+    ev.runtime_death.runtime, ev.runtime_death.exit_code = "node", 134
+    text = note(ev)
+    assert text.startswith("node[7] in container api ran out of its node heap limit")
+    assert "exit 134; not a kernel OOM kill" in text
