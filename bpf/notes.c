@@ -2,7 +2,9 @@
  * should know before they die.
  *
  * Hooks:
- *   raw_tracepoint/sched_process_exit  OOMT_EXIT when a victim's last thread is gone
+ *   raw_tracepoint/sched_process_exit  OOMT_EXIT when a victim's last thread is gone;
+ *                                      OOMT_RUNTIME_EXIT when a process user space named
+ *                                      a runtime (JVM, Node, Go) ends with a failure
  *   raw_tracepoint/{start,finish,skip}_task_reaping  OOMT_REAP from the oom reaper
  *   raw_tracepoint/sched_process_exec  OOMT_EXEC so user space can cache cmdlines
  *                                      and find Go binaries
@@ -23,13 +25,24 @@ static __always_inline int emit_note(void *ctx, u32 kind, u32 what, u32 tgid, u3
     return 0;
 }
 
+/* Processes user space found to be a JVM, Node or Go: their exit status is
+ * sent when it says failure, so a runtime's own OOM death can be told from
+ * its words. One lookup per exit, nothing per syscall. */
+BPF_HASH(runtime_procs, u32, u8, 16384);
+
 int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
 {
     void *task = (void *)ctx->args[0];
     u32 tgid = 0;
     KREAD(tgid, task, OFF_TASK_TGID);
     int is_victim = victims.lookup(&tgid) != 0;
-    if (!is_victim && !go_states.lookup(&tgid) && !go_procs.lookup(&tgid))
+    /* The value, not the pointer: two lookups' pointers must not meet in an
+     * `|` the verifier refuses. */
+    u8 is_runtime = 0;
+    u8 *rt = runtime_procs.lookup(&tgid);
+    if (rt)
+        is_runtime = *rt;
+    if (!is_victim && !is_runtime && !go_states.lookup(&tgid) && !go_procs.lookup(&tgid))
         return 0;
     /* do_exit() has already dropped signal->live for this thread: zero means
      * this is the last one (the group_dead argument that 6.16+ passes). */
@@ -42,6 +55,18 @@ int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
     go_states.delete(&tgid);
     go_procs.delete(&tgid);
     go_profile_due.delete(&tgid);
+    if (is_runtime) {
+        runtime_procs.delete(&tgid);
+        /* do_exit() has set it: exit status << 8, or the fatal signal (| 0x80
+         * with a core). The kernel's own kill (SIGKILL) is a victim's. */
+        u32 code = 0;
+        KREAD(code, task, OFF_TASK_EXIT_CODE);
+        if (!is_victim && code != 0 && (code & 0x7f) != 9) {
+            u32 rtid = 0;
+            KREAD(rtid, task, OFF_TASK_PID);
+            emit_note(ctx, OOMT_RUNTIME_EXIT, code, tgid, rtid);
+        }
+    }
     if (!is_victim)
         return 0;
     victims.delete(&tgid);

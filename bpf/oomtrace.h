@@ -28,6 +28,7 @@ enum oomt_kind {
     OOMT_GO_BUCKET = 7,    /* one bucket of a Go victim's heap profile */
     OOMT_GO_PROFILE = 8,   /* ...and the end of that profile's walk */
     OOMT_USER_KILL = 9,    /* a userspace OOM killer's signal: an oomt_kill, the killer as trigger */
+    OOMT_RUNTIME_EXIT = 10, /* a JVM, Node or Go process ended with a failure: what = exit_code */
 };
 
 #define OOMT_CGROUP_PATH_LEN 256
@@ -188,7 +189,7 @@ struct oomt_go_profile {
 /* The short events share a header with the kill event: kind, then flags. */
 struct oomt_note {
     u32 kind;
-    u32 what;                /* OOMT_REAP_* for OOMT_REAP */
+    u32 what;                /* OOMT_REAP_* for OOMT_REAP; task exit_code for OOMT_RUNTIME_EXIT */
     u64 boot_ns;
     u32 tgid;
     u32 tid;

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, tzinfo
 
 from oomtrace import records
+from oomtrace.render_runtimes import runtime_lines
 from oomtrace.v1 import collector_pb2, event_pb2
 
 MIB = 1024 * 1024
@@ -314,6 +315,7 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         "victim",
         f"  process     {victim(ev)} uid {v.uid}, {v.threads} thread(s), oom_score_adj {v.oom_score_adj}",
         *(go_lines(ev.go) if ev.HasField("go") else []),
+        *runtime_lines(ev),
         f"  command     {clean(v.cmdline) or '-'}",
         f"  executable  {clean(v.exe) or '-'}",
         f"  memory      rss {size(rss(ev))} = anon {size(v.anon_rss_bytes)} + file {size(v.file_rss_bytes)} "

@@ -25,6 +25,7 @@ from oomtrace.agent.decode import KernelKill, ReapStage
 from oomtrace.agent.go.heap import KillProfiles
 from oomtrace.agent.go.sampling import GoPoint
 from oomtrace.agent.host import Clock, boot_ns_now
+from oomtrace.agent.jvm.state import PerfRead, read_jvm_at_kill
 from oomtrace.agent.kmsg import ParsedReport
 from oomtrace.agent.pressure import Point
 from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
@@ -157,6 +158,7 @@ class AssembledKill:
     # A node-wide OOM: the memory cgroups that held most, read as the kill
     # arrived, the victim's own at its at-kill usage.
     top_cgroups: tuple[NodeMemInfo.CgroupUsage, ...] = ()
+    jvm_perf: PerfRead | None = None  # a JVM victim's hsperfdata, read at the kill
 
 
 def resolve(
@@ -276,6 +278,7 @@ class _Pending:
     done: bool = False
     report: ParsedReport | None = None
     top_cgroups: tuple[NodeMemInfo.CgroupUsage, ...] = ()
+    jvm_perf: PerfRead | None = None
 
 
 class KillAssembler:
@@ -325,7 +328,8 @@ class KillAssembler:
             process = self.processes.lookup(
                 kill.victim_tgid, kill.victim_comm
             ) or self.processes.remember(kill.victim_tgid)
-        pending = _Pending(kill, process)
+        process, perf = read_jvm_at_kill(self.processes, kill.victim_tgid, process)
+        pending = _Pending(kill, process, jvm_perf=perf)
         if not kill.user_signal and kill.memcgs and cgroups.oom_level(kill) is None:
             # The whole node ran out: who held what, now, before the freed
             # memory of the victim is taken again.
@@ -408,6 +412,8 @@ class KillAssembler:
             reap_ns=p.reap_ns,
             missing=missing,
         )
+        if p.jvm_perf is not None:
+            a = replace(a, jvm_perf=p.jvm_perf)
         profiles = self.profiles.take(p.kill.victim_tgid, p.kill.profile_key)
         if profiles != KillProfiles():
             a = replace(a, heap_profiles=profiles)

@@ -444,6 +444,15 @@ class BpfSession:
         except Exception as exc:  # BCC raises bare Exception when the map is full
             raise BpfLoadError(f"go_procs: {exc}") from exc
 
+    def watch_runtime(self, tgid: int) -> None:
+        """Asks for this JVM, Node or Go process's exit status when it fails
+        (OOMT_RUNTIME_EXIT): a runtime's own OOM death is told from it."""
+        table = self._bpf["runtime_procs"]
+        try:
+            table[table.Key(tgid)] = table.Leaf(1)
+        except Exception as exc:  # BCC raises bare Exception when the map is full
+            raise BpfLoadError(f"runtime_procs: {exc}") from exc
+
     def go_states(self) -> dict[int, tuple[int, int]]:
         """Every Go process's (GC count, live heap) as the uprobes last saw it."""
         return {

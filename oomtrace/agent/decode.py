@@ -38,6 +38,7 @@ class Kind(enum.IntEnum):
     GO_BUCKET = 7
     GO_PROFILE = 8
     USER_KILL = 9
+    RUNTIME_EXIT = 10
 
 
 class ReapStage(enum.IntEnum):
@@ -290,7 +291,7 @@ def decode_kill(ev: Any, text: KernelText | None = None) -> KernelKill:
 
 def decode_note(ev: Any) -> KernelNote:
     kind = int(ev.kind)
-    if kind not in (Kind.EXIT, Kind.REAP, Kind.EXEC):
+    if kind not in (Kind.EXIT, Kind.REAP, Kind.EXEC, Kind.RUNTIME_EXIT):
         raise DecodeError(f"unknown note kind {kind}")
     return KernelNote(
         kind=Kind(kind),

@@ -19,6 +19,7 @@ _FIELDS: list[tuple[str, str, str]] = [
     ("OFF_TASK_COMM", "task_struct", "comm"),
     ("OFF_TASK_MM", "task_struct", "mm"),
     ("OFF_TASK_SIGNAL", "task_struct", "signal"),
+    ("OFF_TASK_EXIT_CODE", "task_struct", "exit_code"),
     ("OFF_TASK_REAL_CRED", "task_struct", "real_cred"),
     ("OFF_TASK_CGROUPS", "task_struct", "cgroups"),
     ("OFF_CRED_UID", "cred", "uid"),

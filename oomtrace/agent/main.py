@@ -104,6 +104,8 @@ def run_agent(
         for pid, info in processes.items():
             if info.go is not None:
                 go_probes.ensure(pid, info.go)
+            if info.outputs is not None:
+                session.watch_runtime(pid)
         # Each binary's parse is bounded (go/worker.py); at start-up they are
         # waited for, so processes running at start are probed before ready.
         go_probes.poll(wait_s=60)
@@ -143,6 +145,7 @@ def run_agent(
             kernel_log=kernel_log,
             sampler=sampler,
             go_probes=go_probes,
+            watch_runtime=session.watch_runtime,
             heap_profiles=HeapProfiles(
                 go_probes, now_ns=boot_ns_now, hooked=session.profiles_hooked
             ),

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from oomtrace.agent.decode import decode_cmdline
 from oomtrace.agent.go.buildinfo import BuildInfo, BuildInfoCache, GoProcess, allowed_cpus, go_env
+from oomtrace.agent.jvm import discovery as jvm_discovery
+from oomtrace.agent.nodejs import discovery as node_discovery
+from oomtrace.agent.outputs import Outputs, read_outputs
 
 PROC = Path("/proc")
 _CMDLINE_MAX = 4096
@@ -24,6 +27,9 @@ class ProcessInfo:
     exe: str
     go: GoProcess | None = None
     start_boot_ns: int | None = None  # when it started, on the boot clock
+    jvm: jvm_discovery.JvmProcess | None = None
+    node: node_discovery.NodeProcess | None = None
+    outputs: Outputs | None = None  # a runtime's (JVM, Node, Go) stderr, cwd, cgroup
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -41,7 +47,11 @@ def start_boot_ns(stat: str) -> int | None:
 
 
 def read_process(
-    pid: int, proc: Path = PROC, builds: BuildInfoCache | None = None
+    pid: int,
+    proc: Path = PROC,
+    builds: BuildInfoCache | None = None,
+    node_versions: node_discovery.VersionCache | None = None,
+    maps: bool = False,
 ) -> ProcessInfo | None:
     """The process's comm, cmdline and exe (and, given a build-info cache, its
     Go build and settings), or None if it is gone (or a kernel thread, which
@@ -70,12 +80,22 @@ def read_process(
         build = builds.get(str(base / "exe"))
         if isinstance(build, BuildInfo):
             go = GoProcess(build, go_env(pid, proc), allowed_cpus(pid, proc))
+    exe = exe.removesuffix(" (deleted)")
+    argv = [a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")]
+    jvm = node = None
+    if go is None:
+        jvm = jvm_discovery.discover(pid, exe, argv, proc, maps=maps)
+        if jvm is None and node_versions is not None:
+            node = node_discovery.discover(pid, exe, argv, node_versions, proc)
     return ProcessInfo(
         comm=comm,
         cmdline=decode_cmdline(raw),
-        exe=exe.removesuffix(" (deleted)"),
+        exe=exe,
         go=go,
         start_boot_ns=started,
+        jvm=jvm,
+        node=node,
+        outputs=read_outputs(pid, proc) if go or jvm or node else None,
     )
 
 
@@ -86,19 +106,28 @@ class ProcessCache:
         self.capacity = capacity
         self.proc = proc
         self.builds = BuildInfoCache()
+        self.node_versions = node_discovery.VersionCache()
         self._by_pid: OrderedDict[int, ProcessInfo] = OrderedDict()
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._by_pid)
 
-    def remember(self, pid: int) -> ProcessInfo | None:
-        info = read_process(pid, self.proc, self.builds)
+    def remember(self, pid: int, maps: bool = False) -> ProcessInfo | None:
+        """maps: also look for an embedded JVM among its mappings (at the kill)."""
+        info = read_process(pid, self.proc, self.builds, self.node_versions, maps)
         known = self._by_pid.get(pid)
         if info is not None and known is not None and known.comm == info.comm and info.go is None:
             # A later read of the same process that lost its exe (it is
             # exiting) must not drop what an earlier, whole read found.
-            info = replace(info, go=known.go, exe=info.exe or known.exe)
+            info = replace(
+                info,
+                go=known.go,
+                exe=info.exe or known.exe,
+                jvm=known.jvm or info.jvm,
+                node=known.node or info.node,
+                outputs=known.outputs or info.outputs,
+            )
         if info is not None:
             self._by_pid[pid] = info
             self._by_pid.move_to_end(pid)
@@ -121,6 +150,10 @@ class ProcessCache:
 
     def items(self) -> list[tuple[int, ProcessInfo]]:
         return list(self._by_pid.items())
+
+    def get(self, pid: int) -> ProcessInfo | None:
+        """The last process seen with this pid (its exit, whatever its comm)."""
+        return self._by_pid.get(pid)
 
     def lookup(self, pid: int, comm: str) -> ProcessInfo | None:
         """The cached process with this pid, if its comm still matches (a

@@ -19,12 +19,13 @@ import structlog
 
 from oomtrace.agent import cgroup_names, cgroups, decode
 from oomtrace.agent.assembly import KillAssembler, NoTimelines, NoWorkloads
+from oomtrace.agent.build import runtime_death
 from oomtrace.agent.build.live import build_event
 from oomtrace.agent.build.logged import LogContext, counter_event, event_from_report
 from oomtrace.agent.build.parts import fit_to_wire
 from oomtrace.agent.build.pressure import pressure_record
 from oomtrace.agent.decode import KernelKill, Kind, ReapStage
-from oomtrace.agent.errors import DecodeError
+from oomtrace.agent.errors import BpfLoadError, DecodeError
 from oomtrace.agent.go.buildinfo import GoProcess
 from oomtrace.agent.go.heap import BinaryProfile, HeapProfiles
 from oomtrace.agent.go.sampling import GoPoint
@@ -91,6 +92,11 @@ class Counters:
     # cannot be hooked the stack is all there is.
     oom_path_checks: int = 0
     oom_path_mismatches: int = 0
+    # Runtime processes (JVM, Node, Go) whose exit could not be watched (the
+    # BPF map was full): a runtime's own OOM death among them goes unseen.
+    runtime_watch_full: int = 0
+    # Runtime exits whose own words said they ran out of memory (RUNTIME records).
+    runtime_deaths: int = 0
     kernel_lost: dict[str, int] = field(default_factory=dict)
     user_lost: dict[str, int] = field(default_factory=dict)
 
@@ -236,6 +242,7 @@ class Runner:
         report_wait_ns: int = 300_000_000,
         sampler: Pressure | None = None,
         go_probes: GoDiscovery | None = None,
+        watch_runtime: Callable[[int], None] | None = None,
         heap_profiles: HeapProfiles | None = None,
         kernel_text: KernelText | None = None,
         observer: Observer | None = None,
@@ -256,6 +263,8 @@ class Runner:
         self.kernel_log: LogRecovery = kernel_log if kernel_log is not None else NoKernelLog()
         self.sampler: Pressure = sampler if sampler is not None else NoPressure()
         self.go_probes: GoDiscovery = go_probes if go_probes is not None else NoGoProbes()
+        # Asks BPF for a runtime process's failing exit status (bcc_loader).
+        self.watch_runtime: Callable[[int], None] = watch_runtime or (lambda tgid: None)
         self.heap_profiles = heap_profiles
         self.kernel_text = kernel_text
         self.clock = clock
@@ -343,6 +352,14 @@ class Runner:
             info = self.processes.remember(note.tgid)
             if info is not None and info.go is not None:
                 self.go_probes.ensure(note.tgid, info.go)
+            if info is not None and info.outputs is not None:
+                try:
+                    self.watch_runtime(note.tgid)
+                except BpfLoadError as exc:  # the map is full: its OOM death goes unseen
+                    self.counters.runtime_watch_full += 1
+                    log.warning("runtime.not_watched", pid=note.tgid, error=str(exc))
+        elif note.kind is Kind.RUNTIME_EXIT:
+            self._runtime_exit(note.tgid, note.what, note.boot_ns)
         elif note.kind is Kind.EXIT:
             self.assembler.exited(note.tgid, note.boot_ns)
         elif note.kind is Kind.REAP:
@@ -358,6 +375,33 @@ class Runner:
         else:
             self.workloads.removed(note.cgroup_id)
             self.sampler.forget(note.cgroup_id)
+
+    def _runtime_exit(self, tgid: int, exit_code: int, boot_ns: int) -> None:
+        """A JVM, Node or Go process ended with a failure: a record only if
+        its own words say it ran out of memory (build/runtime_death.py)."""
+        info = self.processes.get(tgid)
+        if info is None:
+            return
+        path = info.outputs.memory_cgroup if info.outputs is not None else ""
+        death = runtime_death.confirm(
+            info, exit_code, self.workloads.by_path(path) if path else None
+        )
+        if isinstance(death, str):
+            log.debug("runtime.exit_not_oom", pid=tgid, exit_code=exit_code, why=death)
+            return
+        self.counters.runtime_deaths += 1
+        self._send(
+            runtime_death.death_event(
+                info,
+                death,
+                tgid=tgid,
+                boot_ns=boot_ns,
+                node=self.node,
+                boot_id=self.boot_id,
+                hierarchy=self.hierarchy,
+                workloads=self.workloads,
+            )
+        )
 
     # -- records -----------------------------------------------------------
 

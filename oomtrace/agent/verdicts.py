@@ -6,9 +6,12 @@ extrapolated."""
 
 from __future__ import annotations
 
+from oomtrace.agent.death_verdicts import death_verdicts
 from oomtrace.agent.explain import CRITICAL, INFO, WARNING, mib, verdict
 from oomtrace.agent.go.verdicts import go_verdicts
+from oomtrace.agent.jvm.verdicts import jvm_verdicts
 from oomtrace.agent.memory_verdicts import fallback_verdicts, memory_verdicts, node_verdicts
+from oomtrace.agent.nodejs.verdicts import node_verdicts as nodejs_verdicts
 from oomtrace.records import limit_hit_bytes, rss_bytes, seconds_text
 from oomtrace.v1 import event_pb2
 
@@ -21,9 +24,18 @@ def verdicts(ev: event_pb2.OomEvent) -> list[event_pb2.Verdict]:
 
     if ev.HasField("go"):
         out += go_verdicts(ev.go, limit if ev.constraint == ev.MEMCG else 0, rss)
+    # A language runtime's own verdicts (the flag to set) come with Go's,
+    # first: for a JVM or Node victim they are what to change.
+    memcg_limit = limit if ev.constraint == ev.MEMCG else 0
+    if ev.HasField("jvm"):
+        out += jvm_verdicts(ev.jvm, memcg_limit, v.anon_rss_bytes, rss)
+    if ev.HasField("node_runtime"):
+        out += nodejs_verdicts(ev.node_runtime, memcg_limit, v.anon_rss_bytes, v.file_rss_bytes)
+    out += death_verdicts(ev)
     # Where the memory was comes next: the headline of any other kill
     # (history's VERDICT column, top --by verdict, the metric's label).
-    if ev.constraint != ev.GLOBAL:
+    # A runtime's own death is no kernel kill: it has no breakdown.
+    if ev.constraint != ev.GLOBAL and ev.source != ev.RUNTIME:
         out += memory_verdicts(ev)
 
     if ev.source == ev.USERSPACE:

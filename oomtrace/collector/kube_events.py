@@ -87,6 +87,12 @@ def note(ev: event_pb2.OomEvent) -> str:
         f"{v.comm}[{v.pid}] in {where} was OOM-killed ({kind}): "
         f"{_mib(records.rss_bytes(ev))} resident against {against}."
     )
+    if ev.source == event_pb2.OomEvent.RUNTIME:
+        d = ev.runtime_death
+        text = (
+            f"{v.comm}[{v.pid}] in {where} ran out of its {d.runtime} heap limit and ended "
+            f"itself (exit {d.exit_code}; not a kernel OOM kill), against {against}."
+        )
     if ev.verdicts:
         first = ev.verdicts[0]
         text += f" {first.code}: {first.explanation} {first.suggestion}"

@@ -112,9 +112,10 @@ class ScratchCgroup:
         env: dict[str, str] | None = None,
         oom_score_adj: int | None = None,
         stdout: IO[bytes] | None = None,
+        stderr: IO[bytes] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Starts argv inside this cgroup from its first instruction; its
-        output goes to `stdout` if given, else nowhere."""
+        output goes to `stdout` (and `stderr`) if given, else nowhere."""
         procs = self.path / "cgroup.procs"
 
         def enter() -> None:
@@ -128,7 +129,7 @@ class ScratchCgroup:
             preexec_fn=enter,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL if stdout is None else stdout,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if stderr is None else stderr,
         )
         self.pids.append(p.pid)
         return p

@@ -104,6 +104,7 @@ def kernel_btf(*, new: bool) -> bytes:
             ("comm", comm, 1752),
             ("mm", b.ptr(mm), 1200),
             ("signal", b.ptr(signal), 1800),
+            ("exit_code", int_, 1340),
             ("cgroups", css_set_ptr, 2400),
         ],
     )

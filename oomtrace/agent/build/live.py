@@ -20,7 +20,9 @@ from oomtrace.agent.choice import fill_choice, host_limits
 from oomtrace.agent.decode import PAGE_SIZE
 from oomtrace.agent.go.record import fill_go
 from oomtrace.agent.host import boot_ns_to_datetime
+from oomtrace.agent.jvm.record import fill_jvm
 from oomtrace.agent.kernel_text import OomPath
+from oomtrace.agent.nodejs.record import fill_node
 from oomtrace.agent.verdicts import verdicts
 from oomtrace.v1 import event_pb2
 
@@ -124,6 +126,8 @@ def build_event(a: AssembledKill, *, node: str, hooks: Sequence[str] = ()) -> ev
             ev.go.heap_profile_missing = hp.missing
     if not kill.user_signal:
         fill_where(ev, a.report, a.memcg_files, a.tmpfs, a.top_cgroups)
+    fill_jvm(ev, a.process, a.jvm_perf)
+    fill_node(ev, a.process)
     ev.hooks.extend(hooks)
     ev.missing.extend(missing)
     ev.verdicts.extend(verdicts(ev))

@@ -165,9 +165,9 @@ def _read_buildinfo(path: str | os.PathLike[str]) -> BuildInfo:
     raise NotGoError("no .go.buildinfo section")
 
 
-def go_env(pid: int, proc: Path = Path("/proc")) -> dict[str, str]:
-    """The Go runtime's four settings from the process's environment, and
-    only those."""
+def go_env(pid: int, proc: Path = Path("/proc"), keys: tuple[str, ...] = GO_ENV) -> dict[str, str]:
+    """The Go runtime's four settings (or the given runtime settings) from
+    the process's environment, and only those."""
     try:
         with open(proc / str(pid) / "environ", "rb") as f:
             raw = f.read(MAX_ENVIRON_BYTES)
@@ -176,8 +176,8 @@ def go_env(pid: int, proc: Path = Path("/proc")) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in raw.split(b"\0"):
         key, sep, value = item.partition(b"=")
-        if sep and key.decode("ascii", "replace") in GO_ENV:
-            out[key.decode()] = value.decode("utf-8", "replace")[:256]
+        if sep and key.decode("ascii", "replace") in keys:
+            out[key.decode()] = value.decode("utf-8", "replace")[: 256 if keys is GO_ENV else 8192]
     return out
 
 

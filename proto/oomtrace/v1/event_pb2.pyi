@@ -12,6 +12,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from oomtrace.v1 import runtime_pb2 as _runtime_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -97,6 +98,8 @@ class OomEvent(_message.Message):
         """known only from a kill counter"""
         USERSPACE: OomEvent._Source.ValueType  # 3
         """killed by a userspace OOM killer (earlyoom, systemd-oomd, ...): see killer"""
+        RUNTIME: OomEvent._Source.ValueType  # 4
+        """a runtime ended itself on its own memory limit: see runtime_death"""
 
     class Source(_Source, metaclass=_SourceEnumTypeWrapper): ...
     LIVE: OomEvent.Source.ValueType  # 0
@@ -107,6 +110,8 @@ class OomEvent(_message.Message):
     """known only from a kill counter"""
     USERSPACE: OomEvent.Source.ValueType  # 3
     """killed by a userspace OOM killer (earlyoom, systemd-oomd, ...): see killer"""
+    RUNTIME: OomEvent.Source.ValueType  # 4
+    """a runtime ended itself on its own memory limit: see runtime_death"""
 
     ID_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
@@ -139,6 +144,9 @@ class OomEvent(_message.Message):
     BREAKDOWN_FIELD_NUMBER: _builtins.int
     ALLOCATION_FIELD_NUMBER: _builtins.int
     NODE_MEM_INFO_FIELD_NUMBER: _builtins.int
+    JVM_FIELD_NUMBER: _builtins.int
+    NODE_RUNTIME_FIELD_NUMBER: _builtins.int
+    RUNTIME_DEATH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -243,6 +251,18 @@ class OomEvent(_message.Message):
     def node_mem_info(self) -> Global___NodeMemInfo:
         """A node-wide OOM (constraint GLOBAL): the report's Mem-Info block."""
 
+    @_builtins.property
+    def jvm(self) -> _runtime_pb2.JvmRuntime:
+        """Set when the victim is a JVM or Node.js (runtime.proto): its memory
+        flags, where each came from, and what it said of its memory.
+        """
+
+    @_builtins.property
+    def node_runtime(self) -> _runtime_pb2.NodeRuntime: ...
+    @_builtins.property
+    def runtime_death(self) -> _runtime_pb2.RuntimeDeath:
+        """Set on a RUNTIME record: how the runtime ended itself."""
+
     def __init__(
         self,
         *,
@@ -277,10 +297,13 @@ class OomEvent(_message.Message):
         breakdown: Global___MemoryBreakdown | None = ...,
         allocation: Global___Allocation | None = ...,
         node_mem_info: Global___NodeMemInfo | None = ...,
+        jvm: _runtime_pb2.JvmRuntime | None = ...,
+        node_runtime: _runtime_pb2.NodeRuntime | None = ...,
+        runtime_death: _runtime_pb2.RuntimeDeath | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "allocation", b"allocation", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killer", b"killer", "node_mem_info", b"node_mem_info", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "allocation", b"allocation", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "jvm", b"jvm", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killer", b"killer", "node_mem_info", b"node_mem_info", "node_runtime", b"node_runtime", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "runtime_death", b"runtime_death", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "allocation", b"allocation", "boot_id", b"boot_id", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "killer", b"killer", "kills", b"kills", "missing", b"missing", "node", b"node", "node_mem_info", b"node_mem_info", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "allocation", b"allocation", "boot_id", b"boot_id", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "jvm", b"jvm", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "killer", b"killer", "kills", b"kills", "missing", b"missing", "node", b"node", "node_mem_info", b"node_mem_info", "node_runtime", b"node_runtime", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "runtime_death", b"runtime_death", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
