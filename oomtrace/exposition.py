@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, make_w
 # (the time it was made): twice the series for nothing a rate() needs. Global
 # to prometheus_client; both the agent's and the collector's metrics import
 # this module before they make a metric.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # (healthy, one line saying why)
 Health = Callable[[], tuple[bool, str]]
