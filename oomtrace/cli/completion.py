@@ -21,6 +21,8 @@ def _values(action: argparse.Action) -> list[str] | None:
     """The words an option takes, when they are a fixed set."""
     if action.choices is not None:
         return [str(c) for c in action.choices]
+    if words := getattr(action, "completions", ()):
+        return list(words)
     if action.dest == "output" and action.option_strings:
         from oomtrace.cli.output import FORMATS
 

@@ -37,7 +37,7 @@ class When:
     """What relative times and zone-less times are read against."""
 
     now: float
-    tz: tzinfo
+    tz: tzinfo | None  # None: the local zone
 
 
 Apply = Callable[[collector_pb2.EventFilter, Any, When], None]
@@ -51,6 +51,7 @@ class FilterFlag:
     apply: Apply
     commands: frozenset[str] = frozenset({KILLS, PRESSURE})
     options: dict[str, Any] = field(default_factory=dict)
+    words: tuple[str, ...] = ()  # what shell completion offers for its value
 
 
 def _text(name: str) -> Apply:
@@ -218,6 +219,7 @@ FILTERS: tuple[FilterFlag, ...] = (
         _constraint,
         frozenset({KILLS}),
         {"metavar": "KIND"},
+        tuple(CONSTRAINTS),
     ),
     FilterFlag(
         ("--source",),
@@ -228,6 +230,7 @@ FILTERS: tuple[FilterFlag, ...] = (
         _sources,
         frozenset({KILLS}),
         {"metavar": "SOURCE,..."},
+        tuple(SOURCES),
     ),
     FilterFlag(
         ("--workload",),
@@ -261,7 +264,8 @@ def add_arguments(p: argparse.ArgumentParser, *, command: str, default_since: st
         if flag.dest == "since" and default_since:
             options["default"] = default_since
         target = ns if flag.dest in ("namespace", "all_namespaces") else g
-        target.add_argument(*flag.flags, dest=flag.dest, help=flag.help, **options)
+        action = target.add_argument(*flag.flags, dest=flag.dest, help=flag.help, **options)
+        action.completions = flag.words  # type: ignore[attr-defined]
     g.add_argument(
         "--utc", action="store_true", help="read and print times in UTC, not the local zone"
     )

@@ -325,6 +325,16 @@ def _columns_table(out: Output, dicts: Iterable[dict[str, Any]], headers: bool) 
     )
 
 
+def write(text: str, w: TextIO | None = None) -> None:
+    """text in pieces: one large write into a pipe whose reader is gone
+    can end in a short write that Python 3.11's text layer takes for a
+    whole one (seen with `-o yaml | head -n 1`: 64 KiB written, the rest
+    dropped, no error); pieces make the closed pipe an error, as it is."""
+    w = w or sys.stdout
+    for i in range(0, len(text), 8192):
+        w.write(text[i : i + 8192])
+
+
 def strip_heading(table: str, out: Output) -> str:
     return table.split("\n", 1)[1] if out.no_headers and "\n" in table else table
 
@@ -345,16 +355,16 @@ def print_list(
         if not items:
             print(nothing, file=sys.stderr)
             return
-        print(strip_heading(table(out.wide), out), file=w)
+        write(strip_heading(table(out.wide), out) + "\n", w)
     elif out.format == "json":
         for m in items:
             print(json.dumps(plain(m), ensure_ascii=False), file=w)
     elif out.format == "yaml":
-        print(to_yaml([plain(m) for m in items]), end="", file=w)
+        write(to_yaml([plain(m) for m in items]), w)
     elif out.format == "jsonpath":
-        print(jsonpath(out.arg, {"items": [plain(m) for m in items]}), file=w)
+        write(jsonpath(out.arg, {"items": [plain(m) for m in items]}) + "\n", w)
     elif out.format == "custom-columns":
-        print(_columns_table(out, (plain(m) for m in items), not out.no_headers), file=w)
+        write(_columns_table(out, (plain(m) for m in items), not out.no_headers) + "\n", w)
     else:  # a format added to FORMATS but not here
         raise AssertionError(f"output format {out.format} has no printer")
 
@@ -364,14 +374,15 @@ def print_one(msg: Message, out: Output, text: Callable[[bool], str], *, first: 
     is the table formats' line; first: the first of a stream (custom-columns
     print their heading then)."""
     if out.is_table:
-        print(text(out.wide), flush=True)
+        write(text(out.wide) + "\n")
     elif out.format == "json":
-        print(json.dumps(plain(msg), ensure_ascii=False), flush=True)
+        write(json.dumps(plain(msg), ensure_ascii=False) + "\n")
     elif out.format == "yaml":
-        print(("" if first else "---\n") + to_yaml(plain(msg)), end="", flush=True)
+        write(("" if first else "---\n") + to_yaml(plain(msg)))
     elif out.format == "jsonpath":
-        print(jsonpath(out.arg, plain(msg)), flush=True)
+        write(jsonpath(out.arg, plain(msg)) + "\n")
     elif out.format == "custom-columns":
-        print(_columns_table(out, [plain(msg)], first and not out.no_headers), flush=True)
+        write(_columns_table(out, [plain(msg)], first and not out.no_headers) + "\n")
     else:
         raise AssertionError(f"output format {out.format} has no printer")
+    sys.stdout.flush()

@@ -38,10 +38,32 @@ class CommandParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        if args is not None:
+            args = _glue_negative_times(list(args))
         ns, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return ns, extras
+
+
+# Options whose value may start with a dash: journalctl's `--since -1h`.
+DASHED_VALUES = ("--since", "--until", "-S", "-U")
+
+
+def _glue_negative_times(args: list[str]) -> list[str]:
+    """`--since -1h` as `--since=-1h`: argparse would take -1h for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        nxt = args[i + 1] if i + 1 < len(args) else ""
+        if a in DASHED_VALUES and re.fullmatch(r"-\d.*", nxt):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
 
 
 def examples(*lines: str) -> str:

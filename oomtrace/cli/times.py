@@ -41,13 +41,10 @@ class TimeError(ValueError):
     """Text that is not a time; the message says what is."""
 
 
-def zone(utc: bool) -> tzinfo:
-    """The zone times are read and printed in: the local one (TZ), or UTC."""
-    if utc:
-        return UTC
-    local = datetime.now().astimezone().tzinfo
-    assert local is not None
-    return local
+def zone(utc: bool) -> tzinfo | None:
+    """The zone times are read and printed in: UTC, or None for the local
+    one (TZ), whose offset is each moment's own (summer time or not)."""
+    return UTC if utc else None
 
 
 def duration_s(text: str) -> int:
@@ -64,28 +61,27 @@ def duration_s(text: str) -> int:
     return total
 
 
-def _named_zone(text: str, tz: tzinfo) -> tuple[str, tzinfo]:
+def _named_zone(text: str, tz: tzinfo | None) -> tuple[str, tzinfo | None]:
     """A trailing zone name: UTC/GMT/Z, or the local zone's abbreviations."""
     head, _, last = text.rpartition(" ")
     if head and last.upper() in ("UTC", "GMT"):
         return head, UTC
     if head and last in time.tzname:
-        return head, zone(False)
+        return head, None
     return text, tz
 
 
-def parse(text: str, *, now: float, tz: tzinfo) -> datetime:
+def parse(text: str, *, now: float, tz: tzinfo | None) -> datetime:
     """An aware datetime; raises TimeError naming what is understood."""
     s = text.strip()
     low = s.lower()
-    here = datetime.fromtimestamp(now, tz)
+    here = datetime.fromtimestamp(now, tz).astimezone(tz)
     if low == "now":
         return here
     if low in _DAYS:
-        midnight = here.replace(hour=0, minute=0, second=0, microsecond=0)
-        # Whole calendar days in the zone (a DST change makes a day 23 or 25 h).
-        day = (midnight.replace(tzinfo=None) + timedelta(days=_DAYS[low])).replace(tzinfo=tz)
-        return _settle(day, tz)
+        # Midnight of a calendar day in the zone (a DST change makes a day 23 or 25 h).
+        day = here.replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+        return _settle(day + timedelta(days=_DAYS[low]), tz)
     rel = s
     sign = -1
     if rel[:1] in "+-" and rel[1:2].isdigit():
@@ -94,7 +90,7 @@ def parse(text: str, *, now: float, tz: tzinfo) -> datetime:
     elif low.endswith(" ago"):
         rel = rel[:-4]
     if rel[:1].isdigit() and not re.match(r"\d{4}-|\d{1,2}:", rel):
-        return datetime.fromtimestamp(now + sign * duration_s(rel), tz)
+        return datetime.fromtimestamp(now + sign * duration_s(rel), tz).astimezone(tz)
     body, tz_in = _named_zone(s, tz)
     iso = body.replace("Z", "+00:00") if body.endswith("Z") else body
     try:
@@ -109,17 +105,15 @@ def parse(text: str, *, now: float, tz: tzinfo) -> datetime:
             hour=int(m[1]), minute=int(m[2]), second=int(m[3] or 0), microsecond=0, tzinfo=None
         )
     if dt.tzinfo is None:
-        return _settle(dt.replace(tzinfo=tz_in), tz_in)
+        return _settle(dt, tz_in)
     return dt
 
 
-def _settle(dt: datetime, tz: tzinfo) -> datetime:
-    """A wall-clock time in tz; with the local zone (a fixed-offset tzinfo
-    of this moment), re-read through the C library so a date on the other
-    side of a DST change gets that side's offset."""
-    if tz is UTC:
-        return dt
-    naive = dt.replace(tzinfo=None)
-    return datetime.fromtimestamp(
-        time.mktime(naive.timetuple()) + naive.microsecond / 1e6
-    ).astimezone()
+def _settle(naive: datetime, tz: tzinfo | None) -> datetime:
+    """A wall-clock time in tz; in the local zone (None) through the C
+    library, so a date on the other side of a DST change gets that side's
+    offset."""
+    if tz is not None:
+        return naive.replace(tzinfo=tz)
+    stamp = time.mktime((*naive.timetuple()[:8], -1))
+    return datetime.fromtimestamp(stamp + naive.microsecond / 1e6).astimezone()
