@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from oomtrace.agent import doctor
+from oomtrace.records import DEFAULT_STATUS_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,5 +87,5 @@ def test_the_running_agents_status_file_is_found_from_its_command_line(tmp_path:
     assert doctor.running_agents(proc) == [
         (100, Path("/x/status.json")),
         (101, work / "var/s.json"),
-        (103, doctor.DEFAULT_STATUS_FILE),
+        (103, DEFAULT_STATUS_FILE),
     ]
