@@ -334,6 +334,8 @@ def test_show_names_the_sites_and_pprof_writes_the_profile(
     out = capsysbinary.readouterr().out.decode()
     assert "heap profile 40.0 MiB in use at the last GC, 12 stacks" in out, out
     assert "30.0 MiB  75%  main.leakAlpha (main.go:40)" in out, out
+    # The record's own id in the suggestion, and the file's figures named as such.
+    assert f"`oomtrace pprof {a.id} > heap.pb.gz` writes these figures" in out, out
     assert (
         "grew since  the profile 2.5 s before the kill (32.0 MiB in use, memory cgroup at 84 %"
         in out
