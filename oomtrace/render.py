@@ -80,6 +80,13 @@ def victim(ev: event_pb2.OomEvent) -> str:
     return f"{clean(ev.victim.comm)}[{ev.victim.pid}]"
 
 
+def trigger(ev: event_pb2.OomEvent) -> str:
+    """The task whose allocation ran the OOM killer (comm[pid]), as
+    Inspektor Gadget's trace_oomkill shows it beside the victim."""
+    t = ev.trigger
+    return f"{clean(t.comm)}[{t.pid}]" if t.pid or t.comm else "-"
+
+
 _CONSTRAINT_FROM = {
     event_pb2.OomEvent.KERNEL: "from the kernel's oom_control",
     event_pb2.OomEvent.KERNEL_STACK: "from the kernel stack",
@@ -126,12 +133,13 @@ def history_table(
                 clean(records.pod_workload(ev)) or "-",
                 clean(ev.container.image) or "-",
                 clean(ev.cgroup.path) or "-",
+                trigger(ev),
                 ev.verdicts[0].code if ev.verdicts else "-",
             ]
         rows.append(row)
     head = ["WHEN", "NODE", "WHERE", "VICTIM", "RSS / LIMIT", "KIND", "ID"]
     if wide:
-        head += ["WORKLOAD", "IMAGE", "CGROUP", "VERDICT"]
+        head += ["WORKLOAD", "IMAGE", "CGROUP", "TRIGGER", "VERDICT"]
     return _table(head, rows)
 
 
@@ -169,10 +177,17 @@ def incidents_table(events: list[event_pb2.OomEvent], now: float, tz: tzinfo | N
     return _table(["WHEN", "NODE", "WHERE", "VICTIMS", "KIND", "INCIDENT"], rows)
 
 
-def one_line(ev: event_pb2.OomEvent, tz: tzinfo | None = None) -> str:
+def one_line(ev: event_pb2.OomEvent, tz: tzinfo | None = None, *, wide: bool = False) -> str:
+    """wide: the trigger, workload and first verdict too, before the id."""
+    more = ""
+    if wide:
+        more = (
+            f" trigger={trigger(ev)} workload={clean(records.pod_workload(ev)) or '-'} "
+            f"verdict={clean(ev.verdicts[0].code) if ev.verdicts else '-'}"
+        )
     return (
         f"{at(ev.killed_at.ToNanoseconds() / 1e9, tz)} OOM kill on {clean(ev.node)}: "
-        f"{victim(ev)} in {where(ev)}, {usage_line(ev)} ({constraint(ev)}) id={ev.id}"
+        f"{victim(ev)} in {where(ev)}, {usage_line(ev)} ({constraint(ev)}){more} id={ev.id}"
     )
 
 
@@ -314,7 +329,7 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
         "",
         "victim",
         f"  process     {victim(ev)} uid {v.uid}, {v.threads} thread(s), oom_score_adj {v.oom_score_adj}",
-        *(go_lines(ev.go) if ev.HasField("go") else []),
+        *(go_lines(ev.go, ev.id) if ev.HasField("go") else []),
         *runtime_lines(ev),
         f"  command     {clean(v.cmdline) or '-'}",
         f"  executable  {clean(v.exe) or '-'}",
@@ -384,7 +399,7 @@ def report(ev: event_pb2.OomEvent, now: float, tz: tzinfo | None = None) -> str:
 _BARS = "▁▂▃▄▅▆▇█"
 
 
-def go_lines(go: event_pb2.GoRuntime) -> list[str]:
+def go_lines(go: event_pb2.GoRuntime, ident: str = "ID") -> list[str]:
     """The Go build and its configuration, then the runtime as the GC probe
     last saw it (what was in effect, whatever the environment said)."""
     out = [
@@ -393,7 +408,7 @@ def go_lines(go: event_pb2.GoRuntime) -> list[str]:
         f"GOMAXPROCS={clean(go.gomaxprocs) or 'unset'}"
     ]
     if not go.state:
-        return out + heap_profile_lines(go)
+        return out + heap_profile_lines(go, ident)
     last = (
         f", the last {records.seconds_text(go.since_last_gc_ns)} before the kill"
         if go.HasField("since_last_gc_ns")
@@ -417,12 +432,15 @@ def go_lines(go: event_pb2.GoRuntime) -> list[str]:
             f"  heap        {size(go.heap_live_bytes)} (goal {size(go.heap_goal_bytes)}, "
             f"marked live {size(go.heap_marked_bytes)}) at the last GC"
         )
-    return out + heap_profile_lines(go)
+    return out + heap_profile_lines(go, ident)
 
 
-def heap_profile_lines(go: event_pb2.GoRuntime) -> list[str]:
+def heap_profile_lines(go: event_pb2.GoRuntime, ident: str = "ID") -> list[str]:
     """The heap profile's top allocation sites by in-use bytes, or why there
-    is no profile."""
+    is no profile. Each site's first figure is what the pprof file holds
+    (runtime/pprof's: as of the last completed GC), so `go tool pprof -top`
+    of `oomtrace pprof` shows the same; what was allocated since that GC is
+    not in the file, and is shown apart, marked so."""
     if go.heap_profile_missing:
         return [f"  heap profile none: {clean(go.heap_profile_missing)}"]
     hp = go.heap_profile
@@ -436,20 +454,28 @@ def heap_profile_lines(go: event_pb2.GoRuntime) -> list[str]:
     if hp.buckets_lost:
         cut.append(f"{hp.buckets_lost} stacks lost")
     out = [
-        f"  heap profile {size(hp.inuse_bytes)} in use at the last GC"
-        + (f", {size(hp.since_gc_bytes)} more since" if hp.since_gc_bytes > 0 else "")
-        + f", {hp.buckets} stacks, "
+        f"  heap profile {size(hp.inuse_bytes)} in use at the last GC, {hp.buckets} stacks, "
         f"one sample per {size(hp.sample_rate)}"
         + (f" ({'; '.join(cut)})" if cut else "")
-        + ("; oomtrace pprof ID writes it for go tool pprof" if hp.pprof else "")
+        + (f"; `oomtrace pprof {ident} > heap.pb.gz` writes these figures" if hp.pprof else "")
     ]
-    out += _sites(hp.top, hp.inuse_bytes + hp.since_gc_bytes)
+    if hp.since_gc_bytes > 0:
+        out.append(
+            f"              {size(hp.since_gc_bytes)} more allocated since that GC: shown as "
+            "'+... since GC' after a site; not in the pprof file (the runtime publishes a "
+            "cycle's figures only at the next GC)"
+        )
+    out += _sites(hp.top, hp.inuse_bytes)
     before = go.heap_profile_before
     if before.buckets and hp.growth:
         out.append(
             f"  grew since  the profile {records.seconds_text(before.taken_ns_before_kill)} "
             f"before the kill ({size(before.inuse_bytes)} in use, memory cgroup at "
-            f"{before.memcg_percent} % of its limit; oomtrace pprof --before ID)"
+            f"{before.memcg_percent} % of its limit; `oomtrace pprof --before {ident}`)"
+        )
+        out.append(
+            "              counting what both walks had not yet published, so these are not "
+            "go tool pprof -diff_base's figures (published cycles only)"
         )
         out += _sites(
             hp.growth,
@@ -460,14 +486,19 @@ def heap_profile_lines(go: event_pb2.GoRuntime) -> list[str]:
 
 
 def _sites(sites: Iterable[event_pb2.HeapSite], total: int, sign: str = "") -> list[str]:
+    """inuse_bytes first (the file's figure; a growth site's growth), then
+    since_gc_bytes apart (never set on growth sites)."""
     out = []
     for site in sites:
-        held = site.inuse_bytes + site.since_gc_bytes  # growth sites carry the growth only
-        if held <= 0:
+        held = site.inuse_bytes
+        if held <= 0 and site.since_gc_bytes <= 0:
             continue
         share = held / total if total > 0 else 0
         where = f"{clean(site.file).rsplit('/', 1)[-1]}:{site.line}"
-        out.append(f"    {sign + size(held):>9} {share:4.0%}  {clean(site.function)} ({where})")
+        since = f"  +{size(site.since_gc_bytes)} since GC" if site.since_gc_bytes > 0 else ""
+        out.append(
+            f"    {sign + size(held):>9} {share:4.0%}  {clean(site.function)} ({where}){since}"
+        )
     return out
 
 

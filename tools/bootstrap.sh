@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 # brings promtool, which checks the metrics and the sample rules).
 # openjdk-17-jdk-headless, nodejs: real JVMs and Node.js are OOM-killed in the
 # runtime tests (tests/integration/test_runtimes.py).
-apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io gcc prometheus mmdebstrap postgresql openjdk-17-jdk-headless nodejs)
+apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io gcc prometheus mmdebstrap postgresql openjdk-17-jdk-headless nodejs zsh)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

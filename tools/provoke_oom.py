@@ -26,6 +26,17 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("make oom: making a memory cgroup needs root")
+    # Ask first: a kill no collector records is a process killed for nothing.
+    with grpc.insecure_channel(args.collector) as ch:
+        try:
+            collector_pb2_grpc.HistoryServiceStub(ch).ListEvents(
+                collector_pb2.ListEventsRequest(page_size=1), timeout=5
+            )
+        except grpc.RpcError:
+            sys.exit(
+                f"make oom: no collector at {args.collector}: start `make run` first "
+                "(nothing was killed)"
+            )
     h = cgroups.memory_hierarchy()
     if h.mount is None:
         sys.exit("make oom: no memory cgroup hierarchy on this host")

@@ -38,6 +38,10 @@ for _ in $(seq 1 100); do
 done
 echo "oomtrace: collector on $listen (store $data/collector.db), agent recording."
 echo "          logs in $data/*.log; in another shell try: make oom"
+echo "          doctor: $bin/oomtrace doctor --no-load --status-file $data/agent-status.json"
+# Say when the agent loses its collector (it spools meanwhile) and regains it.
+"$bin/python" "$(dirname "$0")/agent_link.py" "$data/agent.log" &
+pids+=($!)
 "$bin/oomtrace" watch --collector "$listen" &
 pids+=($!)
-wait "${pids[2]}"
+wait "${pids[3]}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,22 +161,92 @@ def read_status(path: Path = DEFAULT_STATUS_FILE) -> dict[str, Any] | None:
         return None
 
 
-def run_doctor(*, load: bool, as_json: bool, status_file: Path = DEFAULT_STATUS_FILE) -> int:
+_MAX_CMDLINE = 64 * 1024
+
+
+def running_agents(proc: Path = Path("/proc")) -> list[tuple[int, Path]]:
+    """Each `oomtrace agent` running here (in this pid namespace: a
+    container's own agent, inside its pod), with the status file it writes:
+    its --status-file, or the default."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(entry / "cmdline", "rb") as f:
+                argv = f.read(_MAX_CMDLINE).split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        words = [a.decode(errors="replace") for a in argv if a]
+        # `oomtrace agent ...`, or `python -m oomtrace agent ...`
+        head = [w.rsplit("/", 1)[-1] for w in words[:4]]
+        if "oomtrace" not in head or "agent" not in head:
+            continue
+        path = DEFAULT_STATUS_FILE
+        for i, w in enumerate(words):
+            if w == "--status-file" and i + 1 < len(words):
+                path = Path(words[i + 1])
+            elif w.startswith("--status-file="):
+                path = Path(w.split("=", 1)[1])
+        if not path.is_absolute():
+            try:
+                path = Path(os.readlink(entry / "cwd")) / path
+            except OSError:
+                path = Path("(its working directory)") / path  # not ours to read
+        found.append((int(entry.name), path))
+    return sorted(found)
+
+
+def _quiet_compile(fn: Any) -> tuple[Any, list[str]]:
+    """fn() with stderr (fd 2: BCC's clang writes its warnings there) kept
+    aside, so they land in the report, not before it."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            said = tmp.read(64 * 1024).decode(errors="replace")
+    return result, [line for line in said.splitlines() if line.strip()]
+
+
+def status_file_for(given: Path | None) -> tuple[Path, str]:
+    """The status file to read, and how it was chosen."""
+    if given is not None:
+        return given, "--status-file"
+    agents = running_agents()
+    if agents:
+        pid, path = agents[0]
+        more = f" (of {len(agents)} agents running)" if len(agents) > 1 else ""
+        return path, f"the running agent, pid {pid}{more}"
+    return DEFAULT_STATUS_FILE, "the agent's default (no agent is running here)"
+
+
+def run_doctor(*, load: bool, fmt: str, status_file: Path | None = None) -> int:
     checks, layout = preflight(mount_tracefs=load)
     hooks: list[dict[str, Any]] = []
     load_error = ""
+    compiler: list[str] = []
     can_run = all(c.ok for c in checks if c.required)
     if load and can_run and layout is not None:
         from oomtrace.agent.bcc_loader import BpfSession
 
         try:
-            session = BpfSession(layout)
+            session, compiler = _quiet_compile(lambda: BpfSession(layout))
             hooks = [asdict(h) for h in session.hooks]
             session.close()
         except AgentError as exc:
             load_error = str(exc)
             can_run = False
-    status = read_status(status_file)
+    path, chosen = status_file_for(status_file)
+    status = read_status(path)
     report: dict[str, Any] = {
         "kernel": os.uname().release,
         "can_run": can_run,
@@ -184,10 +255,17 @@ def run_doctor(*, load: bool, as_json: bool, status_file: Path = DEFAULT_STATUS_
         "load_error": load_error,
         "layout_notes": layout.notes if layout else [],
         "records": _what_is_recorded(layout, hooks),
+        "compiler_messages": compiler,
+        "agent_status_file": str(path),
+        "agent_status_file_from": chosen,
         "agent_status": status,
     }
-    if as_json:
+    if fmt == "json":
         print(json.dumps(report, indent=2))
+    elif fmt == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(report, sort_keys=False, width=float("inf")), end="")
     else:
         _print_report(report)
     return 0 if can_run else 1
@@ -217,6 +295,20 @@ def _what_is_recorded(layout: KernelLayout | None, hooks: list[dict[str, Any]]) 
     return out
 
 
+def _counter_rows(counters: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Counters, nested ones (kernel_lost by cause) as name.cause, one a row."""
+    if not isinstance(counters, dict):
+        return [(prefix or "value", str(counters))]
+    rows = []
+    for k, v in counters.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            rows += _counter_rows(v, name) if v else [(name, "0")]
+        else:
+            rows.append((name, str(v)))
+    return rows
+
+
 def _print_report(r: dict[str, Any]) -> None:
     mark = {True: "ok  ", False: "FAIL"}
     print(f"oomtrace doctor — kernel {r['kernel']}")
@@ -236,14 +328,20 @@ def _print_report(r: dict[str, Any]) -> None:
         print("the agent will record:")
         for line in r["records"]:
             print(f"  - {line}")
+    if r["compiler_messages"]:
+        print(f"the BPF compiler said ({len(r['compiler_messages'])} line(s)):")
+        for line in r["compiler_messages"]:
+            print(f"  {line}")
     status = r["agent_status"]
+    where = f"{r['agent_status_file']} ({r['agent_status_file_from']})"
     if status:
-        c = status["counters"]
-        print(
-            f"running agent (status {status['age_s']}s old): {c['records_emitted']} records, "
-            f"lost in kernel {c['kernel_lost']}, lost in buffers {c['user_lost']}, "
-            f"decode errors {c['decode_errors']}"
-        )
+        print(f"running agent: status file {where}, written {status['age_s']} s ago")
+        rows = _counter_rows(status.get("counters", {}))
+        width = max((len(k) for k, _ in rows), default=0)
+        for k, v in rows:
+            print(f"  {k.ljust(width)}  {v}")
+    else:
+        print(f"running agent: no status at {where}; --status-file names another")
     print(
         "verdict: the agent can run here" if r["can_run"] else "verdict: the agent cannot run here"
     )

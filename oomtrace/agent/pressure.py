@@ -134,6 +134,7 @@ class Tracked:
     high_since_ns: int = 0  # a throttled streak: its first second (0: none)
     high_last_ns: int = 0  # and its last
     high_psi_start_us: int = 0  # PSI some total when the streak began
+    peak_seen: int | None = None  # the kernel's own peak at the last second
 
     @property
     def sampled(self) -> bool:
@@ -233,6 +234,13 @@ class PressureSampler:
         self._thread: threading.Thread | None = None
         v1 = hierarchy.version == 1
         self._usage_file = "memory.usage_in_bytes" if v1 else "memory.current"
+        # The kernel's own high-water mark, which a once-a-second sample
+        # misses (a burst between samples): v1 max_usage_in_bytes, v2
+        # memory.peak (5.19+; absent on 5.10: the sampled maximum alone).
+        # Never reset here: another reader (cAdvisor's max_usage) counts on
+        # v1's, and a v2 reset per open file needs 6.12. When it has risen
+        # since the last second, the new peak was reached within the window.
+        self._peak_file = "memory.max_usage_in_bytes" if v1 else "memory.peak"
         self._limit_file = "memory.limit_in_bytes" if v1 else "memory.max"
 
     # -- membership -------------------------------------------------------------------
@@ -401,6 +409,11 @@ class PressureSampler:
             w = t.window or Window(now_ns)
             t.window = w
             w.usage_max, w.limit = max(w.usage_max, usage), t.limit
+            peak = _read_int(t.dir / self._peak_file)
+            if peak is not None:
+                if t.peak_seen is not None and peak > t.peak_seen:
+                    w.usage_max = max(w.usage_max, peak)
+                t.peak_seen = peak
             w.reclaims += d_count
             w.stall_ns += d_stall
             w.max_stall_ns = max(w.max_stall_ns, longest if d_count else 0)

@@ -105,6 +105,21 @@ MIGRATIONS: list[str] = [
             WHERE v->>'code' ~ '^[A-Z0-9_]{1,64}$'), '');
     CREATE INDEX events_verdict ON events (verdict, killed_at_ns);
     """,
+    # The CLI's --source, -l/--selector and --workload (query.Columns), filled
+    # from each stored record as query.columns_of fills them.
+    r"""
+    ALTER TABLE events ADD COLUMN source integer NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN labels text COLLATE "C" NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN owner text NOT NULL DEFAULT '';
+    UPDATE events SET
+        source = CASE record->>'source' WHEN 'KMSG' THEN 1 WHEN 'COUNTER' THEN 2
+            WHEN 'USERSPACE' THEN 3 WHEN 'RUNTIME' THEN 4 ELSE 0 END,
+        owner = CASE WHEN workload = '' THEN '' ELSE substr(workload, strpos(workload, '/') + 1) END,
+        labels = coalesce((SELECT E'\n' || string_agg(replace(key || '=' || value, E'\n', ' '),
+            E'\n' ORDER BY replace(key || '=' || value, E'\n', ' ') COLLATE "C") || E'\n'
+            FROM jsonb_each_text(record->'container'->'labels')), '');
+    CREATE INDEX events_owner ON events (owner, killed_at_ns);
+    """,
 ]
 
 
@@ -128,6 +143,7 @@ def _stored_flags(
 
 class PostgresStore(SqlReads):
     MARK = "%s"
+    CONTAINS = "strpos({column}, {mark}) > 0"
 
     def __init__(
         self,
@@ -221,7 +237,7 @@ class PostgresStore(SqlReads):
         rows = [(*event_row(ev, now), ev.incident_id, _jsonb(ev)) for ev in events]
         stored = self._insert(
             f"INSERT INTO events ({EVENT_COLUMNS}, incident_id, record) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+            f"VALUES ({'%s, ' * (EVENT_COLUMNS.count(',') + 2)}%s::jsonb) "
             "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
             rows,
             "events",

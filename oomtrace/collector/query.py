@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from oomtrace import records
@@ -33,6 +34,21 @@ class Columns:
     workload: str  # namespace/Kind/name, "" outside Kubernetes
     verdict: str = ""  # the record's first verdict's code: its headline
     verdict_codes: str = ""  # every code, ",A,B," (what the verdict filter matches)
+    source: int = 0  # OomEvent.Source
+    labels: str = ""  # label_lines(): what -l searches
+    owner: str = ""  # Kind/name of what owns the pod (workload without its namespace)
+
+
+def label_lines(labels: Mapping[str, str]) -> str:
+    """The labels a record holds as one searchable text: each label as
+    key=value on a line of its own, sorted, with a line break before the
+    first and after the last (so a search for a whole line cannot match part
+    of one). A line break inside a key or value (hostile: a
+    container's own labels) becomes a space, so no label can forge another."""
+    if not labels:
+        return ""
+    lines = sorted(f"{k}={v}".replace("\n", " ") for k, v in labels.items())
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def columns_of(ev: event_pb2.OomEvent) -> Columns:
@@ -52,6 +68,9 @@ def columns_of(ev: event_pb2.OomEvent) -> Columns:
         workload=workload_key(ev),
         verdict=ev.verdicts[0].code[:_MAX_CODE] if ev.verdicts else "",
         verdict_codes=verdict_codes(ev),
+        source=ev.source,
+        labels=label_lines(ev.container.labels),
+        owner=records.pod_workload(ev),
     )
 
 
@@ -120,6 +139,43 @@ def validate(ev: event_pb2.OomEvent) -> str:
     return ""
 
 
+_Op = collector_pb2.LabelRequirement
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """One term of a label selector, tested as the SQL tests it: as lines of
+    label_lines() that the record's labels text holds."""
+
+    key: str
+    operator: int
+    values: tuple[str, ...] = ()
+
+    @classmethod
+    def from_proto(cls, r: collector_pb2.LabelRequirement) -> Requirement:
+        if r.operator == _Op.OPERATOR_UNSPECIFIED or not r.key:
+            raise InvalidQueryError(f"label requirement {r.key!r} has no key or operator")
+        if (r.operator in (_Op.IN, _Op.NOT_IN)) != bool(r.values):
+            raise InvalidQueryError(f"label requirement {r.key!r}: values go with in and notin")
+        if len(r.values) > 64 or any(len(v) > _MAX_TEXT for v in (r.key, *r.values)):
+            raise InvalidQueryError(f"label requirement {r.key[:64]!r} is too long")
+        return cls(r.key, r.operator, tuple(r.values))
+
+    def needles(self) -> list[str]:
+        """The texts whose presence in label_lines() the operator tests."""
+        if self.operator in (_Op.EXISTS, _Op.DOES_NOT_EXIST):
+            return [f"\n{self.key}="]
+        return [f"\n{self.key}={v}\n" for v in self.values]
+
+    @property
+    def negated(self) -> bool:
+        return self.operator in (_Op.NOT_IN, _Op.DOES_NOT_EXIST)
+
+    def holds(self, labels: str) -> bool:
+        found = any(n in labels for n in self.needles())
+        return found != self.negated
+
+
 @dataclass(frozen=True, slots=True)
 class Filter:
     since_ns: int | None = None
@@ -133,6 +189,9 @@ class Filter:
     constraint: int = 0
     cgroup_prefix: str = ""
     verdict: str = ""  # a verdict code the record has
+    sources: tuple[int, ...] = ()
+    labels: tuple[Requirement, ...] = ()
+    workload: str = ""
 
     @classmethod
     def from_proto(cls, f: collector_pb2.EventFilter) -> Filter:
@@ -148,6 +207,9 @@ class Filter:
             constraint=f.constraint,
             cgroup_prefix=f.cgroup_prefix,
             verdict=f.verdict,
+            sources=tuple(sorted(set(f.sources))),
+            labels=tuple(Requirement.from_proto(r) for r in f.labels),
+            workload=f.workload,
         )
 
     def matches(self, c: Columns) -> bool:
@@ -169,6 +231,12 @@ class Filter:
         if self.constraint and self.constraint != c.constraint:
             return False
         if self.verdict and f",{self.verdict}," not in c.verdict_codes:
+            return False
+        if self.sources and c.source not in self.sources:
+            return False
+        if self.workload and self.workload != c.owner:
+            return False
+        if not all(r.holds(c.labels) for r in self.labels):
             return False
         return not (self.cgroup_prefix and not c.cgroup.startswith(self.cgroup_prefix))
 

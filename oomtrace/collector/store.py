@@ -193,10 +193,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events ADD COLUMN verdict_codes TEXT NOT NULL DEFAULT '';
     CREATE INDEX events_verdict ON events (verdict, killed_at_ns);
     """,
+    # The CLI's --source, -l/--selector and --workload (query.Columns).
+    """
+    ALTER TABLE events ADD COLUMN source INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    CREATE INDEX events_owner ON events (owner, killed_at_ns);
+    """,
 ]
 # Steps that fill what a schema step added, from the stored records, in the
 # same transaction as the step (by its index in MIGRATIONS).
-_BACKFILLS = {2: "_backfill_workload", 5: "_backfill_verdicts"}
+_BACKFILLS = {
+    2: "_backfill_workload",
+    5: "_backfill_verdicts",
+    6: "_backfill_source_labels_owner",
+}
 
 # What top groups by, as SQL over the columns.
 TOP_KEYS = {
@@ -215,7 +226,7 @@ TOP_KEYS = {
 # The columns event_row() fills, in its order; both stores insert these.
 EVENT_COLUMNS = (
     "id, killed_at_ns, node, namespace, pod, container, image, comm, oom_constraint, cgroup, "
-    "rss_bytes, stored_at_ns, body, workload, verdict, verdict_codes"
+    "rss_bytes, stored_at_ns, body, workload, verdict, verdict_codes, source, labels, owner"
 )
 
 
@@ -239,6 +250,9 @@ def event_row(ev: event_pb2.OomEvent, stored_at_ns: int) -> tuple[object, ...]:
         c.workload,
         c.verdict,
         c.verdict_codes,
+        c.source,
+        c.labels,
+        c.owner,
     )
 
 
@@ -247,9 +261,12 @@ def where_sql(
     time_column: str = "killed_at_ns",
     with_event_columns: bool = True,
     mark: str = "?",
+    contains: str = "instr({column}, {mark}) > 0",
 ) -> tuple[list[str], list[object]]:
     """SQL conditions and their arguments for a filter; `mark` is the
-    driver's placeholder (SQLite's ?, psycopg's %s)."""
+    driver's placeholder (SQLite's ?, psycopg's %s), `contains` its test of
+    a substring (SQLite's instr, PostgreSQL's strpos: case-sensitive both,
+    which LIKE is not in SQLite)."""
     conds: list[str] = []
     args: list[object] = []
     if f.since_ns is not None:
@@ -283,6 +300,18 @@ def where_sql(
         # prefix followed by the highest character (byte order in both stores).
         conds.append(f"cgroup >= {mark} AND cgroup < {mark}")
         args += [f.cgroup_prefix, f.cgroup_prefix + "\U0010ffff"]
+    if with_event_columns:
+        if f.sources:
+            conds.append(f"source IN ({', '.join([mark] * len(f.sources))})")
+            args += list(f.sources)
+        if f.workload:
+            conds.append(f"owner = {mark}")
+            args.append(f.workload)
+        for r in f.labels:
+            # The same test as query.Requirement.holds, over label_lines().
+            found = " OR ".join(contains.format(column="labels", mark=mark) for _ in r.needles())
+            conds.append(f"{'NOT ' if r.negated else ''}({found})")
+            args += r.needles()
     return conds, args
 
 
@@ -292,6 +321,7 @@ class SqlReads:
     runs (_rows)."""
 
     MARK = "?"
+    CONTAINS = "instr({column}, {mark}) > 0"
 
     def _rows(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -323,7 +353,7 @@ class SqlReads:
     def list_events(
         self, f: Filter, limit: int, after: PageToken | None
     ) -> tuple[list[event_pb2.OomEvent], PageToken | None]:
-        conds, args = where_sql(f, mark=self.MARK)
+        conds, args = where_sql(f, mark=self.MARK, contains=self.CONTAINS)
         bodies, token = self._page("events", "killed_at_ns", conds, args, limit, after)
         return [parse_event(b) for b in bodies], token
 
@@ -355,7 +385,7 @@ class SqlReads:
         key = TOP_KEYS.get(column)
         if key is None:
             raise ValueError(f"cannot group by {column}")
-        conds, args = where_sql(f, mark=self.MARK)
+        conds, args = where_sql(f, mark=self.MARK, contains=self.CONTAINS)
         where = " WHERE " + " AND ".join(conds) if conds else ""
         rows = self._rows(
             f"SELECT {key} AS k, count(*), max(killed_at_ns), max(rss_bytes) FROM events{where} "
@@ -438,6 +468,16 @@ class SqliteStore(SqlReads):
                         self._writer.execute("ROLLBACK")
                     raise
 
+    def _backfill_source_labels_owner(self) -> None:
+        rows = self._writer.execute("SELECT rowid, body FROM events").fetchall()
+        updates = []
+        for rowid, body in rows:
+            c = columns_of(parse_event(body))
+            updates.append((c.source, c.labels, c.owner, rowid))
+        self._writer.executemany(
+            "UPDATE events SET source = ?, labels = ?, owner = ? WHERE rowid = ?", updates
+        )
+
     def _backfill_workload(self) -> None:
         rows = self._writer.execute("SELECT id, body FROM events WHERE pod != ''").fetchall()
         updates = [(workload_key(parse_event(body)), ident) for ident, body in rows]
@@ -496,7 +536,7 @@ class SqliteStore(SqlReads):
                     )
                 cur.executemany(
                     f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"VALUES ({', '.join('?' * EVENT_COLUMNS.count(','))}, ?)",
                     rows,
                 )
                 cur.execute("COMMIT")

@@ -15,7 +15,8 @@ import grpc
 import pytest
 import yaml
 
-from oomtrace import cli, client, logs
+from oomtrace import cli, logs
+from oomtrace.cli import queries
 from oomtrace.collector.service import create_server
 from oomtrace.collector.store import SqliteStore
 from tests.unit.events import BASE_NS, make_event
@@ -66,7 +67,9 @@ def test_version_and_log_level_after_the_subcommand(capsys: pytest.CaptureFixtur
     args = cli.build_parser().parse_args(["history", "--log-level", "debug"])
     assert args.log_level == "debug"
     assert cli.build_parser().parse_args(["--log-level", "error", "top"]).log_level == "error"
-    assert cli.build_parser().parse_args(["top"]).log_level == "info"
+    assert cli.log_level(cli.build_parser().parse_args(["top"])) == "info"
+    assert cli.log_level(cli.build_parser().parse_args(["doctor"])) == "warning"
+    assert cli.log_level(cli.build_parser().parse_args(["doctor", "--log-level", "info"])) == "info"
 
 
 def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -91,16 +94,53 @@ def test_every_subcommand_and_option_has_help_and_every_subcommand_examples() ->
 
 
 def test_flags_are_checked_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
-    """A bad --since against a collector that is down is a bad --since, said at once."""
+    """A bad flag against a collector that is down is a bad flag, said at
+    once, as argparse says it: the sub-command's usage, the flag, exit 2."""
     started = time.monotonic()
-    rc, _, err = run(capsys, "history", "--since", "yesterday", "--collector", "127.0.0.1:1")
-    assert rc == 1
-    assert "'yesterday' is neither a duration" in err
-    assert "unreachable" not in err
-    assert time.monotonic() - started < 2  # it did not wait for a connection
-    rc, _, err = run(capsys, "top", "--since", "1h", "--until", "2h", "--collector", "127.0.0.1:1")
-    assert rc == 1
-    assert "--until 2h is not after --since 1h" in err
+    down = ["--collector", "127.0.0.1:1"]
+    for argv, said in (
+        (["history", "--since", "last tuesday"], "argument --since: 'last tuesday' is not a time"),
+        (["top", "--since", "1h", "--until", "2h"], "argument --until: 2h is not after --since 1h"),
+        (["history", "--constraint", "oops"], "argument --constraint: 'oops' is not one of global"),
+        (["history", "--source", "dmesg"], "argument --source: 'dmesg' is not one of live"),
+        (["history", "-l", "=shop"], "argument -l/--selector: '=shop' is not a label"),
+        (["history", "--workload", "shop"], "argument --workload: 'shop' is not Kind/name"),
+        (["history", "-o", "xml"], "argument -o/--output: 'xml' is not an output format"),
+        (["history", "-o", "jsonpath={.id"], "argument -o/--output: jsonpath: unclosed brace"),
+        (["top", "-o", "custom-columns=ID"], "'ID' is not NAME:.path"),
+        (["show", "a/b"], "argument id: 'a/b' is not a record id"),
+        (["history", "-n", "shop", "-A"], "argument -A/--all-namespaces: not allowed with"),
+        (["history", "--bogus"], "unrecognized arguments: --bogus"),
+    ):
+        with pytest.raises(SystemExit) as bad:
+            cli.main([*argv, *down])
+        err = capsys.readouterr().err
+        assert bad.value.code == 2, argv
+        assert f"usage: oomtrace {argv[0]} " in err, err  # the sub-command's usage
+        assert "oomtrace: error: " not in err or f"oomtrace {argv[0]}: error: " in err, err
+        assert said in err, err
+        assert "unreachable" not in err
+    assert time.monotonic() - started < 5  # it did not wait for a connection
+
+
+def test_addresses_name_what_is_wrong(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, said in (
+        (["history", "--collector", "foo:bar"], "the port 'bar' is not a number"),
+        (["history", "--collector", "foo"], "'foo' has no port"),
+        (["history", "--collector", "foo:70000"], "the port 70000 is not in 1..65535"),
+        (["history", "--collector", "::1:50051"], "an IPv6 address goes in brackets"),
+        (["agent", "--stdout", "--collector", "a:1,b"], "'b' has no port"),
+        (["collector", "--listen", "0.0.0.0:x"], "the port 'x' is not a number"),
+    ):
+        with pytest.raises(SystemExit) as bad:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert bad.value.code == 2
+        assert said in err, err
+    args = cli.build_parser().parse_args(["collector", "--listen", "127.0.0.1:0"])
+    assert args.listen == "127.0.0.1:0"
+    args = cli.build_parser().parse_args(["history", "--collector", "[::1]:50051"])
+    assert args.collector == "[::1]:50051"
 
 
 def test_pressure_rejects_filters_that_do_not_apply(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,7 +148,9 @@ def test_pressure_rejects_filters_that_do_not_apply(capsys: pytest.CaptureFixtur
         with pytest.raises(SystemExit) as bad:
             cli.build_parser().parse_args(["pressure", *flag])
         assert bad.value.code == 2
-        assert "unrecognized arguments" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "unrecognized arguments" in err
+        assert "usage: oomtrace pressure " in err
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["history", "--limit", "0"])
 
@@ -142,9 +184,10 @@ def test_machine_readable_and_wide_output(
     at = ["--collector", collector.addr, *SINCE]
     rc, out, _ = run(capsys, "top", "--by", "pod", "-o", "json", *at)
     rows = [json.loads(line) for line in out.splitlines()]
+    # JSON numbers, not protobuf's strings for 64-bit integers.
     assert [(r["key"], r["kills"]) for r in rows] == [
-        ("shop/db-0", "2"),
-        ("shop/cart-7d9f8b6c5-x2x4q", "1"),
+        ("shop/db-0", 2),
+        ("shop/cart-7d9f8b6c5-x2x4q", 1),
     ]
     rc, out, _ = run(capsys, "top", "--by", "workload", *at)
     assert out.splitlines()[0].split()[:2] == ["NAMESPACE/WORKLOAD", "KILLS"]
@@ -185,7 +228,14 @@ def test_watch_reconnects_and_shows_what_it_missed_once(
         ["watch", "--namespace", "shop", "--collector", first.addr, *SINCE]
     )
     result: list[int] = []
-    t = threading.Thread(target=lambda: result.append(client.watch(args, sleep=sleep)))
+
+    def watching() -> None:
+        try:
+            result.append(queries.watch(args, sleep=sleep))
+        except KeyboardInterrupt:
+            result.append(cli.EXIT_INTERRUPTED)  # what main() makes of it
+
+    t = threading.Thread(target=watching)
     t.start()
     try:
         shown = _wait_for(capsys, r1.id)  # replayed: stored since --since
@@ -204,7 +254,7 @@ def test_watch_reconnects_and_shows_what_it_missed_once(
     finally:
         resume.set()
         stop.set()
-    assert result == [0]
+    assert result == [cli.EXIT_INTERRUPTED]
     assert "reconnecting in 0.5 s" in shown + capsys.readouterr().err or naps[0] == 0.5
     ids = [line.rsplit("id=", 1)[1] for line in shown.splitlines() if "OOM kill" in line]
     assert ids == [r1.id, r2.id, r3.id]
@@ -284,6 +334,8 @@ def test_show_names_the_sites_and_pprof_writes_the_profile(
     out = capsysbinary.readouterr().out.decode()
     assert "heap profile 40.0 MiB in use at the last GC, 12 stacks" in out, out
     assert "30.0 MiB  75%  main.leakAlpha (main.go:40)" in out, out
+    # The record's own id in the suggestion, and the file's figures named as such.
+    assert f"`oomtrace pprof {a.id} > heap.pb.gz` writes these figures" in out, out
     assert (
         "grew since  the profile 2.5 s before the kill (32.0 MiB in use, memory cgroup at 84 %"
         in out

@@ -76,6 +76,7 @@ def test_the_agent_counts_every_kill_a_record_stands_for() -> None:
     assert got[("oomtrace_spool_records", ())] == 3
     assert got[("oomtrace_pressure_windows_total", (("reason", "near_limit"),))] == 1
     assert not [k for k in got if any(n in ("pid", "id", "cgroup") for n, _ in k[1])]
+    assert not [k for k in got if k[0].endswith("_created")], "a _created twin per counter"
     lint(text)
 
 
@@ -105,6 +106,7 @@ def test_the_collector_counts_records_by_outcome_and_times_queries(tmp_path: Pat
     assert got[("oomtrace_collector_stored_records", ())] == 2
     assert got[("oomtrace_collector_query_seconds_count", (("method", "ListEvents"),))] == 1
     assert got[("oomtrace_collector_store_bytes", ())] > 0
+    assert not [k for k in got if k[0].endswith("_created")], "a _created twin per counter"
     lint(text)
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from oomtrace.agent.assembly import Timeline
 from oomtrace.agent.build.live import timeline
 from oomtrace.agent.cgroups import MemoryHierarchy
@@ -369,3 +371,33 @@ def test_a_stall_window_becomes_a_record_with_its_verdict_and_the_table_says_so(
     out = render.pressure_table([rec], now=time.time())
     assert "memory_high_stall" in out
     assert "MEMORY_HIGH_STALL: /svc has been held above" in out, out
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_windows_peak_is_the_kernels_own_when_it_rose_between_samples(
+    tmp_path: Path, version: int
+) -> None:
+    """A burst between two once-a-second samples: the sampled usage never
+    sees it, the kernel's peak (v1 max_usage_in_bytes, v2 memory.peak) does;
+    a peak from before the agent's first look is not counted."""
+    tree = FakeTree(tmp_path, version)
+    a = tree.make("a", 64 * MIB, 1 * MIB)
+    peak = tmp_path / "a" / ("memory.max_usage_in_bytes" if version == 1 else "memory.peak")
+    peak.write_text(f"{50 * MIB}\n")  # an old peak, from before the agent looked
+    s = sampler(tree)
+    s.scan()
+    tree.reclaim[a] = (38, 1_000_000, 100_000)
+    reports = []
+    for t in range(1, 12):
+        if t == 5:
+            peak.write_text(f"{63 * MIB}\n")  # the burst, between samples
+        reports += s.sample(now_ns=t * S)
+    (first,) = reports
+    assert first.window.usage_max == 63 * MIB
+    assert "near_limit" in first.reasons
+    peak.unlink()  # 5.10's v2 has no memory.peak: the samples alone
+    tree.reclaim[a] = (40, 1_000_000, 100_000)
+    reports = []
+    for t in range(12, 23):
+        reports += s.sample(now_ns=t * S)
+    assert reports[0].window.usage_max == 1 * MIB

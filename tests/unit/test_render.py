@@ -99,3 +99,27 @@ def test_go_settings_say_where_they_came_from() -> None:
     assert "GOGC 40 (set by the program), memory limit 96.0 MiB (set by the program)" in text
     assert "GOMAXPROCS 2 (default)" in text
     assert "149 cycles; 149 of them in its 1.3 s of life" in text
+
+
+def test_show_keeps_the_pprof_files_figures_apart_from_what_came_since_the_last_gc() -> None:
+    """go tool pprof -top of `oomtrace pprof` shows the published cycles
+    only: show's first figure per site is that one; the bytes allocated
+    since the last GC are marked as not in the file."""
+    from oomtrace.v1 import event_pb2
+
+    go = event_pb2.GoRuntime()
+    hp = go.heap_profile
+    hp.pprof, hp.sample_rate, hp.buckets = b"x", 524288, 3
+    hp.inuse_bytes, hp.since_gc_bytes = 14 << 20, 13 << 20
+    hp.top.add(
+        function="main.leakAlpha",
+        file="main.go",
+        line=40,
+        inuse_bytes=14 << 20,
+        since_gc_bytes=13 << 20,
+    )
+    text = "\n".join(render.heap_profile_lines(go, "6b001111"))
+    assert "14.0 MiB 100%  main.leakAlpha (main.go:40)  +13.0 MiB since GC" in text, text
+    assert "13.0 MiB more allocated since that GC" in text
+    assert "not in the pprof file" in text
+    assert "`oomtrace pprof 6b001111 > heap.pb.gz`" in text

@@ -4,6 +4,7 @@ durable dedup, filters, pages, top, retention, schema."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
 from oomtrace.collector.query import Filter, PageToken, columns_of
 from oomtrace.collector.store import MIGRATIONS, SqliteStore, Store
-from oomtrace.v1 import event_pb2
+from oomtrace.v1 import collector_pb2, event_pb2
 from tests.unit.events import BASE_NS, make_event
 
 MakeStore = Callable[..., Store]
@@ -189,6 +190,8 @@ def test_upgrading_fills_the_workload_of_records_stored_before_it(tmp_path: Path
     this collector, it is migrated and the old record groups by workload."""
     db = tmp_path / "c.db"
     ev = make_event(namespace="shop", pod="cart-7d9f8b6c5-x2x4q")
+    ev.source = event_pb2.OomEvent.KMSG
+    ev.container.labels["tier"] = "web"
     conn = sqlite3.connect(db, isolation_level=None)
     for step in MIGRATIONS[:2]:
         conn.executescript(step)
@@ -203,6 +206,15 @@ def test_upgrading_fills_the_workload_of_records_stored_before_it(tmp_path: Path
     (row,) = store.top("workload", Filter(), 10)
     assert (row.key, row.kills) == ("shop/Deployment/cart", 1)
     assert store.get(ev.id) == ev
+    # ... and is found by the filters added since (--source, -l, --workload).
+    from oomtrace.collector.query import Requirement
+
+    f = Filter(
+        sources=(event_pb2.OomEvent.KMSG,),
+        labels=(Requirement("tier", collector_pb2.LabelRequirement.IN, ("web",)),),
+        workload="Deployment/cart",
+    )
+    assert [e.id for e in store.list_events(f, 10, None)[0]] == [ev.id]
 
 
 def test_an_id_is_its_nodes_own(store: Store) -> None:
@@ -271,15 +283,21 @@ def test_kills_are_found_by_any_verdict_and_counted_by_their_first(store: Store)
 def test_upgrading_fills_the_verdicts_of_records_stored_before_it(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     ev = _with_verdicts("KERNEL_MEMORY", "ANON_GROWTH")
-    step = len(MIGRATIONS) - 1
+    step = next(i for i, m in enumerate(MIGRATIONS) if "verdict_codes" in m)
     first = SqliteStore(db)
     first.close()
     conn = sqlite3.connect(db, isolation_level=None)
-    # Back to the schema before the verdict columns, with a record stored then.
+    # Back to the schema before the verdict columns (and the steps after
+    # them), with a record stored then.
     conn.executescript(
         "DROP INDEX events_verdict; ALTER TABLE events DROP COLUMN verdict; "
         "ALTER TABLE events DROP COLUMN verdict_codes;"
     )
+    for later in MIGRATIONS[step + 1 :]:
+        for index in re.findall(r"CREATE INDEX (\w+) ON events ", later):
+            conn.execute(f"DROP INDEX {index}")
+        for column in re.findall(r"ALTER TABLE events ADD COLUMN (\w+)", later):
+            conn.execute(f"ALTER TABLE events DROP COLUMN {column}")
     conn.execute(f"PRAGMA user_version = {step}")
     conn.execute(
         "INSERT INTO events (id, killed_at_ns, node, namespace, pod, container, image, comm, "
@@ -293,3 +311,149 @@ def test_upgrading_fills_the_verdicts_of_records_stored_before_it(tmp_path: Path
     (row,) = store.top("verdict", Filter(), 10)
     assert (row.key, row.kills) == ("KERNEL_MEMORY", 1)
     assert [e.id for e in store.list_events(Filter(verdict="ANON_GROWTH"), 10, None)[0]] == [ev.id]
+
+
+def _labelled_events() -> list[event_pb2.OomEvent]:
+    """Records of each source, with and without labels and owners; one with
+    a hostile label that tries to forge another by a line break."""
+    E = event_pb2.OomEvent
+    out = []
+    for i, (source, labels, pod) in enumerate(
+        [
+            (E.LIVE, {"app.kubernetes.io/name": "cart", "tier": "web"}, "cart-7d9f8b6c5-x2x4q"),
+            (E.KMSG, {"app.kubernetes.io/name": "db"}, "db-0"),
+            (E.COUNTER, {}, ""),
+            (
+                E.USERSPACE,
+                {"app.kubernetes.io/name": "cart", "tier": "worker"},
+                "cart-7d9f8b6c5-abcde",
+            ),
+            (E.LIVE, {"evil": "x\ntier=web"}, "evil-0"),
+        ]
+    ):
+        ev = make_event(namespace="shop" if pod else "", pod=pod, comm=f"c{i}")
+        ev.source = source
+        ev.container.labels.update(labels)
+        if source == E.USERSPACE:
+            ev.constraint = E.UNKNOWN
+        out.append(ev)
+    return out
+
+
+def _requirement(key: str, op: int, *values: str) -> collector_pb2.LabelRequirement:
+    return collector_pb2.LabelRequirement(key=key, operator=op, values=list(values))  # type: ignore[arg-type]
+
+
+def test_source_label_and_workload_filters_match_in_the_store_as_in_a_watch(
+    store: Store,
+) -> None:
+    """Each filter of --source, -l and --workload: what the store's SQL
+    returns is what the watch's in-memory test (Filter.matches) lets
+    through, on both stores, and what a person means by it."""
+    from oomtrace.collector.query import Filter, columns_of
+
+    events = _labelled_events()
+    store.put_many(events)
+    E, R = event_pb2.OomEvent, collector_pb2.LabelRequirement
+    cases: list[tuple[collector_pb2.EventFilter, list[int]]] = [
+        (collector_pb2.EventFilter(sources=[E.KMSG, E.COUNTER]), [1, 2]),
+        (collector_pb2.EventFilter(sources=[E.USERSPACE]), [3]),
+        (collector_pb2.EventFilter(workload="StatefulSet/db"), [1]),
+        (collector_pb2.EventFilter(labels=[_requirement("tier", R.IN, "web")]), [0]),
+        (collector_pb2.EventFilter(labels=[_requirement("tier", R.NOT_IN, "web")]), [1, 2, 3, 4]),
+        (collector_pb2.EventFilter(labels=[_requirement("tier", R.EXISTS)]), [0, 3]),
+        (collector_pb2.EventFilter(labels=[_requirement("tier", R.DOES_NOT_EXIST)]), [1, 2, 4]),
+        (
+            collector_pb2.EventFilter(
+                labels=[
+                    _requirement("app.kubernetes.io/name", R.IN, "cart", "db"),
+                    _requirement("tier", R.NOT_IN, "worker"),
+                ]
+            ),
+            [0, 1],
+        ),
+        (
+            collector_pb2.EventFilter(
+                labels=[_requirement("app.kubernetes.io/name", R.IN, "Cart")]
+            ),
+            [],
+        ),
+    ]
+    for proto, want in cases:
+        f = Filter.from_proto(proto)
+        stored = {ev.id for ev in store.list_events(f, 100, None)[0]}
+        in_flight = {ev.id for ev in events if f.matches(columns_of(ev))}
+        assert stored == in_flight == {events[i].id for i in want}, proto
+    rows = store.top("workload", Filter.from_proto(collector_pb2.EventFilter(sources=[E.LIVE])), 10)
+    assert {r.key for r in rows} == {"shop/Deployment/cart", "shop/StatefulSet/evil"}
+
+
+def test_a_label_requirement_without_its_operator_is_refused() -> None:
+    from oomtrace.collector.errors import InvalidQueryError
+    from oomtrace.collector.query import Filter
+
+    for bad in (
+        collector_pb2.LabelRequirement(key="a"),
+        collector_pb2.LabelRequirement(key="a", operator=collector_pb2.LabelRequirement.IN),
+        collector_pb2.LabelRequirement(
+            key="a", operator=collector_pb2.LabelRequirement.EXISTS, values=["x"]
+        ),
+    ):
+        with pytest.raises(InvalidQueryError):
+            Filter.from_proto(collector_pb2.EventFilter(labels=[bad]))
+
+
+def test_postgresql_upgrading_fills_source_labels_and_owner(postgres: object) -> None:
+    """A PostgreSQL store at the schema before --source, -l and --workload,
+    with a record in it: opened by this collector, the migration fills the
+    new columns from the stored record as columns_of() fills them."""
+    import psycopg
+
+    from oomtrace.collector import postgres as pg
+    from oomtrace.collector.query import Requirement, columns_of
+    from oomtrace.records import to_json
+
+    url = postgres.database()  # type: ignore[attr-defined]
+    ev = make_event(namespace="shop", pod="cart-7d9f8b6c5-x2x4q")
+    ev.source = event_pb2.OomEvent.COUNTER
+    ev.container.labels.update({"tier": "web", "app.kubernetes.io/name": "cart"})
+    c = columns_of(ev)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE oomtrace_schema (version integer NOT NULL)")
+        cut = next(i for i, m in enumerate(pg.MIGRATIONS) if "ADD COLUMN owner" in m)
+        for step, sql in enumerate(pg.MIGRATIONS[:cut]):
+            conn.execute(sql)
+            conn.execute("INSERT INTO oomtrace_schema VALUES (%s)", (step + 1,))
+        conn.execute(
+            "INSERT INTO events (node, id, killed_at_ns, namespace, pod, container, image, comm, "
+            "oom_constraint, cgroup, rss_bytes, workload, incident_id, stored_at_ns, body, record) "
+            "VALUES (%s, %s, %s, %s, %s, '', '', %s, 4, %s, 1, %s, '', 0, %s, %s::jsonb)",
+            (
+                ev.node,
+                ev.id,
+                c.killed_at_ns,
+                "shop",
+                c.pod,
+                c.comm,
+                c.cgroup,
+                c.workload,
+                ev.SerializeToString(),
+                to_json(ev),
+            ),
+        )
+    store = pg.PostgresStore(url)
+    try:
+        assert store.schema_version == len(pg.MIGRATIONS)
+        f = Filter(
+            sources=(event_pb2.OomEvent.COUNTER,),
+            labels=(
+                Requirement("tier", collector_pb2.LabelRequirement.IN, ("web",)),
+                Requirement("app.kubernetes.io/name", collector_pb2.LabelRequirement.EXISTS),
+            ),
+            workload="Deployment/cart",
+        )
+        assert [e.id for e in store.list_events(f, 10, None)[0]] == [ev.id]
+        (row,) = store._query("SELECT labels, owner, source FROM events")
+        assert row == (c.labels, c.owner, c.source)
+    finally:
+        store.close()

@@ -164,6 +164,9 @@ class EventFilter(_message.Message):
     CONSTRAINT_FIELD_NUMBER: _builtins.int
     CGROUP_PREFIX_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     namespace: _builtins.str
     pod: _builtins.str
@@ -175,10 +178,26 @@ class EventFilter(_message.Message):
     cgroup_prefix: _builtins.str
     verdict: _builtins.str
     """a verdict code the record has (e.g. TMPFS_MEMORY)"""
+    workload: _builtins.str
+    """Kind/name of what owns the pod (Deployment/shop), as pod.workload or
+    what the CLI's `top --by workload` shows after the namespace.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_event_pb2.OomEvent.Source.ValueType]:
+        """Only records of these sources (empty: every source); `oomtrace
+        history --source kmsg,counter`.
+        """
+
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelRequirement]:
+        """Every requirement must hold on the labels the record holds
+        (container.labels), as kubectl's -l: parsed from its syntax by the CLI.
+        """
+
     def __init__(
         self,
         *,
@@ -193,14 +212,70 @@ class EventFilter(_message.Message):
         constraint: _event_pb2.OomEvent.Constraint.ValueType = ...,
         cgroup_prefix: _builtins.str = ...,
         verdict: _builtins.str = ...,
+        sources: _abc.Iterable[_event_pb2.OomEvent.Source.ValueType] | None = ...,
+        labels: _abc.Iterable[Global___LabelRequirement] | None = ...,
+        workload: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_prefix", b"cgroup_prefix", "comm", b"comm", "constraint", b"constraint", "container", b"container", "image", b"image", "namespace", b"namespace", "node", b"node", "pod", b"pod", "since", b"since", "until", b"until", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_prefix", b"cgroup_prefix", "comm", b"comm", "constraint", b"constraint", "container", b"container", "image", b"image", "labels", b"labels", "namespace", b"namespace", "node", b"node", "pod", b"pod", "since", b"since", "sources", b"sources", "until", b"until", "verdict", b"verdict", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventFilter: _TypeAlias = EventFilter  # noqa: Y015
+
+@_typing.final
+class LabelRequirement(_message.Message):
+    """One term of a label selector: app=shop (IN, one value), tier!=db
+    (NOT_IN), env in (a,b), !legacy (DOES_NOT_EXIST), canary (EXISTS).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Operator:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OperatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[LabelRequirement._Operator.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        OPERATOR_UNSPECIFIED: LabelRequirement._Operator.ValueType  # 0
+        """refused: INVALID_ARGUMENT"""
+        IN: LabelRequirement._Operator.ValueType  # 1
+        NOT_IN: LabelRequirement._Operator.ValueType  # 2
+        EXISTS: LabelRequirement._Operator.ValueType  # 3
+        DOES_NOT_EXIST: LabelRequirement._Operator.ValueType  # 4
+
+    class Operator(_Operator, metaclass=_OperatorEnumTypeWrapper): ...
+    OPERATOR_UNSPECIFIED: LabelRequirement.Operator.ValueType  # 0
+    """refused: INVALID_ARGUMENT"""
+    IN: LabelRequirement.Operator.ValueType  # 1
+    NOT_IN: LabelRequirement.Operator.ValueType  # 2
+    EXISTS: LabelRequirement.Operator.ValueType  # 3
+    DOES_NOT_EXIST: LabelRequirement.Operator.ValueType  # 4
+
+    KEY_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    operator: Global___LabelRequirement.Operator.ValueType
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """IN and NOT_IN only"""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        operator: Global___LabelRequirement.Operator.ValueType = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "operator", b"operator", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelRequirement: _TypeAlias = LabelRequirement  # noqa: Y015
 
 @_typing.final
 class ListEventsRequest(_message.Message):
