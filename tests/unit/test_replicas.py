@@ -38,7 +38,7 @@ class Replica:
         self.store.close()
 
     def serving(self) -> bool:
-        status = self.health.Check(health_pb2.HealthCheckRequest(service=""), None)  # type: ignore[arg-type]
+        status = self.health.Check(health_pb2.HealthCheckRequest(service=""), None)
         return bool(status.status == health_pb2.HealthCheckResponse.SERVING)
 
 
