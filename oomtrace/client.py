@@ -60,7 +60,7 @@ CONSTRAINTS = {
     "cpuset": event_pb2.OomEvent.CPUSET,
     "memory_policy": event_pb2.OomEvent.MEMORY_POLICY,
 }
-_WHERE_FIELDS = ("node", "namespace", "pod", "container", "image")
+_WHERE_FIELDS = ("cluster", "node", "namespace", "pod", "container", "image")
 
 
 def add_filter_args(
@@ -84,6 +84,7 @@ def add_filter_args(
 
 def build_filter(args: argparse.Namespace, now: float) -> collector_pb2.EventFilter:
     f = collector_pb2.EventFilter(
+        cluster=args.cluster,
         node=args.node,
         namespace=args.namespace,
         pod=args.pod,
@@ -287,6 +288,7 @@ GROUPS = {
     "node": collector_pb2.TopRequest.NODE,
     "image": collector_pb2.TopRequest.IMAGE,
     "comm": collector_pb2.TopRequest.COMM,
+    "cluster": collector_pb2.TopRequest.CLUSTER,
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -114,6 +114,8 @@ class IngestRules:
         self.health_of_store(True, "")
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         new = [ev for ev, s in zip(good, stored, strict=True) if s]
+        for cluster, n in Counter(ev.cluster for ev in new).items():
+            self.metrics.stored_in(cluster, n)
         if new:
             self.publish(new)
             for tell in self.on_stored:

@@ -1,10 +1,13 @@
 """The collector's Prometheus metrics, served on --metrics-listen.
 
 Labels are closed sets (kind, outcome, method): never a node, a record id or
-anything an agent sends, so no client can grow the series.
+anything an agent sends, so no client can grow the series. The one exception,
+cluster, is bounded: the first MAX_CLUSTERS names seen, the rest "other".
 
   oomtrace_collector_records_total{kind,outcome}
       records received: kind kill|pressure, outcome stored|duplicate|rejected
+  oomtrace_collector_cluster_kills_total{cluster}
+      kill records stored, by the cluster they came from
   oomtrace_collector_ingest_commit_seconds   storing one batch durably (an ack waits for it)
   oomtrace_collector_query_seconds{method}   each query (ListEvents, GetEvent, Top, ...)
   oomtrace_collector_watchers                WatchEvents streams open
@@ -42,6 +45,10 @@ from oomtrace import exposition, tls
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+# Distinct cluster label values at most.
+MAX_CLUSTERS = 100
+
+
 class CollectorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -51,6 +58,13 @@ class CollectorMetrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.cluster_kills = Counter(
+            "oomtrace_collector_cluster_kills",
+            "Kill records stored, by the cluster they came from.",
+            ["cluster"],
+            registry=self.registry,
+        )
+        self._clusters: set[str] = set()
         self.commit_seconds = Histogram(
             "oomtrace_collector_ingest_commit_seconds",
             "Time to store one batch of records durably; each ack waits for it.",
@@ -80,6 +94,16 @@ class CollectorMetrics:
         for outcome, n in (("stored", stored), ("duplicate", duplicate), ("rejected", rejected)):
             if n:
                 self.records.labels(kind, outcome).inc(n)
+
+    def stored_in(self, cluster: str, n: int) -> None:
+        """n kill records of a cluster stored; a cluster past the first
+        MAX_CLUSTERS seen is counted as "other" (agents name it)."""
+        if cluster not in self._clusters:
+            if len(self._clusters) >= MAX_CLUSTERS:
+                cluster = "other"
+            else:
+                self._clusters.add(cluster)
+        self.cluster_kills.labels(cluster).inc(n)
 
     def watch_state(
         self,

@@ -94,6 +94,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pressure_namespace ON pressure (namespace, end_ns);
     CREATE INDEX pressure_cgroup ON pressure (cgroup, end_ns);
     """,
+    # One store, many clusters: each record says its cluster ("" before).
+    """
+    ALTER TABLE events ADD COLUMN cluster text NOT NULL DEFAULT '';
+    CREATE INDEX events_cluster ON events (cluster, killed_at_ns);
+    ALTER TABLE pressure ADD COLUMN cluster text NOT NULL DEFAULT '';
+    CREATE INDEX pressure_cluster ON pressure (cluster, end_ns);
+    """,
 ]
 
 
@@ -210,7 +217,7 @@ class PostgresStore(SqlReads):
         rows = [(*event_row(ev, now), ev.incident_id, _jsonb(ev)) for ev in events]
         stored = self._insert(
             f"INSERT INTO events ({EVENT_COLUMNS}, incident_id, record) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
             "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
             rows,
             "events",
@@ -276,12 +283,13 @@ class PostgresStore(SqlReads):
                 r.cgroup,
                 r.SerializeToString(),
                 _jsonb(r),
+                r.cluster,
             )
             for r in records
         ]
         stored = self._insert(
             "INSERT INTO pressure (node, id, end_ns, namespace, pod, container, image, cgroup, "
-            "body, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+            "body, record, cluster) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s) "
             "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
             rows,
             "pressure",

@@ -31,6 +31,7 @@ class Columns:
     cgroup: str
     rss_bytes: int
     workload: str  # namespace/Kind/name, "" outside Kubernetes
+    cluster: str = ""
 
 
 def columns_of(ev: event_pb2.OomEvent) -> Columns:
@@ -48,6 +49,7 @@ def columns_of(ev: event_pb2.OomEvent) -> Columns:
         cgroup=ev.cgroup.path,
         rss_bytes=records.rss_bytes(ev),
         workload=workload_key(ev),
+        cluster=ev.cluster,
     )
 
 
@@ -92,6 +94,7 @@ def validate(ev: event_pb2.OomEvent) -> str:
         ("container.image", ev.container.image),
         ("victim.comm", ev.victim.comm),
         ("cgroup.path", ev.cgroup.path),
+        ("cluster", ev.cluster),
     ):
         if len(text) > _MAX_TEXT:
             return f"{name} is longer than {_MAX_TEXT} characters"
@@ -110,6 +113,7 @@ class Filter:
     comm: str = ""
     constraint: int = 0
     cgroup_prefix: str = ""
+    cluster: str = ""
 
     @classmethod
     def from_proto(cls, f: collector_pb2.EventFilter) -> Filter:
@@ -124,6 +128,7 @@ class Filter:
             comm=f.comm,
             constraint=f.constraint,
             cgroup_prefix=f.cgroup_prefix,
+            cluster=f.cluster,
         )
 
     def matches(self, c: Columns) -> bool:
@@ -139,6 +144,7 @@ class Filter:
             (self.container, c.container),
             (self.image, c.image),
             (self.comm, c.comm),
+            (self.cluster, c.cluster),
         ):
             if want and want != have:
                 return False
@@ -191,6 +197,7 @@ GROUP_COLUMNS = {
     collector_pb2.TopRequest.IMAGE: "image",
     collector_pb2.TopRequest.COMM: "comm",
     collector_pb2.TopRequest.WORKLOAD: "workload",
+    collector_pb2.TopRequest.CLUSTER: "cluster",
 }
 MAX_TOP_LIMIT = 1000
 

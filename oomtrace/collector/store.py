@@ -179,6 +179,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pressure_namespace ON pressure (namespace, end_ns);
     CREATE INDEX pressure_cgroup ON pressure (cgroup, end_ns);
     """,
+    # One store, many clusters: each record says its cluster ("" before).
+    """
+    ALTER TABLE events ADD COLUMN cluster TEXT NOT NULL DEFAULT '';
+    CREATE INDEX events_cluster ON events (cluster, killed_at_ns);
+    ALTER TABLE pressure ADD COLUMN cluster TEXT NOT NULL DEFAULT '';
+    CREATE INDEX pressure_cluster ON pressure (cluster, end_ns);
+    """,
 ]
 # Steps that fill what a schema step added, from the stored records, in the
 # same transaction as the step (by its index in MIGRATIONS).
@@ -194,13 +201,14 @@ TOP_KEYS = {
     "image": "image",
     "comm": "comm",
     "workload": "workload",
+    "cluster": "cluster",
 }
 
 
 # The columns event_row() fills, in its order; both stores insert these.
 EVENT_COLUMNS = (
     "id, killed_at_ns, node, namespace, pod, container, image, comm, oom_constraint, cgroup, "
-    "rss_bytes, stored_at_ns, body, workload"
+    "rss_bytes, stored_at_ns, body, workload, cluster"
 )
 
 
@@ -222,6 +230,7 @@ def event_row(ev: event_pb2.OomEvent, stored_at_ns: int) -> tuple[object, ...]:
         stored_at_ns,
         ev.SerializeToString(),
         c.workload,
+        c.cluster,
     )
 
 
@@ -247,6 +256,7 @@ def where_sql(
         ("pod", f.pod),
         ("container", f.container),
         ("image", f.image),
+        ("cluster", f.cluster),
     ]
     if with_event_columns:
         columns.append(("comm", f.comm))
@@ -465,7 +475,7 @@ class SqliteStore(SqlReads):
                     )
                 cur.executemany(
                     f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 cur.execute("COMMIT")
@@ -507,7 +517,7 @@ class SqliteStore(SqlReads):
                 for r in records:
                     cur.execute(
                         "INSERT OR IGNORE INTO pressure (id, end_ns, node, namespace, pod, container, "
-                        "image, cgroup, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "image, cgroup, body, cluster) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             r.id,
                             r.end.ToNanoseconds(),
@@ -518,6 +528,7 @@ class SqliteStore(SqlReads):
                             r.container.image,
                             r.cgroup,
                             r.SerializeToString(),
+                            r.cluster,
                         ),
                     )
                     stored.append(cur.rowcount == 1)

@@ -163,6 +163,7 @@ class EventFilter(_message.Message):
     COMM_FIELD_NUMBER: _builtins.int
     CONSTRAINT_FIELD_NUMBER: _builtins.int
     CGROUP_PREFIX_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     namespace: _builtins.str
     pod: _builtins.str
@@ -172,6 +173,8 @@ class EventFilter(_message.Message):
     constraint: _event_pb2.OomEvent.Constraint.ValueType
     """UNKNOWN does not filter"""
     cgroup_prefix: _builtins.str
+    cluster: _builtins.str
+    """OomEvent.cluster ("" does not filter)"""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -189,10 +192,11 @@ class EventFilter(_message.Message):
         comm: _builtins.str = ...,
         constraint: _event_pb2.OomEvent.Constraint.ValueType = ...,
         cgroup_prefix: _builtins.str = ...,
+        cluster: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_prefix", b"cgroup_prefix", "comm", b"comm", "constraint", b"constraint", "container", b"container", "image", b"image", "namespace", b"namespace", "node", b"node", "pod", b"pod", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_prefix", b"cgroup_prefix", "cluster", b"cluster", "comm", b"comm", "constraint", b"constraint", "container", b"container", "image", b"image", "namespace", b"namespace", "node", b"node", "pod", b"pod", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -322,6 +326,7 @@ class TopRequest(_message.Message):
         COMM: TopRequest._GroupBy.ValueType  # 7
         WORKLOAD: TopRequest._GroupBy.ValueType  # 8
         """namespace/Kind/name: the Deployment, StatefulSet, ... owning the pod"""
+        CLUSTER: TopRequest._GroupBy.ValueType  # 10
 
     class GroupBy(_GroupBy, metaclass=_GroupByEnumTypeWrapper): ...
     GROUP_BY_UNSPECIFIED: TopRequest.GroupBy.ValueType  # 0
@@ -336,6 +341,7 @@ class TopRequest(_message.Message):
     COMM: TopRequest.GroupBy.ValueType  # 7
     WORKLOAD: TopRequest.GroupBy.ValueType  # 8
     """namespace/Kind/name: the Deployment, StatefulSet, ... owning the pod"""
+    CLUSTER: TopRequest.GroupBy.ValueType  # 10
 
     GROUP_BY_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
