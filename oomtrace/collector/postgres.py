@@ -1,8 +1,9 @@
 """The collector's store on PostgreSQL, for several collectors on one
 database: the same `Store` protocol as SQLite (collector/store.py).
 
-  - Each record as JSONB (`record`, for SQL and Grafana) and as the exact
-    protobuf (`body`, what is served), with a typed, indexed column for
+  - Each record as JSONB (`record`, for SQL and Grafana; without the Go
+    heap profiles' pprof files) and as the exact protobuf (`body`, what is
+    served), with a typed, indexed column for
     every filter; the key is (node, id), so the database, not a replica's
     memory, decides what is a duplicate: a record sent to two collectors at
     once is stored once.
@@ -32,6 +33,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from oomtrace import records
 from oomtrace.collector.errors import StoreError
 from oomtrace.collector.store import EVENT_COLUMNS, SqlReads, event_row, parse_event
 from oomtrace.records import to_json
@@ -214,7 +216,12 @@ class PostgresStore(SqlReads):
 
     def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
         now = self.clock()
-        rows = [(*event_row(ev, now), ev.incident_id, _jsonb(ev)) for ev in events]
+        # The JSONB leaves out the pprof files (base64 in JSON, a third more
+        # than their bytes, and no use to SQL): `body` keeps the whole record.
+        rows = [
+            (*event_row(ev, now), ev.incident_id, _jsonb(records.without_profile_files(ev)))
+            for ev in events
+        ]
         stored = self._insert(
             f"INSERT INTO events ({EVENT_COLUMNS}, incident_id, record) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import queue
 import threading
@@ -163,20 +164,47 @@ class _Changed:
 
 class IngestBudget:
     """Bytes received and not yet stored, over all streams (one loop):
-    take() waits while more would pass max_bytes (one request always fits)."""
+    take() waits while more would pass max_bytes (one request always fits).
+    Waiters are served in order, and only those that fit are woken: in a
+    storm a thousand streams wait here, and waking them all at every commit
+    would keep the loop from answering queries."""
 
     def __init__(self, max_bytes: int = MAX_INGEST_BYTES) -> None:
         self.max_bytes = max_bytes
         self.used = 0
-        self._changed = _Changed()
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, n: int) -> bool:
+        return not self.used or self.used + n <= self.max_bytes
 
     async def take(self, n: int) -> None:
-        await self._changed.until(lambda: not self.used or self.used + n <= self.max_bytes)
-        self.used += n
+        if not self._waiting and self._fits(n):
+            self.used += n
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give(n)  # granted as it was cancelled: hand it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove((n, fut))
+            raise
 
     def give(self, n: int) -> None:
         self.used -= n
-        self._changed.tell()
+        while self._waiting:
+            want, fut = self._waiting[0]
+            if fut.done():
+                self._waiting.popleft()
+                continue
+            if not self._fits(want):
+                break
+            self._waiting.popleft()
+            self.used += want
+            fut.set_result(None)
 
 
 class Inbox:

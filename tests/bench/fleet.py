@@ -377,8 +377,7 @@ def start_collector(host: str, db: str, pki: Path | None) -> Collector:
             "collector",
             "--listen",
             f"{host}:{port}",
-            "--db",
-            db,
+            *(["--store", db] if db.startswith("postgresql://") else ["--db", db]),
             "--metrics-listen",
             f"{host}:{mport}",
             *secure,
@@ -386,6 +385,7 @@ def start_collector(host: str, db: str, pki: Path | None) -> Collector:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        cwd="/",
         preexec_fn=raise_nofile,
     )
     col = Collector(proc, f"{host}:{port}", f"{host}:{mport}")
