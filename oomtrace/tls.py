@@ -19,11 +19,11 @@ import datetime
 import ipaddress
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -88,32 +88,46 @@ def _identity_of_pem(pem: bytes) -> Identity:
     return Identity(roles, str(cns[0].value) if cns else "", subject.rfc4514_string())
 
 
-def identity_of(context: grpc.ServicerContext) -> Identity | None:
+def identity_of(
+    context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any],
+) -> Identity | None:
     """The caller's identity, or None on a plaintext (local) server."""
-    pems = context.auth_context().get("x509_pem_cert")
+    pems = cast("list[bytes] | None", context.auth_context().get("x509_pem_cert"))
     return _identity_of_pem(pems[0]) if pems else None
 
 
-class Authorizer(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Enforces METHOD_ROLES on every call, before the method runs. Only
-    installed on a TLS server: a plaintext one is local use, for one user."""
+# grpc-stubs make the interceptor generic; grpc's own class is not subscriptable.
+if TYPE_CHECKING:
+    AioServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    AioServerInterceptor = grpc.aio.ServerInterceptor
 
-    def intercept_service(
+
+class Authorizer(AioServerInterceptor):
+    """Enforces METHOD_ROLES on every call, before the method runs (the
+    collector's asyncio server). Only installed on a TLS server: a plaintext
+    one is local use, for one user."""
+
+    async def intercept_service(  # type: ignore[override]  # None: no such method
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
+        handler = await continuation(details)
         roles = next((r for p, r in METHOD_ROLES.items() if details.method.startswith(p)), None)
         if handler is None or roles is None:
             return handler
 
-        def check(context: grpc.ServicerContext) -> None:
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             who = identity_of(context)
             if who is None:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required"
+                )
             elif not who.may(roles):
-                context.abort(
+                await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{who.subject} has roles {sorted(who.roles) or 'none'}; "
                     f"{details.method} needs one of {list(roles)}",
@@ -123,24 +137,35 @@ class Authorizer(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler[Any, Any], check: Callable[[grpc.ServicerContext], None]
+    handler: grpc.RpcMethodHandler[Any, Any],
+    check: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]],
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """The same handler, calling check(context) first."""
+    """The same (asyncio) handler, awaiting check(context) first."""
 
-    def wrap(fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return fn(request, context)
+    def wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await check(context)
+            return await fn(request, context)
 
         return guarded
 
-    kinds = {
-        "unary_unary": grpc.unary_unary_rpc_method_handler,
-        "unary_stream": grpc.unary_stream_rpc_method_handler,
-        "stream_unary": grpc.stream_unary_rpc_method_handler,
-        "stream_stream": grpc.stream_stream_rpc_method_handler,
+    def wrap_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def guarded(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await check(context)
+            async for response in fn(request, context):
+                yield response
+
+        return guarded
+
+    kinds: dict[str, tuple[Callable[..., grpc.RpcMethodHandler[Any, Any]], Callable[..., Any]]] = {
+        "unary_unary": (grpc.unary_unary_rpc_method_handler, wrap_unary),
+        "stream_unary": (grpc.stream_unary_rpc_method_handler, wrap_unary),
+        "unary_stream": (grpc.unary_stream_rpc_method_handler, wrap_stream),
+        "stream_stream": (grpc.stream_stream_rpc_method_handler, wrap_stream),
     }
-    for kind, make in kinds.items():
+    for kind, (make, wrap) in kinds.items():
         fn = getattr(handler, kind)
         if fn is not None:
             return make(

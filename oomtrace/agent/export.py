@@ -1,13 +1,23 @@
 """Streams spooled records to the collector and deletes each one from the
 spool when the collector acknowledges it. At-least-once: a record whose ack
 was lost is sent again on the next connection, and the collector stores it
-once (records have stable ids). Reconnects with capped exponential backoff."""
+once (records have stable ids). Reconnects with capped exponential backoff
+and jitter, so that agents a collector dropped together do not come back
+together.
+
+Spread over collectors: given several addresses, an agent starts at a random
+one; given a DNS name with several addresses, it resolves the name at each
+connection and dials one of them at random (the certificate still checked
+against the name). Collectors close connections
+past a maximum age, so agents spread again over the collectors there are."""
 
 from __future__ import annotations
 
+import ipaddress
 import random
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import structlog
@@ -18,6 +28,41 @@ from oomtrace.agent.spool import Spool
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 
 log = structlog.get_logger(__name__)
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses a name has now (none when it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def pick_address(
+    target: str, lookup: Callable[[str, int], list[str]] = resolve
+) -> tuple[str, list[tuple[str, str]]]:
+    """What to dial for target: one of its name's addresses at random, with
+    the channel options that keep the name for TLS and the authority; the
+    target as it is when it is an address, a URI, or a name with one address
+    (gRPC resolves it again then)."""
+    if "://" in target or target.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
+        return target, []
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return target, []
+    try:
+        ipaddress.ip_address(host)
+        return target, []
+    except ValueError:
+        pass
+    addresses = lookup(host, int(port))
+    if len(addresses) < 2:
+        return target, []
+    address = random.choice(addresses)
+    dial = f"ipv6:[{address}]:{port}" if ":" in address else f"ipv4:{address}:{port}"
+    return dial, [("grpc.ssl_target_name_override", host), ("grpc.default_authority", target)]
 
 
 class SpoolSink:
@@ -43,15 +88,20 @@ class Exporter:
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
         client_tls: tls.ClientTls | None = None,
+        lookup: Callable[[str, int], list[str]] = resolve,
     ) -> None:
+        """lookup: a name's addresses (DNS, by default)."""
         self.spool = spool
+        self.lookup = lookup
         # Several collectors (a,b,c): one at a time, the next after a failed
         # or broken session. Each stores a record once by (node, id), so a
         # record resent through another is acknowledged as a duplicate.
         self.targets = [t.strip() for t in target.split(",") if t.strip()]
         if not self.targets:
             raise ValueError("no collector address")
-        self.target = self.targets[0]
+        # A random start: a thousand agents given the same list do not all
+        # go to its first collector.
+        self.target = random.choice(self.targets)
         # Checked once here (files readable, plaintext only where allowed);
         # read again at each connection, so a renewed certificate is used.
         self.tls = client_tls or tls.ClientTls()
@@ -106,7 +156,7 @@ class Exporter:
                 )
             self.connected.clear()
             self.target = self.targets[(self.targets.index(self.target) + 1) % len(self.targets)]
-            self._stop.wait(backoff * random.uniform(0.8, 1.2))
+            self._stop.wait(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def _session(self) -> None:
@@ -118,7 +168,8 @@ class Exporter:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
-        with self.tls.channel(self.target, options=options) as channel:
+        dial, named = pick_address(self.target, self.lookup)
+        with self.tls.channel(dial, options=options + named) as channel:
             grpc.channel_ready_future(channel).result(timeout=2)
             stub = collector_pb2_grpc.IngestServiceStub(channel)
             in_flight: set[str] = set()

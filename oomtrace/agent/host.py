@@ -1,4 +1,4 @@
-"""Facts about the node the agent runs on: name, boot id, clocks."""
+"""Facts about the node the agent runs on: name, cluster, boot id, clocks."""
 
 from __future__ import annotations
 
@@ -14,6 +14,61 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 def node_name() -> str:
     # In Kubernetes the DaemonSet passes spec.nodeName; elsewhere the hostname.
     return os.environ.get("NODE_NAME") or os.uname().nodename
+
+
+# Where a kubelet keeps the kubeconfig it talks to its API server with
+# (kubeadm, then kubelet TLS bootstrap and most managed distributions).
+KUBELET_KUBECONFIGS = (
+    Path("/etc/kubernetes/kubelet.conf"),
+    Path("/var/lib/kubelet/kubeconfig"),
+    Path("/etc/kubernetes/kubeconfig"),
+)
+_MAX_KUBECONFIG_BYTES = 1 << 20
+_MAX_CLUSTER = 253
+
+
+def cluster_name(
+    env: dict[str, str] | None = None, kubeconfigs: tuple[Path, ...] = KUBELET_KUBECONFIGS
+) -> str:
+    """The cluster this node belongs to, where the node says: $OOMTRACE_CLUSTER
+    (a DaemonSet sets it), else the cluster of the kubelet kubeconfig's current
+    context (in a container: the host's /etc/kubernetes mounted), else ""."""
+    env = dict(os.environ) if env is None else env
+    named = env.get("OOMTRACE_CLUSTER", "").strip()
+    if named:
+        return named[:_MAX_CLUSTER]
+    for path in kubeconfigs:
+        name = _kubeconfig_cluster(path)
+        if name:
+            return name
+    return ""
+
+
+def _kubeconfig_cluster(path: Path) -> str:
+    import yaml
+
+    try:
+        with path.open("rb") as f:
+            text = f.read(_MAX_KUBECONFIG_BYTES)
+        config = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError, ValueError):
+        return ""
+    if not isinstance(config, dict):
+        return ""
+    contexts = config.get("contexts") or []
+    current = config.get("current-context")
+    for ctx in contexts if isinstance(contexts, list) else []:
+        if isinstance(ctx, dict) and ctx.get("name") == current:
+            inner = ctx.get("context")
+            cluster = inner.get("cluster") if isinstance(inner, dict) else None
+            if isinstance(cluster, str) and cluster.strip():
+                return cluster.strip()[:_MAX_CLUSTER]
+    clusters = config.get("clusters") or []
+    if isinstance(clusters, list) and len(clusters) == 1 and isinstance(clusters[0], dict):
+        name = clusters[0].get("name")
+        if isinstance(name, str) and name.strip():
+            return name.strip()[:_MAX_CLUSTER]
+    return ""
 
 
 def boot_id() -> str:

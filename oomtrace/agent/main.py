@@ -17,7 +17,7 @@ from oomtrace.agent.export import Exporter, SpoolSink
 from oomtrace.agent.go.heap import HeapProfiles
 from oomtrace.agent.go.probes import GoProbes
 from oomtrace.agent.go.sampling import GoSampler
-from oomtrace.agent.host import boot_id, boot_ns_now
+from oomtrace.agent.host import boot_id, boot_ns_now, cluster_name
 from oomtrace.agent.kernel_log import KernelLog
 from oomtrace.agent.kernel_text import KernelText
 from oomtrace.agent.memory import in_child, return_freed_heap
@@ -45,6 +45,7 @@ def run_agent(
     status_file: Path | None,
     hold_s: float,
     node: str | None,
+    cluster: str | None = None,
     profile_before: tuple[int, int] = (80, 60),
     high_stall_s: int = HIGH_STALL_S,
     userspace_killers: tuple[str, ...] = USERSPACE_KILLERS,
@@ -141,6 +142,7 @@ def run_agent(
             processes=processes,
             status_file=status_file,
             node=node,
+            cluster=cluster_name() if cluster is None else cluster,
             workloads=workloads,
             kernel_log=kernel_log,
             sampler=sampler,

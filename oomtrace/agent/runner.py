@@ -237,6 +237,7 @@ class Runner:
         processes: ProcessCache | None = None,
         status_file: Path | None = None,
         node: str | None = None,
+        cluster: str = "",
         workloads: Containers | None = None,
         kernel_log: LogRecovery | None = None,
         report_wait_ns: int = 300_000_000,
@@ -258,6 +259,7 @@ class Runner:
         self.processes = processes if processes is not None else ProcessCache()
         self.status_file = status_file
         self.node = node or node_name()
+        self.cluster = cluster  # on every record ("" when none is known)
         self.boot_id = boot_id()
         self.workloads: Containers = workloads if workloads is not None else NoContainers()
         self.kernel_log: LogRecovery = kernel_log if kernel_log is not None else NoKernelLog()
@@ -416,6 +418,7 @@ class Runner:
         for report in self.sampler.take_reports():
             workload = self.workloads.lookup(report.cgroup_id, report.path)
             record = pressure_record(report, self.node, workload)
+            record.cluster = self.cluster
             self.counters.pressure_records += 1
             self.observer.pressure_recorded(report.reasons)
             for sink in self.sinks:
@@ -442,6 +445,7 @@ class Runner:
 
     def _send(self, event: event_pb2.OomEvent, kills: int = 1) -> None:
         # The one door records leave by: redacted, then cut to size.
+        event.cluster = self.cluster
         self.privacy.apply(event)
         if fit_to_wire(event):
             self.counters.records_trimmed += 1

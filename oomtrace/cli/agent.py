@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             userspace_killers=tuple(c for c in args.userspace_killers.split(",") if c),
             killer_writes=args.killer_writes,
             node=args.node,
+            cluster=args.cluster,
             metrics_listen=args.metrics_listen,
             privacy=Privacy(CmdlinePolicy(args.cmdline), tuple(args.redact_pattern)),
             client_tls=ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.insecure),
@@ -103,6 +104,11 @@ def register(add: AddCommand) -> None:
         help="do not record kills that happened before this agent started",
     )
     a.add_argument("--node", help="node name in records (default: $NODE_NAME, else the hostname)")
+    a.add_argument(
+        "--cluster",
+        help="cluster name in records (default: $OOMTRACE_CLUSTER, else the kubelet "
+        "kubeconfig's cluster, else none)",
+    )
     a.add_argument(
         "--hold",
         type=float,

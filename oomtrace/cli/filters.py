@@ -197,6 +197,7 @@ FILTERS: tuple[FilterFlag, ...] = (
     FilterFlag(
         ("--until", "-U"), "until", "up to this time (the same forms)", _time("until", "--until")
     ),
+    FilterFlag(("--cluster",), "cluster", "only this cluster (exact match)", _text("cluster")),
     FilterFlag(("--node",), "node", "only this node (exact match)", _text("node")),
     FilterFlag(("-n", "--namespace"), "namespace", "only this Kubernetes namespace", _namespace),
     FilterFlag(

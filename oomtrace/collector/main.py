@@ -60,7 +60,7 @@ def run_collector(
         # the gRPC health of the whole server, which says whether it stores.
         def healthy() -> tuple[bool, str]:
             request = health_pb2.HealthCheckRequest(service="")
-            status = health.Check(request, None).status  # type: ignore[arg-type]
+            status = health.Check(request, None).status
             ok = status == health_pb2.HealthCheckResponse.SERVING
             return ok, "serving" if ok else "not serving: the store cannot write"
 

@@ -1,13 +1,18 @@
 """The collector's Prometheus metrics, served on --metrics-listen.
 
 Labels are closed sets (kind, outcome, method): never a node, a record id or
-anything an agent sends, so no client can grow the series.
+anything an agent sends, so no client can grow the series. The one exception,
+cluster, is bounded: the first MAX_CLUSTERS names seen, the rest "other".
 
   oomtrace_collector_records_total{kind,outcome}
       records received: kind kill|pressure, outcome stored|duplicate|rejected
+  oomtrace_collector_cluster_kills_total{cluster}
+      kill records stored, by the cluster they came from
   oomtrace_collector_ingest_commit_seconds   storing one batch durably (an ack waits for it)
   oomtrace_collector_query_seconds{method}   each query (ListEvents, GetEvent, Top, ...)
   oomtrace_collector_watchers                WatchEvents streams open
+  oomtrace_collector_ingest_streams          agent ingest streams open
+  oomtrace_collector_ingest_queued_bytes     received, waiting for the store's writer
   oomtrace_collector_stored_records          kill records in the store
   oomtrace_collector_store_bytes             the store's size on disk
   oomtrace_collector_pruned_records_total    records retention removed
@@ -20,8 +25,8 @@ anything an agent sends, so no client can grow the series.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast
 
 import grpc
 from prometheus_client import (
@@ -34,10 +39,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from oomtrace import exposition
+from oomtrace import exposition, tls
 
 # Queries should answer in tens of ms; commits take an fsync or two.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+# Distinct cluster label values at most.
+MAX_CLUSTERS = 100
 
 
 class CollectorMetrics:
@@ -49,6 +58,13 @@ class CollectorMetrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.cluster_kills = Counter(
+            "oomtrace_collector_cluster_kills",
+            "Kill records stored, by the cluster they came from.",
+            ["cluster"],
+            registry=self.registry,
+        )
+        self._clusters: set[str] = set()
         self.commit_seconds = Histogram(
             "oomtrace_collector_ingest_commit_seconds",
             "Time to store one batch of records durably; each ack waits for it.",
@@ -79,11 +95,28 @@ class CollectorMetrics:
             if n:
                 self.records.labels(kind, outcome).inc(n)
 
+    def stored_in(self, cluster: str, n: int) -> None:
+        """n kill records of a cluster stored; a cluster past the first
+        MAX_CLUSTERS seen is counted as "other" (agents name it)."""
+        if cluster not in self._clusters:
+            if len(self._clusters) >= MAX_CLUSTERS:
+                cluster = "other"
+            else:
+                self._clusters.add(cluster)
+        self.cluster_kills.labels(cluster).inc(n)
+
     def watch_state(
-        self, *, watchers: Callable[[], int], records: Callable[[], int], size: Callable[[], int]
+        self,
+        *,
+        watchers: Callable[[], int],
+        records: Callable[[], int],
+        size: Callable[[], int],
+        streams: Callable[[], int] = lambda: 0,
+        queued: Callable[[], int] = lambda: 0,
     ) -> None:
-        """What is read at each scrape: open watches, and the store's size."""
-        self.registry.register(_StateCollector(watchers, records, size))
+        """What is read at each scrape: open watches and agent streams, the
+        bytes waiting for the store's writer, and the store's size."""
+        self.registry.register(_StateCollector(watchers, records, size, streams, queued))
 
     def watch_kube_events(self, outcomes: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_KubeEventsCollector(outcomes))
@@ -96,11 +129,27 @@ class CollectorMetrics:
 
 class _StateCollector(Collector):
     def __init__(
-        self, watchers: Callable[[], int], records: Callable[[], int], size: Callable[[], int]
+        self,
+        watchers: Callable[[], int],
+        records: Callable[[], int],
+        size: Callable[[], int],
+        streams: Callable[[], int],
+        queued: Callable[[], int],
     ) -> None:
         self.watchers, self.records, self.size = watchers, records, size
+        self.streams, self.queued = streams, queued
 
     def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "oomtrace_collector_ingest_streams",
+            "Agent ingest streams open (one per connected agent).",
+            value=self.streams(),
+        )
+        yield GaugeMetricFamily(
+            "oomtrace_collector_ingest_queued_bytes",
+            "Bytes of records received and waiting for the store's writer.",
+            value=self.queued(),
+        )
         yield GaugeMetricFamily(
             "oomtrace_collector_watchers", "WatchEvents streams open.", value=self.watchers()
         )
@@ -112,13 +161,6 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "oomtrace_collector_store_bytes", "The store's size on disk.", value=self.size()
         )
-
-
-# grpc-stubs make the interceptor generic; grpc's own class is not subscriptable.
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.ServerInterceptor
 
 
 class _KubeEventsCollector(Collector):
@@ -136,18 +178,20 @@ class _KubeEventsCollector(Collector):
         yield family
 
 
-class QueryTimer(_ServerInterceptor):
-    """Times every unary call of the history service."""
+class QueryTimer(tls.AioServerInterceptor):
+    """Times every unary call of the history service (the asyncio server)."""
 
     def __init__(self, metrics: CollectorMetrics) -> None:
         self.metrics = metrics
 
-    def intercept_service(
+    async def intercept_service(  # type: ignore[override]  # None: no such method
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if (
             handler is None
@@ -156,12 +200,12 @@ class QueryTimer(_ServerInterceptor):
         ):
             return handler
         histogram = self.metrics.query_seconds.labels(method.rsplit("/", 1)[1])
-        inner = handler.unary_unary
+        inner = cast("Callable[..., Awaitable[Any]]", handler.unary_unary)
 
-        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+        async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             try:
-                return inner(request, context)
+                return await inner(request, context)
             finally:
                 histogram.observe(time.perf_counter() - started)
 

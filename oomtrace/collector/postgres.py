@@ -1,8 +1,9 @@
 """The collector's store on PostgreSQL, for several collectors on one
 database: the same `Store` protocol as SQLite (collector/store.py).
 
-  - Each record as JSONB (`record`, for SQL and Grafana) and as the exact
-    protobuf (`body`, what is served), with a typed, indexed column for
+  - Each record as JSONB (`record`, for SQL and Grafana; without the Go
+    heap profiles' pprof files) and as the exact protobuf (`body`, what is
+    served), with a typed, indexed column for
     every filter; the key is (node, id), so the database, not a replica's
     memory, decides what is a duplicate: a record sent to two collectors at
     once is stored once.
@@ -32,6 +33,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from oomtrace import records
 from oomtrace.collector.errors import StoreError
 from oomtrace.collector.store import EVENT_COLUMNS, SqlReads, event_row, parse_event
 from oomtrace.records import to_json
@@ -119,6 +121,13 @@ MIGRATIONS: list[str] = [
             E'\n' ORDER BY replace(key || '=' || value, E'\n', ' ') COLLATE "C") || E'\n'
             FROM jsonb_each_text(record->'container'->'labels')), '');
     CREATE INDEX events_owner ON events (owner, killed_at_ns);
+    """,
+    # One store, many clusters: each record says its cluster ("" before).
+    """
+    ALTER TABLE events ADD COLUMN cluster text NOT NULL DEFAULT '';
+    CREATE INDEX events_cluster ON events (cluster, killed_at_ns);
+    ALTER TABLE pressure ADD COLUMN cluster text NOT NULL DEFAULT '';
+    CREATE INDEX pressure_cluster ON pressure (cluster, end_ns);
     """,
 ]
 
@@ -234,7 +243,12 @@ class PostgresStore(SqlReads):
 
     def put_many(self, events: Sequence[event_pb2.OomEvent]) -> list[bool]:
         now = self.clock()
-        rows = [(*event_row(ev, now), ev.incident_id, _jsonb(ev)) for ev in events]
+        # The JSONB leaves out the pprof files (base64 in JSON, a third more
+        # than their bytes, and no use to SQL): `body` keeps the whole record.
+        rows = [
+            (*event_row(ev, now), ev.incident_id, _jsonb(records.without_profile_files(ev)))
+            for ev in events
+        ]
         stored = self._insert(
             f"INSERT INTO events ({EVENT_COLUMNS}, incident_id, record) "
             f"VALUES ({'%s, ' * (EVENT_COLUMNS.count(',') + 2)}%s::jsonb) "
@@ -303,12 +317,13 @@ class PostgresStore(SqlReads):
                 r.cgroup,
                 r.SerializeToString(),
                 _jsonb(r),
+                r.cluster,
             )
             for r in records
         ]
         stored = self._insert(
             "INSERT INTO pressure (node, id, end_ns, namespace, pod, container, image, cgroup, "
-            "body, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+            "body, record, cluster) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s) "
             "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
             rows,
             "pressure",

@@ -37,6 +37,7 @@ class Columns:
     source: int = 0  # OomEvent.Source
     labels: str = ""  # label_lines(): what -l searches
     owner: str = ""  # Kind/name of what owns the pod (workload without its namespace)
+    cluster: str = ""
 
 
 def label_lines(labels: Mapping[str, str]) -> str:
@@ -71,6 +72,7 @@ def columns_of(ev: event_pb2.OomEvent) -> Columns:
         source=ev.source,
         labels=label_lines(ev.container.labels),
         owner=records.pod_workload(ev),
+        cluster=ev.cluster,
     )
 
 
@@ -133,6 +135,7 @@ def validate(ev: event_pb2.OomEvent) -> str:
         ("container.image", ev.container.image),
         ("victim.comm", ev.victim.comm),
         ("cgroup.path", ev.cgroup.path),
+        ("cluster", ev.cluster),
     ):
         if len(text) > _MAX_TEXT:
             return f"{name} is longer than {_MAX_TEXT} characters"
@@ -192,6 +195,7 @@ class Filter:
     sources: tuple[int, ...] = ()
     labels: tuple[Requirement, ...] = ()
     workload: str = ""
+    cluster: str = ""
 
     @classmethod
     def from_proto(cls, f: collector_pb2.EventFilter) -> Filter:
@@ -210,6 +214,7 @@ class Filter:
             sources=tuple(sorted(set(f.sources))),
             labels=tuple(Requirement.from_proto(r) for r in f.labels),
             workload=f.workload,
+            cluster=f.cluster,
         )
 
     def matches(self, c: Columns) -> bool:
@@ -225,6 +230,7 @@ class Filter:
             (self.container, c.container),
             (self.image, c.image),
             (self.comm, c.comm),
+            (self.cluster, c.cluster),
         ):
             if want and want != have:
                 return False
@@ -286,6 +292,7 @@ GROUP_COLUMNS = {
     collector_pb2.TopRequest.COMM: "comm",
     collector_pb2.TopRequest.WORKLOAD: "workload",
     collector_pb2.TopRequest.VERDICT: "verdict",
+    collector_pb2.TopRequest.CLUSTER: "cluster",
 }
 MAX_TOP_LIMIT = 1000
 

@@ -200,6 +200,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events ADD COLUMN owner TEXT NOT NULL DEFAULT '';
     CREATE INDEX events_owner ON events (owner, killed_at_ns);
     """,
+    # One store, many clusters: each record says its cluster ("" before).
+    """
+    ALTER TABLE events ADD COLUMN cluster TEXT NOT NULL DEFAULT '';
+    CREATE INDEX events_cluster ON events (cluster, killed_at_ns);
+    ALTER TABLE pressure ADD COLUMN cluster TEXT NOT NULL DEFAULT '';
+    CREATE INDEX pressure_cluster ON pressure (cluster, end_ns);
+    """,
 ]
 # Steps that fill what a schema step added, from the stored records, in the
 # same transaction as the step (by its index in MIGRATIONS).
@@ -220,13 +227,15 @@ TOP_KEYS = {
     "comm": "comm",
     "workload": "workload",
     "verdict": "verdict",
+    "cluster": "cluster",
 }
 
 
 # The columns event_row() fills, in its order; both stores insert these.
 EVENT_COLUMNS = (
     "id, killed_at_ns, node, namespace, pod, container, image, comm, oom_constraint, cgroup, "
-    "rss_bytes, stored_at_ns, body, workload, verdict, verdict_codes, source, labels, owner"
+    "rss_bytes, stored_at_ns, body, workload, verdict, verdict_codes, source, labels, owner, "
+    "cluster"
 )
 
 
@@ -253,6 +262,7 @@ def event_row(ev: event_pb2.OomEvent, stored_at_ns: int) -> tuple[object, ...]:
         c.source,
         c.labels,
         c.owner,
+        c.cluster,
     )
 
 
@@ -281,6 +291,7 @@ def where_sql(
         ("pod", f.pod),
         ("container", f.container),
         ("image", f.image),
+        ("cluster", f.cluster),
     ]
     if with_event_columns:
         columns.append(("comm", f.comm))
@@ -578,7 +589,7 @@ class SqliteStore(SqlReads):
                 for r in records:
                     cur.execute(
                         "INSERT OR IGNORE INTO pressure (id, end_ns, node, namespace, pod, container, "
-                        "image, cgroup, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "image, cgroup, body, cluster) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             r.id,
                             r.end.ToNanoseconds(),
@@ -589,6 +600,7 @@ class SqliteStore(SqlReads):
                             r.container.image,
                             r.cgroup,
                             r.SerializeToString(),
+                            r.cluster,
                         ),
                     )
                     stored.append(cur.rowcount == 1)

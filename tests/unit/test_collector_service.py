@@ -273,55 +273,83 @@ def test_health_says_not_serving_while_the_store_cannot_write(
     assert status() == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_a_streams_inbox_is_bounded_in_bytes_and_closing_frees_its_reader() -> None:
+def test_a_streams_inbox_and_the_ingest_budget_are_bounded_in_bytes() -> None:
+    """A reader waits for room (holding nothing more) and one request always
+    fits; the budget over all streams likewise."""
+    import asyncio
+
+    from oomtrace.collector.service import Inbox, IngestBudget
+
+    async def run() -> None:
+        inbox = Inbox(max_bytes=100)
+        req = collector_pb2.IngestRequest
+        a, b, c = req(event=make_event()), req(event=make_event()), req(event=make_event())
+        await inbox.put(a, 60)
+        await inbox.put(b, 40)  # exactly full
+        waiter = asyncio.ensure_future(inbox.put(c, 10))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()  # no room: the reader waits
+        assert (await inbox.take(1)) == ([a], 60)
+        await asyncio.wait_for(waiter, 5)
+        assert (await inbox.take(10)) == ([b, c], 50)
+        huge = Inbox(max_bytes=10)
+        await asyncio.wait_for(huge.put(a, 1000), 5)  # alone, it fits
+        inbox.end()
+        assert (await asyncio.wait_for(inbox.take(10), 5)) == ([], 0)
+
+        budget = IngestBudget(max_bytes=100)
+        await budget.take(80)
+        blocked = asyncio.ensure_future(budget.take(30))
+        await asyncio.sleep(0.1)
+        assert not blocked.done()
+        budget.give(80)
+        await asyncio.wait_for(blocked, 5)
+        assert budget.used == 30
+
+    asyncio.run(run())
+
+
+def _streams(metrics: object) -> float:
+    from prometheus_client import CollectorRegistry
+
+    registry: CollectorRegistry = metrics.registry  # type: ignore[attr-defined]
+    value = registry.get_sample_value("oomtrace_collector_ingest_streams")
+    assert value is not None
+    return value
+
+
+def test_a_cancelled_ingest_stream_is_let_go(tmp_path: Path) -> None:
+    """An agent that goes quiet and cancels: its stream is no longer counted
+    (its slot, task and budget are given back)."""
     import threading as th
 
-    from oomtrace.collector.service import _Inbox
+    from oomtrace.collector.metrics import CollectorMetrics
 
-    inbox = _Inbox(max_bytes=100)
-    assert inbox.put("a", 60, lambda: True)
-    assert inbox.put("b", 40, lambda: True)  # exactly full
-    got: list[bool] = []
-    waiter = th.Thread(target=lambda: got.append(inbox.put("c", 10, lambda: True)))
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive()  # no room: the reader waits, holding nothing more
-    assert inbox.get() == "a"
-    waiter.join(5)
-    assert got == [True]
-    # A reader waiting when the call ends is let go.
-    late: list[bool] = []
-    blocked = th.Thread(target=lambda: late.append(inbox.put("e", 90, lambda: True)))
-    blocked.start()
-    blocked.join(0.3)
-    inbox.close()
-    blocked.join(5)
-    assert late == [False]
-
-
-def test_a_cancelled_ingest_stream_leaves_no_reader_thread(channel: grpc.Channel) -> None:
-    import threading as th
-
-    def readers() -> int:
-        return sum(1 for t in th.enumerate() if t.name == "ingest-reader")
-
-    before = readers()
-    stub = collector_pb2_grpc.IngestServiceStub(channel)
+    store = SqliteStore(tmp_path / "c.db")
+    metrics = CollectorMetrics()
+    srv, port, _ = create_server("127.0.0.1:0", store, metrics=metrics)
+    srv.start()
     hold = th.Event()
 
     def requests() -> Iterator[collector_pb2.IngestRequest]:
         yield collector_pb2.IngestRequest(event=make_event())
         hold.wait(10)  # an agent that goes quiet with its stream open
 
-    call = stub.Ingest(requests())
-    next(iter(call))  # its first record is acked
-    assert readers() == before + 1
-    call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
-    hold.set()
-    deadline = time.monotonic() + 10
-    while readers() > before:
-        assert time.monotonic() < deadline, "the reader thread was left behind"
-        time.sleep(0.05)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = collector_pb2_grpc.IngestServiceStub(ch).Ingest(requests())
+            next(iter(call))  # its first record is acked
+            assert _streams(metrics) == 1
+            call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+            hold.set()
+            deadline = time.monotonic() + 10
+            while _streams(metrics) > 0:
+                assert time.monotonic() < deadline, "the stream was never let go"
+                time.sleep(0.05)
+    finally:
+        hold.set()
+        srv.stop(grace=0.1).wait(timeout=5)
+        store.close()
 
 
 def test_idle_agent_streams_cannot_starve_queries(tmp_path: Path) -> None:
@@ -417,3 +445,45 @@ def test_lists_and_watches_leave_out_profile_files_and_get_keeps_them(
         assert not light.go.heap_profile.pprof
         assert not light.go.heap_profile_before.pprof
     assert stub.GetEvent(collector_pb2.GetEventRequest(id=ev.id)) == ev
+
+
+def test_a_second_collector_on_an_address_in_use_fails_clearly(
+    server: tuple[str, Store], tmp_path: Path
+) -> None:
+    """gRPC's SO_REUSEPORT would let it bind and take half the calls."""
+    other = SqliteStore(tmp_path / "other.db")
+    try:
+        with pytest.raises(RuntimeError, match="in use"):
+            create_server(server[0], other)
+    finally:
+        other.close()
+    with grpc.insecure_channel(server[0]) as ch:
+        assert ingest(ch, [make_event()])[0].stored  # the first one still serves
+
+
+def test_one_store_holds_clusters_apart(server: tuple[str, Store], channel: grpc.Channel) -> None:
+    """The same namespace and pod in two clusters: filtered and counted apart,
+    and a watch on one cluster sees only its records."""
+    evs = []
+    for cluster, n in (("prod-eu", 3), ("prod-us", 2), ("", 1)):
+        for _ in range(n):
+            ev = make_event(namespace="shop", pod="api")
+            ev.cluster = cluster
+            evs.append(ev)
+    stub = collector_pb2_grpc.HistoryServiceStub(channel)
+    watch = iter(
+        stub.WatchEvents(
+            collector_pb2.WatchEventsRequest(filter=collector_pb2.EventFilter(cluster="prod-us"))
+        )
+    )
+    time.sleep(0.3)  # subscribed before the records come
+    ingest(channel, evs)
+    seen = [next(watch).cluster, next(watch).cluster]
+    watch.cancel()  # type: ignore[attr-defined]  # a grpc.Call at run time
+    assert seen == ["prod-us", "prod-us"]
+    eu = stub.ListEvents(
+        collector_pb2.ListEventsRequest(filter=collector_pb2.EventFilter(cluster="prod-eu"))
+    ).events
+    assert sorted(e.id for e in eu) == sorted(e.id for e in evs if e.cluster == "prod-eu")
+    top = stub.Top(collector_pb2.TopRequest(group_by=collector_pb2.TopRequest.CLUSTER))
+    assert [(r.key, r.kills) for r in top.rows] == [("prod-eu", 3), ("prod-us", 2), ("", 1)]

@@ -133,3 +133,18 @@ def test_healthz_beside_metrics() -> None:
     assert err.value.read() == b"stuck\n"
     with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
         assert b"oomtrace_oom_kills_total" in resp.read()
+
+
+def test_the_cluster_label_is_bounded() -> None:
+    """Agents name their cluster: past MAX_CLUSTERS names, the rest is "other"."""
+    from oomtrace.collector.metrics import MAX_CLUSTERS, CollectorMetrics
+
+    m = CollectorMetrics()
+    for i in range(MAX_CLUSTERS + 50):
+        m.stored_in(f"c{i}", 1)
+    m.stored_in("c0", 2)
+    got = samples(generate_latest(m.registry).decode())
+    series = [k for k in got if k[0] == "oomtrace_collector_cluster_kills_total"]
+    assert len(series) == MAX_CLUSTERS + 1
+    assert got[("oomtrace_collector_cluster_kills_total", (("cluster", "other"),))] == 50
+    assert got[("oomtrace_collector_cluster_kills_total", (("cluster", "c0"),))] == 3

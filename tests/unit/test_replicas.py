@@ -38,7 +38,7 @@ class Replica:
         self.store.close()
 
     def serving(self) -> bool:
-        status = self.health.Check(health_pb2.HealthCheckRequest(service=""), None)  # type: ignore[arg-type]
+        status = self.health.Check(health_pb2.HealthCheckRequest(service=""), None)
         return bool(status.status == health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -168,3 +168,40 @@ def test_a_database_restart_mid_ingest_loses_nothing_and_health_says_so(
             assert r.store.count() == 10
     finally:
         r.stop()
+
+
+def test_collectors_starting_together_run_each_migration_step_once(
+    postgres: PostgresServer,
+) -> None:
+    """Four collectors open a new database at the same moment: the advisory
+    lock lets one migrate; each step is recorded once and every one opens."""
+    from oomtrace.collector.postgres import MIGRATIONS
+
+    url = postgres.database()
+    start = threading.Barrier(4)
+    opened: list[PostgresStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(PostgresStore(url))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        assert len(opened) == 4
+        steps = postgres.sql(
+            "SELECT version FROM oomtrace_schema ORDER BY version", dbname=url.rsplit("/", 1)[1]
+        )
+        assert steps.split() == [str(i + 1) for i in range(len(MIGRATIONS))]
+        assert all(s.schema_version == len(MIGRATIONS) for s in opened)
+    finally:
+        for s in opened:
+            s.close()

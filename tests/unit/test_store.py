@@ -294,10 +294,10 @@ def test_upgrading_fills_the_verdicts_of_records_stored_before_it(tmp_path: Path
         "ALTER TABLE events DROP COLUMN verdict_codes;"
     )
     for later in MIGRATIONS[step + 1 :]:
-        for index in re.findall(r"CREATE INDEX (\w+) ON events ", later):
+        for index in re.findall(r"CREATE INDEX (\w+) ON ", later):
             conn.execute(f"DROP INDEX {index}")
-        for column in re.findall(r"ALTER TABLE events ADD COLUMN (\w+)", later):
-            conn.execute(f"ALTER TABLE events DROP COLUMN {column}")
+        for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", later):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute(f"PRAGMA user_version = {step}")
     conn.execute(
         "INSERT INTO events (id, killed_at_ns, node, namespace, pod, container, image, comm, "

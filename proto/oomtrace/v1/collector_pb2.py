@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from oomtrace.v1 import event_pb2 as oomtrace_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1boomtrace/v1/collector.proto\x12\x0boomtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17oomtrace/v1/event.proto\"r\n\rIngestRequest\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.oomtrace.v1.OomEventH\x00\x12/\n\x08pressure\x18\x02 \x01(\x0b\x32\x1b.oomtrace.v1.PressureRecordH\x00\x42\x08\n\x06record\"6\n\x0eIngestResponse\x12$\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x16.oomtrace.v1.IngestAck\"9\n\tIngestAck\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06stored\x18\x02 \x01(\x08\x12\x10\n\x08rejected\x18\x03 \x01(\t\"f\n\x13ListPressureRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.oomtrace.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x14ListPressureResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.oomtrace.v1.PressureRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x03\n\x0b\x45ventFilter\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0b\n\x03pod\x18\x05 \x01(\t\x12\x11\n\tcontainer\x18\x06 \x01(\t\x12\r\n\x05image\x18\x07 \x01(\t\x12\x0c\n\x04\x63omm\x18\x08 \x01(\t\x12\x34\n\nconstraint\x18\t \x01(\x0e\x32 .oomtrace.v1.OomEvent.Constraint\x12\x15\n\rcgroup_prefix\x18\n \x01(\t\x12\x0f\n\x07verdict\x18\r \x01(\t\x12-\n\x07sources\x18\x0b \x03(\x0e\x32\x1c.oomtrace.v1.OomEvent.Source\x12-\n\x06labels\x18\x0c \x03(\x0b\x32\x1d.oomtrace.v1.LabelRequirement\x12\x10\n\x08workload\x18\x0e \x01(\t\"\xc3\x01\n\x10LabelRequirement\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x38\n\x08operator\x18\x02 \x01(\x0e\x32&.oomtrace.v1.LabelRequirement.Operator\x12\x0e\n\x06values\x18\x03 \x03(\t\"X\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\n\n\x06NOT_IN\x10\x02\x12\n\n\x06\x45XISTS\x10\x03\x12\x12\n\x0e\x44OES_NOT_EXIST\x10\x04\"d\n\x11ListEventsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.oomtrace.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.oomtrace.v1.OomEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fGetEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x12WatchEventsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.oomtrace.v1.EventFilter\"\x8b\x02\n\nTopRequest\x12\x31\n\x08group_by\x18\x01 \x01(\x0e\x32\x1f.oomtrace.v1.TopRequest.GroupBy\x12(\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x18.oomtrace.v1.EventFilter\x12\r\n\x05limit\x18\x03 \x01(\r\"\x90\x01\n\x07GroupBy\x12\x18\n\x14GROUP_BY_UNSPECIFIED\x10\x00\x12\n\n\x06\x43GROUP\x10\x01\x12\r\n\tCONTAINER\x10\x02\x12\x07\n\x03POD\x10\x03\x12\r\n\tNAMESPACE\x10\x04\x12\x08\n\x04NODE\x10\x05\x12\t\n\x05IMAGE\x10\x06\x12\x08\n\x04\x43OMM\x10\x07\x12\x0c\n\x08WORKLOAD\x10\x08\x12\x0b\n\x07VERDICT\x10\t\"\xa7\x01\n\x0bTopResponse\x12*\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.oomtrace.v1.TopResponse.Row\x1al\n\x03Row\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05kills\x18\x02 \x01(\x04\x12\x32\n\x0elast_killed_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmax_rss_bytes\x18\x04 \x01(\x04\x32V\n\rIngestService\x12\x45\n\x06Ingest\x12\x1a.oomtrace.v1.IngestRequest\x1a\x1b.oomtrace.v1.IngestResponse(\x01\x30\x01\x32\xf8\x02\n\x0eHistoryService\x12M\n\nListEvents\x12\x1e.oomtrace.v1.ListEventsRequest\x1a\x1f.oomtrace.v1.ListEventsResponse\x12?\n\x08GetEvent\x12\x1c.oomtrace.v1.GetEventRequest\x1a\x15.oomtrace.v1.OomEvent\x12G\n\x0bWatchEvents\x12\x1f.oomtrace.v1.WatchEventsRequest\x1a\x15.oomtrace.v1.OomEvent0\x01\x12\x38\n\x03Top\x12\x17.oomtrace.v1.TopRequest\x1a\x18.oomtrace.v1.TopResponse\x12S\n\x0cListPressure\x12 .oomtrace.v1.ListPressureRequest\x1a!.oomtrace.v1.ListPressureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1boomtrace/v1/collector.proto\x12\x0boomtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17oomtrace/v1/event.proto\"r\n\rIngestRequest\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.oomtrace.v1.OomEventH\x00\x12/\n\x08pressure\x18\x02 \x01(\x0b\x32\x1b.oomtrace.v1.PressureRecordH\x00\x42\x08\n\x06record\"6\n\x0eIngestResponse\x12$\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x16.oomtrace.v1.IngestAck\"9\n\tIngestAck\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06stored\x18\x02 \x01(\x08\x12\x10\n\x08rejected\x18\x03 \x01(\t\"f\n\x13ListPressureRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.oomtrace.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x14ListPressureResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.oomtrace.v1.PressureRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa0\x03\n\x0b\x45ventFilter\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0b\n\x03pod\x18\x05 \x01(\t\x12\x11\n\tcontainer\x18\x06 \x01(\t\x12\r\n\x05image\x18\x07 \x01(\t\x12\x0c\n\x04\x63omm\x18\x08 \x01(\t\x12\x34\n\nconstraint\x18\t \x01(\x0e\x32 .oomtrace.v1.OomEvent.Constraint\x12\x15\n\rcgroup_prefix\x18\n \x01(\t\x12\x0f\n\x07verdict\x18\r \x01(\t\x12-\n\x07sources\x18\x0b \x03(\x0e\x32\x1c.oomtrace.v1.OomEvent.Source\x12-\n\x06labels\x18\x0c \x03(\x0b\x32\x1d.oomtrace.v1.LabelRequirement\x12\x10\n\x08workload\x18\x0e \x01(\t\x12\x0f\n\x07\x63luster\x18\x0f \x01(\t\"\xc3\x01\n\x10LabelRequirement\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x38\n\x08operator\x18\x02 \x01(\x0e\x32&.oomtrace.v1.LabelRequirement.Operator\x12\x0e\n\x06values\x18\x03 \x03(\t\"X\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\n\n\x06NOT_IN\x10\x02\x12\n\n\x06\x45XISTS\x10\x03\x12\x12\n\x0e\x44OES_NOT_EXIST\x10\x04\"d\n\x11ListEventsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.oomtrace.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.oomtrace.v1.OomEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fGetEventRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x12WatchEventsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.oomtrace.v1.EventFilter\"\x98\x02\n\nTopRequest\x12\x31\n\x08group_by\x18\x01 \x01(\x0e\x32\x1f.oomtrace.v1.TopRequest.GroupBy\x12(\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x18.oomtrace.v1.EventFilter\x12\r\n\x05limit\x18\x03 \x01(\r\"\x9d\x01\n\x07GroupBy\x12\x18\n\x14GROUP_BY_UNSPECIFIED\x10\x00\x12\n\n\x06\x43GROUP\x10\x01\x12\r\n\tCONTAINER\x10\x02\x12\x07\n\x03POD\x10\x03\x12\r\n\tNAMESPACE\x10\x04\x12\x08\n\x04NODE\x10\x05\x12\t\n\x05IMAGE\x10\x06\x12\x08\n\x04\x43OMM\x10\x07\x12\x0c\n\x08WORKLOAD\x10\x08\x12\x0b\n\x07VERDICT\x10\t\x12\x0b\n\x07\x43LUSTER\x10\n\"\xa7\x01\n\x0bTopResponse\x12*\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.oomtrace.v1.TopResponse.Row\x1al\n\x03Row\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05kills\x18\x02 \x01(\x04\x12\x32\n\x0elast_killed_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmax_rss_bytes\x18\x04 \x01(\x04\x32V\n\rIngestService\x12\x45\n\x06Ingest\x12\x1a.oomtrace.v1.IngestRequest\x1a\x1b.oomtrace.v1.IngestResponse(\x01\x30\x01\x32\xf8\x02\n\x0eHistoryService\x12M\n\nListEvents\x12\x1e.oomtrace.v1.ListEventsRequest\x1a\x1f.oomtrace.v1.ListEventsResponse\x12?\n\x08GetEvent\x12\x1c.oomtrace.v1.GetEventRequest\x1a\x15.oomtrace.v1.OomEvent\x12G\n\x0bWatchEvents\x12\x1f.oomtrace.v1.WatchEventsRequest\x1a\x15.oomtrace.v1.OomEvent0\x01\x12\x38\n\x03Top\x12\x17.oomtrace.v1.TopRequest\x1a\x18.oomtrace.v1.TopResponse\x12S\n\x0cListPressure\x12 .oomtrace.v1.ListPressureRequest\x1a!.oomtrace.v1.ListPressureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,29 +44,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPRESSURERESPONSE']._serialized_start=437
   _globals['_LISTPRESSURERESPONSE']._serialized_end=530
   _globals['_EVENTFILTER']._serialized_start=533
-  _globals['_EVENTFILTER']._serialized_end=932
-  _globals['_LABELREQUIREMENT']._serialized_start=935
-  _globals['_LABELREQUIREMENT']._serialized_end=1130
-  _globals['_LABELREQUIREMENT_OPERATOR']._serialized_start=1042
-  _globals['_LABELREQUIREMENT_OPERATOR']._serialized_end=1130
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1132
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1232
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1234
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1318
-  _globals['_GETEVENTREQUEST']._serialized_start=1320
-  _globals['_GETEVENTREQUEST']._serialized_end=1349
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1351
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1413
-  _globals['_TOPREQUEST']._serialized_start=1416
-  _globals['_TOPREQUEST']._serialized_end=1683
-  _globals['_TOPREQUEST_GROUPBY']._serialized_start=1539
-  _globals['_TOPREQUEST_GROUPBY']._serialized_end=1683
-  _globals['_TOPRESPONSE']._serialized_start=1686
-  _globals['_TOPRESPONSE']._serialized_end=1853
-  _globals['_TOPRESPONSE_ROW']._serialized_start=1745
-  _globals['_TOPRESPONSE_ROW']._serialized_end=1853
-  _globals['_INGESTSERVICE']._serialized_start=1855
-  _globals['_INGESTSERVICE']._serialized_end=1941
-  _globals['_HISTORYSERVICE']._serialized_start=1944
-  _globals['_HISTORYSERVICE']._serialized_end=2320
+  _globals['_EVENTFILTER']._serialized_end=949
+  _globals['_LABELREQUIREMENT']._serialized_start=952
+  _globals['_LABELREQUIREMENT']._serialized_end=1147
+  _globals['_LABELREQUIREMENT_OPERATOR']._serialized_start=1059
+  _globals['_LABELREQUIREMENT_OPERATOR']._serialized_end=1147
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1149
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1249
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1251
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1335
+  _globals['_GETEVENTREQUEST']._serialized_start=1337
+  _globals['_GETEVENTREQUEST']._serialized_end=1366
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1368
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1430
+  _globals['_TOPREQUEST']._serialized_start=1433
+  _globals['_TOPREQUEST']._serialized_end=1713
+  _globals['_TOPREQUEST_GROUPBY']._serialized_start=1556
+  _globals['_TOPREQUEST_GROUPBY']._serialized_end=1713
+  _globals['_TOPRESPONSE']._serialized_start=1716
+  _globals['_TOPRESPONSE']._serialized_end=1883
+  _globals['_TOPRESPONSE_ROW']._serialized_start=1775
+  _globals['_TOPRESPONSE_ROW']._serialized_end=1883
+  _globals['_INGESTSERVICE']._serialized_start=1885
+  _globals['_INGESTSERVICE']._serialized_end=1971
+  _globals['_HISTORYSERVICE']._serialized_start=1974
+  _globals['_HISTORYSERVICE']._serialized_end=2350
 # @@protoc_insertion_point(module_scope)

@@ -167,6 +167,7 @@ class EventFilter(_message.Message):
     SOURCES_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     WORKLOAD_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     namespace: _builtins.str
     pod: _builtins.str
@@ -182,6 +183,8 @@ class EventFilter(_message.Message):
     """Kind/name of what owns the pod (Deployment/shop), as pod.workload or
     what the CLI's `top --by workload` shows after the namespace.
     """
+    cluster: _builtins.str
+    """OomEvent.cluster ("" does not filter)"""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -215,10 +218,11 @@ class EventFilter(_message.Message):
         sources: _abc.Iterable[_event_pb2.OomEvent.Source.ValueType] | None = ...,
         labels: _abc.Iterable[Global___LabelRequirement] | None = ...,
         workload: _builtins.str = ...,
+        cluster: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_prefix", b"cgroup_prefix", "comm", b"comm", "constraint", b"constraint", "container", b"container", "image", b"image", "labels", b"labels", "namespace", b"namespace", "node", b"node", "pod", b"pod", "since", b"since", "sources", b"sources", "until", b"until", "verdict", b"verdict", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_prefix", b"cgroup_prefix", "cluster", b"cluster", "comm", b"comm", "constraint", b"constraint", "container", b"container", "image", b"image", "labels", b"labels", "namespace", b"namespace", "node", b"node", "pod", b"pod", "since", b"since", "sources", b"sources", "until", b"until", "verdict", b"verdict", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,6 +407,7 @@ class TopRequest(_message.Message):
         """namespace/Kind/name: the Deployment, StatefulSet, ... owning the pod"""
         VERDICT: TopRequest._GroupBy.ValueType  # 9
         """the record's first verdict's code: where its memory was"""
+        CLUSTER: TopRequest._GroupBy.ValueType  # 10
 
     class GroupBy(_GroupBy, metaclass=_GroupByEnumTypeWrapper): ...
     GROUP_BY_UNSPECIFIED: TopRequest.GroupBy.ValueType  # 0
@@ -419,6 +424,7 @@ class TopRequest(_message.Message):
     """namespace/Kind/name: the Deployment, StatefulSet, ... owning the pod"""
     VERDICT: TopRequest.GroupBy.ValueType  # 9
     """the record's first verdict's code: where its memory was"""
+    CLUSTER: TopRequest.GroupBy.ValueType  # 10
 
     GROUP_BY_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int

@@ -147,6 +147,7 @@ class OomEvent(_message.Message):
     JVM_FIELD_NUMBER: _builtins.int
     NODE_RUNTIME_FIELD_NUMBER: _builtins.int
     RUNTIME_DEATH_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable for one kill: a hash of boot_id, the kernel's boot-clock time of
     mark_victim and the victim's pid. Sending a record again keeps its id.
@@ -174,6 +175,11 @@ class OomEvent(_message.Message):
     which stands for kills the kernel counted but whose details are gone.
     """
     timeline_cgroup: _builtins.str
+    cluster: _builtins.str
+    """The cluster the node belongs to (the agent's --cluster, or what the node
+    says: $OOMTRACE_CLUSTER, the kubelet's kubeconfig), "" when none is
+    known: one store can hold several clusters apart.
+    """
     @_builtins.property
     def killed_at(self) -> _timestamp_pb2.Timestamp:
         """From the kernel's boot clock at mark_victim, converted to UTC."""
@@ -300,10 +306,11 @@ class OomEvent(_message.Message):
         jvm: _runtime_pb2.JvmRuntime | None = ...,
         node_runtime: _runtime_pb2.NodeRuntime | None = ...,
         runtime_death: _runtime_pb2.RuntimeDeath | None = ...,
+        cluster: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "allocation", b"allocation", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "jvm", b"jvm", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killer", b"killer", "node_mem_info", b"node_mem_info", "node_runtime", b"node_runtime", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "runtime_death", b"runtime_death", "trigger", b"trigger", "victim", b"victim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "allocation", b"allocation", "boot_id", b"boot_id", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "jvm", b"jvm", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "killer", b"killer", "kills", b"kills", "missing", b"missing", "node", b"node", "node_mem_info", b"node_mem_info", "node_runtime", b"node_runtime", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "runtime_death", b"runtime_death", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns", "_reap_ns", b"_reap_ns", "agent_version", b"agent_version", "allocation", b"allocation", "boot_id", b"boot_id", "breakdown", b"breakdown", "cgroup", b"cgroup", "choice", b"choice", "cluster", b"cluster", "constraint", b"constraint", "constraint_source", b"constraint_source", "container", b"container", "exit_ns", b"exit_ns", "go", b"go", "hooks", b"hooks", "id", b"id", "incident_id", b"incident_id", "jvm", b"jvm", "kernel_report", b"kernel_report", "killed_at", b"killed_at", "killed_at_boot_ns", b"killed_at_boot_ns", "killer", b"killer", "kills", b"kills", "missing", b"missing", "node", b"node", "node_mem_info", b"node_mem_info", "node_runtime", b"node_runtime", "oom_control", b"oom_control", "pod", b"pod", "reap_ns", b"reap_ns", "runtime_death", b"runtime_death", "source", b"source", "timeline", b"timeline", "timeline_cgroup", b"timeline_cgroup", "trigger", b"trigger", "verdicts", b"verdicts", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_ns: _TypeAlias = _typing.Literal["exit_ns"]  # noqa: Y015
     _WhichOneofArgType__exit_ns: _TypeAlias = _typing.Literal["_exit_ns", b"_exit_ns"]  # noqa: Y015
@@ -1379,6 +1386,7 @@ class PressureRecord(_message.Message):
     HIGH_THROTTLED_NS_FIELD_NUMBER: _builtins.int
     HIGH_STALL_NS_FIELD_NUMBER: _builtins.int
     VERDICTS_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     node: _builtins.str
     cgroup: _builtins.str
@@ -1405,6 +1413,8 @@ class PressureRecord(_message.Message):
     """
     high_throttled_ns: _builtins.int
     high_stall_ns: _builtins.int
+    cluster: _builtins.str
+    """as OomEvent.cluster"""
     @_builtins.property
     def start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1451,10 +1461,11 @@ class PressureRecord(_message.Message):
         high_throttled_ns: _builtins.int = ...,
         high_stall_ns: _builtins.int = ...,
         verdicts: _abc.Iterable[Global___Verdict] | None = ...,
+        cluster: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "end", b"end", "pod", b"pod", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "cgroup_id", b"cgroup_id", "cgroup_version", b"cgroup_version", "container", b"container", "counters", b"counters", "end", b"end", "high_stall_ns", b"high_stall_ns", "high_throttled_ns", b"high_throttled_ns", "id", b"id", "limit_bytes", b"limit_bytes", "memory_high_bytes", b"memory_high_bytes", "node", b"node", "pod", b"pod", "pressure_level_events", b"pressure_level_events", "psi_full_avg10_max", b"psi_full_avg10_max", "psi_some_avg10_max", b"psi_some_avg10_max", "psi_source", b"psi_source", "psi_trigger_events", b"psi_trigger_events", "reasons", b"reasons", "reclaim_max_stall_ns", b"reclaim_max_stall_ns", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "start", b"start", "usage_max_bytes", b"usage_max_bytes", "verdicts", b"verdicts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "cgroup_id", b"cgroup_id", "cgroup_version", b"cgroup_version", "cluster", b"cluster", "container", b"container", "counters", b"counters", "end", b"end", "high_stall_ns", b"high_stall_ns", "high_throttled_ns", b"high_throttled_ns", "id", b"id", "limit_bytes", b"limit_bytes", "memory_high_bytes", b"memory_high_bytes", "node", b"node", "pod", b"pod", "pressure_level_events", b"pressure_level_events", "psi_full_avg10_max", b"psi_full_avg10_max", "psi_some_avg10_max", b"psi_some_avg10_max", "psi_source", b"psi_source", "psi_trigger_events", b"psi_trigger_events", "reasons", b"reasons", "reclaim_max_stall_ns", b"reclaim_max_stall_ns", "reclaim_stall_ns", b"reclaim_stall_ns", "reclaims", b"reclaims", "start", b"start", "usage_max_bytes", b"usage_max_bytes", "verdicts", b"verdicts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
