@@ -569,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         "wide": "wide adds columns",
         "json": "json is one object a line",
         "yaml": "yaml one document",
+        "html": "html the post-mortem page as one file, for a ticket",
     }
 
     def output(q: argparse.ArgumentParser, formats: tuple[str, ...] = OUTPUTS) -> None:
@@ -608,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
         "oomtrace show 3f2a9c1b77e0 -o yaml",
     )
     s.add_argument("id", help="a record id, or any prefix of one that only one record has")
-    output(s, ("table", "json", "yaml"))
+    output(s, ("table", "json", "yaml", "html"))
     s.set_defaults(func=_query("show"))
 
     pp = query(
@@ -666,6 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_filter_args(w, default_since=None)
     output(w, ("table", "json"))
     w.set_defaults(func=_query("watch"))
+
+    from oomtrace.ui.cli import add_ui_command
+
+    add_ui_command(query)
     return p
 
 

@@ -245,6 +245,11 @@ def _get_event_request(args: argparse.Namespace) -> collector_pb2.GetEventReques
 def show(args: argparse.Namespace) -> int:
     req = _get_event_request(args)
     fmt = output_format(args)
+    if fmt == "html":  # the ui's post-mortem page as one file (oomtrace/ui/export.py)
+        from oomtrace.ui import export
+
+        print(_call(args, lambda stub: export.document(stub, req)))
+        return 0
     ev = _call(args, lambda stub: stub.GetEvent(req, timeout=30))
     if not emit_messages([ev], fmt, one=True):
         print(render.report(ev, now=time.time()))
