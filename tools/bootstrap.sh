@@ -19,7 +19,9 @@ cd "$(dirname "$0")/.."
 # postgresql: the store tests start a real server of their own (initdb, pg_ctl).
 # prometheus: a real one scrapes the agent and the collector in the tests (and
 # brings promtool, which checks the metrics and the sample rules).
-apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io gcc prometheus mmdebstrap postgresql)
+# chromium: the ui's browser tests drive it with Playwright (its own browser
+# download is never used: it cannot work offline).
+apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io gcc prometheus mmdebstrap postgresql chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
