@@ -114,7 +114,7 @@ def build(
 
 def query_string(params: Mapping[str, str], **changes: str) -> str:
     """The page's filters (and the time range) as a URL query, with changes."""
-    keep = {uf.param for uf in URL_FILTERS} | set(TIME_PARAMS) | {"by"}
+    keep = {uf.param for uf in URL_FILTERS} | set(TIME_PARAMS) | {"by", "limit"}
     out = {k: v for k, v in params.items() if k in keep and v}
     out.update({k: v for k, v in changes.items()})
     return urlencode({k: v for k, v in out.items() if v})

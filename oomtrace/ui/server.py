@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,12 @@ from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 
 log = structlog.get_logger(__name__)
 
-PAGE_SIZE = 100
+PAGE_SIZE = 100  # kills a list page shows, unless ?limit= says (at most MAX_LIMIT)
+MAX_LIMIT = 10_000
+LIST_CHUNK = 250
+# A GetEvent answer can carry two heap profiles of up to 384 KiB and the
+# kernel's report: well under this, and a list chunk too.
+MAX_RECEIVE_BYTES = 32 << 20
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -103,6 +109,12 @@ def incident_of(
     req = collector_pb2.ListEventsRequest(filter=f, page_size=1000)
     resp = stub.ListEvents(req, timeout=10)
     return [o for o in resp.events if (o.incident_id or o.id) == ev.incident_id]
+
+
+def _list_events(
+    req: collector_pb2.ListEventsRequest, stub: collector_pb2_grpc.HistoryServiceStub
+) -> collector_pb2.ListEventsResponse:
+    return stub.ListEvents(req, timeout=30)
 
 
 def _params(query: str) -> dict[str, str]:
@@ -200,12 +212,23 @@ class Handler(BaseHTTPRequestHandler):
         if error:
             self._send(400, pages.list_page([], params, "", error))
             return
-        req = collector_pb2.ListEventsRequest(
-            filter=f, page_size=PAGE_SIZE, page_token=params.get("page", "")
-        )
-        resp = self.collector.call(lambda s: s.ListEvents(req, timeout=30))
+        try:
+            limit = min(MAX_LIMIT, max(1, int(params.get("limit") or PAGE_SIZE)))
+        except ValueError:
+            raise HttpError(400, f"limit={params['limit']!r} is not a number") from None
+        events: list[event_pb2.OomEvent] = []
+        token = params.get("page", "")
+        while True:  # pages small enough for gRPC's 4 MiB (a record with its report: ~5 KiB)
+            req = collector_pb2.ListEventsRequest(
+                filter=f, page_size=min(LIST_CHUNK, limit - len(events)), page_token=token
+            )
+            resp = self.collector.call(partial(_list_events, req))
+            events += resp.events
+            token = resp.next_page_token
+            if not token or len(events) >= limit:
+                break
         params["from"] = f"{time.time() - LIVE_REPLAY_S:.0f}"
-        self._send(200, pages.list_page(list(resp.events), params, resp.next_page_token))
+        self._send(200, pages.list_page(events, params, token))
 
     def _kill(self, ev_id: str) -> None:
         try:
@@ -369,7 +392,9 @@ def create_server(
 def run(args: Any) -> int:
     """From the CLI: connect (the query commands' flags), bind, serve."""
     try:
-        channel = client.client_tls(args).channel(args.collector)
+        channel = client.client_tls(args).channel(
+            args.collector, options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+        )
     except tls.TlsError as exc:
         raise client.ClientError(str(exc)) from None
     try:
