@@ -42,11 +42,7 @@ def _fill(msg: Message, depth: int = 0) -> None:
                 getattr(msg, fd.name).append(HOSTILE)
             else:
                 setattr(msg, fd.name, HOSTILE)
-        elif (
-            fd.message_type is not None
-            and depth < 4
-            and fd.message_type.name != "Timestamp"
-        ):
+        elif fd.message_type is not None and depth < 4 and fd.message_type.name != "Timestamp":
             child = getattr(msg, fd.name).add() if repeated else getattr(msg, fd.name)
             _fill(child, depth + 1)
 
