@@ -21,7 +21,10 @@ cd "$(dirname "$0")/.."
 # brings promtool, which checks the metrics and the sample rules).
 # openjdk-17-jdk-headless, nodejs: real JVMs and Node.js are OOM-killed in the
 # runtime tests (tests/integration/test_runtimes.py).
-apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io gcc prometheus mmdebstrap postgresql openjdk-17-jdk-headless nodejs zsh)
+# chromium: the ui's browser tests drive it with Playwright (its own browser
+# download is never used: it cannot work offline).
+# zsh: the generated zsh completion is syntax-checked by zsh itself.
+apt_packages=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 bpftool runc containerd docker.io gcc prometheus mmdebstrap postgresql openjdk-17-jdk-headless nodejs zsh chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -27,7 +27,7 @@ from oomtrace.cli.filters import FlagError
 from oomtrace.cli.parsing import CommandParser, Help, examples
 
 # The sub-command modules, in the order `oomtrace --help` lists them.
-COMMANDS = ("agent", "collector", "certs", "doctor", "queries", "completion")
+COMMANDS = ("agent", "collector", "certs", "doctor", "queries", "ui", "completion")
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE

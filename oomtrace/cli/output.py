@@ -16,6 +16,7 @@ any record, so a new command gets them for nothing:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -56,13 +57,25 @@ class Output:
         return self.format == "wide"
 
 
-def parse_format(text: str) -> Output:
-    """An argparse type for -o: NAME or NAME=ARG."""
+# Formats of one command alone, printed by that command itself (not by
+# print_list/print_one): show's post-mortem page.
+OWN_FORMATS: dict[str, tuple[bool, str]] = {
+    "html": (False, "the post-mortem page as one self-contained file, for a ticket"),
+}
+
+
+def parse_format(text: str, own: Sequence[str] = ()) -> Output:
+    """An argparse type for -o: NAME or NAME=ARG; `own`: the command's own
+    formats from OWN_FORMATS it takes too."""
     name, eq, arg = text.partition("=")
+    if name in own:
+        if eq:
+            raise argparse.ArgumentTypeError(f"{name} takes no argument")
+        return Output(name)
     if name not in FORMATS:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an output format: one of "
-            + ", ".join(f"{n}=..." if FORMATS[n][0] else n for n in FORMATS)
+            + ", ".join([*(f"{n}=..." if FORMATS[n][0] else n for n in FORMATS), *own])
         )
     takes_arg = FORMATS[name][0]
     if takes_arg and not arg:
@@ -85,15 +98,19 @@ def parse_format(text: str) -> Output:
     return Output(name, arg, columns=columns)
 
 
-def add_arguments(p: argparse.ArgumentParser, formats: Sequence[str] = tuple(FORMATS)) -> None:
-    """-o/--output, --json (its old spelling) and --no-headers."""
+def add_arguments(
+    p: argparse.ArgumentParser, formats: Sequence[str] = tuple(FORMATS), own: Sequence[str] = ()
+) -> None:
+    """-o/--output, --json (its old spelling) and --no-headers; `own`: the
+    command's own formats (OWN_FORMATS)."""
+    known = {**FORMATS, **OWN_FORMATS}
     p.add_argument(
         "-o",
         "--output",
-        type=parse_format,
+        type=functools.partial(parse_format, own=tuple(own)),
         default=Output(),
         metavar="FORMAT",
-        help="; ".join(f"{n}: {FORMATS[n][1]}" for n in formats) + " (default: table)",
+        help="; ".join(f"{n}: {known[n][1]}" for n in (*formats, *own)) + " (default: table)",
     )
     p.add_argument("--json", action="store_true", help="the same as -o json")
     p.add_argument("--no-headers", action="store_true", help="tables without their heading line")

@@ -147,6 +147,11 @@ def show(args: argparse.Namespace) -> int:
 
     when = _when(args)
     out = output.from_args(args)
+    if out.format == "html":  # the ui's post-mortem page as one file (oomtrace/ui/export.py)
+        from oomtrace.ui import export
+
+        output.write(export.page(_collector(args), args.id))
+        return 0
     ev = client.get_event(_collector(args), args.id)
     output.print_one(ev, out, lambda wide: render.report(ev, now=when.now, tz=when.tz), first=True)
     return 0
@@ -228,11 +233,12 @@ def register(add: AddCommand) -> None:
         "oomtrace show 3f2a9c1b77e0          # any unique prefix of the id",
         "oomtrace show 3f2a9c1b77e0 -o yaml",
         "oomtrace show 3f2a9c1b77e0 -o jsonpath='{.victim.cmdline}'",
+        "oomtrace show 3f2a9c1b77e0 -o html > kill.html   # to attach to a ticket",
     )
     s.add_argument(
         "id", type=_check_id, help="a record id, or any prefix of one that only one record has"
     )
-    output.add_arguments(s)
+    output.add_arguments(s, own=("html",))
     s.add_argument("--utc", action="store_true", help="print times in UTC, not the local zone")
     s.set_defaults(run=_runs("show", show))
 

@@ -35,3 +35,13 @@ def test_the_alerts_fire_as_their_tests_say() -> None:
         cwd=RULES,
     )
     assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_the_fleet_rules_are_valid_and_fire_as_their_tests_say() -> None:
+    """deploy/prometheus/oomtrace.fleet.rules.yaml: the dashboard's rules."""
+    for argv in (
+        [PROMTOOL, "check", "rules", "oomtrace.fleet.rules.yaml"],
+        [PROMTOOL, "test", "rules", "oomtrace.fleet.rules.test.yaml"],
+    ):
+        run = subprocess.run(argv, capture_output=True, text=True, cwd=RULES)
+        assert run.returncode == 0, run.stdout + run.stderr
