@@ -61,6 +61,7 @@ else
         tests/integration/test_go_heap.py::test_many_stacks_and_stacks_too_deep_are_counted
         tests/integration/test_go_heap.py::test_a_profile_before_the_kill_shows_what_grew
         tests/integration/test_userspace_killers.py
+        tests/integration/test_runtimes.py
         tests/integration/test_kernel_log.py
         --deselect tests/integration/test_kernel_log.py::test_a_second_agent_on_the_same_state_directory_is_refused"
 fi
