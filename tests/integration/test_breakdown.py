@@ -217,7 +217,7 @@ m = mmap.mmap(fd, 40 << 20, prot=mmap.PROT_READ)
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.mlockall(1) != 0:  # MCL_CURRENT
     sys.exit(f"mlockall: {ctypes.get_errno()}")
-print(flush=True)
+open(path + ".locked", "w").close()
 time.sleep(600)
 """
 
@@ -226,9 +226,15 @@ def test_mlocked_page_cache_is_page_cache_that_could_not_be_reclaimed(
     agent: AgentProcess, kmsg: KmsgReader, tmp_path: Path
 ) -> None:
     with scratch_cgroup(64 * MIB) as cg:
-        cg.spawn(LOCK_FILE, str(tmp_path / "locked"))
-        _wait_usage(cg, 40 * MIB)
-        time.sleep(0.5)
+        locker = cg.spawn(LOCK_FILE, str(tmp_path / "locked"))
+        # Usage reaches 40 MiB as the file is written, before the pages are
+        # locked; only the marker says mlockall has faulted them all in.
+        wait_until(
+            lambda: (tmp_path / "locked.locked").exists() or locker.poll() is not None,
+            60,
+            "the file locked",
+        )
+        assert locker.poll() is None, "the locking task died before the kill"
         p = kill_with_allocator(cg, adj=1000)
         (rec,) = agent.take(1, where=by_pid(p.pid))
     b = check_breakdown(rec, kmsg, "mlocked")
