@@ -2,7 +2,7 @@
  * loss counters, one helper to emit into either kind of buffer, and the
  * readers of kernel structs at offsets resolved from BTF.
  *
- * The loader (oomtrace/agent/bcc_loader.py) compiles the programs as one
+ * The loader (oomtrace/agent/kernel/bcc_loader.py) compiles the programs as one
  * text, this header first: go.c, kill.c, notes.c, cgroups.c, reclaim.c.
  */
 #ifndef OOMTRACE_COMMON_H

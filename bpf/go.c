@@ -2,7 +2,7 @@
  *
  * Hooks:
  *   uprobe on runtime.gcMarkTermination of each Go binary (attached by user
- *     space, oomtrace/agent/go/probes.py), once per completed GC cycle. Emits
+ *     space, oomtrace/agent/runtimes/go/probes.py), once per completed GC cycle. Emits
  *     nothing: it keeps each process's state in go_states, which kill.c
  *     copies into the kill event and user space samples each second.
  *   raw_tracepoint/signal_deliver: a Go victim (kill.c marks it due) dequeues

@@ -12,9 +12,9 @@ import os
 import sys
 from typing import Any
 
-from oomtrace.agent.bcc_loader import BpfSession
-from oomtrace.agent.btf import Btf
-from oomtrace.agent.kernel_layout import resolve
+from oomtrace.agent.kernel.bcc_loader import BpfSession
+from oomtrace.agent.kernel.btf import Btf
+from oomtrace.agent.kernel.layout import resolve
 
 
 def as_dict(ev: Any) -> dict[str, Any]:

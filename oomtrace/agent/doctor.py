@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from oomtrace.agent import cgroups
-from oomtrace.agent.bcc_loader import OOM_CONTROL_HOOKS
-from oomtrace.agent.btf import VMLINUX_BTF, Btf
+from oomtrace.agent.cgroups import hierarchy as cgroups
 from oomtrace.agent.errors import AgentError, HostNotSupportedError
-from oomtrace.agent.kernel_layout import KernelLayout, resolve
-from oomtrace.agent.kernel_text import KernelText
+from oomtrace.agent.kernel.bcc_loader import OOM_CONTROL_HOOKS
+from oomtrace.agent.kernel.btf import VMLINUX_BTF, Btf
+from oomtrace.agent.kernel.layout import KernelLayout, resolve
+from oomtrace.agent.kernel.oom_caller import KernelText
 from oomtrace.records import DEFAULT_STATUS_FILE
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -236,7 +236,7 @@ def run_doctor(*, load: bool, fmt: str, status_file: Path | None = None) -> int:
     compiler: list[str] = []
     can_run = all(c.ok for c in checks if c.required)
     if load and can_run and layout is not None:
-        from oomtrace.agent.bcc_loader import BpfSession
+        from oomtrace.agent.kernel.bcc_loader import BpfSession
 
         try:
             session, compiler = _quiet_compile(lambda: BpfSession(layout))

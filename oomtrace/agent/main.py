@@ -9,27 +9,27 @@ from pathlib import Path
 import structlog
 
 from oomtrace import tls
-from oomtrace.agent import cgroups
-from oomtrace.agent.bcc_loader import BpfSession
+from oomtrace.agent.cgroups import hierarchy as cgroups
+from oomtrace.agent.cgroups.container_runtimes import RuntimeRoots
+from oomtrace.agent.cgroups.workloads import WorkloadCache
+from oomtrace.agent.delivery.export import Exporter, SpoolSink
+from oomtrace.agent.delivery.privacy import Privacy
+from oomtrace.agent.delivery.sinks import StdoutSink
+from oomtrace.agent.delivery.spool import Spool, SpoolLockedError, lock_directory
 from oomtrace.agent.doctor import preflight, require
 from oomtrace.agent.errors import AgentError
-from oomtrace.agent.export import Exporter, SpoolSink
-from oomtrace.agent.go.heap import HeapProfiles
-from oomtrace.agent.go.probes import GoProbes
-from oomtrace.agent.go.sampling import GoSampler
+from oomtrace.agent.footprint import in_child, return_freed_heap
 from oomtrace.agent.host import boot_id, boot_ns_now, cluster_name
-from oomtrace.agent.kernel_log import KernelLog
-from oomtrace.agent.kernel_text import KernelText
-from oomtrace.agent.memory import in_child, return_freed_heap
+from oomtrace.agent.kernel.bcc_loader import BpfSession
+from oomtrace.agent.kernel.oom_caller import KernelText
+from oomtrace.agent.kernel_log.recovery import KernelLog
+from oomtrace.agent.loop import Runner, Sink
 from oomtrace.agent.metrics import AgentMetrics, Losses
-from oomtrace.agent.pressure import PressureSampler
-from oomtrace.agent.privacy import Privacy
-from oomtrace.agent.procinfo import ProcessCache
-from oomtrace.agent.runner import Runner, Sink
-from oomtrace.agent.runtimes import RuntimeRoots
-from oomtrace.agent.sinks import StdoutSink
-from oomtrace.agent.spool import Spool, SpoolLockedError, lock_directory
-from oomtrace.agent.workloads import WorkloadCache
+from oomtrace.agent.pressure.sampler import PressureSampler
+from oomtrace.agent.runtimes.go.heap import HeapProfiles
+from oomtrace.agent.runtimes.go.probes import GoProbes
+from oomtrace.agent.runtimes.go.sampling import GoSampler
+from oomtrace.agent.runtimes.processes import ProcessCache
 from oomtrace.records import HIGH_STALL_S, USERSPACE_KILLERS
 
 log = structlog.get_logger(__name__)

@@ -14,10 +14,10 @@ from oomtrace.records import DEFAULT_STATUS_FILE, HIGH_STALL_S, KILLER_WRITES, U
 
 
 def run(args: argparse.Namespace) -> int:
+    from oomtrace.agent.cgroups.container_runtimes import RuntimeRoots
+    from oomtrace.agent.delivery.privacy import CmdlinePolicy, Privacy
     from oomtrace.agent.errors import AgentError
     from oomtrace.agent.main import run_agent
-    from oomtrace.agent.privacy import CmdlinePolicy, Privacy
-    from oomtrace.agent.runtimes import RuntimeRoots
     from oomtrace.tls import ClientTls
 
     if not args.stdout and not args.collector:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from oomtrace.agent.go.probes import GC_DONE, GoProbes
-from oomtrace.agent.go.symbols import entries_in, probe_address, read_binary
-from oomtrace.agent.go.worker import ParserWorker
-from oomtrace.agent.procinfo import ProcessCache
+from oomtrace.agent.runtimes.go.probes import GC_DONE, GoProbes
+from oomtrace.agent.runtimes.go.symbols import entries_in, probe_address, read_binary
+from oomtrace.agent.runtimes.go.worker import ParserWorker
+from oomtrace.agent.runtimes.processes import ProcessCache
 from tests.integration.containers import build_oomgo
 from tests.integration.harness import AgentProcess
 

@@ -67,7 +67,7 @@ def raise_nofile() -> int:
 
 def kernel_report() -> event_pb2.KernelReport:
     """The kernel report of a real kill: its text and its task table."""
-    from oomtrace.agent.kmsg import ReportParser, parse_record
+    from oomtrace.agent.kernel_log.reports import ReportParser, parse_record
 
     parser = ReportParser()
     report = None
@@ -121,7 +121,7 @@ class Agent:
     its own connection, one Ingest stream sending what the spool holds (at
     most WINDOW unacknowledged) and deleting each record from the spool when
     its ack comes, reconnecting with backoff and jitter when the stream
-    fails. This is oomtrace/agent/export.py's Exporter session on asyncio, so
+    fails. This is oomtrace/agent/delivery/export.py's Exporter session on asyncio, so
     that a process carries a thousand agents (the Exporter spends two threads
     on each); the spool, the messages and the rules are the agent's own."""
 
@@ -164,7 +164,7 @@ class Agent:
     async def _session(self) -> None:
         import grpc
 
-        from oomtrace.agent.build.parts import fit_to_wire
+        from oomtrace.agent.record.parts import fit_to_wire
 
         options = [("grpc.use_local_subchannel_pool", 1)]
         if self.creds is None:
@@ -223,7 +223,7 @@ async def _worker(args: argparse.Namespace, answers: IO[str]) -> None:
 
     import grpc
 
-    from oomtrace.agent.spool import Spool
+    from oomtrace.agent.delivery.spool import Spool
 
     creds = None
     if args.pki:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from oomtrace.agent.bcc_loader import OOM_CONTROL_HOOKS
+from oomtrace.agent.kernel.bcc_loader import OOM_CONTROL_HOOKS
 from tests.integration.harness import (
     HIGH_STALL_TEST_S,
     OOMTRACE,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from oomtrace.agent import cgroups
+from oomtrace.agent.cgroups import hierarchy as cgroups
 
 REPO = Path(__file__).resolve().parents[2]
 OOMTRACE = REPO / ".venv" / "bin" / "oomtrace"
@@ -458,7 +458,7 @@ class KmsgReader:
 def split_rss_counting() -> bool:
     """Kernels before 6.2 cache RSS changes per task (task_struct.rss_stat)
     and fold them into the mm's counters every 64 page events or at exit."""
-    from oomtrace.agent.btf import Btf
+    from oomtrace.agent.kernel.btf import Btf
 
     return Btf.load().has_field("task_struct", "rss_stat")
 

@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
-from oomtrace.agent.bcc_loader import OOM_CONTROL_HOOKS
-from oomtrace.agent.go.heap import REAPED
+from oomtrace.agent.kernel.bcc_loader import OOM_CONTROL_HOOKS
+from oomtrace.agent.runtimes.go.heap import REAPED
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.integration.containers import GO, LEAKGO_SRC, build_oomgo
 from tests.integration.harness import (

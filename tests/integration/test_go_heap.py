@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from oomtrace.agent.go.heap import OFF_BY_LINKER, OFF_BY_PROGRAM
+from oomtrace.agent.runtimes.go.heap import OFF_BY_LINKER, OFF_BY_PROGRAM
 from oomtrace.v1 import pprof_pb2
 from tests.integration.containers import (
     GO,

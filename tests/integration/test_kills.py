@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from oomtrace.agent.bcc_loader import OOM_CONTROL_HOOKS
+from oomtrace.agent.kernel.bcc_loader import OOM_CONTROL_HOOKS
 from tests.integration.harness import (
     ALLOCATE_FOREVER,
     MIB,

@@ -10,12 +10,12 @@ import re
 
 import pytest
 
-from oomtrace.agent.allocation import classify
-from oomtrace.agent.breakdown import MemcgFiles, compute
-from oomtrace.agent.build.logged import LogContext, event_from_report
-from oomtrace.agent.build.parts import fill_where
-from oomtrace.agent.kmsg import KmsgRecord
-from oomtrace.agent.verdicts import verdicts
+from oomtrace.agent.explain.verdicts import verdicts
+from oomtrace.agent.kernel_log.reports import KmsgRecord
+from oomtrace.agent.record.allocation import classify
+from oomtrace.agent.record.breakdown import MemcgFiles, compute
+from oomtrace.agent.record.logged import LogContext, event_from_report
+from oomtrace.agent.record.parts import fill_where
 from oomtrace.records import USAGE_PARTS
 from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent.btf import VMLINUX_BTF, Btf
 from oomtrace.agent.errors import BtfError
-from oomtrace.agent.kernel_layout import resolve
+from oomtrace.agent.kernel.btf import VMLINUX_BTF, Btf
+from oomtrace.agent.kernel.layout import resolve
 from tests.unit.btf_builder import BtfBuilder
 from tests.unit.fake_kernels import kernel_btf
 

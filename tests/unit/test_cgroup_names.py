@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oomtrace.agent.cgroup_names import CgroupIdentity, parse
+from oomtrace.agent.cgroups.names import CgroupIdentity, parse
 
 ID = "4f1c2a9e" * 8
 UID = "0b7a1c2d-3e4f-5a6b-7c8d-9e0f1a2b3c4d"

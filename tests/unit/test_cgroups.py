@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oomtrace.agent import cgroups
-from oomtrace.agent.decode import MemcgLevel
-from oomtrace.agent.kernel_text import OomPath
+from oomtrace.agent.cgroups import hierarchy as cgroups
+from oomtrace.agent.kernel.decode import MemcgLevel
+from oomtrace.agent.kernel.oom_caller import OomPath
 
 MIB = 1024 * 1024
 

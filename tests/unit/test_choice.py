@@ -5,8 +5,8 @@ where oom_kill_process can be hooked (the guest kernels)."""
 
 from __future__ import annotations
 
-from oomtrace.agent.build.parts import kernel_report
-from oomtrace.agent.choice import Limits, badness, choice, qos_class, total_pages
+from oomtrace.agent.explain.choice import Limits, badness, choice, qos_class, total_pages
+from oomtrace.agent.record.parts import kernel_report
 from oomtrace.v1 import event_pb2
 from tests.unit.test_kmsg import records, reports
 
@@ -123,7 +123,7 @@ def test_no_table_no_choice() -> None:
 
 def test_show_and_the_verdict_say_the_adj_decided() -> None:
     from oomtrace import render
-    from oomtrace.agent.verdicts import verdicts
+    from oomtrace.agent.explain.verdicts import verdicts
 
     ev = event_pb2.OomEvent(constraint=event_pb2.OomEvent.MEMCG)
     ev.victim.pid = 20

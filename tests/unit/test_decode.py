@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from oomtrace.agent import decode
 from oomtrace.agent.errors import DecodeError
-from oomtrace.agent.kernel_text import KernelText, OomPath, TextRange
+from oomtrace.agent.kernel import decode
+from oomtrace.agent.kernel.oom_caller import KernelText, OomPath, TextRange
 from tests.unit.fixtures import kernel_lines, load, raw_event
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent.go.buildinfo import (
+from oomtrace.agent.runtimes.go.buildinfo import (
     MAGIC,
     BuildInfoCache,
     NotGoError,
@@ -16,7 +16,7 @@ from oomtrace.agent.go.buildinfo import (
     parse_buildinfo,
     read_buildinfo,
 )
-from oomtrace.agent.go.settings import (
+from oomtrace.agent.runtimes.go.settings import (
     parse_size,
     version_tuple,
 )
@@ -145,8 +145,8 @@ def test_sizes_and_versions() -> None:
 
 
 def test_where_each_setting_in_effect_came_from() -> None:
-    from oomtrace.agent.go.buildinfo import BuildInfo, GoProcess
-    from oomtrace.agent.go.settings import (
+    from oomtrace.agent.runtimes.go.buildinfo import BuildInfo, GoProcess
+    from oomtrace.agent.runtimes.go.settings import (
         NO_MEMORY_LIMIT,
         Source,
         gogc_source,
@@ -178,7 +178,7 @@ def test_where_each_setting_in_effect_came_from() -> None:
 
 
 def test_recent_gcs_are_counted_never_extrapolated() -> None:
-    from oomtrace.agent.go.settings import count_recent_gcs
+    from oomtrace.agent.runtimes.go.settings import count_recent_gcs
 
     s = 1_000_000_000
     kill = 100 * s
@@ -207,7 +207,7 @@ def test_recent_gcs_are_counted_never_extrapolated() -> None:
 
 
 def test_allowed_cpus_from_the_status_file(tmp_path: Path) -> None:
-    from oomtrace.agent.go.buildinfo import allowed_cpus
+    from oomtrace.agent.runtimes.go.buildinfo import allowed_cpus
 
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / "status").write_text("Name:\tx\nCpus_allowed_list:\t0-3,6\n")

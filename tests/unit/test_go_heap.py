@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from oomtrace.agent.decode import Counts, GoBucket, GoProfileEnd, ProfileStatus
-from oomtrace.agent.go.frames import Symbolizer
-from oomtrace.agent.go.heap import SiteTotals, build, growth, scale
-from oomtrace.agent.go.layouts import HEAP_PROFILE
-from oomtrace.agent.go.settings import version_tuple
-from oomtrace.agent.go.symbols import (
+from oomtrace.agent.kernel.decode import Counts, GoBucket, GoProfileEnd, ProfileStatus
+from oomtrace.agent.runtimes.go.frames import Symbolizer
+from oomtrace.agent.runtimes.go.heap import SiteTotals, build, growth, scale
+from oomtrace.agent.runtimes.go.layouts import HEAP_PROFILE
+from oomtrace.agent.runtimes.go.settings import version_tuple
+from oomtrace.agent.runtimes.go.symbols import (
     MPROF_FLUSH,
     SCHEDINIT,
     entries_in,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent.go.probes import GoProbes
-from oomtrace.agent.go.worker import Parsed, ParserWorker
-from oomtrace.agent.procinfo import ProcessCache
+from oomtrace.agent.runtimes.go.probes import GoProbes
+from oomtrace.agent.runtimes.go.worker import Parsed, ParserWorker
+from oomtrace.agent.runtimes.processes import ProcessCache
 from tests.integration.containers import oomgo_or_skip
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent.go.layouts import GC_CONTROLLER
-from oomtrace.agent.go.symbols import (
+from oomtrace.agent.runtimes.go.layouts import GC_CONTROLLER
+from oomtrace.agent.runtimes.go.symbols import (
     GC_START,
     START_CYCLE,
     SymbolError,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from oomtrace.agent import bcc_loader, decode
+from oomtrace.agent.kernel import bcc_loader, decode
 
 BPF = Path(__file__).resolve().parents[2] / "bpf"
 HEADER = (BPF / "oomtrace.h").read_text()

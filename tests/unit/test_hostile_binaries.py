@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oomtrace.agent.go.buildinfo import BuildInfoCache, NotGoError, read_buildinfo
-from oomtrace.agent.go.probes import GC_DONE
-from oomtrace.agent.go.symbols import (
+from oomtrace.agent.runtimes.go.buildinfo import BuildInfoCache, NotGoError, read_buildinfo
+from oomtrace.agent.runtimes.go.probes import GC_DONE
+from oomtrace.agent.runtimes.go.symbols import (
     GC_START,
     START_CYCLE,
     SymbolError,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oomtrace.agent.jvm import perfdata, state
+from oomtrace.agent.runtimes.jvm import perfdata, state
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "hsperfdata"
 FILES = sorted(FIXTURES.glob("*.hsperfdata"))

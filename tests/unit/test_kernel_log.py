@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oomtrace.agent.kernel_log import Checkpoint, KernelLog
-from oomtrace.agent.kmsg import ParsedReport
+from oomtrace.agent.kernel_log.recovery import Checkpoint, KernelLog
+from oomtrace.agent.kernel_log.reports import ParsedReport
 
 
 def report(pid: int, first: int, last: int) -> ParsedReport:

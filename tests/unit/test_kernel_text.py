@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent.kernel_text import KALLSYMS, KernelText, OomPath
+from oomtrace.agent.kernel.oom_caller import KALLSYMS, KernelText, OomPath
 
 # The shape of 6.18's /proc/kallsyms around the functions (addresses from this
 # VM's kernel; sizes as its own OOM report prints them: out_of_memory+0x214/0x500).

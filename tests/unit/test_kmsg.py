@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oomtrace.agent.kmsg import KmsgRecord, ParsedReport, ReportParser, parse_record
+from oomtrace.agent.kernel_log.reports import KmsgRecord, ParsedReport, ReportParser, parse_record
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

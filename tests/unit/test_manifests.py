@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from oomtrace.agent.runtimes import RuntimeRoots
+from oomtrace.agent.cgroups.container_runtimes import RuntimeRoots
 from oomtrace.cli import build_parser
 from tests.kustomize import KUBERNETES, find, overlays, render
 

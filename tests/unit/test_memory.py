@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent.memory import in_child, return_freed_heap
+from oomtrace.agent.footprint import in_child, return_freed_heap
 
 
 def rss_kib() -> int:

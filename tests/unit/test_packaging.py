@@ -1,6 +1,6 @@
 """The wheel holds every sub-package. An editable install (make setup) reads
 the tree and hides a package missing from pyproject.toml; the images install
-the wheel, where the agent then fails at import (seen: oomtrace.agent.build)."""
+the wheel, where the agent then fails at import (seen: oomtrace.agent.record)."""
 
 from __future__ import annotations
 

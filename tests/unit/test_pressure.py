@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from oomtrace.agent.assembly import Timeline
-from oomtrace.agent.build.live import timeline
-from oomtrace.agent.cgroups import MemoryHierarchy
+from oomtrace.agent.cgroups.hierarchy import MemoryHierarchy
 from oomtrace.agent.host import boot_ns_now
-from oomtrace.agent.pressure import PressureSampler, parse_counters, parse_psi
-from oomtrace.agent.runner import Runner
+from oomtrace.agent.loop import Runner
+from oomtrace.agent.pressure.sampler import PressureSampler, parse_counters, parse_psi
+from oomtrace.agent.record.assembler import Timeline
+from oomtrace.agent.record.live import timeline
 from tests.unit.clock import ManualClock
 
 MIB = 1 << 20
@@ -350,8 +350,8 @@ def test_throttling_shorter_than_the_threshold_or_ended_by_a_kill_is_no_stall(
 
 def test_a_stall_window_becomes_a_record_with_its_verdict_and_the_table_says_so() -> None:
     from oomtrace import render
-    from oomtrace.agent.build.pressure import pressure_record
-    from oomtrace.agent.pressure import Window, WindowReport
+    from oomtrace.agent.pressure.sampler import Window, WindowReport
+    from oomtrace.agent.record.pressure_window import pressure_record
 
     w = Window(1 * S, usage_max=40 * MIB, high=16 * MIB)
     w.high_throttled_ns, w.high_stall_ns = 45 * S, 36 * S

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from oomtrace.agent.privacy import REDACTED, CmdlinePolicy, Privacy, redact
+from oomtrace.agent.delivery.privacy import REDACTED, CmdlinePolicy, Privacy, redact
 from tests.unit.events import make_event
 
 R = REDACTED

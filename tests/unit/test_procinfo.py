@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oomtrace.agent.go.buildinfo import BuildInfo, GoProcess
-from oomtrace.agent.procinfo import ProcessCache, ProcessInfo
+from oomtrace.agent.runtimes.go.buildinfo import BuildInfo, GoProcess
+from oomtrace.agent.runtimes.processes import ProcessCache, ProcessInfo
 
 
 def fake_proc(root: Path, pid: int, comm: str, cmdline: bytes) -> None:
@@ -45,7 +45,7 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
 
 
 def test_start_time_from_the_stat_line_whatever_the_comm() -> None:
-    from oomtrace.agent.procinfo import _CLOCK_TICKS, start_boot_ns
+    from oomtrace.agent.runtimes.processes import _CLOCK_TICKS, start_boot_ns
 
     fields = ["S"] + ["0"] * 18 + ["4200"] + ["0"] * 10
     line = "123 (a) b) (c) " + " ".join(fields)

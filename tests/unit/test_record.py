@@ -7,13 +7,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from oomtrace.agent import decode
-from oomtrace.agent.assembly import resolve
-from oomtrace.agent.build.live import build_event
-from oomtrace.agent.build.parts import record_id
-from oomtrace.agent.cgroups import MemoryHierarchy
-from oomtrace.agent.procinfo import ProcessInfo
-from oomtrace.agent.workloads import Workload
+from oomtrace.agent.cgroups.hierarchy import MemoryHierarchy
+from oomtrace.agent.cgroups.workloads import Workload
+from oomtrace.agent.kernel import decode
+from oomtrace.agent.record.assembler import resolve
+from oomtrace.agent.record.live import build_event
+from oomtrace.agent.record.parts import record_id
+from oomtrace.agent.runtimes.processes import ProcessInfo
 from oomtrace.records import to_json
 from oomtrace.v1 import event_pb2
 from tests.unit.fixtures import kernel_lines, load, raw_event
@@ -126,9 +126,9 @@ def test_constraint_from_the_kernel_wins_over_derivation() -> None:
 
 
 def test_workload_fills_container_and_pod() -> None:
-    from oomtrace.agent.cgroup_names import CgroupIdentity
-    from oomtrace.agent.runtimes import ContainerInfo
-    from oomtrace.agent.workloads import Workload
+    from oomtrace.agent.cgroups.container_runtimes import ContainerInfo
+    from oomtrace.agent.cgroups.names import CgroupIdentity
+    from oomtrace.agent.cgroups.workloads import Workload
 
     own, _ = kills()
     ident = CgroupIdentity("", "c" * 64, "uid-1", "Burstable")
@@ -160,8 +160,8 @@ def test_workload_fills_container_and_pod() -> None:
 
 
 def test_unresolved_container_keeps_what_the_path_said_and_why() -> None:
-    from oomtrace.agent.cgroup_names import CgroupIdentity
-    from oomtrace.agent.workloads import Workload
+    from oomtrace.agent.cgroups.names import CgroupIdentity
+    from oomtrace.agent.cgroups.workloads import Workload
 
     own, _ = kills()
     ident = CgroupIdentity("docker", "d" * 64, "uid-2", "BestEffort")
@@ -173,10 +173,10 @@ def test_unresolved_container_keeps_what_the_path_said_and_why() -> None:
 
 
 def test_timeline_joins_the_go_runtime_by_sample_time() -> None:
-    from oomtrace.agent.assembly import Timeline
-    from oomtrace.agent.build.live import timeline
-    from oomtrace.agent.go.sampling import GoPoint
-    from oomtrace.agent.pressure import Point
+    from oomtrace.agent.pressure.sampler import Point
+    from oomtrace.agent.record.assembler import Timeline
+    from oomtrace.agent.record.live import timeline
+    from oomtrace.agent.runtimes.go.sampling import GoPoint
 
     s = 1_000_000_000
     cg = tuple(Point(t * s, t << 20, 64 << 20, 0, 0, 0.0, 0.0) for t in (1, 2, 3))
@@ -227,7 +227,7 @@ def test_the_kernels_line_gives_the_victims_figures_where_the_record_has_it() ->
     """Before 6.2 a dying victim's counters can move between the BPF snapshot
     and the kernel's "Killed process" line: with the report, the record says
     what the kernel printed, and says so; without it, the snapshot."""
-    from oomtrace.agent.kmsg import ParsedReport
+    from oomtrace.agent.kernel_log.reports import ParsedReport
 
     kill = kills()[0]
     snap = built(kill)

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from oomtrace.agent.export import Exporter
-from oomtrace.agent.spool import Spool
+from oomtrace.agent.delivery.export import Exporter
+from oomtrace.agent.delivery.spool import Spool
 from oomtrace.collector.postgres import PostgresStore
 from oomtrace.collector.query import Filter
 from oomtrace.collector.service import create_server

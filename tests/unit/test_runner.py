@@ -7,11 +7,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from oomtrace.agent import decode
-from oomtrace.agent.cgroups import MemoryHierarchy
-from oomtrace.agent.kernel_text import KernelText, TextRange
-from oomtrace.agent.procinfo import ProcessCache
-from oomtrace.agent.runner import Runner
+from oomtrace.agent.cgroups.hierarchy import MemoryHierarchy
+from oomtrace.agent.kernel import decode
+from oomtrace.agent.kernel.oom_caller import KernelText, TextRange
+from oomtrace.agent.loop import Runner
+from oomtrace.agent.runtimes.processes import ProcessCache
 from oomtrace.v1 import event_pb2
 from tests.unit.clock import ManualClock
 from tests.unit.fixtures import load, raw_event

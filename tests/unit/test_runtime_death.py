@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oomtrace.agent.build import runtime_death
-from oomtrace.agent.cgroup_names import CgroupIdentity
-from oomtrace.agent.go.buildinfo import BuildInfo, GoProcess
-from oomtrace.agent.jvm import death as jvm_death
-from oomtrace.agent.jvm.discovery import JvmProcess
-from oomtrace.agent.jvm.flags import JvmFlags
-from oomtrace.agent.nodejs import death as node_death
-from oomtrace.agent.nodejs.discovery import NodeProcess
-from oomtrace.agent.outputs import Outputs
-from oomtrace.agent.procinfo import ProcessInfo
-from oomtrace.agent.runtimes import ContainerInfo
-from oomtrace.agent.workloads import Workload
+from oomtrace.agent.cgroups.container_runtimes import ContainerInfo
+from oomtrace.agent.cgroups.names import CgroupIdentity
+from oomtrace.agent.cgroups.workloads import Workload
+from oomtrace.agent.record import runtime_death
+from oomtrace.agent.runtimes.go.buildinfo import BuildInfo, GoProcess
+from oomtrace.agent.runtimes.jvm import death as jvm_death
+from oomtrace.agent.runtimes.jvm.discovery import JvmProcess
+from oomtrace.agent.runtimes.jvm.flags import JvmFlags
+from oomtrace.agent.runtimes.nodejs import death as node_death
+from oomtrace.agent.runtimes.nodejs.discovery import NodeProcess
+from oomtrace.agent.runtimes.outputs import Outputs
+from oomtrace.agent.runtimes.processes import ProcessInfo
 
 EXIT_ON = "Terminating due to java.lang.OutOfMemoryError: Java heap space\n"
 CRASH_ON = "Aborting due to java.lang.OutOfMemoryError: Java heap space\n"

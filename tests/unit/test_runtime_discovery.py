@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oomtrace.agent.jvm import discovery as jvm
-from oomtrace.agent.nodejs import discovery as node
+from oomtrace.agent.runtimes.jvm import discovery as jvm
+from oomtrace.agent.runtimes.nodejs import discovery as node
 
 
 def _proc(tmp_path: Path, pid: int, environ: bytes = b"", maps: str = "") -> Path:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from oomtrace.agent.jvm import flags as jf
-from oomtrace.agent.jvm.verdicts import fitting_heap, jvm_verdicts
-from oomtrace.agent.nodejs import settings as ns
-from oomtrace.agent.nodejs.verdicts import node_verdicts
+from oomtrace.agent.runtimes.jvm import flags as jf
+from oomtrace.agent.runtimes.jvm.verdicts import fitting_heap, jvm_verdicts
+from oomtrace.agent.runtimes.nodejs import settings as ns
+from oomtrace.agent.runtimes.nodejs.verdicts import node_verdicts
 from oomtrace.v1 import runtime_pb2
 
 MIB = 1 << 20

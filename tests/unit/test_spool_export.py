@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent.build.parts import fit_to_wire
-from oomtrace.agent.export import Exporter
-from oomtrace.agent.spool import Spool, SpoolLockedError
+from oomtrace.agent.delivery.export import Exporter
+from oomtrace.agent.delivery.spool import Spool, SpoolLockedError
+from oomtrace.agent.record.parts import fit_to_wire
 from oomtrace.collector.service import create_server
 from oomtrace.collector.store import SqliteStore
 from oomtrace.records import MAX_MESSAGE_BYTES, MAX_RECORD_BYTES

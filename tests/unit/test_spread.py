@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from oomtrace import tls
-from oomtrace.agent.export import Exporter
-from oomtrace.agent.spool import Spool
+from oomtrace.agent.delivery.export import Exporter
+from oomtrace.agent.delivery.spool import Spool
 from oomtrace.collector.service import CollectorServer, create_server
 from oomtrace.collector.store import SqliteStore
 from tests.unit.events import make_event

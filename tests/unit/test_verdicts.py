@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oomtrace.agent.verdicts import verdicts as all_verdicts
+from oomtrace.agent.explain.verdicts import verdicts as all_verdicts
 from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
 

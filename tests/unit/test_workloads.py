@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.agent import runtimes
-from oomtrace.agent.runtimes import RuntimeRoots, lookup
-from oomtrace.agent.workloads import WorkloadCache
+from oomtrace.agent.cgroups import container_runtimes as runtimes
+from oomtrace.agent.cgroups.container_runtimes import RuntimeRoots, lookup
+from oomtrace.agent.cgroups.workloads import WorkloadCache
 
 CID = "ab" * 32
 UID = "0b7a1c2d-3e4f-5a6b-7c8d-9e0f1a2b3c4d"
