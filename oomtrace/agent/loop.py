@@ -1,6 +1,6 @@
 """The agent's event loop, kept thin: kernel events are decoded and handed
-to the kill assembler (assembly.py), assembled kills are built into records
-(build/live.py) and sent to the sinks in the order the kills happened; kills
+to the kill assembler (record/assembler.py), assembled kills are built into records
+(record/live.py) and sent to the sinks in the order the kills happened; kills
 only the kernel's log knows of, and pressure windows, go the same way. Every
 loss is counted here and written to the status file."""
 

@@ -1,5 +1,5 @@
 """How verdicts are worded, for the node's verdicts (verdicts.py) and the Go
-ones (go/verdicts.py) alike: sizes in MiB, the Verdict message, and the
+ones (runtimes/go/verdicts.py) alike: sizes in MiB, the Verdict message, and the
 GOMEMLIMIT to suggest."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ runtime/pprof writes a heap profile (runtime/pprof/protomem.go): four sample
 types scaled by the sampling rate, the runtime's own frames above the first
 frame of the program hidden, inlined frames folded into one location.
 
-The assembly (assembly.py) holds a Go victim's kill until its profile is
+The assembly (record/assembler.py) holds a Go victim's kill until its profile is
 here or the hold runs out; then take() gives the profile, or why there is
 none."""
 
