@@ -15,7 +15,8 @@ from oomtrace import tls
 from oomtrace.collector.kube_events import ApiServer, KubeEvents
 from oomtrace.collector.metrics import CollectorMetrics
 from oomtrace.collector.service import create_server
-from oomtrace.collector.store import SqliteStore, Store
+from oomtrace.collector.sqlite import SqliteStore
+from oomtrace.collector.store import Store
 
 log = structlog.get_logger(__name__)
 

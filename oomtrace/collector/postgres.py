@@ -1,5 +1,5 @@
 """The collector's store on PostgreSQL, for several collectors on one
-database: the same `Store` protocol as SQLite (collector/store.py).
+database: the same `Store` protocol (collector/store.py) as SQLite (collector/sqlite.py).
 
   - Each record as JSONB (`record`, for SQL and Grafana; without the Go
     heap profiles' pprof files) and as the exact protobuf (`body`, what is

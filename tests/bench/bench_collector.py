@@ -25,7 +25,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from oomtrace import tls
-from oomtrace.collector.store import SqliteStore, Store
+from oomtrace.collector.sqlite import SqliteStore
+from oomtrace.collector.store import Store
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.integration.harness import CollectorProcess, free_port
 from tests.unit.events import make_event

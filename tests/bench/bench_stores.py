@@ -29,7 +29,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from oomtrace.collector.postgres import PostgresStore
-from oomtrace.collector.store import SqliteStore, Store
+from oomtrace.collector.sqlite import SqliteStore
+from oomtrace.collector.store import Store
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc
 from tests.bench.bench_collector import (
     fill,

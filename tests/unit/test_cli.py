@@ -18,7 +18,7 @@ import yaml
 from oomtrace import cli, logs
 from oomtrace.cli import queries
 from oomtrace.collector.service import create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.sqlite import SqliteStore
 from tests.unit.events import BASE_NS, make_event
 
 # The test records are from September 2026: ask from before them, whatever

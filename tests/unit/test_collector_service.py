@@ -13,7 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oomtrace import rpc
 from oomtrace.collector.service import MAX_MESSAGE_BYTES, create_server
-from oomtrace.collector.store import SqliteStore, Store
+from oomtrace.collector.sqlite import SqliteStore
+from oomtrace.collector.store import Store
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.unit.events import make_event
 

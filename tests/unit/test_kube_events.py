@@ -12,7 +12,7 @@ import pytest
 
 from oomtrace.collector.kube_events import ApiServer, KubeEvents
 from oomtrace.collector.service import create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.sqlite import SqliteStore
 from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
 from tests.unit.kube_api import FakeApiServer

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from oomtrace.agent.metrics import AgentMetrics, Losses
 from oomtrace.collector.metrics import CollectorMetrics
 from oomtrace.collector.service import create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.sqlite import SqliteStore
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc, event_pb2
 from tests.unit.events import make_event
 from tests.unit.test_collector_service import ingest

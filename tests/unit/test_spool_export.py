@@ -14,7 +14,7 @@ from oomtrace.agent.delivery.export import Exporter
 from oomtrace.agent.delivery.spool import Spool, SpoolLockedError
 from oomtrace.agent.record.parts import fit_to_wire
 from oomtrace.collector.service import create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.sqlite import SqliteStore
 from oomtrace.records import MAX_MESSAGE_BYTES, MAX_RECORD_BYTES
 from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event

@@ -13,7 +13,7 @@ from oomtrace import tls
 from oomtrace.agent.delivery.export import Exporter
 from oomtrace.agent.delivery.spool import Spool
 from oomtrace.collector.service import CollectorServer, create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.sqlite import SqliteStore
 from tests.unit.events import make_event
 from tests.unit.test_spool_export import wait_until
 

@@ -14,7 +14,8 @@ import pytest
 
 from oomtrace.collector.errors import InvalidQueryError, NotFoundError, StoreError
 from oomtrace.collector.query import Filter, PageToken, columns_of
-from oomtrace.collector.store import MIGRATIONS, SqliteStore, Store
+from oomtrace.collector.sqlite import MIGRATIONS, SqliteStore
+from oomtrace.collector.store import Store
 from oomtrace.v1 import collector_pb2, event_pb2
 from tests.unit.events import BASE_NS, make_event
 

@@ -16,7 +16,7 @@ import pytest
 from oomtrace import logs, tls
 from oomtrace.cli import main
 from oomtrace.collector.service import create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.sqlite import SqliteStore
 from oomtrace.v1 import collector_pb2, collector_pb2_grpc
 from tests.unit.events import make_event
 from tests.unit.test_collector_service import ingest
