@@ -44,9 +44,24 @@ def memory_cgroup(pid: int, proc: Path = Path("/proc")) -> str:
     return unified
 
 
-def read_outputs(pid: int, proc: Path = Path("/proc")) -> Outputs:
-    from oomtrace.agent.runtimes.jvm.state import ns_pid
+def ns_pid(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """The process's pid in its own (innermost) pid namespace."""
+    try:
+        with open(proc / str(pid) / "status", "rb") as f:
+            text = f.read(64 << 10).decode("ascii", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("NSpid:"):
+            fields = line.split()[1:]
+            try:
+                return int(fields[-1])
+            except (IndexError, ValueError):
+                return None
+    return None
 
+
+def read_outputs(pid: int, proc: Path = Path("/proc")) -> Outputs:
     stderr = ""
     try:
         target = os.readlink(proc / str(pid) / "fd" / "2")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oomtrace.agent.runtimes.jvm import perfdata
+from oomtrace.agent.runtimes.outputs import ns_pid
 from oomtrace.agent.runtimes.processes import ProcessCache, ProcessInfo
 from oomtrace.v1 import runtime_pb2
 
@@ -31,23 +32,6 @@ class PerfRead:
     data: bytes = b""
     missing: str = ""
     read_at: str = ""  # "before_exit", "after_exit"
-
-
-def ns_pid(pid: int, proc: Path = Path("/proc")) -> int | None:
-    """The process's pid in its own (innermost) pid namespace."""
-    try:
-        with open(proc / str(pid) / "status", "rb") as f:
-            text = f.read(64 << 10).decode("ascii", "replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("NSpid:"):
-            fields = line.split()[1:]
-            try:
-                return int(fields[-1])
-            except (IndexError, ValueError):
-                return None
-    return None
 
 
 def _read_file(path: Path, uid: int | None) -> bytes | str:
