@@ -18,7 +18,8 @@ if [[ ! -x "$out" ]]; then
     mkdir -p "$repo/var/otelcol"
     export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
     export GOCACHE="${XDG_CACHE_HOME:-$HOME/.cache}/oomtrace-go-build"
-    (cd "$src" && "$go" build -trimpath -ldflags="-s -w" -o "$out.tmp" .)
-    mv "$out.tmp" "$out"
+    (cd "$src" && "$go" build -trimpath -ldflags="-s -w" -o "$repo/var/otelcol/.build.tmp" .)
+    rm -f "$repo"/var/otelcol/otelcol-*  # builds of an earlier pin or source
+    mv "$repo/var/otelcol/.build.tmp" "$out"
 fi
 echo "$out"

@@ -95,7 +95,7 @@ def otlp_target(args: argparse.Namespace) -> OtlpTarget | str | None:
     if insecure:
         if args.otlp_ca or args.otlp_cert:
             return "--otlp-insecure and --otlp-ca/--otlp-cert together"
-        return OtlpTarget(endpoint, None, args.otlp_cluster)
+        return OtlpTarget(endpoint, None, args.otlp_cluster, args.otlp_queue)
     if bool(args.otlp_cert) != bool(args.otlp_key):
         return "give --otlp-cert and --otlp-key together"
     import grpc
@@ -106,7 +106,8 @@ def otlp_target(args: argparse.Namespace) -> OtlpTarget | str | None:
         key = args.otlp_key.read_bytes() if args.otlp_key else None
     except OSError as exc:
         return f"cannot read an --otlp TLS file: {exc}"
-    return OtlpTarget(endpoint, grpc.ssl_channel_credentials(ca, key, cert), args.otlp_cluster)
+    credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    return OtlpTarget(endpoint, credentials, args.otlp_cluster, args.otlp_queue)
 
 
 def register(add: AddCommand) -> None:
@@ -206,5 +207,13 @@ def register(add: AddCommand) -> None:
         default="",
         metavar="NAME",
         help="k8s.cluster.name for records whose agent named no cluster",
+    )
+    o.add_argument(
+        "--otlp-queue",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="records waiting to be sent at most; past it they are dropped and counted "
+        "(oomtrace_collector_otlp_dropped_total)",
     )
     c.set_defaults(run=run)

@@ -76,6 +76,7 @@ class OtlpTarget:
     endpoint: str  # host:port of an OTLP/gRPC receiver
     credentials: grpc.ChannelCredentials | None  # None: plaintext
     cluster: str = ""  # k8s.cluster.name when the records name none
+    queue_depth: int = 10_000  # records waiting to be sent at most
 
     def channel(self) -> grpc.Channel:
         if self.credentials is None:
@@ -271,7 +272,7 @@ class OtlpExporter:
         *,
         exported: Counter,
         dropped: Counter,
-        queue_depth: int = 10_000,
+        queue_depth: int | None = None,
         batch_max: int = 512,
         flush_s: float = 1.0,
         timeout_s: float = 10.0,
@@ -287,7 +288,8 @@ class OtlpExporter:
         self.retry_for_s, self.backoff_s = retry_for_s, backoff_s
         self.clock = clock
         self.kills = KillCounter(clock())
-        self._queue: queue.Queue[event_pb2.OomEvent | None] = queue.Queue(queue_depth)
+        depth = target.queue_depth if queue_depth is None else queue_depth
+        self._queue: queue.Queue[event_pb2.OomEvent | None] = queue.Queue(depth)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
