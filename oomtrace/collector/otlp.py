@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -46,6 +46,10 @@ MAX_STRING_BYTES = 4096
 # Distinct (namespace, workload, verdict) series of oomtrace.kills at most;
 # past it a kill is counted under "other", as the Prometheus counters are.
 MAX_SERIES = 1000
+# One request's size at most: an OpenTelemetry Collector's OTLP/gRPC receiver
+# takes 4 MiB by default (max_recv_msg_size_mib), and a batch of records full
+# of long strings would pass that and be refused forever.
+MAX_REQUEST_BYTES = 3 << 20
 OTHER = "other"
 _INT64_MAX = (1 << 63) - 1
 _CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -79,9 +83,12 @@ class OtlpTarget:
     queue_depth: int = 10_000  # records waiting to be sent at most
 
     def channel(self) -> grpc.Channel:
+        # gRPC's own reconnect backoff grows to 120 s: capped at ours, so a
+        # receiver that comes back is used within one retry of ours.
+        options = [("grpc.max_reconnect_backoff_ms", 30_000)]
         if self.credentials is None:
-            return grpc.insecure_channel(self.endpoint)
-        return grpc.secure_channel(self.endpoint, self.credentials)
+            return grpc.insecure_channel(self.endpoint, options)
+        return grpc.secure_channel(self.endpoint, self.credentials, options)
 
 
 def endpoint_from_env(environ: dict[str, str] | None = None) -> tuple[str, bool] | None:
@@ -206,6 +213,22 @@ def logs_request(
     )
 
 
+def _by_size(batch: list[event_pb2.OomEvent], cluster: str) -> Iterator[list[event_pb2.OomEvent]]:
+    """The batch in parts whose log requests stay under MAX_REQUEST_BYTES
+    (a single record always fits: its strings are bounded)."""
+    part: list[event_pb2.OomEvent] = []
+    size = 0
+    for ev in batch:
+        n = logs_request([ev], cluster, 0).ByteSize()
+        if part and size + n > MAX_REQUEST_BYTES:
+            yield part
+            part, size = [], 0
+        part.append(ev)
+        size += n
+    if part:
+        yield part
+
+
 class KillCounter:
     """oomtrace.kills: kills stored, by namespace, workload and first
     verdict, bounded to MAX_SERIES series."""
@@ -277,6 +300,7 @@ class OtlpExporter:
         flush_s: float = 1.0,
         timeout_s: float = 10.0,
         retry_for_s: float = 300.0,
+        metrics_every_s: float = 60.0,
         backoff_s: tuple[float, float] = (0.5, 30.0),
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -286,6 +310,9 @@ class OtlpExporter:
         self.exported, self.dropped = exported, dropped
         self.batch_max, self.flush_s, self.timeout_s = batch_max, flush_s, timeout_s
         self.retry_for_s, self.backoff_s = retry_for_s, backoff_s
+        # A cumulative counter is sent again while no kill comes, so that a
+        # backend does not take the series for gone.
+        self.metrics_every_s = metrics_every_s
         self.clock = clock
         self.kills = KillCounter(clock())
         depth = target.queue_depth if queue_depth is None else queue_depth
@@ -319,8 +346,11 @@ class OtlpExporter:
 
     def _take_batch(self) -> tuple[list[event_pb2.OomEvent], bool]:
         """Up to batch_max records, waiting at most flush_s after the first;
-        True when the stop mark was met."""
-        first = self._queue.get()
+        True when the stop mark was met. None in metrics_every_s: []."""
+        try:
+            first = self._queue.get(timeout=self.metrics_every_s)
+        except queue.Empty:
+            return [], False
         if first is None:
             return [], True
         batch = [first]
@@ -355,18 +385,17 @@ class OtlpExporter:
             done = False
             while not done:
                 batch, done = self._take_batch()
-                if not batch:
-                    continue
-                request = logs_request(batch, self.target.cluster, self.clock())
-                if self._send(logs, request, "logs"):
-                    self.exported.labels("logs").inc(len(batch))
+                for part in _by_size(batch, self.target.cluster):
+                    request = logs_request(part, self.target.cluster, self.clock())
+                    if self._send(logs, request, "logs"):
+                        self.exported.labels("logs").inc(len(part))
+                    else:
+                        self.dropped.labels("send_failed").inc(len(part))
+                if self.kills.snapshot():
                     m = self.kills.request(self.target.cluster, self.clock())
                     if self._send(metrics, m, "metrics"):
-                        self.exported.labels("metrics").inc(
-                            len(m.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points)
-                        )
-                else:
-                    self.dropped.labels("send_failed").inc(len(batch))
+                        points = m.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points
+                        self.exported.labels("metrics").inc(len(points))
 
     def _send(self, export: Callable[..., object], request: object, signal: str) -> bool:
         """True once the receiver took it; retries the transient codes with

@@ -299,3 +299,30 @@ def test_the_standard_environment_variable_names_the_endpoint(
     url: str, expected: tuple[str, bool] | None
 ) -> None:
     assert otlp.endpoint_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": url}) == expected
+
+
+def test_a_batch_of_long_records_is_split_under_the_receivers_message_limit(
+    receiver: FakeReceiver,
+) -> None:
+    evs = []
+    for _ in range(200):
+        ev = pod_kill()
+        ev.pod.name = ev.container.name = ev.victim.exe = ev.cgroup.path = "x" * 10_000
+        evs.append(ev)
+    exp, metrics = exporter(receiver, flush_s=0.5)
+    exp.start()
+    exp.offer(evs)
+    wait_for(lambda: len(receiver.log_records()) == 200, "200 log records")
+    exp.stop()
+    assert len(receiver.logs) > 1
+    assert all(r.ByteSize() <= otlp.MAX_REQUEST_BYTES for r in receiver.logs)
+    assert metrics.otlp_exported.labels("logs")._value.get() == 200
+
+
+def test_the_counter_is_sent_again_while_no_kill_comes(receiver: FakeReceiver) -> None:
+    exp, _ = exporter(receiver, metrics_every_s=0.1)
+    exp.start()
+    exp.offer([pod_kill()])
+    wait_for(lambda: len(receiver.metrics) >= 3, "the counter sent again")
+    exp.stop()
+    assert len(receiver.logs) == 1
