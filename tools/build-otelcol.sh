@@ -8,6 +8,9 @@
 # outside the work tree, so a fresh clone on the same machine rebuilds in
 # seconds and with no network (go.sum pins every module).
 set -euo pipefail
+# Go's caches live under $HOME; a service's environment may have none.
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 src="$repo/tools/otelcol"
 go="${GO:-$repo/.venv/lib/python3.11/site-packages/go/bin/go}"
