@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from oomtrace.cli import AddCommand
 from oomtrace.cli.parsing import duration_s, listen_address
 from oomtrace.records import DEFAULT_COLLECTOR
+
+if TYPE_CHECKING:
+    from oomtrace.collector.otlp import OtlpTarget
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    otlp = otlp_target(args)
+    if isinstance(otlp, str):
+        print(f"oomtrace collector: {otlp}", file=sys.stderr)
+        return 2
     try:
         store_url = None
         password = None
@@ -65,11 +73,41 @@ def run(args: argparse.Namespace) -> int:
             kube_api=kube_api,
             tls_files=None if args.insecure else tls_files,
             store_password=password,
+            otlp=otlp,
         )
     except (CollectorError, RuntimeError, tls.TlsError, OSError) as exc:
         print(f"oomtrace collector: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def otlp_target(args: argparse.Namespace) -> OtlpTarget | str | None:
+    """The OTLP receiver to export to (None: no export), or what is wrong
+    with the flags. --otlp-endpoint wins over $OTEL_EXPORTER_OTLP_ENDPOINT."""
+    from oomtrace.collector.otlp import OtlpTarget, endpoint_from_env
+
+    endpoint, insecure = args.otlp_endpoint, args.otlp_insecure
+    if not endpoint:
+        from_env = endpoint_from_env()
+        if from_env is None:
+            return None
+        endpoint, insecure = from_env[0], insecure or from_env[1]
+    if insecure:
+        if args.otlp_ca or args.otlp_cert:
+            return "--otlp-insecure and --otlp-ca/--otlp-cert together"
+        return OtlpTarget(endpoint, None, args.otlp_cluster, args.otlp_queue)
+    if bool(args.otlp_cert) != bool(args.otlp_key):
+        return "give --otlp-cert and --otlp-key together"
+    import grpc
+
+    try:
+        ca = args.otlp_ca.read_bytes() if args.otlp_ca else None
+        cert = args.otlp_cert.read_bytes() if args.otlp_cert else None
+        key = args.otlp_key.read_bytes() if args.otlp_key else None
+    except OSError as exc:
+        return f"cannot read an --otlp TLS file: {exc}"
+    credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    return OtlpTarget(endpoint, credentials, args.otlp_cluster, args.otlp_queue)
 
 
 def register(add: AddCommand) -> None:
@@ -149,5 +187,33 @@ def register(add: AddCommand) -> None:
         type=Path,
         default=Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
         help="the API server's CA, with --kube-api",
+    )
+    o = c.add_argument_group(
+        "OpenTelemetry: each stored kill as an OTLP log record, and the oomtrace.kills "
+        "counter as an OTLP metric, sent over OTLP/gRPC to an OpenTelemetry Collector"
+    )
+    o.add_argument(
+        "--otlp-endpoint",
+        metavar="HOST:PORT",
+        help="the OTLP/gRPC receiver (default: $OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "http:// there meaning plaintext; unset: no export)",
+    )
+    o.add_argument("--otlp-insecure", action="store_true", help="plaintext to the receiver")
+    o.add_argument("--otlp-ca", type=Path, help="the receiver's CA (default: the system's roots)")
+    o.add_argument("--otlp-cert", type=Path, help="a client certificate, if it asks for one")
+    o.add_argument("--otlp-key", type=Path, help="its key")
+    o.add_argument(
+        "--otlp-cluster",
+        default="",
+        metavar="NAME",
+        help="k8s.cluster.name for records whose agent named no cluster",
+    )
+    o.add_argument(
+        "--otlp-queue",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="records waiting to be sent at most; past it they are dropped and counted "
+        "(oomtrace_collector_otlp_dropped_total)",
     )
     c.set_defaults(run=run)

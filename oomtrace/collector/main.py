@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2
 from oomtrace import tls
 from oomtrace.collector.kube_events import ApiServer, KubeEvents
 from oomtrace.collector.metrics import CollectorMetrics
+from oomtrace.collector.otlp import OtlpExporter, OtlpTarget
 from oomtrace.collector.service import create_server
 from oomtrace.collector.sqlite import SqliteStore
 from oomtrace.collector.store import Store
@@ -39,6 +40,7 @@ def run_collector(
     kube_api: ApiServer | None = None,
     tls_files: tuple[Path, Path, Path] | None = None,
     store_password: str | None = None,
+    otlp: OtlpTarget | None = None,
 ) -> None:
     """kube_api: where to post Kubernetes Events for kills (None: none).
     tls_files: (certificate, key, client CA) for mutual TLS; None serves
@@ -53,6 +55,12 @@ def run_collector(
         metrics.watch_kube_events(lambda: dict(kube.outcomes))
         on_stored.append(kube.offer)
         log.info("kube_events.enabled", api=kube_api.url if kube_api else "")
+    exporter = None
+    if otlp is not None:
+        exporter = OtlpExporter(otlp, exported=metrics.otlp_exported, dropped=metrics.otlp_dropped)
+        exporter.start()
+        on_stored.append(exporter.offer)
+        log.info("otlp.enabled", endpoint=otlp.endpoint, tls=otlp.credentials is not None)
     server, port, health = create_server(
         listen, store, metrics=metrics, on_stored=on_stored, credentials=credentials
     )
@@ -99,6 +107,8 @@ def run_collector(
     finished = server.stop(grace=5).wait(timeout=10)
     if kube is not None:
         kube.stop()
+    if exporter is not None:
+        exporter.stop()
     store.close()
     log.info("collector.stopped", grpc_shutdown_finished=finished)
     if not finished:

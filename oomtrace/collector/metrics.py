@@ -88,6 +88,20 @@ class CollectorMetrics:
             "Records removed by retention.",
             registry=self.registry,
         )
+        self.otlp_exported = Counter(
+            "oomtrace_collector_otlp_exported",
+            "Kill records (logs) and oomtrace.kills data points (metrics) an "
+            "OpenTelemetry Collector accepted (--otlp-endpoint).",
+            ["signal"],
+            registry=self.registry,
+        )
+        self.otlp_dropped = Counter(
+            "oomtrace_collector_otlp_dropped",
+            "Kill records not exported over OTLP: the queue was full, or the "
+            "receiver refused or did not answer within the retry time.",
+            ["reason"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
 
     def received(self, kind: str, stored: int, duplicate: int, rejected: int) -> None:
