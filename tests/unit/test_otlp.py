@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from oomtrace.collector import otlp
 from oomtrace.collector.metrics import CollectorMetrics
 from oomtrace.collector.service import create_server
-from oomtrace.collector.store import SqliteStore
+from oomtrace.collector.sqlite import SqliteStore
 from oomtrace.v1 import event_pb2
 from tests.unit.events import make_event
 from tests.unit.test_collector_service import ingest
