@@ -6,7 +6,7 @@ import warnings
 from oomtrace.v1 import collector_pb2 as oomtrace_dot_v1_dot_collector__pb2
 from oomtrace.v1 import event_pb2 as oomtrace_dot_v1_dot_event__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
