@@ -204,3 +204,16 @@ def without_profile_files(ev: event_pb2.OomEvent) -> event_pb2.OomEvent:
     if out.go.HasField("heap_profile_before"):
         out.go.heap_profile_before.ClearField("pprof")
     return out
+
+
+_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def verdict_label(ev: event_pb2.OomEvent) -> str:
+    """The first verdict's code, as a metric label (the agent's Prometheus
+    counter, the collector's OTLP sum); the agent writes the codes, but a
+    label stays bounded whatever a record holds: anything not a code is OTHER."""
+    if not ev.verdicts:
+        return ""
+    code = ev.verdicts[0].code
+    return code if len(code) <= 64 and set(code) <= _CODE_CHARS else "OTHER"

@@ -45,6 +45,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from oomtrace import __version__, exposition
+from oomtrace.records import verdict_label
 from oomtrace.v1 import event_pb2
 
 
@@ -58,18 +59,6 @@ class Losses:
     sink: int
     spool: int
     callback: int = 0
-
-
-_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-
-
-def verdict_label(ev: event_pb2.OomEvent) -> str:
-    """The first verdict's code; the agent writes the codes, but a label
-    stays bounded whatever a record holds: anything not a code is OTHER."""
-    if not ev.verdicts:
-        return ""
-    code = ev.verdicts[0].code
-    return code if len(code) <= 64 and set(code) <= _CODE_CHARS else "OTHER"
 
 
 class AgentMetrics:

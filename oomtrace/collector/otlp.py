@@ -52,17 +52,6 @@ MAX_SERIES = 1000
 MAX_REQUEST_BYTES = 3 << 20
 OTHER = "other"
 _INT64_MAX = (1 << 63) - 1
-_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-
-
-def verdict_label(ev: event_pb2.OomEvent) -> str:
-    """The first verdict's code, bounded as the agent's Prometheus label is
-    (oomtrace.agent.metrics.verdict_label; the collector imports no agent
-    module): anything not a code is OTHER."""
-    if not ev.verdicts:
-        return ""
-    code = ev.verdicts[0].code
-    return code if len(code) <= 64 and set(code) <= _CODE_CHARS else "OTHER"
 
 
 _RETRYABLE = frozenset(
@@ -239,7 +228,7 @@ class KillCounter:
         self._lock = threading.Lock()  # added to on ingest, read by the sender
 
     def add(self, ev: event_pb2.OomEvent) -> None:
-        key = (ev.pod.namespace[:253], records.pod_workload(ev)[:253], verdict_label(ev))
+        key = (ev.pod.namespace[:253], records.pod_workload(ev)[:253], records.verdict_label(ev))
         with self._lock:
             if key not in self.counts and len(self.counts) >= MAX_SERIES:
                 key = (OTHER, OTHER, OTHER)
