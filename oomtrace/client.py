@@ -63,7 +63,10 @@ def _explain(exc: grpc.RpcError, target: str) -> ClientError:
     return ClientError(detail or (code.name if code else "the call failed"))
 
 
-def _call(c: Collector, fn: Callable[[collector_pb2_grpc.HistoryServiceStub], Any]) -> Any:
+def call(c: Collector, fn: Callable[[collector_pb2_grpc.HistoryServiceStub], Any]) -> Any:
+    """fn's answer over one connection to the collector: for a caller that
+    makes several queries of one page (the html export), with the same TLS,
+    roles and errors explained as every call here."""
     channel = _channel(c)
     try:
         return fn(collector_pb2_grpc.HistoryServiceStub(channel))
@@ -101,7 +104,7 @@ def list_events(c: Collector, f: collector_pb2.EventFilter, limit: int) -> list[
                 break
         return events
 
-    result: list[event_pb2.OomEvent] = _call(c, fetch)
+    result: list[event_pb2.OomEvent] = call(c, fetch)
     return result
 
 
@@ -109,13 +112,13 @@ def list_pressure(
     c: Collector, f: collector_pb2.EventFilter, limit: int
 ) -> list[event_pb2.PressureRecord]:
     req = collector_pb2.ListPressureRequest(filter=f, page_size=min(1000, limit))
-    resp = _call(c, lambda stub: stub.ListPressure(req, timeout=30))
+    resp = call(c, lambda stub: stub.ListPressure(req, timeout=30))
     return list(resp.records)
 
 
 def get_event(c: Collector, ident: str) -> event_pb2.OomEvent:
     req = collector_pb2.GetEventRequest(id=ident)
-    ev: event_pb2.OomEvent = _call(c, lambda stub: stub.GetEvent(req, timeout=30))
+    ev: event_pb2.OomEvent = call(c, lambda stub: stub.GetEvent(req, timeout=30))
     return ev
 
 
@@ -130,7 +133,7 @@ def top(
     c: Collector, by: str, f: collector_pb2.EventFilter, limit: int
 ) -> collector_pb2.TopResponse:
     req = collector_pb2.TopRequest(group_by=GROUPS[by], filter=f, limit=limit)
-    resp: collector_pb2.TopResponse = _call(c, lambda stub: stub.Top(req, timeout=30))
+    resp: collector_pb2.TopResponse = call(c, lambda stub: stub.Top(req, timeout=30))
     return resp
 
 

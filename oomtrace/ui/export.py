@@ -21,4 +21,4 @@ def page(c: client.Collector, ident: str) -> str:
     """`oomtrace show ID -o html`: the record's post-mortem, asked of the
     collector the CLI was given."""
     req = collector_pb2.GetEventRequest(id=ident)
-    return str(client._call(c, lambda stub: document(stub, req)))
+    return str(client.call(c, lambda stub: document(stub, req)))
