@@ -217,3 +217,9 @@ def verdict_label(ev: event_pb2.OomEvent) -> str:
         return ""
     code = ev.verdicts[0].code
     return code if len(code) <= 64 and set(code) <= _CODE_CHARS else "OTHER"
+
+
+def mib_text(n: int) -> str:
+    """A size as a person reads it in one line of text (an Event's note, an
+    OTLP log's body): MiB with one decimal."""
+    return f"{n / (1 << 20):.1f} MiB"

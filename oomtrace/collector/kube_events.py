@@ -70,10 +70,6 @@ class ApiServer:
         return cls(f"https://{host}:{port}", SERVICE_ACCOUNT / "token", SERVICE_ACCOUNT / "ca.crt")
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
 def note(ev: event_pb2.OomEvent) -> str:
     """What `kubectl describe pod` shows: who died, how big, against which
     limit, and the first verdict. At most 1 KiB, as the API requires."""
@@ -81,11 +77,11 @@ def note(ev: event_pb2.OomEvent) -> str:
     where = f"container {ev.container.name}" if ev.container.name else "the node"
     limit = records.limit_hit_bytes(ev)
     cgroup = ev.cgroup.oom_memcg_path or ev.cgroup.path
-    against = f"the {_mib(limit)} limit of {cgroup}" if limit else "no limit"
+    against = f"the {records.mib_text(limit)} limit of {cgroup}" if limit else "no limit"
     kind = event_pb2.OomEvent.Constraint.Name(ev.constraint)
     text = (
         f"{v.comm}[{v.pid}] in {where} was OOM-killed ({kind}): "
-        f"{_mib(records.rss_bytes(ev))} resident against {against}."
+        f"{records.mib_text(records.rss_bytes(ev))} resident against {against}."
     )
     if ev.source == event_pb2.OomEvent.RUNTIME:
         d = ev.runtime_death

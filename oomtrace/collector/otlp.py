@@ -33,7 +33,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from prometheus_client import Counter
 
-from oomtrace import records
+from oomtrace import records, rpc
 from oomtrace.v1 import event_pb2
 
 log = structlog.get_logger(__name__)
@@ -107,10 +107,6 @@ def _kv(key: str, value: common_pb2.AnyValue) -> common_pb2.KeyValue:
     return common_pb2.KeyValue(key=key, value=value)
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
 def summary(ev: event_pb2.OomEvent) -> str:
     """The log body: one line a person reads."""
     v = ev.victim
@@ -118,11 +114,20 @@ def summary(ev: event_pb2.OomEvent) -> str:
     if where == "-/-/-":
         where = ev.cgroup.oom_memcg_path or ev.cgroup.path or "the node"
     limit = records.limit_hit_bytes(ev)
-    against = f"limit {_mib(limit)}" if limit else "no limit"
-    text = (
-        f"OOM kill of {v.comm} (pid {v.pid}) in {where}: "
-        f"{_mib(records.rss_bytes(ev))} resident, {against}"
-    )
+    against = f"limit {records.mib_text(limit)}" if limit else "no limit"
+    if ev.source == event_pb2.OomEvent.RUNTIME:
+        # The runtime ended itself on its heap limit: no kernel kill, as the
+        # collector's Kubernetes Event says too (kube_events.note).
+        d = ev.runtime_death
+        text = (
+            f"{d.runtime} heap limit death of {v.comm} (pid {v.pid}) in {where}: "
+            f"exit {d.exit_code}, not a kernel OOM kill; {against}"
+        )
+    else:
+        text = (
+            f"OOM kill of {v.comm} (pid {v.pid}) in {where}: "
+            f"{records.mib_text(records.rss_bytes(ev))} resident, {against}"
+        )
     if ev.verdicts:
         text += f"; {ev.verdicts[0].code}: {ev.verdicts[0].explanation}"
     return " ".join(text.split())  # one line, whatever the record held
@@ -396,15 +401,10 @@ class OtlpExporter:
                 export(request, timeout=self.timeout_s)
                 return True
             except grpc.RpcError as exc:
-                # A failed blocking call's error is also a grpc.Call, which
-                # grpc-stubs cannot say.
-                code: grpc.StatusCode | None = getattr(exc, "code", lambda: None)()
+                code, details = rpc.status(exc)
                 if code not in _RETRYABLE or time.monotonic() + delay > give_up:
                     log.warning(
-                        "otlp.export_failed",
-                        signal=signal,
-                        code=str(code),
-                        details=str(getattr(exc, "details", exc.__str__)()),
+                        "otlp.export_failed", signal=signal, code=str(code), details=details
                     )
                     return False
                 log.info("otlp.retrying", signal=signal, code=str(code), in_s=delay)

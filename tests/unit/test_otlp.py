@@ -194,6 +194,20 @@ def test_the_kill_counter_is_a_monotonic_cumulative_sum_by_namespace_workload_ve
     }
 
 
+def test_a_runtimes_own_heap_limit_death_is_not_called_an_oom_kill() -> None:
+    """A RUNTIME record (the JVM ended itself on its heap limit): the body
+    says so, as the collector's Kubernetes Event does, not 'OOM kill'."""
+    ev = pod_kill()
+    ev.source = event_pb2.OomEvent.RUNTIME
+    ev.runtime_death.runtime, ev.runtime_death.exit_code = "jvm", 3
+    body = otlp.summary(ev)
+    assert body.startswith(
+        f"jvm heap limit death of python3 (pid {ev.victim.pid}) in shop/cart-7d9f8b6c5-x2x4q/cart: "
+        "exit 3, not a kernel OOM kill; limit 64.0 MiB"
+    ), body
+    assert "OOM kill of" not in body
+
+
 def test_hostile_strings_stay_bounded_one_line_strings(receiver: FakeReceiver) -> None:
     ev = pod_kill()
     ev.victim.comm = "evil\nINFO forged line"
