@@ -283,12 +283,19 @@ def channel(
         return grpc.insecure_channel(target, options=options)
     if (cert is None) != (key is None):
         raise TlsError("a client certificate needs both --tls-cert and --tls-key")
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "CA"),
+    return grpc.secure_channel(target, client_credentials(ca, cert, key), options=options)
+
+
+def client_credentials(
+    ca: Path | None, cert: Path | None, key: Path | None
+) -> grpc.ChannelCredentials:
+    """TLS to a server: its CA (None: the system's roots) and, when it asks
+    for one, our certificate and key. TlsError names a file that cannot be read."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "CA") if ca else None,
         private_key=_read(key, "key") if key else None,
         certificate_chain=_read(cert, "certificate") if cert else None,
     )
-    return grpc.secure_channel(target, creds, options=options)
 
 
 # -- throwaway certificates: make run, the tests, and `oomtrace certs` ---------------

@@ -98,15 +98,12 @@ def otlp_target(args: argparse.Namespace) -> OtlpTarget | str | None:
         return OtlpTarget(endpoint, None, args.otlp_cluster, args.otlp_queue)
     if bool(args.otlp_cert) != bool(args.otlp_key):
         return "give --otlp-cert and --otlp-key together"
-    import grpc
+    from oomtrace import tls
 
     try:
-        ca = args.otlp_ca.read_bytes() if args.otlp_ca else None
-        cert = args.otlp_cert.read_bytes() if args.otlp_cert else None
-        key = args.otlp_key.read_bytes() if args.otlp_key else None
-    except OSError as exc:
+        credentials = tls.client_credentials(args.otlp_ca, args.otlp_cert, args.otlp_key)
+    except tls.TlsError as exc:
         return f"cannot read an --otlp TLS file: {exc}"
-    credentials = grpc.ssl_channel_credentials(ca, key, cert)
     return OtlpTarget(endpoint, credentials, args.otlp_cluster, args.otlp_queue)
 
 
