@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -110,7 +110,9 @@ class LogRecovery(Protocol):
     """The kernel's log, as the loop sees it (KernelLog, or NoKernelLog)."""
 
     def claim(self, victim_pid: int) -> ParsedReport | None: ...
-    def orphans(self, now_ns: int | None = None) -> list[ParsedReport]: ...
+    def orphans(
+        self, now_ns: int | None = None, live: Collection[int] = ()
+    ) -> list[ParsedReport]: ...
     def take_counter(self) -> dict[str, int]: ...
     def recorded(self, n: int = 1, cgroup_path: str = "") -> None: ...
     def checkpoint_seq(self) -> int: ...
@@ -153,7 +155,9 @@ class NoKernelLog:
     def claim(self, victim_pid: int) -> ParsedReport | None:
         return None
 
-    def orphans(self, now_ns: int | None = None) -> list[ParsedReport]:
+    def orphans(
+        self, now_ns: int | None = None, live: Collection[int] = ()
+    ) -> list[ParsedReport]:
         return []
 
     def take_counter(self) -> dict[str, int]:
@@ -431,7 +435,10 @@ class Runner:
 
     def record_from_log(self, now_ns: int | None = None) -> None:
         """Kills only the kernel's log (or only its counter) knows of."""
-        for report in self.kernel_log.orphans(now_ns):
+        # A kill the BPF side has, still being assembled (its victim slow to
+        # exit, or queued behind one that is), is no orphan however long it
+        # takes: its live record claims the report.
+        for report in self.kernel_log.orphans(now_ns, live=self.assembler.victims()):
             path = report.constraint_fields.get("task_memcg", "")
             self._send(event_from_report(report, self._log_context(path)))
         for path, n in self.kernel_log.take_counter().items():

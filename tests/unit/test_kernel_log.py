@@ -105,3 +105,14 @@ def test_an_unreadable_log_is_survived_and_counters_recover_the_kills(tmp_path: 
     assert kl.orphans() == []
     assert kl.claim(1234) is None
     kl.stop()
+
+
+def test_a_report_of_a_kill_still_being_assembled_is_no_orphan(tmp_path: Path) -> None:
+    """In a burst on a slow machine a live kill can wait past the orphan
+    wait behind a victim slow to exit: its report must wait for it, or the
+    kill is recorded twice (once from the log, once live)."""
+    kl = log_with(tmp_path)
+    kl._unclaimed = [(report(11, 60, 70), 0), (report(12, 80, 90), 0)]
+    assert [r.victim_pid for r in kl.orphans(now_ns=10**12, live={11})] == [12]
+    assert kl.claim(11) is not None
+    assert kl.orphans(now_ns=10**12) == []

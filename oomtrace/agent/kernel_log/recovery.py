@@ -20,7 +20,7 @@ import json
 import os
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,8 +244,13 @@ class KernelLog:
                     return report
         return None
 
-    def orphans(self, now_ns: int | None = None) -> list[ParsedReport]:
-        """Reports to record on their own, taken out of the unclaimed ones."""
+    def orphans(
+        self, now_ns: int | None = None, live: Collection[int] = ()
+    ) -> list[ParsedReport]:
+        """Reports to record on their own, taken out of the unclaimed ones.
+        live: victims whose live record is still being assembled; their
+        reports wait for it (a burst under a slow machine once held live
+        kills past orphan_after_ns, and each such kill was recorded twice)."""
         if self.marker_seq is None:
             return []  # until the marker is read, a report may still be live
         now_ns = self.clock() if now_ns is None else now_ns
@@ -255,7 +260,7 @@ class KernelLog:
             for report, seen in self._unclaimed:
                 # Every report waits orphan_after_ns for a live record to claim
                 # it, those from before the marker too (see claim()).
-                if now_ns - seen < self.orphan_after_ns:
+                if now_ns - seen < self.orphan_after_ns or report.victim_pid in live:
                     keep.append((report, seen))
                 elif report.last_seq < self.marker_seq and not self.backfill:
                     continue  # from before this agent, and asked not to look back

@@ -320,6 +320,10 @@ class KillAssembler:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def victims(self) -> set[int]:
+        """The victims (tgid, else tid) of the kills still being assembled."""
+        return set(self._pending)
+
     def add(self, kill: KernelKill) -> None:
         # What was read at exec, while the process was whole; else the dying
         # victim's /proc now (its exe and environ may be gone already).
