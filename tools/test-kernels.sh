@@ -78,6 +78,10 @@ fetch() {
 .venv/bin/python -c 'import tempfile, pathlib
 from tests.integration.containers import build_every_oomgo
 build_every_oomgo(pathlib.Path(tempfile.mkdtemp()))'
+# The JVM tests' classes likewise: javac under emulation took over 300 s.
+.venv/bin/python -c 'import tempfile, pathlib
+from tests.integration.test_runtimes import compile_every_grow
+compile_every_grow(pathlib.Path(tempfile.mkdtemp()))'
 
 # A real userspace OOM killer for the guests (test_userspace_killers.py):
 # Debian's earlyoom, unpacked under var/earlyoom, never installed, so no

@@ -31,6 +31,23 @@ def oomgo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_oomgo(Path(tmp_path_factory.mktemp("go")))
 
 
+# Under a guest kernel's software emulation a GC cycle is many times slower:
+# a program may reach its cgroup's limit before its GC spirals.
+IN_GUEST = os.environ.get("OOMTRACE_GUEST") == "1"
+
+
+def spiral_in_counts(go: dict[str, Any], cgroup_limit: int) -> bool:
+    """Whether the runtime's own figures at the kill show a GC death spiral
+    (the verdict's rule): 10 or more GCs in the last 10 s, with the heap the
+    last GC marked at 90 % or more of the lower of the Go and cgroup limits."""
+    ceiling = min(int(go.get("effective_memory_limit_bytes") or cgroup_limit), cgroup_limit)
+    return (
+        int(go.get("recent_gc_count", 0)) >= 10
+        and int(go.get("recent_gc_span_ns", 0)) <= 10 * 10**9
+        and int(go.get("heap_marked_bytes", 0)) >= 0.9 * ceiling
+    )
+
+
 def cause_codes(rec: dict[str, Any]) -> list[str]:
     """The verdicts' codes but the heap profile's (oomgo never profiles
     memory, so each of its records also says how to turn that on)."""
@@ -107,6 +124,12 @@ def test_gc_death_spiral_is_seen_from_the_runtime(agent: AgentProcess, oomgo: Pa
     assert go["state"] == "CONTROLLER"
     assert int(go["effective_memory_limit_bytes"]) == 40 * MIB
     assert go["effective_gogc"] == 100
+    counts = {k: v for k, v in go.items() if k.startswith(("recent_gc", "gc_", "heap_", "life"))}
+    if IN_GUEST and not spiral_in_counts(go, 64 * MIB):
+        # Emulated, the program can reach the cgroup's limit after a few
+        # slow GCs (7 on 5.10): no spiral happened, and none may be claimed.
+        assert cause_codes(rec) == [], (rec["verdicts"], counts)
+        return
     assert int(go["gc_count"]) >= 10
     assert int(go["heap_marked_bytes"]) > 40 * MIB
     # The last GC came shortly before the kill; 6.12 then holds the process
@@ -116,7 +139,6 @@ def test_gc_death_spiral_is_seen_from_the_runtime(agent: AgentProcess, oomgo: Pa
     assert since < 30 * 10**9
     if since > 10**9:
         assert int(go["recent_gc_end_ns_before_kill"]) == since, go
-    counts = {k: v for k, v in go.items() if k.startswith(("recent_gc", "gc_", "heap_", "life"))}
     assert cause_codes(rec) == ["GO_GC_DEATH_SPIRAL"], counts
 
 
@@ -239,7 +261,7 @@ def test_a_limit_the_program_set_under_the_cgroup_limit_is_no_fault(
         for k, v in go.items()
         if k.startswith(("recent_gc", "gc_", "heap_", "life", "effective"))
     }
-    if int(go["gc_count"]) < 10:
+    if IN_GUEST and not spiral_in_counts(go, 64 * MIB):
         # Under a guest's software emulation (6.12) the program once reached
         # the cgroup's limit after 5 GCs in all, before its own limit drove
         # the GC back to back: no spiral happened, and none may be claimed.

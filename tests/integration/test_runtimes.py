@@ -7,9 +7,11 @@ once per JDK (javac) and each test runs one JVM."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 from pathlib import Path
-from tempfile import TemporaryFile
+from tempfile import TemporaryFile, mkdtemp
 from typing import Any
 
 import pytest
@@ -39,18 +41,49 @@ need_jdk17 = pytest.mark.skipif(
 need_node = pytest.mark.skipif(not NODE.exists(), reason="nodejs is not installed (make setup)")
 
 
+# Compiled classes kept between runs, like var/oomgo: the guest kernel cannot
+# write the repository, and javac under its emulation took over 300 s.
+CLASS_CACHE = Path(__file__).resolve().parents[2] / "var/jvm-classes"
+
+
+def compile_grow(jdk: Path, out: Path) -> Path:
+    """The folder holding Grow.class as this JDK compiles it: the cached one
+    when the source has not changed (make test-kernels compiles on the host
+    before booting a guest), else compiled into var/jvm-classes, or into
+    `out` where the repository is read-only."""
+    key = hashlib.sha256(GROW.read_bytes() + str(jdk).encode()).hexdigest()[:12]
+    cached = CLASS_CACHE / f"{jdk.name}-{key}"
+    if (cached / "Grow.class").exists():
+        return cached
+    try:
+        CLASS_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(mkdtemp(dir=CLASS_CACHE))
+    except OSError:
+        tmp = out
+        out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(jdk / "bin/javac"), "-d", str(tmp), str(GROW)], check=True, timeout=900)
+    if tmp == out:
+        return out
+    try:
+        tmp.rename(cached)
+    except OSError:  # another run kept it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cached
+
+
+def compile_every_grow(out: Path) -> dict[Path, Path]:
+    """Grow.class per installed JDK (make test-kernels runs this on the host)."""
+    return {
+        jdk: compile_grow(jdk, out / jdk.name)
+        for jdk in (JDK17, TEMURIN25)
+        if (jdk / "bin/javac").exists()
+    }
+
+
 @pytest.fixture(scope="module")
 def classes(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Path]:
-    """Grow.class per JDK (compiled for the oldest)."""
-    out = {}
-    for jdk in (JDK17, TEMURIN25):
-        if (jdk / "bin/javac").exists():
-            d = Path(tmp_path_factory.mktemp(jdk.name))
-            subprocess.run(
-                [str(jdk / "bin/javac"), "-d", str(d), str(GROW)], check=True, timeout=300
-            )
-            out[jdk] = d
-    return out
+    """Grow.class per JDK."""
+    return compile_every_grow(Path(tmp_path_factory.mktemp("classes")))
 
 
 def codes(rec: dict[str, Any]) -> list[str]:
