@@ -155,9 +155,7 @@ class NoKernelLog:
     def claim(self, victim_pid: int) -> ParsedReport | None:
         return None
 
-    def orphans(
-        self, now_ns: int | None = None, live: Collection[int] = ()
-    ) -> list[ParsedReport]:
+    def orphans(self, now_ns: int | None = None, live: Collection[int] = ()) -> list[ParsedReport]:
         return []
 
     def take_counter(self) -> dict[str, int]:

@@ -244,9 +244,7 @@ class KernelLog:
                     return report
         return None
 
-    def orphans(
-        self, now_ns: int | None = None, live: Collection[int] = ()
-    ) -> list[ParsedReport]:
+    def orphans(self, now_ns: int | None = None, live: Collection[int] = ()) -> list[ParsedReport]:
         """Reports to record on their own, taken out of the unclaimed ones.
         live: victims whose live record is still being assembled; their
         reports wait for it (a burst under a slow machine once held live
